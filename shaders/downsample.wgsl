@@ -1,0 +1,179 @@
+// Coarse keys and values of one group segment per workgroup (spec section 3), for every level.
+//
+// Workgroup = one (head, coarse row); coarse row = cell * p + r over the cells of all levels.
+// Its 256 invocations split as HEAD_TILE channels x (256 / HEAD_TILE) lanes; each lane sums
+// a strided share of the group's tokens for its channel, and the lanes are reduced in
+// workgroup memory. Reads of K and V are contiguous across channels.
+
+@group(0) @binding(2) var<storage, read> k_in: array<f32>;
+@group(0) @binding(3) var<storage, read> v_in: array<f32>;
+@group(0) @binding(4) var<storage, read> weights: array<f32>;
+@group(0) @binding(5) var<storage, read_write> coarse: array<f32>;
+
+const THREADS: u32 = 256u;
+const LANES: u32 = THREADS / HEAD_TILE;
+
+var<workgroup> red_k: array<f32, THREADS>;
+var<workgroup> red_v: array<f32, THREADS>;
+
+struct Group {
+    head: u32,
+    row: u32,     // coarse row within the head
+    r: u32,       // segment
+    count: u32,   // real tokens in the segment
+    y0: u32,      // top-left padded grid position of the group
+    x0: u32,
+    h: u32,       // group size
+    w: u32,
+    seg_h: u32,
+    seg_w: u32,
+    segs_x: u32,
+    w_off: u32,   // this level's weights in `weights`
+    b_off: u32,
+}
+
+fn group_of(w: u32) -> Group {
+    var g: Group;
+    g.head = w / params.total_rows;
+    g.row = w % params.total_rows;
+    let cell = g.row / params.p;
+    g.r = g.row % params.p;
+    g.count = geom[params.rows + 2u * g.row];
+    for (var l = 0u; l < params.levels; l++) {
+        let at = params.level_table + l * LEVEL_WORDS;
+        let first = geom[at + 6u];
+        if (cell >= first && cell < first + geom[at + 7u]) {
+            let idx = cell - first;
+            g.h = geom[at];
+            g.w = geom[at + 1u];
+            g.y0 = (idx / geom[at + 2u]) * g.h;
+            g.x0 = (idx % geom[at + 2u]) * g.w;
+            g.seg_h = geom[at + 3u];
+            g.seg_w = geom[at + 4u];
+            g.segs_x = geom[at + 5u];
+            g.w_off = geom[at + 8u];
+            g.b_off = geom[at + 9u];
+        }
+    }
+    return g;
+}
+
+// Token at index t (row-major) of the group, -1 for padding.
+fn group_token(g: Group, t: u32) -> i32 {
+    return token_at(g.y0 + t / g.w, g.x0 + t % g.w);
+}
+
+// Reduces the lanes of channel c and writes the coarse key and value (scaled, plus bias).
+fn finish(g: Group, lid: u32, sk: f32, sv: f32, factor: f32, bk: f32, bv: f32) {
+    red_k[lid] = sk;
+    red_v[lid] = sv;
+    workgroupBarrier();
+    let c = lid % HEAD_TILE;
+    if (lid < HEAD_TILE && c < params.d) {
+        var tk = 0.0;
+        var tv = 0.0;
+        for (var lane = 0u; lane < LANES; lane++) {
+            tk += red_k[lane * HEAD_TILE + c];
+            tv += red_v[lane * HEAD_TILE + c];
+        }
+        let at = (g.head * params.total_rows + g.row) * params.d + c;
+        coarse[at] = tk * factor + bk;
+        coarse[params.coarse_v_base + at] = tv * factor + bv;
+    }
+}
+
+@compute @workgroup_size(256)
+fn downsample_mean(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let w = workgroup_index(wid, nwg);
+    if (w >= params.total_rows * params.bh) {
+        return;
+    }
+    let g = group_of(w);
+    let c = lid % HEAD_TILE;
+    let lane = lid / HEAD_TILE;
+    let sy = (g.r / g.segs_x) * g.seg_h;
+    let sx = (g.r % g.segs_x) * g.seg_w;
+    var sk = 0.0;
+    var sv = 0.0;
+    if (c < params.d) {
+        for (var t = lane; t < g.seg_h * g.seg_w; t += LANES) {
+            let j = token_at(g.y0 + sy + t / g.seg_w, g.x0 + sx + t % g.seg_w);
+            if (j >= 0) {
+                let at = (g.head * params.n + u32(j)) * params.d + c;
+                sk += k_in[at];
+                sv += v_in[at];
+            }
+        }
+    }
+    // the mean over real tokens only; an empty segment is skipped by the attention
+    finish(g, lid, sk, sv, 1.0 / f32(max(g.count, 1u)), 0.0, 0.0);
+}
+
+@compute @workgroup_size(256)
+fn downsample_basis(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let w = workgroup_index(wid, nwg);
+    if (w >= params.total_rows * params.bh) {
+        return;
+    }
+    let g = group_of(w);
+    let c = lid % HEAD_TILE;
+    let lane = lid / HEAD_TILE;
+    let s = g.h * g.w;
+    var sk = 0.0;
+    var sv = 0.0;
+    if (c < params.d) {
+        for (var t = lane; t < s; t += LANES) {
+            let j = group_token(g, t);
+            if (j >= 0) {
+                let at = (g.head * params.n + u32(j)) * params.d + c;
+                let wi = g.w_off + g.r * s + t;
+                sk += weights[wi] * k_in[at];
+                sv += weights[params.wv_base + wi] * v_in[at];
+            }
+        }
+    }
+    finish(g, lid, sk, sv, 1.0, 0.0, 0.0);
+}
+
+@compute @workgroup_size(256)
+fn downsample_depthwise(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let w = workgroup_index(wid, nwg);
+    if (w >= params.total_rows * params.bh) {
+        return;
+    }
+    let g = group_of(w);
+    let c = lid % HEAD_TILE;
+    let lane = lid / HEAD_TILE;
+    let s = g.h * g.w;
+    var sk = 0.0;
+    var sv = 0.0;
+    var bk = 0.0;
+    var bv = 0.0;
+    if (c < params.d) {
+        let wbase = g.w_off + (c * params.p + g.r) * s;
+        for (var t = lane; t < s; t += LANES) {
+            let j = group_token(g, t);
+            if (j >= 0) {
+                let at = (g.head * params.n + u32(j)) * params.d + c;
+                sk += weights[wbase + t] * k_in[at];
+                sv += weights[params.wv_base + wbase + t] * v_in[at];
+            }
+        }
+        let bi = g.b_off + c * params.p + g.r;
+        bk = weights[params.bk_base + bi];
+        bv = weights[params.bv_base + bi];
+    }
+    finish(g, lid, sk, sv, 1.0, bk, bv);
+}

@@ -1,0 +1,277 @@
+//! What a caller chooses: the FMA options, the tensor shape and the learned downsampling weights.
+
+use crate::error::{FmaError, Result};
+
+/// Largest head dimension the kernels are compiled for.
+pub const MAX_HEAD_DIM: usize = 128;
+
+/// How a group of keys (or values) is summarised into `p` coarse keys (spec section 3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Downsampling {
+    /// Fixed average of each of the `p` segments of a group (no parameters).
+    Mean,
+    /// Learned `p x S` weights per level, shared across channels.
+    Basis,
+    /// Learned `d x p x S` weights and a `d x p` bias per level (grouped conv1d).
+    Depthwise,
+}
+
+impl Downsampling {
+    /// Whether this kind reads weights.
+    pub fn is_learned(self) -> bool {
+        !matches!(self, Downsampling::Mean)
+    }
+}
+
+impl std::str::FromStr for Downsampling {
+    type Err = FmaError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "mean" => Ok(Downsampling::Mean),
+            "basis" => Ok(Downsampling::Basis),
+            "depthwise" => Ok(Downsampling::Depthwise),
+            other => Err(FmaError::InvalidConfig(format!(
+                "unknown downsampling '{other}': use mean, basis or depthwise"
+            ))),
+        }
+    }
+}
+
+/// Options of one FMA attention call.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FmaConfig {
+    /// Fine cell size (tokens per fine cell in 1D; cell side in 2D). A power of two.
+    pub m: usize,
+    /// Coarse keys per group; divides `m`.
+    pub p: usize,
+    /// Autoregressive masking (1D only).
+    pub causal: bool,
+    /// How groups are summarised.
+    pub downsampling: Downsampling,
+    /// Add log(number of real tokens a coarse key stands for) to its score (spec section 4).
+    pub multiplicity: bool,
+    /// Score scale; `None` means 1/sqrt(d).
+    pub scale: Option<f32>,
+}
+
+impl FmaConfig {
+    /// Bidirectional FMA with `Mean` downsampling and multiplicity on.
+    pub fn new(m: usize, p: usize) -> Self {
+        FmaConfig {
+            m,
+            p,
+            causal: false,
+            downsampling: Downsampling::Mean,
+            multiplicity: true,
+            scale: None,
+        }
+    }
+
+    /// Checks m and p (shape-independent rules).
+    pub fn validate(&self) -> Result<()> {
+        if self.m == 0 || !self.m.is_power_of_two() {
+            return Err(FmaError::InvalidConfig(format!(
+                "m = {} must be a power of two (1, 2, 4, ..., e.g. 32)",
+                self.m
+            )));
+        }
+        if self.p == 0 || self.m % self.p != 0 {
+            return Err(FmaError::InvalidConfig(format!(
+                "p = {} must be at least 1 and divide m = {}",
+                self.p, self.m
+            )));
+        }
+        if let Some(s) = self.scale
+            && !s.is_finite()
+        {
+            return Err(FmaError::InvalidConfig(format!("scale {s} must be finite")));
+        }
+        Ok(())
+    }
+
+    /// The score scale for head dimension `d`.
+    pub fn scale_for(&self, d: usize) -> f32 {
+        self.scale.unwrap_or(1.0 / (d as f32).sqrt())
+    }
+}
+
+/// Shape of Q, K, V and O: `[batch, heads, n, d]`, f32, row-major.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Shape {
+    pub batch: usize,
+    pub heads: usize,
+    pub n: usize,
+    pub d: usize,
+}
+
+impl Shape {
+    pub fn new(batch: usize, heads: usize, n: usize, d: usize) -> Self {
+        Shape { batch, heads, n, d }
+    }
+
+    /// batch * heads: the number of independent attention problems.
+    pub fn bh(&self) -> usize {
+        self.batch * self.heads
+    }
+
+    /// Elements of Q (and K, V, O).
+    pub fn elements(&self) -> usize {
+        self.bh() * self.n * self.d
+    }
+
+    /// Checks that every dimension is usable and that the head dim is supported.
+    pub fn validate(&self) -> Result<()> {
+        if self.batch == 0 || self.heads == 0 || self.n == 0 {
+            return Err(FmaError::BadShape {
+                what: "tensor shape [batch, heads, n, d]".into(),
+                expected: "batch, heads and n at least 1".into(),
+                got: format!("{:?}", [self.batch, self.heads, self.n, self.d]),
+            });
+        }
+        if self.d == 0 || self.d > MAX_HEAD_DIM {
+            return Err(FmaError::UnsupportedHeadDim(self.d));
+        }
+        self.bh()
+            .checked_mul(self.n)
+            .and_then(|x| x.checked_mul(self.d))
+            .ok_or_else(|| FmaError::BadShape {
+                what: "tensor shape".into(),
+                expected: "batch*heads*n*d to fit in memory".into(),
+                got: format!("{:?}", [self.batch, self.heads, self.n, self.d]),
+            })?;
+        Ok(())
+    }
+
+    /// Checks that a tensor named `what` holds `elements()` values.
+    pub fn check_len(&self, what: &str, len: usize) -> Result<()> {
+        if len != self.elements() {
+            return Err(FmaError::BadShape {
+                what: what.into(),
+                expected: format!(
+                    "{} values for [batch={}, heads={}, n={}, d={}]",
+                    self.elements(),
+                    self.batch,
+                    self.heads,
+                    self.n,
+                    self.d
+                ),
+                got: format!("{len} values"),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Learned weights of one coarse level (spec section 3). Empty vectors for `Mean`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LevelWeights {
+    /// Keys: `[p, S]` (basis) or `[d, p, S]` (depthwise), S = tokens per group at this level.
+    pub wk: Vec<f32>,
+    /// Values: same shape as `wk`.
+    pub wv: Vec<f32>,
+    /// Key bias `[d, p]` (depthwise only).
+    pub bk: Vec<f32>,
+    /// Value bias `[d, p]` (depthwise only).
+    pub bv: Vec<f32>,
+}
+
+/// Weights for every coarse level l = 1..L, index 0 holding level 1.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct DownsampleWeights {
+    pub levels: Vec<LevelWeights>,
+}
+
+impl DownsampleWeights {
+    /// The initialisation of spec section 3: the `Mean` weights (and zero bias).
+    /// `group_tokens[l]` is the number of tokens per group at level l+1.
+    pub fn mean_init(kind: Downsampling, p: usize, d: usize, group_tokens: &[usize]) -> Self {
+        let levels = group_tokens
+            .iter()
+            .map(|&s| {
+                let seg = s / p;
+                let basis: Vec<f32> = (0..p * s)
+                    .map(|i| {
+                        let (r, t) = (i / s, i % s);
+                        if t / seg == r { 1.0 / seg as f32 } else { 0.0 }
+                    })
+                    .collect();
+                match kind {
+                    Downsampling::Mean => LevelWeights::default(),
+                    Downsampling::Basis => LevelWeights {
+                        wk: basis.clone(),
+                        wv: basis,
+                        ..Default::default()
+                    },
+                    Downsampling::Depthwise => {
+                        let w: Vec<f32> = (0..d).flat_map(|_| basis.iter().copied()).collect();
+                        LevelWeights {
+                            wk: w.clone(),
+                            wv: w,
+                            bk: vec![0.0; d * p],
+                            bv: vec![0.0; d * p],
+                        }
+                    }
+                }
+            })
+            .collect();
+        DownsampleWeights { levels }
+    }
+
+    /// Checks count and shapes against the hierarchy: `group_tokens[l]` tokens per group at
+    /// level l+1.
+    pub fn validate(
+        &self,
+        kind: Downsampling,
+        p: usize,
+        d: usize,
+        group_tokens: &[usize],
+    ) -> Result<()> {
+        if !kind.is_learned() {
+            return Ok(());
+        }
+        if self.levels.len() != group_tokens.len() {
+            return Err(FmaError::Weights(format!(
+                "{:?} downsampling needs weights for {} coarse levels for this sequence length, got {}",
+                kind,
+                group_tokens.len(),
+                self.levels.len()
+            )));
+        }
+        for (i, (lw, &s)) in self.levels.iter().zip(group_tokens).enumerate() {
+            let l = i + 1;
+            let (w_len, w_shape, b_len) = match kind {
+                Downsampling::Basis => (p * s, format!("[{p}, {s}]"), 0),
+                _ => (d * p * s, format!("[{d}, {p}, {s}]"), d * p),
+            };
+            for (name, v, want) in [
+                ("wk", &lw.wk, w_len),
+                ("wv", &lw.wv, w_len),
+                ("bk", &lw.bk, b_len),
+                ("bv", &lw.bv, b_len),
+            ] {
+                if v.len() != want {
+                    let shape = if name.starts_with('w') {
+                        w_shape.clone()
+                    } else {
+                        format!("[{d}, {p}]")
+                    };
+                    let shape = if want == 0 {
+                        "nothing (basis has no bias)".to_string()
+                    } else {
+                        shape
+                    };
+                    return Err(FmaError::Weights(format!(
+                        "{name}.{l} must hold {want} values, shape {shape}; got {}",
+                        v.len()
+                    )));
+                }
+                if v.iter().any(|x| !x.is_finite()) {
+                    return Err(FmaError::Weights(format!(
+                        "{name}.{l} holds a non-finite value"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+}

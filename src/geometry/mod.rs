@@ -1,0 +1,243 @@
+//! The FMA geometry: padding, levels, cells, near fields, interaction lists and multiplicities.
+//!
+//! This module is the only place that knows the rules of spec sections 2, 5 and 6. The CPU
+//! reference, the GPU tables and the tests read it; no kernel re-derives it. Tokens live on a
+//! generic `real_h x real_w` row-major grid (a sequence is a grid of one row), padded to a
+//! `pad_h x pad_w` grid; a cell is a rectangle of that grid, so token arithmetic is shared
+//! between 1D and 2D and only the neighbourhood rules differ.
+
+mod line;
+pub mod tables;
+
+use crate::config::FmaConfig;
+use crate::error::{FmaError, Result};
+
+/// Which neighbourhood rules apply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dims {
+    /// Sequences (spec section 2).
+    One,
+}
+
+/// Layout of one coarse level l = 1..L: its groups (cells) and their p segments.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Level {
+    /// Group size in grid rows and columns.
+    pub group_h: usize,
+    pub group_w: usize,
+    /// Groups per grid row and column of this level.
+    pub groups_y: usize,
+    pub groups_x: usize,
+    /// Segment size (a group holds p segments, row-major).
+    pub seg_h: usize,
+    pub seg_w: usize,
+    /// Global id of this level's first cell (level 1 starts at 0: its cells are the fine cells).
+    pub cell_offset: usize,
+}
+
+impl Level {
+    pub fn groups(&self) -> usize {
+        self.groups_y * self.groups_x
+    }
+    /// Tokens per group, the `S` of the weight shapes.
+    pub fn group_tokens(&self) -> usize {
+        self.group_h * self.group_w
+    }
+    pub fn segs_x(&self) -> usize {
+        self.group_w / self.seg_w
+    }
+}
+
+/// The whole hierarchy for one input size and configuration.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Geometry {
+    pub dims: Dims,
+    pub causal: bool,
+    pub p: usize,
+    /// Real token grid (1D: 1 x n).
+    pub real_h: usize,
+    pub real_w: usize,
+    /// Padded grid (1D: 1 x n').
+    pub pad_h: usize,
+    pub pad_w: usize,
+    /// Fine cell size (1D: 1 x m).
+    pub cell_h: usize,
+    pub cell_w: usize,
+    /// Coarse levels 1..L (index 0 is level 1).
+    pub levels: Vec<Level>,
+}
+
+impl Geometry {
+    /// The 1D hierarchy of spec section 2 for `n` tokens.
+    pub fn line(n: usize, config: &FmaConfig) -> Result<Geometry> {
+        config.validate()?;
+        if n == 0 {
+            return Err(FmaError::BadShape {
+                what: "sequence length n".into(),
+                expected: "at least 1".into(),
+                got: "0".into(),
+            });
+        }
+        line::build(n, config)
+    }
+
+    /// Number of real tokens.
+    pub fn n(&self) -> usize {
+        self.real_h * self.real_w
+    }
+    /// Number of padded tokens.
+    pub fn n_pad(&self) -> usize {
+        self.pad_h * self.pad_w
+    }
+    /// Number of coarse levels L.
+    pub fn num_levels(&self) -> usize {
+        self.levels.len()
+    }
+    pub fn cells_x(&self) -> usize {
+        self.pad_w / self.cell_w
+    }
+    pub fn fine_cells(&self) -> usize {
+        (self.pad_h / self.cell_h) * self.cells_x()
+    }
+    pub fn cell_tokens(&self) -> usize {
+        self.cell_h * self.cell_w
+    }
+    /// Cells of all levels; coarse row `cell * p + r` summarises segment r of that cell.
+    pub fn total_cells(&self) -> usize {
+        self.levels.last().map_or(0, |l| l.cell_offset + l.groups())
+    }
+    /// Tokens per group at each level, the `S` of the learned weight shapes.
+    pub fn group_tokens(&self) -> Vec<usize> {
+        self.levels.iter().map(Level::group_tokens).collect()
+    }
+    /// Level (1-based) of a global cell id, and the group index within it.
+    pub fn cell_level(&self, cell: usize) -> Option<(usize, usize)> {
+        self.levels
+            .iter()
+            .enumerate()
+            .find(|(_, lv)| cell >= lv.cell_offset && cell < lv.cell_offset + lv.groups())
+            .map(|(i, lv)| (i + 1, cell - lv.cell_offset))
+    }
+
+    /// Real token index at padded grid position (y, x), or None for padding.
+    pub fn token_at(&self, y: usize, x: usize) -> Option<usize> {
+        (y < self.real_h && x < self.real_w).then_some(y * self.real_w + x)
+    }
+
+    /// Padded grid position of a real token.
+    pub fn position(&self, token: usize) -> (usize, usize) {
+        (token / self.real_w, token % self.real_w)
+    }
+
+    /// Fine cell of a real token.
+    pub fn fine_cell_of(&self, token: usize) -> usize {
+        let (y, x) = self.position(token);
+        (y / self.cell_h) * self.cells_x() + x / self.cell_w
+    }
+
+    /// Padded positions of a fine cell, row-major (padding included).
+    pub fn fine_cell_positions(&self, f: usize) -> Vec<(usize, usize)> {
+        let (y0, x0) = (
+            (f / self.cells_x()) * self.cell_h,
+            (f % self.cells_x()) * self.cell_w,
+        );
+        rect(y0, x0, self.cell_h, self.cell_w)
+    }
+
+    /// Padded positions of group g at level l (1-based), row-major: the weights' `t` order.
+    pub fn group_positions(&self, l: usize, g: usize) -> Vec<(usize, usize)> {
+        let lv = &self.levels[l - 1];
+        let (y0, x0) = (
+            (g / lv.groups_x) * lv.group_h,
+            (g % lv.groups_x) * lv.group_w,
+        );
+        rect(y0, x0, lv.group_h, lv.group_w)
+    }
+
+    /// Index `t` (within the group) of each position of segment r of group g at level l.
+    pub fn segment_offsets(&self, l: usize, r: usize) -> Vec<usize> {
+        let lv = &self.levels[l - 1];
+        let (sy, sx) = (r / lv.segs_x(), r % lv.segs_x());
+        rect(sy * lv.seg_h, sx * lv.seg_w, lv.seg_h, lv.seg_w)
+            .into_iter()
+            .map(|(y, x)| y * lv.group_w + x)
+            .collect()
+    }
+
+    /// Real tokens in segment r of group g at level l: the multiplicity mu of spec section 4.
+    pub fn multiplicity(&self, l: usize, g: usize, r: usize) -> usize {
+        let pos = self.group_positions(l, g);
+        self.segment_offsets(l, r)
+            .into_iter()
+            .filter(|&t| self.token_at(pos[t].0, pos[t].1).is_some())
+            .count()
+    }
+
+    /// Fine cells whose keys a query of fine cell f sees at full resolution (padding and the
+    /// causal mask within a cell are applied per key, see `near_key_allowed`).
+    pub fn near_cells(&self, f: usize) -> Vec<usize> {
+        match self.dims {
+            Dims::One => line::near_cells(f, self.fine_cells(), self.causal),
+        }
+    }
+
+    /// Interaction list of cell c at level l (1-based): the groups of level l it sees coarsely.
+    pub fn far_cells(&self, l: usize, c: usize) -> Vec<usize> {
+        let groups = self.levels[l - 1].groups();
+        match self.dims {
+            Dims::One => line::far_cells(c, groups, self.causal),
+        }
+    }
+
+    /// The level-(l+1) cell holding cell c of level l.
+    pub fn parent(&self, l: usize, c: usize) -> usize {
+        let (lv, up) = (&self.levels[l - 1], &self.levels[l]);
+        let (y, x) = (c / lv.groups_x, c % lv.groups_x);
+        (y * lv.group_h / up.group_h) * up.groups_x + x * lv.group_w / up.group_w
+    }
+
+    /// The level-l cell (1-based) that holds fine cell f.
+    pub fn cell_at_level(&self, f: usize, l: usize) -> usize {
+        (1..l).fold(f, |c, lev| self.parent(lev, c))
+    }
+
+    /// Whether query token i may see near key token j (causal mask; both real).
+    pub fn near_key_allowed(&self, i: usize, j: usize) -> bool {
+        !self.causal || j <= i
+    }
+}
+
+fn rect(y0: usize, x0: usize, h: usize, w: usize) -> Vec<(usize, usize)> {
+    (0..h * w).map(|t| (y0 + t / w, x0 + t % w)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn padded_length_follows_spec() {
+        // n' = m * 2^k, smallest with k >= 1 and n' >= n.
+        for (n, m, want) in [
+            (1, 4, 8),
+            (8, 4, 8),
+            (9, 4, 16),
+            (100, 32, 128),
+            (4096, 32, 4096),
+        ] {
+            let g = Geometry::line(n, &FmaConfig::new(m, 1)).unwrap();
+            assert_eq!(g.n_pad(), want, "n={n} m={m}");
+            let k = (want / m).trailing_zeros() as usize;
+            assert_eq!(g.num_levels(), k - 1);
+        }
+    }
+
+    #[test]
+    fn multiplicity_counts_real_tokens_only() {
+        // n = 10, m = 4 -> n' = 16, levels: s_1 = 4. Group 2 holds tokens 8..12, 2 real.
+        let g = Geometry::line(10, &FmaConfig::new(4, 2)).unwrap();
+        assert_eq!(g.multiplicity(1, 2, 0), 2);
+        assert_eq!(g.multiplicity(1, 2, 1), 0);
+        assert_eq!(g.multiplicity(1, 0, 1), 2);
+    }
+}

@@ -1,0 +1,136 @@
+//! The geometry as flat u32 tables for the GPU kernels, so that no shader re-derives a rule.
+//!
+//! Everything lives in one buffer (fewer bindings, one upload per plan); the offsets of each
+//! table go into the kernels' uniform. Memory is O(n / m): a few words per cell of each level.
+
+use super::Geometry;
+use crate::config::Downsampling;
+
+/// Words per level record (padded to a multiple of 4 for readability in the shader).
+pub const LEVEL_WORDS: usize = 12;
+
+/// The packed tables and where each one starts (in u32 words).
+#[derive(Clone, Debug)]
+pub struct GeomTables {
+    pub data: Vec<u32>,
+    /// `fine_cells + 1` offsets into `near_entries` (CSR).
+    pub near_offsets: u32,
+    /// Fine cell ids of each fine cell's near field.
+    pub near_entries: u32,
+    /// `total_cells + 1` offsets into `far_entries` (CSR), indexed by global cell id.
+    pub far_offsets: u32,
+    /// Global cell ids of each cell's interaction list (same level as the cell).
+    pub far_entries: u32,
+    /// Global id of each cell's parent (u32::MAX at the coarsest level).
+    pub parent: u32,
+    /// Per coarse row (cell * p + r): [real token count, log-multiplicity as f32 bits].
+    pub rows: u32,
+    /// Per level: `LEVEL_WORDS` words (see `build`).
+    pub levels: u32,
+}
+
+impl GeomTables {
+    /// Builds the tables. `kind` and `d` fix the offsets of each level's weights.
+    pub fn build(g: &Geometry, multiplicity: bool, kind: Downsampling, d: usize) -> GeomTables {
+        let mut data: Vec<u32> = Vec::new();
+        let fine = g.fine_cells();
+        let total = g.total_cells();
+
+        let near_offsets = data.len() as u32;
+        let near: Vec<Vec<usize>> = (0..fine).map(|f| g.near_cells(f)).collect();
+        push_csr_offsets(&mut data, &near);
+        let near_entries = data.len() as u32;
+        data.extend(near.iter().flatten().map(|&c| c as u32));
+
+        let far: Vec<Vec<usize>> = (0..total)
+            .map(|cell| {
+                let (l, c) = g.cell_level(cell).unwrap_or((0, 0));
+                let base = g
+                    .levels
+                    .get(l.wrapping_sub(1))
+                    .map_or(0, |lv| lv.cell_offset);
+                g.far_cells(l, c).into_iter().map(|x| base + x).collect()
+            })
+            .collect();
+        let far_offsets = data.len() as u32;
+        push_csr_offsets(&mut data, &far);
+        let far_entries = data.len() as u32;
+        data.extend(far.iter().flatten().map(|&c| c as u32));
+
+        let parent = data.len() as u32;
+        for cell in 0..total {
+            let (l, c) = g.cell_level(cell).unwrap_or((0, 0));
+            let up = if l < g.num_levels() {
+                (g.levels[l].cell_offset + g.parent(l, c)) as u32
+            } else {
+                u32::MAX
+            };
+            data.push(up);
+        }
+
+        let rows = data.len() as u32;
+        for cell in 0..total {
+            let (l, c) = g.cell_level(cell).unwrap_or((0, 0));
+            for r in 0..g.p {
+                let mu = g.multiplicity(l, c, r);
+                let log_mu = if multiplicity && mu > 0 {
+                    (mu as f32).ln()
+                } else {
+                    0.0
+                };
+                data.push(mu as u32);
+                data.push(log_mu.to_bits());
+            }
+        }
+
+        let levels = data.len() as u32;
+        let (mut w_off, mut b_off) = (0usize, 0usize);
+        for lv in &g.levels {
+            let s = lv.group_tokens();
+            data.extend_from_slice(&[
+                lv.group_h as u32,
+                lv.group_w as u32,
+                lv.groups_x as u32,
+                lv.seg_h as u32,
+                lv.seg_w as u32,
+                lv.segs_x() as u32,
+                lv.cell_offset as u32,
+                lv.groups() as u32,
+                w_off as u32,
+                b_off as u32,
+                0,
+                0,
+            ]);
+            match kind {
+                Downsampling::Mean => {}
+                Downsampling::Basis => w_off += g.p * s,
+                Downsampling::Depthwise => {
+                    w_off += d * g.p * s;
+                    b_off += d * g.p;
+                }
+            }
+        }
+        if data.is_empty() {
+            data.push(0); // wgpu refuses zero-sized bindings
+        }
+        GeomTables {
+            data,
+            near_offsets,
+            near_entries,
+            far_offsets,
+            far_entries,
+            parent,
+            rows,
+            levels,
+        }
+    }
+}
+
+fn push_csr_offsets(data: &mut Vec<u32>, lists: &[Vec<usize>]) {
+    let mut acc = 0u32;
+    data.push(0);
+    for l in lists {
+        acc += l.len() as u32;
+        data.push(acc);
+    }
+}

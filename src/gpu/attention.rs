@@ -1,0 +1,87 @@
+//! Rust twin of shaders/attention.wgsl (with merge.wgsl): the near-field pass, which writes a
+//! normalised partial into O and LSE, and the far-field pass, which merges into it.
+
+use super::context::GpuContext;
+use super::downsample::entry;
+use super::params::grid;
+use super::shaders::{Family, Spec};
+use crate::error::Result;
+
+pub(crate) struct AttentionKernel {
+    near: wgpu::ComputePipeline,
+    far: Option<wgpu::ComputePipeline>,
+}
+
+/// Buffers of one attention dispatch. `coarse` is None when there are no coarse levels.
+pub(crate) struct AttentionBindings<'a> {
+    pub params: &'a wgpu::Buffer,
+    pub geom: &'a wgpu::Buffer,
+    pub q: &'a wgpu::Buffer,
+    pub k: &'a wgpu::Buffer,
+    pub v: &'a wgpu::Buffer,
+    pub coarse: Option<&'a wgpu::Buffer>,
+    pub o: &'a wgpu::Buffer,
+    pub lse: &'a wgpu::Buffer,
+}
+
+impl AttentionKernel {
+    pub fn new(ctx: &GpuContext, spec: Spec, far_field: bool) -> Result<Self> {
+        Ok(AttentionKernel {
+            near: ctx.pipeline(Family::Attention, "near_field", spec)?,
+            far: if far_field {
+                Some(ctx.pipeline(Family::Attention, "far_field", spec)?)
+            } else {
+                None
+            },
+        })
+    }
+
+    /// Records near field then far field: one workgroup per (head, query tile).
+    pub fn encode(
+        &self,
+        ctx: &GpuContext,
+        pass: &mut wgpu::ComputePass<'_>,
+        b: &AttentionBindings<'_>,
+        workgroups: u64,
+    ) -> Result<()> {
+        let (x, y) = grid(
+            workgroups,
+            ctx.limits().max_compute_workgroups_per_dimension,
+        )?;
+        let near = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("near_field"),
+            layout: &self.near.get_bind_group_layout(0),
+            entries: &[
+                entry(0, b.params.as_entire_binding()),
+                entry(1, b.geom.as_entire_binding()),
+                entry(2, b.q.as_entire_binding()),
+                entry(3, b.k.as_entire_binding()),
+                entry(4, b.v.as_entire_binding()),
+                entry(6, b.o.as_entire_binding()),
+                entry(7, b.lse.as_entire_binding()),
+            ],
+        });
+        pass.set_pipeline(&self.near);
+        pass.set_bind_group(0, &near, &[]);
+        pass.dispatch_workgroups(x, y, 1);
+
+        if let (Some(far), Some(coarse)) = (&self.far, b.coarse) {
+            let group = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some("far_field"),
+                layout: &far.get_bind_group_layout(0),
+                entries: &[
+                    entry(0, b.params.as_entire_binding()),
+                    entry(1, b.geom.as_entire_binding()),
+                    entry(2, b.q.as_entire_binding()),
+                    entry(5, coarse.as_entire_binding()),
+                    entry(6, b.o.as_entire_binding()),
+                    entry(7, b.lse.as_entire_binding()),
+                ],
+            });
+            pass.set_pipeline(far);
+            pass.set_bind_group(0, &group, &[]);
+            pass.dispatch_workgroups(x, y, 1);
+        }
+        Ok(())
+    }
+}

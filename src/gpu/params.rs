@@ -1,0 +1,78 @@
+//! The Rust twin of `Params` in shaders/common.wgsl (same fields, same order), and the
+//! dispatch-grid helper every kernel uses.
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::error::{FmaError, Result};
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub(crate) struct Params {
+    pub n: u32,
+    pub d: u32,
+    pub bh: u32,
+    pub p: u32,
+    pub real_h: u32,
+    pub real_w: u32,
+    pub cell_h: u32,
+    pub cell_w: u32,
+    pub cells_x: u32,
+    pub fine_cells: u32,
+    pub levels: u32,
+    pub causal: u32,
+    pub scale: f32,
+    pub near_offsets: u32,
+    pub near_entries: u32,
+    pub far_offsets: u32,
+    pub far_entries: u32,
+    pub parent: u32,
+    pub rows: u32,
+    pub level_table: u32,
+    pub total_rows: u32,
+    pub wv_base: u32,
+    pub bk_base: u32,
+    pub bv_base: u32,
+    pub tiles_per_cell: u32,
+    pub coarse_v_base: u32,
+    pub _pad0: u32,
+    pub _pad1: u32,
+}
+
+/// Splits `total` workgroups over x and y so that neither exceeds the device's per-axis limit;
+/// the shaders flatten (x, y) back and skip the surplus of the last row.
+pub(crate) fn grid(total: u64, max_per_dim: u32) -> Result<(u32, u32)> {
+    let max = max_per_dim.max(1) as u64;
+    let x = total.clamp(1, max);
+    let y = total.div_ceil(x).max(1);
+    if y > max {
+        return Err(FmaError::LimitExceeded {
+            what: "dispatch".into(),
+            needed: total,
+            limit: max * max,
+            hint: "split the batch or the sequence".into(),
+        });
+    }
+    Ok((x as u32, y as u32))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn params_match_the_wgsl_struct_size() {
+        // 28 scalars of 4 bytes; uniform structs must be a multiple of 16 bytes.
+        assert_eq!(std::mem::size_of::<Params>(), 112);
+    }
+
+    #[test]
+    fn grid_covers_total_within_limits() {
+        for total in [1u64, 7, 65_535, 65_536, 1_000_000] {
+            let (x, y) = grid(total, 65_535).unwrap();
+            assert!(x <= 65_535 && y <= 65_535);
+            assert!(x as u64 * y as u64 >= total);
+            assert!((x as u64) * (y as u64 - 1) < total);
+        }
+        assert!(grid(5_000_000_000, 65_535).is_err());
+    }
+}

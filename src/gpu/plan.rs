@@ -1,0 +1,451 @@
+//! The FMA dispatcher: a plan fixes the shape and options, uploads the geometry tables and
+//! weights once, and encodes the forward pass (downsample, near field, far field) into one
+//! compute pass. Inputs too large for one storage binding are split over batch x heads.
+
+use std::sync::OnceLock;
+
+use wgpu::util::DeviceExt;
+
+use super::attention::{AttentionBindings, AttentionKernel};
+use super::context::GpuContext;
+use super::downsample::{DownsampleBindings, DownsampleKernel};
+use super::params::{Params, grid};
+use super::shaders::Spec;
+use crate::config::{DownsampleWeights, FmaConfig, Shape};
+use crate::error::{FmaError, Result};
+use crate::geometry::Geometry;
+use crate::geometry::tables::GeomTables;
+use crate::reference::Output;
+
+/// GPU buffers of one forward pass over the plan's whole shape: q, k, v of [batch, heads, n, d]
+/// (STORAGE usage), o of the same shape and lse of [batch, heads, n] (STORAGE, written).
+pub struct AttentionIo<'a> {
+    pub q: &'a wgpu::Buffer,
+    pub k: &'a wgpu::Buffer,
+    pub v: &'a wgpu::Buffer,
+    pub o: &'a wgpu::Buffer,
+    pub lse: &'a wgpu::Buffer,
+}
+
+/// Heads [first, first + heads) processed by one dispatch, with their uniform.
+struct Chunk {
+    first: usize,
+    heads: usize,
+    params: wgpu::Buffer,
+}
+
+/// Buffers for `forward` from host slices, sized for one chunk; made on first use.
+struct HostBuffers {
+    q: wgpu::Buffer,
+    k: wgpu::Buffer,
+    v: wgpu::Buffer,
+    o: wgpu::Buffer,
+    lse: wgpu::Buffer,
+    o_read: wgpu::Buffer,
+    lse_read: wgpu::Buffer,
+}
+
+/// A prepared FMA forward pass for one shape and configuration. Build it once, run it often.
+pub struct FmaPlan {
+    shape: Shape,
+    geometry: Geometry,
+    chunk_heads: usize,
+    chunks: Vec<Chunk>,
+    /// Attention workgroups per head: fine cells x query tiles per cell.
+    query_tiles: usize,
+    geom: wgpu::Buffer,
+    weights: Option<wgpu::Buffer>,
+    coarse: Option<wgpu::Buffer>,
+    downsample: Option<DownsampleKernel>,
+    attention: AttentionKernel,
+    host: OnceLock<HostBuffers>,
+}
+
+impl FmaPlan {
+    /// Prepares FMA over sequences (1D) of `shape`. `weights` are required for the learned
+    /// downsampling kinds (see `DownsampleWeights::mean_init` for the initialisation).
+    pub fn new(
+        ctx: &GpuContext,
+        shape: Shape,
+        config: &FmaConfig,
+        weights: Option<&DownsampleWeights>,
+    ) -> Result<FmaPlan> {
+        shape.validate()?;
+        let geometry = Geometry::line(shape.n, config)?;
+        let d = shape.d;
+        let spec =
+            Spec::for_shape(d, geometry.cell_tokens()).ok_or(FmaError::UnsupportedHeadDim(d))?;
+        let kind = config.downsampling;
+        let packed_weights = if kind.is_learned() && geometry.num_levels() > 0 {
+            let w = weights.ok_or_else(|| {
+                FmaError::Weights(format!(
+                    "{kind:?} downsampling needs weights for {} levels (DownsampleWeights::mean_init gives the initial ones)",
+                    geometry.num_levels()
+                ))
+            })?;
+            w.validate(kind, geometry.p, d, &geometry.group_tokens())?;
+            Some(pack_weights(w))
+        } else {
+            None
+        };
+        let tables = GeomTables::build(&geometry, config.multiplicity, kind, d);
+
+        // Every binding must fit the device; split the heads when the tensors do not.
+        let limits = ctx.limits();
+        let max_binding = limits
+            .max_storage_buffer_binding_size
+            .min(limits.max_buffer_size)
+            .min(u32::MAX as u64 & !3);
+        let check = |what: &str, bytes: u64, hint: &str| -> Result<()> {
+            if bytes > max_binding {
+                return Err(FmaError::LimitExceeded {
+                    what: what.into(),
+                    needed: bytes,
+                    limit: max_binding,
+                    hint: hint.into(),
+                });
+            }
+            Ok(())
+        };
+        check(
+            "the geometry tables",
+            tables.data.len() as u64 * 4,
+            "use a larger m",
+        )?;
+        if let Some((w, _)) = &packed_weights {
+            check(
+                "the downsampling weights",
+                w.len() as u64 * 4,
+                "use a larger m or a smaller p",
+            )?;
+        }
+        let total_rows = geometry.total_cells() * geometry.p;
+        let head_bytes = (shape.n * d * 4) as u64;
+        let coarse_head_bytes = (2 * total_rows * d * 4) as u64;
+        let per_head = head_bytes.max(coarse_head_bytes);
+        check(
+            "one head of Q, K, V, O or of the coarse keys and values",
+            per_head,
+            "shorten the sequence, or use a smaller p",
+        )?;
+        let chunk_heads = ((max_binding / per_head) as usize).clamp(1, shape.bh());
+
+        let query_tile = spec.query_tile as usize;
+        let tiles_per_cell = geometry.cell_tokens() / query_tile;
+        let max_dim = limits.max_compute_workgroups_per_dimension;
+        grid(
+            (geometry.fine_cells() * tiles_per_cell * chunk_heads) as u64,
+            max_dim,
+        )?;
+        grid((total_rows * chunk_heads) as u64, max_dim)?;
+
+        let base = Params {
+            n: shape.n as u32,
+            d: d as u32,
+            bh: 0,
+            p: geometry.p as u32,
+            real_h: geometry.real_h as u32,
+            real_w: geometry.real_w as u32,
+            cell_h: geometry.cell_h as u32,
+            cell_w: geometry.cell_w as u32,
+            cells_x: geometry.cells_x() as u32,
+            fine_cells: geometry.fine_cells() as u32,
+            levels: geometry.num_levels() as u32,
+            causal: config.causal as u32,
+            scale: config.scale_for(d),
+            near_offsets: tables.near_offsets,
+            near_entries: tables.near_entries,
+            far_offsets: tables.far_offsets,
+            far_entries: tables.far_entries,
+            parent: tables.parent,
+            rows: tables.rows,
+            level_table: tables.levels,
+            total_rows: total_rows as u32,
+            wv_base: packed_weights.as_ref().map_or(0, |(_, b)| b[0]),
+            bk_base: packed_weights.as_ref().map_or(0, |(_, b)| b[1]),
+            bv_base: packed_weights.as_ref().map_or(0, |(_, b)| b[2]),
+            tiles_per_cell: tiles_per_cell as u32,
+            coarse_v_base: (chunk_heads * total_rows * d) as u32,
+            _pad0: 0,
+            _pad1: 0,
+        };
+        let dev = &ctx.device;
+        let chunks = (0..shape.bh())
+            .step_by(chunk_heads)
+            .map(|first| {
+                let heads = chunk_heads.min(shape.bh() - first);
+                let params = Params {
+                    bh: heads as u32,
+                    ..base
+                };
+                Chunk {
+                    first,
+                    heads,
+                    params: dev.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                        label: Some("fma params"),
+                        contents: bytemuck::bytes_of(&params),
+                        usage: wgpu::BufferUsages::UNIFORM,
+                    }),
+                }
+            })
+            .collect();
+        let geom = dev.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("fma geometry"),
+            contents: bytemuck::cast_slice(&tables.data),
+            usage: wgpu::BufferUsages::STORAGE,
+        });
+        let weights = packed_weights.map(|(w, _)| {
+            dev.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("fma weights"),
+                contents: bytemuck::cast_slice(&w),
+                usage: wgpu::BufferUsages::STORAGE,
+            })
+        });
+        let query_tiles = geometry.fine_cells() * tiles_per_cell;
+        let has_far = geometry.num_levels() > 0;
+        let coarse = has_far.then(|| {
+            storage(
+                ctx,
+                "fma coarse",
+                coarse_head_bytes * chunk_heads as u64,
+                false,
+            )
+        });
+        let downsample = if has_far {
+            Some(DownsampleKernel::new(ctx, kind, spec)?)
+        } else {
+            None
+        };
+        let attention = AttentionKernel::new(ctx, spec, has_far)?;
+        ctx.take_error()?;
+        Ok(FmaPlan {
+            shape,
+            geometry,
+            chunk_heads,
+            chunks,
+            query_tiles,
+            geom,
+            weights,
+            coarse,
+            downsample,
+            attention,
+            host: OnceLock::new(),
+        })
+    }
+
+    pub fn shape(&self) -> Shape {
+        self.shape
+    }
+
+    pub fn geometry(&self) -> &Geometry {
+        &self.geometry
+    }
+
+    /// Bytes of GPU memory the plan holds besides Q, K, V, O and LSE: the coarse keys and
+    /// values (for one chunk of heads), the geometry tables and the weights.
+    pub fn extra_bytes(&self) -> u64 {
+        [
+            Some(&self.geom),
+            self.weights.as_ref(),
+            self.coarse.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .map(|b| b.size())
+        .sum()
+    }
+
+    /// Records the forward pass over GPU-resident tensors into `encoder` (nothing is submitted).
+    /// The tensors must each fit one storage binding; `forward` splits larger inputs.
+    pub fn encode(
+        &self,
+        ctx: &GpuContext,
+        encoder: &mut wgpu::CommandEncoder,
+        io: &AttentionIo<'_>,
+    ) -> Result<()> {
+        let [chunk] = self.chunks.as_slice() else {
+            return Err(FmaError::LimitExceeded {
+                what: "Q, K, V or O in one storage binding".into(),
+                needed: (self.shape.elements() * 4) as u64,
+                limit: (self.chunk_heads * self.shape.n * self.shape.d * 4) as u64,
+                hint: "use FmaPlan::forward, which splits batch x heads over several dispatches"
+                    .into(),
+            });
+        };
+        let (e, n) = (
+            (self.shape.elements() * 4) as u64,
+            (self.shape.bh() * self.shape.n * 4) as u64,
+        );
+        for (name, buf, need) in [
+            ("q", io.q, e),
+            ("k", io.k, e),
+            ("v", io.v, e),
+            ("o", io.o, e),
+            ("lse", io.lse, n),
+        ] {
+            if buf.size() < need {
+                return Err(FmaError::BadShape {
+                    what: format!("GPU buffer {name}"),
+                    expected: format!("at least {need} bytes"),
+                    got: format!("{} bytes", buf.size()),
+                });
+            }
+        }
+        self.encode_chunk(ctx, encoder, chunk, io)
+    }
+
+    fn encode_chunk(
+        &self,
+        ctx: &GpuContext,
+        encoder: &mut wgpu::CommandEncoder,
+        chunk: &Chunk,
+        io: &AttentionIo<'_>,
+    ) -> Result<()> {
+        let g = &self.geometry;
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("fma forward"),
+            timestamp_writes: None,
+        });
+        if let (Some(ds), Some(coarse)) = (&self.downsample, &self.coarse) {
+            let b = DownsampleBindings {
+                params: &chunk.params,
+                geom: &self.geom,
+                k: io.k,
+                v: io.v,
+                weights: self.weights.as_ref(),
+                coarse,
+            };
+            ds.encode(
+                ctx,
+                &mut pass,
+                &b,
+                (g.total_cells() * g.p * chunk.heads) as u64,
+            )?;
+        }
+        let b = AttentionBindings {
+            params: &chunk.params,
+            geom: &self.geom,
+            q: io.q,
+            k: io.k,
+            v: io.v,
+            coarse: self.coarse.as_ref(),
+            o: io.o,
+            lse: io.lse,
+        };
+        self.attention
+            .encode(ctx, &mut pass, &b, (self.query_tiles * chunk.heads) as u64)
+    }
+
+    /// Runs FMA on host tensors ([batch, heads, n, d], f32) and returns O and LSE.
+    pub async fn forward(
+        &self,
+        ctx: &GpuContext,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+    ) -> Result<Output> {
+        for (name, t) in [("q", q), ("k", k), ("v", v)] {
+            self.shape.check_len(name, t.len())?;
+        }
+        let (n, d) = (self.shape.n, self.shape.d);
+        let host = self.host.get_or_init(|| {
+            let bytes = (self.chunk_heads * n * d * 4) as u64;
+            let lse_bytes = (self.chunk_heads * n * 4) as u64;
+            HostBuffers {
+                q: storage(ctx, "q", bytes, true),
+                k: storage(ctx, "k", bytes, true),
+                v: storage(ctx, "v", bytes, true),
+                o: storage(ctx, "o", bytes, false),
+                lse: storage(ctx, "lse", lse_bytes, false),
+                o_read: readback(ctx, bytes),
+                lse_read: readback(ctx, lse_bytes),
+            }
+        });
+        let mut out = Output {
+            o: Vec::with_capacity(q.len()),
+            lse: Vec::with_capacity(self.shape.bh() * n),
+        };
+        for chunk in &self.chunks {
+            let span = chunk.first * n * d..(chunk.first + chunk.heads) * n * d;
+            ctx.queue
+                .write_buffer(&host.q, 0, bytemuck::cast_slice(&q[span.clone()]));
+            ctx.queue
+                .write_buffer(&host.k, 0, bytemuck::cast_slice(&k[span.clone()]));
+            ctx.queue
+                .write_buffer(&host.v, 0, bytemuck::cast_slice(&v[span.clone()]));
+            let mut encoder = ctx.device.create_command_encoder(&Default::default());
+            let io = AttentionIo {
+                q: &host.q,
+                k: &host.k,
+                v: &host.v,
+                o: &host.o,
+                lse: &host.lse,
+            };
+            self.encode_chunk(ctx, &mut encoder, chunk, &io)?;
+            let (ob, lb) = ((span.len() * 4) as u64, (chunk.heads * n * 4) as u64);
+            encoder.copy_buffer_to_buffer(&host.o, 0, &host.o_read, 0, ob);
+            encoder.copy_buffer_to_buffer(&host.lse, 0, &host.lse_read, 0, lb);
+            ctx.queue.submit([encoder.finish()]);
+            out.o.extend(ctx.read_f32(&host.o_read, span.len()).await?);
+            out.lse
+                .extend(ctx.read_f32(&host.lse_read, chunk.heads * n).await?);
+        }
+        Ok(out)
+    }
+
+    /// Blocking `forward` for native programs.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn forward_blocking(
+        &self,
+        ctx: &GpuContext,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+    ) -> Result<Output> {
+        pollster::block_on(self.forward(ctx, q, k, v))
+    }
+}
+
+/// Concatenates [wk of all levels][wv][bk][bv]; returns the data and the bases of wv, bk, bv.
+fn pack_weights(w: &DownsampleWeights) -> (Vec<f32>, [u32; 3]) {
+    let mut data = Vec::new();
+    let mut bases = [0u32; 3];
+    let parts: [fn(&crate::config::LevelWeights) -> &Vec<f32>; 4] =
+        [|l| &l.wk, |l| &l.wv, |l| &l.bk, |l| &l.bv];
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            bases[i - 1] = data.len() as u32;
+        }
+        for lw in &w.levels {
+            data.extend_from_slice(part(lw));
+        }
+    }
+    if data.is_empty() {
+        data.push(0.0);
+    }
+    (data, bases)
+}
+
+fn storage(ctx: &GpuContext, label: &str, bytes: u64, input: bool) -> wgpu::Buffer {
+    let usage = wgpu::BufferUsages::STORAGE
+        | if input {
+            wgpu::BufferUsages::COPY_DST
+        } else {
+            wgpu::BufferUsages::COPY_SRC
+        };
+    ctx.device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some(label),
+        size: bytes.max(4),
+        usage,
+        mapped_at_creation: false,
+    })
+}
+
+fn readback(ctx: &GpuContext, bytes: u64) -> wgpu::Buffer {
+    ctx.device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("readback"),
+        size: bytes.max(4),
+        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    })
+}

@@ -1,0 +1,84 @@
+//! The WGSL sources, embedded with `include_str!` so the crate works on the web, and their
+//! specialisation: the head-dim tile, key tile and query tile become `const` declarations
+//! (WGSL sizes private arrays only with constants, not with pipeline overrides).
+
+pub(crate) const COMMON: &str = include_str!("../../shaders/common.wgsl");
+pub(crate) const MERGE: &str = include_str!("../../shaders/merge.wgsl");
+pub(crate) const ATTENTION: &str = include_str!("../../shaders/attention.wgsl");
+pub(crate) const DOWNSAMPLE: &str = include_str!("../../shaders/downsample.wgsl");
+
+/// Head-dim tiles the kernels are built for; a head dim uses the smallest tile that holds it.
+pub const HEAD_TILES: [u32; 4] = [16, 32, 64, 128];
+/// Largest query tile (invocations per attention workgroup).
+pub const MAX_QUERY_TILE: u32 = 64;
+/// Floats of workgroup memory per K or V tile: two tiles fill WebGPU's default 16 KiB.
+const TILE_FLOATS: u32 = 2048;
+
+/// A kernel family: one `.wgsl` file and its Rust twin.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Family {
+    Downsample,
+    Attention,
+}
+
+/// The compile-time shape of one shader build.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Spec {
+    /// Head dimension tile (16, 32, 64, 128): the width of the private q and accumulator rows.
+    pub head_tile: u32,
+    /// Queries per attention workgroup: min(tokens per fine cell, 64).
+    pub query_tile: u32,
+}
+
+impl Spec {
+    /// The specialisation for head dim `d` and `cell_tokens` tokens per fine cell.
+    pub fn for_shape(d: usize, cell_tokens: usize) -> Option<Spec> {
+        let head_tile = *HEAD_TILES.iter().find(|&&t| d <= t as usize)?;
+        let query_tile = (cell_tokens as u32).clamp(1, MAX_QUERY_TILE);
+        Some(Spec {
+            head_tile,
+            query_tile,
+        })
+    }
+
+    /// Keys staged per tile: as many as fit, at most 32 (one bit each in a u32 mask).
+    pub fn key_tile(&self) -> u32 {
+        (TILE_FLOATS / self.head_tile).min(32)
+    }
+
+    /// Every specialisation the crate can build (for validation tests).
+    pub fn all() -> Vec<Spec> {
+        let query_tiles = (0..=MAX_QUERY_TILE.trailing_zeros()).map(|s| 1u32 << s);
+        query_tiles
+            .flat_map(|query_tile| {
+                HEAD_TILES.map(|head_tile| Spec {
+                    head_tile,
+                    query_tile,
+                })
+            })
+            .collect()
+    }
+}
+
+/// The complete WGSL text of a family for one specialisation.
+pub fn source(family: Family, spec: Spec) -> String {
+    let header = format!(
+        "const HEAD_TILE: u32 = {h}u;\nconst HEAD_VEC: u32 = {hv}u;\nconst KEY_TILE: u32 = {k}u;\n\
+         const TILE_VECS: u32 = {tv}u;\nconst QUERY_TILE: u32 = {q}u;\n",
+        h = spec.head_tile,
+        hv = spec.head_tile / 4,
+        k = spec.key_tile(),
+        tv = spec.key_tile() * spec.head_tile / 4,
+        q = spec.query_tile,
+    );
+    let parts: &[&str] = match family {
+        Family::Downsample => &[COMMON, DOWNSAMPLE],
+        Family::Attention => &[COMMON, MERGE, ATTENTION],
+    };
+    let mut s = header;
+    for p in parts {
+        s.push_str(p);
+        s.push('\n');
+    }
+    s
+}

@@ -1,0 +1,53 @@
+//! Exact softmax attention, the ground truth FMA is compared with.
+
+use super::{Output, Triple};
+use crate::config::Shape;
+use crate::error::Result;
+
+/// Dense attention over [batch, heads, n, d] tensors, bidirectional or causal.
+pub fn dense(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    shape: Shape,
+    causal: bool,
+    scale: f32,
+) -> Result<Output> {
+    shape.validate()?;
+    for (name, t) in [("q", q), ("k", k), ("v", v)] {
+        shape.check_len(name, t.len())?;
+    }
+    let (n, d) = (shape.n, shape.d);
+    let mut out = Output {
+        o: vec![0.0; shape.elements()],
+        lse: vec![0.0; shape.bh() * n],
+    };
+    for h in 0..shape.bh() {
+        let base = h * n * d;
+        let row = |t: &[f32], j: usize| -> Vec<f64> {
+            t[base + j * d..base + (j + 1) * d]
+                .iter()
+                .map(|&x| x as f64)
+                .collect()
+        };
+        for i in 0..n {
+            let qi = row(q, i);
+            let mut t = Triple::empty(d);
+            let last = if causal { i + 1 } else { n };
+            for j in 0..last {
+                let z = scale as f64 * dot(&qi, &row(k, j));
+                t.add(z, row(v, j));
+            }
+            let (o, lse) = t.finish();
+            for (c, x) in o.into_iter().enumerate() {
+                out.o[base + i * d + c] = x as f32;
+            }
+            out.lse[h * n + i] = lse as f32;
+        }
+    }
+    Ok(out)
+}
+
+pub(crate) fn dot(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}

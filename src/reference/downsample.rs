@@ -1,0 +1,76 @@
+//! Coarse keys and values of every group at every level (spec section 3), mirrors downsample.wgsl.
+
+use crate::config::{DownsampleWeights, Downsampling};
+use crate::geometry::Geometry;
+
+/// Coarse keys and values of one head: row `cell * p + r`, each a d-vector.
+pub struct Coarse {
+    pub k: Vec<Vec<f64>>,
+    pub v: Vec<Vec<f64>>,
+}
+
+/// Summarises one head's keys `k` and values `v` (each n x d, row-major).
+pub fn downsample(
+    g: &Geometry,
+    kind: Downsampling,
+    weights: &DownsampleWeights,
+    k: &[f32],
+    v: &[f32],
+    d: usize,
+) -> Coarse {
+    let p = g.p;
+    let rows = g.total_cells() * p;
+    let mut out = Coarse {
+        k: vec![vec![0.0; d]; rows],
+        v: vec![vec![0.0; d]; rows],
+    };
+    for (li, lv) in g.levels.iter().enumerate() {
+        let l = li + 1;
+        let s = lv.group_tokens();
+        for grp in 0..lv.groups() {
+            let tokens: Vec<Option<usize>> = g
+                .group_positions(l, grp)
+                .into_iter()
+                .map(|(y, x)| g.token_at(y, x))
+                .collect();
+            for r in 0..p {
+                let row = (lv.cell_offset + grp) * p + r;
+                let count = g.multiplicity(l, grp, r);
+                if count == 0 {
+                    continue; // skipped by the attention; left at zero
+                }
+                for (src, dst, w, b) in [
+                    (k, &mut out.k[row], weights_of(weights, li, true)),
+                    (v, &mut out.v[row], weights_of(weights, li, false)),
+                ]
+                .map(|(s, o, (w, b))| (s, o, w, b))
+                {
+                    for c in 0..d {
+                        let x = |t: usize| tokens[t].map_or(0.0, |j| src[j * d + c] as f64);
+                        dst[c] = match kind {
+                            Downsampling::Mean => {
+                                let seg = g.segment_offsets(l, r);
+                                seg.iter().map(|&t| x(t)).sum::<f64>() / count as f64
+                            }
+                            Downsampling::Basis => (0..s).map(|t| w[r * s + t] as f64 * x(t)).sum(),
+                            Downsampling::Depthwise => {
+                                let wr = &w[(c * p + r) * s..(c * p + r + 1) * s];
+                                (0..s).map(|t| wr[t] as f64 * x(t)).sum::<f64>()
+                                    + b[c * p + r] as f64
+                            }
+                        };
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+fn weights_of(w: &DownsampleWeights, li: usize, key: bool) -> (&[f32], &[f32]) {
+    match w.levels.get(li) {
+        Some(lw) if key => (&lw.wk, &lw.bk),
+        Some(lw) => (&lw.wv, &lw.bv),
+        None => (&[], &[]),
+    }
+}

@@ -1,0 +1,110 @@
+//! Helpers shared by the integration tests: seeded data, one shared GPU, error measures.
+#![allow(dead_code)]
+
+use std::sync::OnceLock;
+
+use multipole::{DownsampleWeights, Downsampling, FmaConfig, GpuContext, Shape};
+
+/// Seeded uniform values in [-1, 1) (splitmix64), so failures reproduce.
+pub fn random(seed: u64, len: usize) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(1);
+    (0..len)
+        .map(|_| {
+            s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = s;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            ((z >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+/// Random q, k, v for a shape.
+pub fn qkv(seed: u64, shape: Shape) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let e = shape.elements();
+    (random(seed, e), random(seed + 1, e), random(seed + 2, e))
+}
+
+/// The GPU every test shares. No adapter is a failure, never a silent pass: CI installs
+/// lavapipe so that these tests always run.
+pub fn gpu() -> &'static GpuContext {
+    static CTX: OnceLock<GpuContext> = OnceLock::new();
+    CTX.get_or_init(|| match GpuContext::new_blocking() {
+        Ok(ctx) => {
+            eprintln!("GPU tests run on: {}", ctx.describe());
+            ctx
+        }
+        Err(e) => panic!(
+            "GPU tests need an adapter and found none ({e}). Install Mesa's lavapipe: \
+             apt-get install mesa-vulkan-drivers"
+        ),
+    })
+}
+
+/// Random weights near the `Mean` initialisation (perturbed so the kinds differ from Mean).
+pub fn weights(
+    seed: u64,
+    kind: Downsampling,
+    p: usize,
+    d: usize,
+    group_tokens: &[usize],
+) -> DownsampleWeights {
+    let mut w = DownsampleWeights::mean_init(kind, p, d, group_tokens);
+    for (i, lw) in w.levels.iter_mut().enumerate() {
+        for (j, part) in [&mut lw.wk, &mut lw.wv, &mut lw.bk, &mut lw.bv]
+            .into_iter()
+            .enumerate()
+        {
+            let noise = random(seed * 131 + (i * 4 + j) as u64, part.len());
+            for (x, e) in part.iter_mut().zip(noise) {
+                *x += 0.05 * e;
+            }
+        }
+    }
+    w
+}
+
+/// Largest |a - b| and where it occurs.
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> (f32, usize) {
+    assert_eq!(a.len(), b.len(), "lengths differ");
+    a.iter()
+        .zip(b)
+        .enumerate()
+        .map(|(i, (x, y))| ((x - y).abs(), i))
+        .fold(
+            (0.0, 0),
+            |acc, x| if x.0 > acc.0 || x.0.is_nan() { x } else { acc },
+        )
+}
+
+/// The spec's f32 bar: max |a - b| <= tol * max |v| (tol = 1e-4 for f32).
+pub fn assert_close(what: &str, got: &[f32], want: &[f32], v: &[f32], tol: f32) {
+    let vmax = v.iter().fold(0.0f32, |m, x| m.max(x.abs())).max(1e-30);
+    let (err, at) = max_abs_diff(got, want);
+    assert!(
+        err <= tol * vmax && got.iter().all(|x| x.is_finite()),
+        "{what}: max abs error {err} at index {at} (got {}, want {}) exceeds {tol} x max|V| = {}",
+        got[at],
+        want[at],
+        tol * vmax
+    );
+}
+
+/// A config with every option spelled out.
+pub fn config(
+    m: usize,
+    p: usize,
+    causal: bool,
+    kind: Downsampling,
+    multiplicity: bool,
+) -> FmaConfig {
+    FmaConfig {
+        m,
+        p,
+        causal,
+        downsampling: kind,
+        multiplicity,
+        scale: None,
+    }
+}

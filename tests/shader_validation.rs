@@ -1,0 +1,38 @@
+//! Every shader, in every specialisation the crate can build, parses and validates with naga
+//! under WebGPU's default capabilities (what a browser accepts).
+
+use multipole::gpu::shaders::{Family, Spec, source};
+
+fn validate(family: Family, spec: Spec) -> Result<(), String> {
+    let text = source(family, spec);
+    let module = naga::front::wgsl::parse_str(&text).map_err(|e| e.emit_to_string(&text))?;
+    naga::valid::Validator::new(
+        naga::valid::ValidationFlags::all(),
+        naga::valid::Capabilities::default(),
+    )
+    .validate(&module)
+    .map_err(|e| e.emit_to_string(&text))?;
+    Ok(())
+}
+
+#[test]
+fn every_specialisation_validates() {
+    let specs = Spec::all();
+    assert_eq!(specs.len(), 4 * 7, "head tiles x query tiles");
+    for family in [Family::Downsample, Family::Attention] {
+        for &spec in &specs {
+            if let Err(e) = validate(family, spec) {
+                panic!("{family:?} {spec:?} does not validate:\n{e}");
+            }
+        }
+    }
+}
+
+#[test]
+fn workgroup_memory_fits_webgpu_default() {
+    // Two K/V tiles of key_tile x head_tile floats must fit 16 KiB.
+    for spec in Spec::all() {
+        let bytes = 2 * spec.key_tile() * spec.head_tile * 4;
+        assert!(bytes <= 16384, "{spec:?} uses {bytes} bytes");
+    }
+}
