@@ -17,3 +17,5 @@ pub mod gpu;
 
 pub use gpu::{AttentionIo, FmaPlan, GpuContext};
 pub use reference::Output;
+/// The wgpu this crate is built on, for callers that share a device with it.
+pub use wgpu;

@@ -132,6 +132,11 @@ impl Geometry {
     /// Fine cell of a real token.
     pub fn fine_cell_of(&self, token: usize) -> usize {
         let (y, x) = self.position(token);
+        self.fine_cell_at(y, x)
+    }
+
+    /// Fine cell of a padded grid position.
+    pub fn fine_cell_at(&self, y: usize, x: usize) -> usize {
         (y / self.cell_h) * self.cells_x() + x / self.cell_w
     }
 

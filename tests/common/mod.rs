@@ -23,7 +23,11 @@ pub fn random(seed: u64, len: usize) -> Vec<f32> {
 /// Random q, k, v for a shape.
 pub fn qkv(seed: u64, shape: Shape) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let e = shape.elements();
-    (random(seed, e), random(seed + 1, e), random(seed + 2, e))
+    (
+        random(seed, e),
+        random(seed.wrapping_add(1), e),
+        random(seed.wrapping_add(2), e),
+    )
 }
 
 /// The GPU every test shares. No adapter is a failure, never a silent pass: CI installs
@@ -56,7 +60,10 @@ pub fn weights(
             .into_iter()
             .enumerate()
         {
-            let noise = random(seed * 131 + (i * 4 + j) as u64, part.len());
+            let noise = random(
+                seed.wrapping_mul(131).wrapping_add((i * 4 + j) as u64),
+                part.len(),
+            );
             for (x, e) in part.iter_mut().zip(noise) {
                 *x += 0.05 * e;
             }

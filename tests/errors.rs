@@ -1,0 +1,214 @@
+//! Every bad input gives its own typed error, never a panic.
+
+mod common;
+use common::*;
+use multipole::{
+    DownsampleWeights, Downsampling, FmaConfig, FmaError, FmaPlan, GpuContext, Shape, reference,
+};
+
+#[test]
+fn m_must_be_a_power_of_two() {
+    for m in [0, 3, 12, 48] {
+        let err = FmaConfig::new(m, 1).validate().unwrap_err();
+        assert!(
+            matches!(err, FmaError::InvalidConfig(ref s) if s.contains("power of two")),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn p_must_divide_m() {
+    for (m, p) in [(8, 3), (8, 0), (4, 8)] {
+        let err = FmaConfig::new(m, p).validate().unwrap_err();
+        assert!(
+            matches!(err, FmaError::InvalidConfig(ref s) if s.contains("divide")),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn unsupported_head_dims_are_refused() {
+    let ctx = gpu();
+    for d in [0, 129, 256] {
+        let shape = Shape::new(1, 1, 16, d);
+        let err = FmaPlan::new(ctx, shape, &FmaConfig::new(4, 1), None)
+            .err()
+            .unwrap();
+        assert_eq!(err, FmaError::UnsupportedHeadDim(d));
+        let x = vec![0.0; shape.elements()];
+        assert_eq!(
+            reference::fma_forward(&x, &x, &x, shape, &FmaConfig::new(4, 1), None).unwrap_err(),
+            FmaError::UnsupportedHeadDim(d)
+        );
+    }
+}
+
+#[test]
+fn empty_dimensions_are_refused() {
+    let ctx = gpu();
+    for shape in [
+        Shape::new(0, 1, 8, 16),
+        Shape::new(1, 0, 8, 16),
+        Shape::new(1, 1, 0, 16),
+    ] {
+        let err = FmaPlan::new(ctx, shape, &FmaConfig::new(4, 1), None)
+            .err()
+            .unwrap();
+        assert!(matches!(err, FmaError::BadShape { .. }), "{err}");
+    }
+}
+
+#[test]
+fn tensor_lengths_must_match_the_shape() {
+    let ctx = gpu();
+    let shape = Shape::new(1, 2, 20, 16);
+    let plan = FmaPlan::new(ctx, shape, &FmaConfig::new(4, 1), None).unwrap();
+    let good = vec![0.5; shape.elements()];
+    let short = vec![0.5; shape.elements() - 1];
+    let err = plan
+        .forward_blocking(ctx, &good, &short, &good)
+        .unwrap_err();
+    assert!(
+        matches!(err, FmaError::BadShape { ref what, .. } if what == "k"),
+        "{err}"
+    );
+    let err = reference::fma_forward(&short, &good, &good, shape, &FmaConfig::new(4, 1), None)
+        .unwrap_err();
+    assert!(
+        matches!(err, FmaError::BadShape { ref what, .. } if what == "q"),
+        "{err}"
+    );
+}
+
+#[test]
+fn learned_kinds_need_weights_of_the_right_shape() {
+    let ctx = gpu();
+    let shape = Shape::new(1, 1, 64, 16);
+    let cfg = FmaConfig {
+        downsampling: Downsampling::Basis,
+        ..FmaConfig::new(4, 2)
+    };
+    let err = FmaPlan::new(ctx, shape, &cfg, None).err().unwrap();
+    assert!(
+        matches!(err, FmaError::Weights(ref s) if s.contains("needs weights")),
+        "{err}"
+    );
+
+    let g = multipole::Geometry::line(64, &cfg).unwrap();
+    let mut w = DownsampleWeights::mean_init(Downsampling::Basis, 2, 16, &g.group_tokens());
+    w.levels[1].wv.pop();
+    let err = FmaPlan::new(ctx, shape, &cfg, Some(&w)).err().unwrap();
+    assert!(
+        matches!(err, FmaError::Weights(ref s) if s.contains("wv.2")),
+        "{err}"
+    );
+
+    let mut w = DownsampleWeights::mean_init(Downsampling::Basis, 2, 16, &g.group_tokens());
+    w.levels.pop();
+    let err = reference::fma_forward(
+        &[0.0; 1024],
+        &[0.0; 1024],
+        &[0.0; 1024],
+        shape,
+        &cfg,
+        Some(&w),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, FmaError::Weights(ref s) if s.contains("levels")),
+        "{err}"
+    );
+
+    let dw = FmaConfig {
+        downsampling: Downsampling::Depthwise,
+        ..cfg
+    };
+    let mut w = DownsampleWeights::mean_init(Downsampling::Depthwise, 2, 16, &g.group_tokens());
+    w.levels[0].bk = vec![0.0; 3];
+    let err = FmaPlan::new(ctx, shape, &dw, Some(&w)).err().unwrap();
+    assert!(
+        matches!(err, FmaError::Weights(ref s) if s.contains("bk.1")),
+        "{err}"
+    );
+
+    let mut w = DownsampleWeights::mean_init(Downsampling::Depthwise, 2, 16, &g.group_tokens());
+    w.levels[0].wk[0] = f32::NAN;
+    let err = FmaPlan::new(ctx, shape, &dw, Some(&w)).err().unwrap();
+    assert!(
+        matches!(err, FmaError::Weights(ref s) if s.contains("non-finite")),
+        "{err}"
+    );
+}
+
+/// A device whose storage bindings hold only 64 KiB: the tensors no longer fit one binding.
+fn small_device() -> GpuContext {
+    let instance =
+        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    let adapter = pollster::block_on(instance.request_adapter(&Default::default()))
+        .expect("an adapter (lavapipe in CI)");
+    let limits = wgpu::Limits {
+        max_storage_buffer_binding_size: 1 << 16,
+        ..adapter.limits()
+    };
+    let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+        required_limits: limits,
+        ..Default::default()
+    }))
+    .unwrap();
+    GpuContext::from_device(device, queue, adapter.get_info())
+}
+
+#[test]
+fn inputs_over_the_binding_limit_are_split_over_heads() {
+    let ctx = small_device();
+    let shape = Shape::new(2, 3, 300, 32); // 38 KB per head, 230 KB per tensor
+    let cfg = FmaConfig::new(8, 2);
+    let (q, k, v) = qkv(4, shape);
+    let plan = FmaPlan::new(&ctx, shape, &cfg, None).unwrap();
+    let got = plan.forward_blocking(&ctx, &q, &k, &v).unwrap();
+    let want = reference::fma_forward(&q, &k, &v, shape, &cfg, None).unwrap();
+    assert_close("split o", &got.o, &want.o, &v, 1e-4);
+    assert_close("split lse", &got.lse, &want.lse, &[1.0], 1e-4);
+
+    // Whole GPU tensors of this shape cannot be bound at once: a clear error, no wgpu panic.
+    let buf = |bytes: usize| {
+        ctx.device.create_buffer(&wgpu::BufferDescriptor {
+            label: None,
+            size: bytes as u64,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        })
+    };
+    let (t, l) = (buf(shape.elements() * 4), buf(shape.bh() * shape.n * 4));
+    let mut enc = ctx.device.create_command_encoder(&Default::default());
+    let io = multipole::AttentionIo {
+        q: &t,
+        k: &t,
+        v: &t,
+        o: &t,
+        lse: &l,
+    };
+    let err = plan.encode(&ctx, &mut enc, &io).unwrap_err();
+    assert!(
+        matches!(err, FmaError::LimitExceeded { ref hint, .. } if hint.contains("forward")),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_head_over_the_binding_limit_is_refused_with_the_limit() {
+    let ctx = small_device();
+    let shape = Shape::new(1, 1, 1024, 32); // 128 KiB per head > 64 KiB
+    let err = FmaPlan::new(&ctx, shape, &FmaConfig::new(8, 2), None)
+        .err()
+        .unwrap();
+    match err {
+        FmaError::LimitExceeded { needed, limit, .. } => {
+            assert_eq!(limit, 1 << 16);
+            assert_eq!(needed, 1024 * 32 * 4);
+        }
+        other => panic!("expected LimitExceeded, got {other}"),
+    }
+}

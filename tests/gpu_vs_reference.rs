@@ -1,0 +1,178 @@
+//! The GPU kernels against the f64 CPU reference over many random configurations.
+//! Tolerance (the spec's f32 bar): max |O_gpu - O_ref| <= 1e-4 * max |V|, and the same
+//! absolute bound on LSE (whose values are O(1) to O(10) here).
+
+mod common;
+use common::*;
+use multipole::{Downsampling, FmaPlan, Geometry, Shape, reference};
+use proptest::prelude::*;
+
+#[derive(Debug, Clone)]
+struct Case {
+    batch: usize,
+    heads: usize,
+    n: usize,
+    d: usize,
+    m: usize,
+    p: usize,
+    causal: bool,
+    kind: Downsampling,
+    multiplicity: bool,
+    seed: u64,
+}
+
+fn case() -> impl Strategy<Value = Case> {
+    let m = prop::sample::select(vec![4usize, 8, 16, 32, 64]);
+    let d = prop::sample::select(vec![1usize, 3, 16, 24, 32, 48, 64, 100, 128]);
+    let kind = prop::sample::select(vec![
+        Downsampling::Mean,
+        Downsampling::Basis,
+        Downsampling::Depthwise,
+    ]);
+    // n: mostly short, some up to a few thousand, non-powers of two included.
+    let n = prop_oneof![1usize..64, 64usize..600, 600usize..3000];
+    (
+        m,
+        0u32..7,
+        d,
+        kind,
+        n,
+        any::<bool>(),
+        any::<bool>(),
+        1usize..3,
+        1usize..3,
+        any::<u64>(),
+    )
+        .prop_map(
+            |(m, p_log, d, kind, n, causal, multiplicity, batch, heads, seed)| {
+                let p = 1usize << p_log.min(m.trailing_zeros());
+                Case {
+                    batch,
+                    heads,
+                    n,
+                    d,
+                    m,
+                    p,
+                    causal,
+                    kind,
+                    multiplicity,
+                    seed,
+                }
+            },
+        )
+}
+
+/// Runs one case, asserts the tolerance and returns the error relative to max |V|.
+fn run(c: &Case) -> f32 {
+    let ctx = gpu();
+    let shape = Shape::new(c.batch, c.heads, c.n, c.d);
+    let cfg = config(c.m, c.p, c.causal, c.kind, c.multiplicity);
+    let g = Geometry::line(c.n, &cfg).unwrap();
+    let w = weights(c.seed, c.kind, c.p, c.d, &g.group_tokens());
+    let (q, k, v) = qkv(c.seed, shape);
+    let want = reference::fma_forward(&q, &k, &v, shape, &cfg, Some(&w)).unwrap();
+    let got = FmaPlan::new(ctx, shape, &cfg, Some(&w))
+        .unwrap()
+        .forward_blocking(ctx, &q, &k, &v)
+        .unwrap();
+    let what = format!("{c:?}");
+    assert_close(&format!("o {what}"), &got.o, &want.o, &v, 1e-4);
+    assert_close(&format!("lse {what}"), &got.lse, &want.lse, &[1.0], 1e-4);
+    let vmax = v.iter().fold(0f32, |a, x| a.max(x.abs()));
+    max_abs_diff(&got.o, &want.o).0 / vmax
+}
+
+#[test]
+fn gpu_matches_reference() {
+    let config = ProptestConfig {
+        cases: 96,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    };
+    let mut runner = proptest::test_runner::TestRunner::new(config);
+    let (mut cases, mut worst) = (0usize, 0f32);
+    let result = runner.run(&case(), |c| {
+        worst = worst.max(run(&c));
+        cases += 1;
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+    eprintln!("gpu_vs_reference: {cases} random cases passed, largest error {worst:.3e} x max|V|");
+}
+
+/// Every head-dim tile, kind and variant at least once, whatever the random sweep drew.
+#[test]
+fn gpu_matches_reference_on_every_tile_and_kind() {
+    let (mut cases, mut worst) = (0usize, 0f32);
+    for (i, d) in [16, 32, 64, 128, 7].into_iter().enumerate() {
+        for kind in [
+            Downsampling::Mean,
+            Downsampling::Basis,
+            Downsampling::Depthwise,
+        ] {
+            for causal in [false, true] {
+                let c = Case {
+                    batch: 2,
+                    heads: 1,
+                    n: 333,
+                    d,
+                    m: 8,
+                    p: 2,
+                    causal,
+                    kind,
+                    multiplicity: i % 2 == 0,
+                    seed: i as u64,
+                };
+                worst = worst.max(run(&c));
+                cases += 1;
+            }
+        }
+    }
+    eprintln!("gpu_vs_reference: {cases} fixed cases passed, largest error {worst:.3e} x max|V|");
+}
+
+/// Scores up to |z| ~ 1e4 stay finite and correct. The f32 dot product itself carries a
+/// rounding error of about eps * sum|q_c k_c| * tau in z, so the tolerance here is that
+/// error (times 8) on top of the usual 1e-4, relative to max |V|.
+#[test]
+fn large_scores_stay_finite_and_correct() {
+    let ctx = gpu();
+    for causal in [false, true] {
+        let shape = Shape::new(1, 1, 500, 16);
+        let (q, k, v) = qkv(99, shape);
+        let (q, k): (Vec<f32>, Vec<f32>) = (
+            q.iter().map(|x| x * 60.0).collect(),
+            k.iter().map(|x| x * 60.0).collect(),
+        );
+        let cfg = config(8, 2, causal, Downsampling::Mean, true);
+        let tau = cfg.scale_for(16);
+        let zmax = (0..shape.n)
+            .flat_map(|i| (0..shape.n).map(move |j| (i, j)))
+            .map(|(i, j)| {
+                (0..16)
+                    .map(|c| (q[i * 16 + c] * k[j * 16 + c]).abs())
+                    .sum::<f32>()
+                    * tau
+            })
+            .fold(0f32, f32::max);
+        assert!(
+            zmax > 5e3 && zmax < 2e4,
+            "scores should reach ~1e4, got {zmax}"
+        );
+        let want = reference::fma_forward(&q, &k, &v, shape, &cfg, None).unwrap();
+        let got = FmaPlan::new(ctx, shape, &cfg, None)
+            .unwrap()
+            .forward_blocking(ctx, &q, &k, &v)
+            .unwrap();
+        assert!(
+            got.o.iter().chain(&got.lse).all(|x| x.is_finite()),
+            "non-finite output"
+        );
+        let tol = 1e-4 + 8.0 * f32::EPSILON * zmax;
+        assert_close("o, large scores", &got.o, &want.o, &v, tol);
+        let lse_tol = 1e-4 + 8.0 * f32::EPSILON * zmax;
+        assert_close("lse, large scores", &got.lse, &want.lse, &[1.0], lse_tol);
+    }
+}
