@@ -9,6 +9,7 @@ pub mod config;
 pub mod error;
 pub mod geometry;
 pub mod reference;
+pub mod tensor_file;
 
 pub use config::{DownsampleWeights, Downsampling, FmaConfig, LevelWeights, Shape};
 pub use error::{FmaError, Result};

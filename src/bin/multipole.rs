@@ -1,1 +1,142 @@
-fn main() {}
+//! The `multipole` command line: FMA on tensors from safetensors files.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use multipole::tensor_file::{Tensor, TensorFile, write_tensors};
+use multipole::{DownsampleWeights, Downsampling, FmaConfig, FmaPlan, Geometry, GpuContext, LevelWeights, Shape, reference};
+
+#[derive(Parser)]
+#[command(name = "multipole", version, about = "Fast Multipole Attention on the GPU (wgpu) and on the CPU")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// FMA over q, k, v of shape [batch, heads, n, d] from a safetensors file; writes o and lse.
+    Attend(AttendArgs),
+}
+
+#[derive(clap::Args)]
+struct AttendArgs {
+    /// Input safetensors: f32 `q`, `k`, `v` [batch, heads, n, d]; for learned downsampling also
+    /// `wk.L`, `wv.L` (and `bk.L`, `bv.L` for depthwise) for each coarse level L = 1, 2, ...
+    #[arg(long)]
+    input: PathBuf,
+    /// Output safetensors: `o` [batch, heads, n, d] and `lse` [batch, heads, n].
+    #[arg(long)]
+    output: PathBuf,
+    /// Fine cell size (a power of two).
+    #[arg(long)]
+    m: usize,
+    /// Coarse keys per group (divides m).
+    #[arg(long)]
+    p: usize,
+    /// Autoregressive masking.
+    #[arg(long)]
+    causal: bool,
+    /// mean, basis or depthwise.
+    #[arg(long, default_value = "mean")]
+    downsampling: Downsampling,
+    /// Do not add log(multiplicity) to coarse scores.
+    #[arg(long)]
+    no_multiplicity: bool,
+    /// Score scale (default 1/sqrt(d)).
+    #[arg(long)]
+    scale: Option<f32>,
+    /// Run the f64 CPU reference instead of the GPU.
+    #[arg(long)]
+    reference: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Attend(args) => attend(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn attend(args: &AttendArgs) -> multipole::Result<()> {
+    let file = TensorFile::open(&args.input)?;
+    let q = file.get("q")?;
+    let [batch, heads, n, d] = q.shape[..] else {
+        return Err(multipole::FmaError::BadShape {
+            what: "tensor 'q'".into(),
+            expected: "4 dimensions [batch, heads, n, d]".into(),
+            got: format!("{:?}", q.shape),
+        });
+    };
+    let k = file.get_shaped("k", &q.shape)?;
+    let v = file.get_shaped("v", &q.shape)?;
+    let shape = Shape::new(batch, heads, n, d);
+    let config = FmaConfig {
+        m: args.m,
+        p: args.p,
+        causal: args.causal,
+        downsampling: args.downsampling,
+        multiplicity: !args.no_multiplicity,
+        scale: args.scale,
+    };
+    shape.validate()?;
+    let geometry = Geometry::line(n, &config)?;
+    let weights = read_weights(&file, &config, &geometry, d)?;
+    let out = if args.reference {
+        reference::fma_forward(&q.data, &k.data, &v.data, shape, &config, weights.as_ref())?
+    } else {
+        let ctx = GpuContext::new_blocking()?;
+        let plan = FmaPlan::new(&ctx, shape, &config, weights.as_ref())?;
+        plan.forward_blocking(&ctx, &q.data, &k.data, &v.data)?
+    };
+    write_tensors(
+        &args.output,
+        &[
+            ("o", Tensor { shape: q.shape.clone(), data: out.o }),
+            ("lse", Tensor { shape: vec![batch, heads, n], data: out.lse }),
+        ],
+    )
+}
+
+/// `wk.L`, `wv.L` (and `bk.L`, `bv.L`) for L = 1..levels, shaped as the geometry requires.
+fn read_weights(file: &TensorFile, config: &FmaConfig, g: &Geometry, d: usize) -> multipole::Result<Option<DownsampleWeights>> {
+    let p = config.p;
+    let levels = match config.downsampling {
+        Downsampling::Mean => return Ok(None),
+        Downsampling::Basis => g
+            .group_tokens()
+            .iter()
+            .enumerate()
+            .map(|(i, &s)| {
+                Ok(LevelWeights {
+                    wk: file.get_shaped(&format!("wk.{}", i + 1), &[p, s])?.data,
+                    wv: file.get_shaped(&format!("wv.{}", i + 1), &[p, s])?.data,
+                    ..Default::default()
+                })
+            })
+            .collect::<multipole::Result<Vec<_>>>()?,
+        Downsampling::Depthwise => g
+            .group_tokens()
+            .iter()
+            .enumerate()
+            .map(|(i, &s)| {
+                let l = i + 1;
+                Ok(LevelWeights {
+                    wk: file.get_shaped(&format!("wk.{l}"), &[d, p, s])?.data,
+                    wv: file.get_shaped(&format!("wv.{l}"), &[d, p, s])?.data,
+                    bk: file.get_shaped(&format!("bk.{l}"), &[d, p])?.data,
+                    bv: file.get_shaped(&format!("bv.{l}"), &[d, p])?.data,
+                })
+            })
+            .collect::<multipole::Result<Vec<_>>>()?,
+    };
+    Ok(Some(DownsampleWeights { levels }))
+}

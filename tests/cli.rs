@@ -1,0 +1,116 @@
+//! The `multipole attend` command: results equal the library's, bad files give clear errors.
+
+mod common;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::*;
+use multipole::tensor_file::{Tensor, TensorFile, write_tensors};
+use multipole::{Downsampling, FmaConfig, Geometry, Shape, reference};
+
+fn tmp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("multipole-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+fn attend(input: &Path, output: &Path, extra: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_multipole"))
+        .args(["attend", "--input"])
+        .arg(input)
+        .arg("--output")
+        .arg(output)
+        .args(extra)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!stderr.contains("panicked"), "the CLI panicked: {stderr}");
+    (out.status.success(), stderr)
+}
+
+fn t(shape: &[usize], data: Vec<f32>) -> Tensor {
+    Tensor { shape: shape.to_vec(), data }
+}
+
+#[test]
+fn attend_matches_the_library_on_gpu_and_reference() {
+    let shape = Shape::new(1, 2, 100, 16);
+    let dims = [1, 2, 100, 16];
+    let (q, k, v) = qkv(3, shape);
+    let cfg = FmaConfig { causal: true, downsampling: Downsampling::Depthwise, ..FmaConfig::new(8, 2) };
+    let g = Geometry::line(100, &cfg).unwrap();
+    let w = weights(2, Downsampling::Depthwise, 2, 16, &g.group_tokens());
+    let mut tensors = vec![("q".to_string(), t(&dims, q.clone())), ("k".into(), t(&dims, k.clone())), ("v".into(), t(&dims, v.clone()))];
+    for (i, (lw, &s)) in w.levels.iter().zip(&g.group_tokens()).enumerate() {
+        let l = i + 1;
+        tensors.push((format!("wk.{l}"), t(&[16, 2, s], lw.wk.clone())));
+        tensors.push((format!("wv.{l}"), t(&[16, 2, s], lw.wv.clone())));
+        tensors.push((format!("bk.{l}"), t(&[16, 2], lw.bk.clone())));
+        tensors.push((format!("bv.{l}"), t(&[16, 2], lw.bv.clone())));
+    }
+    let named: Vec<(&str, Tensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();
+    let input = tmp("in.safetensors");
+    write_tensors(&input, &named).unwrap();
+    let want = reference::fma_forward(&q, &k, &v, shape, &cfg, Some(&w)).unwrap();
+    for (flag, tol) in [(None, 1e-4), (Some("--reference"), 1e-6)] {
+        let output = tmp("out.safetensors");
+        let mut args = vec!["--m", "8", "--p", "2", "--causal", "--downsampling", "depthwise"];
+        args.extend(flag);
+        let (ok, err) = attend(&input, &output, &args);
+        assert!(ok, "attend failed: {err}");
+        let f = TensorFile::open(&output).unwrap();
+        let o = f.get_shaped("o", &dims).unwrap();
+        let lse = f.get_shaped("lse", &[1, 2, 100]).unwrap();
+        assert_close("cli o", &o.data, &want.o, &v, tol);
+        assert_close("cli lse", &lse.data, &want.lse, &[1.0], tol);
+    }
+}
+
+#[test]
+fn bad_files_give_clear_errors() {
+    let dims = [1, 1, 16, 4];
+    let x = random(1, 64);
+    let good = |name: &str| -> PathBuf {
+        let p = tmp(name);
+        write_tensors(&p, &[("q", t(&dims, x.clone())), ("k", t(&dims, x.clone())), ("v", t(&dims, x.clone()))]).unwrap();
+        p
+    };
+    let out = tmp("bad-out.safetensors");
+    let base = ["--m", "4", "--p", "2"];
+
+    let (ok, err) = attend(&tmp("does-not-exist.safetensors"), &out, &base);
+    assert!(!ok && err.contains("does-not-exist"), "{err}");
+
+    let junk = tmp("junk.safetensors");
+    std::fs::write(&junk, b"this is not a tensor file").unwrap();
+    let (ok, err) = attend(&junk, &out, &base);
+    assert!(!ok && err.contains("not a safetensors file"), "{err}");
+
+    let missing = tmp("missing.safetensors");
+    write_tensors(&missing, &[("q", t(&dims, x.clone())), ("k", t(&dims, x.clone()))]).unwrap();
+    let (ok, err) = attend(&missing, &out, &base);
+    assert!(!ok && err.contains("missing tensor 'v'"), "{err}");
+
+    let wrong = tmp("wrong-shape.safetensors");
+    write_tensors(&wrong, &[("q", t(&dims, x.clone())), ("k", t(&[1, 1, 8, 8], x.clone())), ("v", t(&dims, x.clone()))]).unwrap();
+    let (ok, err) = attend(&wrong, &out, &base);
+    assert!(!ok && err.contains("'k' has shape [1, 1, 8, 8]"), "{err}");
+
+    let f64_file = tmp("f64.safetensors");
+    let bytes = vec![0u8; 64 * 8];
+    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F64, dims.to_vec(), &bytes).unwrap();
+    std::fs::write(&f64_file, safetensors::serialize([("q", view)], None).unwrap()).unwrap();
+    let (ok, err) = attend(&f64_file, &out, &base);
+    assert!(!ok && err.contains("f32 is required"), "{err}");
+
+    let rank3 = tmp("rank3.safetensors");
+    write_tensors(&rank3, &[("q", t(&[1, 16, 4], x.clone()))]).unwrap();
+    let (ok, err) = attend(&rank3, &out, &base);
+    assert!(!ok && err.contains("4 dimensions"), "{err}");
+
+    let (ok, err) = attend(&good("basis.safetensors"), &out, &["--m", "4", "--p", "2", "--downsampling", "basis"]);
+    assert!(!ok && err.contains("missing tensor 'wk.1'"), "{err}");
+
+    let (ok, err) = attend(&good("m.safetensors"), &out, &["--m", "6", "--p", "2"]);
+    assert!(!ok && err.contains("power of two"), "{err}");
+}
