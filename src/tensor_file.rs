@@ -24,7 +24,8 @@ impl TensorFile {
     pub fn open(path: impl AsRef<Path>) -> Result<TensorFile> {
         let path = path.as_ref().to_path_buf();
         let bytes = std::fs::read(&path).map_err(|e| file_error(&path, e.to_string()))?;
-        SafeTensors::deserialize(&bytes).map_err(|e| file_error(&path, format!("not a safetensors file ({e})")))?;
+        SafeTensors::deserialize(&bytes)
+            .map_err(|e| file_error(&path, format!("not a safetensors file ({e})")))?;
         Ok(TensorFile { path, bytes })
     }
 
@@ -34,7 +35,9 @@ impl TensorFile {
 
     /// Whether the file holds a tensor of this name.
     pub fn contains(&self, name: &str) -> bool {
-        self.parsed().map(|s| s.names().contains(&name)).unwrap_or(false)
+        self.parsed()
+            .map(|s| s.names().contains(&name))
+            .unwrap_or(false)
     }
 
     /// The f32 tensor `name`; a missing tensor or another dtype is an error.
@@ -43,20 +46,42 @@ impl TensorFile {
         let view = st.tensor(name).map_err(|_| {
             let mut names = st.names();
             names.sort();
-            file_error(&self.path, format!("missing tensor '{name}' (the file holds: {})", names.join(", ")))
+            file_error(
+                &self.path,
+                format!(
+                    "missing tensor '{name}' (the file holds: {})",
+                    names.join(", ")
+                ),
+            )
         })?;
         if view.dtype() != Dtype::F32 {
-            return Err(file_error(&self.path, format!("tensor '{name}' is {:?}; f32 is required", view.dtype())));
+            return Err(file_error(
+                &self.path,
+                format!("tensor '{name}' is {:?}; f32 is required", view.dtype()),
+            ));
         }
-        let data = view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
-        Ok(Tensor { shape: view.shape().to_vec(), data })
+        let data = view
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        Ok(Tensor {
+            shape: view.shape().to_vec(),
+            data,
+        })
     }
 
     /// The f32 tensor `name`, which must have exactly `shape`.
     pub fn get_shaped(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
         let t = self.get(name)?;
         if t.shape != shape {
-            return Err(file_error(&self.path, format!("tensor '{name}' has shape {:?}; expected {:?}", t.shape, shape)));
+            return Err(file_error(
+                &self.path,
+                format!(
+                    "tensor '{name}' has shape {:?}; expected {:?}",
+                    t.shape, shape
+                ),
+            ));
         }
         Ok(t)
     }
@@ -65,7 +90,10 @@ impl TensorFile {
 /// Writes f32 tensors to a safetensors file.
 pub fn write_tensors(path: impl AsRef<Path>, tensors: &[(&str, Tensor)]) -> Result<()> {
     let path = path.as_ref();
-    let bytes: Vec<Vec<u8>> = tensors.iter().map(|(_, t)| bytemuck::cast_slice(&t.data).to_vec()).collect();
+    let bytes: Vec<Vec<u8>> = tensors
+        .iter()
+        .map(|(_, t)| bytemuck::cast_slice(&t.data).to_vec())
+        .collect();
     let mut views = Vec::new();
     for ((name, t), b) in tensors.iter().zip(&bytes) {
         let view = safetensors::tensor::TensorView::new(Dtype::F32, t.shape.clone(), b)
@@ -77,5 +105,8 @@ pub fn write_tensors(path: impl AsRef<Path>, tensors: &[(&str, Tensor)]) -> Resu
 }
 
 fn file_error(path: &Path, message: String) -> FmaError {
-    FmaError::TensorFile { path: path.display().to_string(), message }
+    FmaError::TensorFile {
+        path: path.display().to_string(),
+        message,
+    }
 }

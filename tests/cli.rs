@@ -29,7 +29,10 @@ fn attend(input: &Path, output: &Path, extra: &[&str]) -> (bool, String) {
 }
 
 fn t(shape: &[usize], data: Vec<f32>) -> Tensor {
-    Tensor { shape: shape.to_vec(), data }
+    Tensor {
+        shape: shape.to_vec(),
+        data,
+    }
 }
 
 #[test]
@@ -37,10 +40,18 @@ fn attend_matches_the_library_on_gpu_and_reference() {
     let shape = Shape::new(1, 2, 100, 16);
     let dims = [1, 2, 100, 16];
     let (q, k, v) = qkv(3, shape);
-    let cfg = FmaConfig { causal: true, downsampling: Downsampling::Depthwise, ..FmaConfig::new(8, 2) };
+    let cfg = FmaConfig {
+        causal: true,
+        downsampling: Downsampling::Depthwise,
+        ..FmaConfig::new(8, 2)
+    };
     let g = Geometry::line(100, &cfg).unwrap();
     let w = weights(2, Downsampling::Depthwise, 2, 16, &g.group_tokens());
-    let mut tensors = vec![("q".to_string(), t(&dims, q.clone())), ("k".into(), t(&dims, k.clone())), ("v".into(), t(&dims, v.clone()))];
+    let mut tensors = vec![
+        ("q".to_string(), t(&dims, q.clone())),
+        ("k".into(), t(&dims, k.clone())),
+        ("v".into(), t(&dims, v.clone())),
+    ];
     for (i, (lw, &s)) in w.levels.iter().zip(&g.group_tokens()).enumerate() {
         let l = i + 1;
         tensors.push((format!("wk.{l}"), t(&[16, 2, s], lw.wk.clone())));
@@ -48,13 +59,24 @@ fn attend_matches_the_library_on_gpu_and_reference() {
         tensors.push((format!("bk.{l}"), t(&[16, 2], lw.bk.clone())));
         tensors.push((format!("bv.{l}"), t(&[16, 2], lw.bv.clone())));
     }
-    let named: Vec<(&str, Tensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();
+    let named: Vec<(&str, Tensor)> = tensors
+        .iter()
+        .map(|(n, t)| (n.as_str(), t.clone()))
+        .collect();
     let input = tmp("in.safetensors");
     write_tensors(&input, &named).unwrap();
     let want = reference::fma_forward(&q, &k, &v, shape, &cfg, Some(&w)).unwrap();
     for (flag, tol) in [(None, 1e-4), (Some("--reference"), 1e-6)] {
         let output = tmp("out.safetensors");
-        let mut args = vec!["--m", "8", "--p", "2", "--causal", "--downsampling", "depthwise"];
+        let mut args = vec![
+            "--m",
+            "8",
+            "--p",
+            "2",
+            "--causal",
+            "--downsampling",
+            "depthwise",
+        ];
         args.extend(flag);
         let (ok, err) = attend(&input, &output, &args);
         assert!(ok, "attend failed: {err}");
@@ -72,7 +94,15 @@ fn bad_files_give_clear_errors() {
     let x = random(1, 64);
     let good = |name: &str| -> PathBuf {
         let p = tmp(name);
-        write_tensors(&p, &[("q", t(&dims, x.clone())), ("k", t(&dims, x.clone())), ("v", t(&dims, x.clone()))]).unwrap();
+        write_tensors(
+            &p,
+            &[
+                ("q", t(&dims, x.clone())),
+                ("k", t(&dims, x.clone())),
+                ("v", t(&dims, x.clone())),
+            ],
+        )
+        .unwrap();
         p
     };
     let out = tmp("bad-out.safetensors");
@@ -87,19 +117,36 @@ fn bad_files_give_clear_errors() {
     assert!(!ok && err.contains("not a safetensors file"), "{err}");
 
     let missing = tmp("missing.safetensors");
-    write_tensors(&missing, &[("q", t(&dims, x.clone())), ("k", t(&dims, x.clone()))]).unwrap();
+    write_tensors(
+        &missing,
+        &[("q", t(&dims, x.clone())), ("k", t(&dims, x.clone()))],
+    )
+    .unwrap();
     let (ok, err) = attend(&missing, &out, &base);
     assert!(!ok && err.contains("missing tensor 'v'"), "{err}");
 
     let wrong = tmp("wrong-shape.safetensors");
-    write_tensors(&wrong, &[("q", t(&dims, x.clone())), ("k", t(&[1, 1, 8, 8], x.clone())), ("v", t(&dims, x.clone()))]).unwrap();
+    write_tensors(
+        &wrong,
+        &[
+            ("q", t(&dims, x.clone())),
+            ("k", t(&[1, 1, 8, 8], x.clone())),
+            ("v", t(&dims, x.clone())),
+        ],
+    )
+    .unwrap();
     let (ok, err) = attend(&wrong, &out, &base);
     assert!(!ok && err.contains("'k' has shape [1, 1, 8, 8]"), "{err}");
 
     let f64_file = tmp("f64.safetensors");
     let bytes = vec![0u8; 64 * 8];
-    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F64, dims.to_vec(), &bytes).unwrap();
-    std::fs::write(&f64_file, safetensors::serialize([("q", view)], None).unwrap()).unwrap();
+    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F64, dims.to_vec(), &bytes)
+        .unwrap();
+    std::fs::write(
+        &f64_file,
+        safetensors::serialize([("q", view)], None).unwrap(),
+    )
+    .unwrap();
     let (ok, err) = attend(&f64_file, &out, &base);
     assert!(!ok && err.contains("f32 is required"), "{err}");
 
@@ -108,7 +155,11 @@ fn bad_files_give_clear_errors() {
     let (ok, err) = attend(&rank3, &out, &base);
     assert!(!ok && err.contains("4 dimensions"), "{err}");
 
-    let (ok, err) = attend(&good("basis.safetensors"), &out, &["--m", "4", "--p", "2", "--downsampling", "basis"]);
+    let (ok, err) = attend(
+        &good("basis.safetensors"),
+        &out,
+        &["--m", "4", "--p", "2", "--downsampling", "basis"],
+    );
     assert!(!ok && err.contains("missing tensor 'wk.1'"), "{err}");
 
     let (ok, err) = attend(&good("m.safetensors"), &out, &["--m", "6", "--p", "2"]);

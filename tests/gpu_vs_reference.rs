@@ -90,15 +90,16 @@ fn gpu_matches_reference() {
         ..ProptestConfig::default()
     };
     let mut runner = proptest::test_runner::TestRunner::new(config);
-    let (mut cases, mut worst) = (0usize, 0f32);
+    let stats = std::cell::Cell::new((0usize, 0f32));
     let result = runner.run(&case(), |c| {
-        worst = worst.max(run(&c));
-        cases += 1;
+        let (cases, worst) = stats.get();
+        stats.set((cases + 1, worst.max(run(&c))));
         Ok(())
     });
     if let Err(e) = result {
         panic!("{e}");
     }
+    let (cases, worst) = stats.get();
     eprintln!("gpu_vs_reference: {cases} random cases passed, largest error {worst:.3e} x max|V|");
 }
 

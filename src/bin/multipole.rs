@@ -5,10 +5,17 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use multipole::tensor_file::{Tensor, TensorFile, write_tensors};
-use multipole::{DownsampleWeights, Downsampling, FmaConfig, FmaPlan, Geometry, GpuContext, LevelWeights, Shape, reference};
+use multipole::{
+    DownsampleWeights, Downsampling, FmaConfig, FmaPlan, Geometry, GpuContext, LevelWeights, Shape,
+    reference,
+};
 
 #[derive(Parser)]
-#[command(name = "multipole", version, about = "Fast Multipole Attention on the GPU (wgpu) and on the CPU")]
+#[command(
+    name = "multipole",
+    version,
+    about = "Fast Multipole Attention on the GPU (wgpu) and on the CPU"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -100,14 +107,31 @@ fn attend(args: &AttendArgs) -> multipole::Result<()> {
     write_tensors(
         &args.output,
         &[
-            ("o", Tensor { shape: q.shape.clone(), data: out.o }),
-            ("lse", Tensor { shape: vec![batch, heads, n], data: out.lse }),
+            (
+                "o",
+                Tensor {
+                    shape: q.shape.clone(),
+                    data: out.o,
+                },
+            ),
+            (
+                "lse",
+                Tensor {
+                    shape: vec![batch, heads, n],
+                    data: out.lse,
+                },
+            ),
         ],
     )
 }
 
 /// `wk.L`, `wv.L` (and `bk.L`, `bv.L`) for L = 1..levels, shaped as the geometry requires.
-fn read_weights(file: &TensorFile, config: &FmaConfig, g: &Geometry, d: usize) -> multipole::Result<Option<DownsampleWeights>> {
+fn read_weights(
+    file: &TensorFile,
+    config: &FmaConfig,
+    g: &Geometry,
+    d: usize,
+) -> multipole::Result<Option<DownsampleWeights>> {
     let p = config.p;
     let levels = match config.downsampling {
         Downsampling::Mean => return Ok(None),

@@ -1,5 +1,6 @@
 //! Exact softmax attention, the ground truth FMA is compared with.
 
+use super::fma::to_f64;
 use super::{Output, Triple};
 use crate::config::Shape;
 use crate::error::Result;
@@ -24,19 +25,20 @@ pub fn dense(
     };
     for h in 0..shape.bh() {
         let base = h * n * d;
-        let row = |t: &[f32], j: usize| -> Vec<f64> {
-            t[base + j * d..base + (j + 1) * d]
-                .iter()
-                .map(|&x| x as f64)
-                .collect()
-        };
+        let (kh, vh) = (
+            to_f64(&k[base..base + n * d]),
+            to_f64(&v[base..base + n * d]),
+        );
         for i in 0..n {
-            let qi = row(q, i);
+            let qi: Vec<f64> = q[base + i * d..base + (i + 1) * d]
+                .iter()
+                .map(|&x| x as f64 * scale as f64)
+                .collect();
             let mut t = Triple::empty(d);
             let last = if causal { i + 1 } else { n };
             for j in 0..last {
-                let z = scale as f64 * dot(&qi, &row(k, j));
-                t.add(z, row(v, j));
+                let z = dot(&qi, &kh[j * d..(j + 1) * d]);
+                t.add(z, vh[j * d..(j + 1) * d].iter().copied());
             }
             let (o, lse) = t.finish();
             for (c, x) in o.into_iter().enumerate() {

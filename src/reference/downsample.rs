@@ -3,10 +3,12 @@
 use crate::config::{DownsampleWeights, Downsampling};
 use crate::geometry::Geometry;
 
-/// Coarse keys and values of one head: row `cell * p + r`, each a d-vector.
+/// Coarse keys and values of one head: row `cell * p + r`, each a d-vector, and the number
+/// of real tokens each row stands for (its multiplicity; 0 means the row is skipped).
 pub struct Coarse {
     pub k: Vec<Vec<f64>>,
     pub v: Vec<Vec<f64>>,
+    pub count: Vec<usize>,
 }
 
 /// Summarises one head's keys `k` and values `v` (each n x d, row-major).
@@ -23,6 +25,7 @@ pub fn downsample(
     let mut out = Coarse {
         k: vec![vec![0.0; d]; rows],
         v: vec![vec![0.0; d]; rows],
+        count: vec![0; rows],
     };
     for (li, lv) in g.levels.iter().enumerate() {
         let l = li + 1;
@@ -36,6 +39,7 @@ pub fn downsample(
             for r in 0..p {
                 let row = (lv.cell_offset + grp) * p + r;
                 let count = g.multiplicity(l, grp, r);
+                out.count[row] = count;
                 if count == 0 {
                     continue; // skipped by the attention; left at zero
                 }

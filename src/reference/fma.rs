@@ -46,12 +46,13 @@ pub(crate) fn forward_geometry(
         let span = h * n * d..(h + 1) * n * d;
         let (qh, kh, vh) = (&q[span.clone()], &k[span.clone()], &v[span]);
         let coarse = downsample(g, config.downsampling, weights, kh, vh, d);
+        let (k64, v64) = (to_f64(kh), to_f64(vh));
         for i in 0..n {
             let qi: Vec<f64> = qh[i * d..(i + 1) * d]
                 .iter()
                 .map(|&x| x as f64 * scale)
                 .collect();
-            let near = near_triple(g, &qi, kh, vh, i, d);
+            let near = near_triple(g, &qi, &k64, &v64, i, d);
             let far = far_triple(g, config.multiplicity, &qi, &coarse, i, d);
             let (o, lse) = near.merge(&far).finish();
             for (c, x) in o.into_iter().enumerate() {
@@ -64,7 +65,7 @@ pub(crate) fn forward_geometry(
 }
 
 /// Query i against the real keys of its near field (mirrors near_field.wgsl).
-fn near_triple(g: &Geometry, qi: &[f64], k: &[f32], v: &[f32], i: usize, d: usize) -> Triple {
+fn near_triple(g: &Geometry, qi: &[f64], k: &[f64], v: &[f64], i: usize, d: usize) -> Triple {
     let mut t = Triple::empty(d);
     for cell in g.near_cells(g.fine_cell_of(i)) {
         for (y, x) in g.fine_cell_positions(cell) {
@@ -72,10 +73,9 @@ fn near_triple(g: &Geometry, qi: &[f64], k: &[f32], v: &[f32], i: usize, d: usiz
             if !g.near_key_allowed(i, j) {
                 continue;
             }
-            let kj: Vec<f64> = k[j * d..(j + 1) * d].iter().map(|&x| x as f64).collect();
             t.add(
-                dot(qi, &kj),
-                v[j * d..(j + 1) * d].iter().map(|&x| x as f64),
+                dot(qi, &k[j * d..(j + 1) * d]),
+                v[j * d..(j + 1) * d].iter().copied(),
             );
         }
     }
@@ -97,11 +97,11 @@ fn far_triple(
         let l = li + 1;
         for grp in g.far_cells(l, g.cell_at_level(f, l)) {
             for r in 0..g.p {
-                let mu = g.multiplicity(l, grp, r);
+                let row = (lv.cell_offset + grp) * g.p + r;
+                let mu = coarse.count[row];
                 if mu == 0 {
                     continue;
                 }
-                let row = (lv.cell_offset + grp) * g.p + r;
                 let log_mu = if multiplicity { (mu as f64).ln() } else { 0.0 };
                 t.add(
                     dot(qi, &coarse.k[row]) + log_mu,
@@ -111,4 +111,8 @@ fn far_triple(
         }
     }
     t
+}
+
+pub(crate) fn to_f64(x: &[f32]) -> Vec<f64> {
+    x.iter().map(|&a| a as f64).collect()
 }
