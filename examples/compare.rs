@@ -131,7 +131,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     println!(
         "{:>7} {:>12} {:>12} {:>13} {:>16} {:>14} {:>12}",
-        "n", "gpu fma ms", "cpu fma ms", "cpu dense ms", "gpu-cpu fma err", "fma-dense err", "extra/QKVO"
+        "n",
+        "gpu fma ms",
+        "cpu fma ms",
+        "cpu dense ms",
+        "gpu-cpu fma err",
+        "fma-dense err",
+        "extra/QKVO"
     );
     for &n in &a.ns {
         let shape = Shape::new(1, 1, n, a.d);
@@ -168,6 +174,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
     }
     println!("errors: max |difference| of O; values are uniform in [-1, 1).");
-    println!("extra/QKVO: coarse keys and values, geometry tables, weights over the bytes of Q+K+V+O.");
+    println!(
+        "extra/QKVO: coarse keys and values, geometry tables, weights over the bytes of Q+K+V+O."
+    );
     Ok(())
 }

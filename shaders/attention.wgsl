@@ -14,22 +14,27 @@
 @group(0) @binding(6) var<storage, read_write> o_out: array<f32>;
 @group(0) @binding(7) var<storage, read_write> lse_out: array<f32>;
 
+// Largest number of coarse levels (n' = m * 2^(MAX_LEVELS + 1) tokens); checked by the plan.
+const MAX_LEVELS: u32 = 32u;
+
+// The far field's keys, flattened over levels: level l's interaction list starts at entry
+// chain_lo[l] of the far table and at key chain_start[l] of the flattened list.
+var<workgroup> chain_lo: array<u32, MAX_LEVELS>;
+var<workgroup> chain_start: array<u32, MAX_LEVELS>;
+var<workgroup> chain_keys: u32;
+
+// Which head and fine cell a workgroup serves (uniform) and the first query of its tile.
 struct QueryTile {
     head: u32,
-    cell: u32,   // fine cell
-    token: i32,  // this invocation's query, -1 for padding
+    cell: u32,
+    first: u32, // local index of the tile's first query within the cell
 }
 
-// Which head, fine cell and query a workgroup invocation serves; token -1 past the end too.
-fn query_tile(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> QueryTile {
+fn query_tile(wid: vec3<u32>, nwg: vec3<u32>) -> QueryTile {
     let tiles = params.fine_cells * params.tiles_per_cell;
     let w = workgroup_index(wid, nwg);
-    var qt: QueryTile;
-    qt.head = w / tiles;
     let tile = w % tiles;
-    qt.cell = tile / params.tiles_per_cell;
-    qt.token = fine_token(qt.cell, (tile % params.tiles_per_cell) * QUERY_TILE + lid);
-    return qt;
+    return QueryTile(w / tiles, tile / params.tiles_per_cell, (tile % params.tiles_per_cell) * QUERY_TILE);
 }
 
 // The query row scaled by tau, zero past d.
@@ -54,10 +59,10 @@ fn near_field(
     if (workgroup_index(wid, nwg) >= params.fine_cells * params.tiles_per_cell * params.bh) {
         return;
     }
-    let qt = query_tile(wid, nwg, lid);
-    var q = load_query(qt.head, qt.token);
+    let qt = query_tile(wid, nwg);
+    let token = fine_token(qt.cell, qt.first + lid);
+    var q = load_query(qt.head, token);
     var t = triple_empty();
-    var zero_bias: array<f32, KEY_TILE>;
     let cell_tokens = params.cell_h * params.cell_w;
     let head_base = qt.head * params.n;
 
@@ -66,53 +71,50 @@ fn near_field(
     for (var e = lo; e < hi; e++) {
         let key_cell = geom[params.near_entries + e];
         for (var k0 = 0u; k0 < cell_tokens; k0 += KEY_TILE) {
-            workgroupBarrier(); // the previous tile has been read by every query
-            for (var x = lid; x < KEY_TILE * HEAD_TILE; x += QUERY_TILE) {
-                let kk = x / HEAD_TILE;
-                let c = x % HEAD_TILE;
+            workgroupBarrier(); // every query has read the previous tile
+            for (var kk = lid / ROW_THREADS; kk < KEY_TILE; kk += ROWS_PER_PASS) {
                 var j = -1;
                 if (k0 + kk < cell_tokens) {
                     j = fine_token(key_cell, k0 + kk);
                 }
-                var kx = 0.0;
-                var vx = 0.0;
-                if (j >= 0 && c < params.d) {
-                    let at = (head_base + u32(j)) * params.d + c;
-                    kx = k_in[at];
-                    vx = v_in[at];
+                if (lid % ROW_THREADS == 0u) {
+                    tile_tag[kk] = j;
+                    tile_bias[kk] = 0.0;
                 }
-                tile_store(kk, c, kx, vx);
+                for (var c = lid % ROW_THREADS; c < HEAD_TILE; c += ROW_THREADS) {
+                    var kx = 0.0;
+                    var vx = 0.0;
+                    if (j >= 0 && c < params.d) {
+                        let at = (head_base + u32(j)) * params.d + c;
+                        kx = k_in[at];
+                        vx = v_in[at];
+                    }
+                    tile_store(kk, c, kx, vx);
+                }
             }
             workgroupBarrier();
+            // padding keys never receive attention; causal keeps j <= i
             var valid = 0u;
             for (var kk = 0u; kk < KEY_TILE; kk++) {
-                if (k0 + kk < cell_tokens) {
-                    let j = fine_token(key_cell, k0 + kk);
-                    // padding keys never receive attention; causal keeps j <= i
-                    if (j >= 0 && (params.causal == 0u || j <= qt.token)) {
-                        valid |= 1u << kk;
-                    }
+                let j = tile_tag[kk];
+                if (j >= 0 && (params.causal == 0u || j <= token)) {
+                    valid |= 1u << kk;
                 }
             }
-            if (qt.token >= 0) {
-                triple_add_tile(&t, &q, valid, &zero_bias);
+            if (token >= 0) {
+                triple_add_tile(&t, &q, valid);
             }
         }
     }
-    if (qt.token < 0) {
+    if (token < 0) {
         return;
     }
-    let row = head_base + u32(qt.token);
+    let row = head_base + u32(token);
     let inv = 1.0 / t.sum;
     for (var c = 0u; c < params.d; c++) {
         o_out[row * params.d + c] = t.acc[c / 4u][c % 4u] * inv;
     }
     lse_out[row] = t.max + log(t.sum);
-}
-
-// Coarse row of the x-th coarse key of a cell's interaction list starting at entry `lo`.
-fn far_row(lo: u32, x: u32) -> u32 {
-    return geom[params.far_entries + lo + x / params.p] * params.p + x % params.p;
 }
 
 @compute @workgroup_size(QUERY_TILE)
@@ -124,53 +126,75 @@ fn far_field(
     if (workgroup_index(wid, nwg) >= params.fine_cells * params.tiles_per_cell * params.bh) {
         return;
     }
-    let qt = query_tile(wid, nwg, lid);
-    var q = load_query(qt.head, qt.token);
+    let qt = query_tile(wid, nwg);
+    let token = fine_token(qt.cell, qt.first + lid);
+    var q = load_query(qt.head, token);
     var t = triple_empty();
     let coarse_base = qt.head * params.total_rows;
 
-    // Walk up the tree: the fine cell is the level-1 cell, then its parent at each level.
-    var cell = qt.cell;
-    for (var l = 0u; l < params.levels; l++) {
-        let lo = geom[params.far_offsets + cell];
-        let keys = (geom[params.far_offsets + cell + 1u] - lo) * params.p;
-        for (var r0 = 0u; r0 < keys; r0 += KEY_TILE) {
-            workgroupBarrier();
-            for (var x = lid; x < KEY_TILE * HEAD_TILE; x += QUERY_TILE) {
-                let kk = x / HEAD_TILE;
-                let c = x % HEAD_TILE;
+    // Walk up the tree once: the fine cell is the level-1 cell, then its parent at each level.
+    if (lid == 0u) {
+        var cell = qt.cell;
+        var keys = 0u;
+        for (var l = 0u; l < params.levels; l++) {
+            let lo = geom[params.far_offsets + cell];
+            chain_lo[l] = lo;
+            chain_start[l] = keys;
+            keys += (geom[params.far_offsets + cell + 1u] - lo) * params.p;
+            cell = geom[params.parent + cell];
+        }
+        chain_keys = keys;
+    }
+    let keys = workgroupUniformLoad(&chain_keys);
+
+    var level = 0u; // each invocation's keys only move forward, so its level cursor does too
+    for (var k0 = 0u; k0 < keys; k0 += KEY_TILE) {
+        workgroupBarrier();
+        for (var kk = lid / ROW_THREADS; kk < KEY_TILE; kk += ROWS_PER_PASS) {
+            let x = k0 + kk;
+            var row = 0u;
+            var tag = -1;
+            if (x < keys) {
+                while (level + 1u < params.levels && x >= chain_start[level + 1u]) {
+                    level++;
+                }
+                let y = x - chain_start[level];
+                row = geom[params.far_entries + chain_lo[level] + y / params.p] * params.p + y % params.p;
+                // a segment without real tokens is skipped; else its score gets log(multiplicity)
+                if (geom[params.rows + 2u * row] > 0u) {
+                    tag = 1;
+                }
+            }
+            if (lid % ROW_THREADS == 0u) {
+                tile_tag[kk] = tag;
+                tile_bias[kk] = select(0.0, bitcast<f32>(geom[params.rows + 2u * row + 1u]), tag > 0);
+            }
+            for (var c = lid % ROW_THREADS; c < HEAD_TILE; c += ROW_THREADS) {
                 var kx = 0.0;
                 var vx = 0.0;
-                if (r0 + kk < keys && c < params.d) {
-                    let at = (coarse_base + far_row(lo, r0 + kk)) * params.d + c;
+                if (tag > 0 && c < params.d) {
+                    let at = (coarse_base + row) * params.d + c;
                     kx = coarse[at];
                     vx = coarse[params.coarse_v_base + at];
                 }
                 tile_store(kk, c, kx, vx);
             }
-            workgroupBarrier();
-            var valid = 0u;
-            var bias: array<f32, KEY_TILE>;
-            for (var kk = 0u; kk < KEY_TILE; kk++) {
-                if (r0 + kk < keys) {
-                    let row = far_row(lo, r0 + kk);
-                    // a segment without real tokens is skipped; else add log(multiplicity)
-                    if (geom[params.rows + 2u * row] > 0u) {
-                        valid |= 1u << kk;
-                        bias[kk] = bitcast<f32>(geom[params.rows + 2u * row + 1u]);
-                    }
-                }
-            }
-            if (qt.token >= 0) {
-                triple_add_tile(&t, &q, valid, &bias);
+        }
+        workgroupBarrier();
+        var valid = 0u;
+        for (var kk = 0u; kk < KEY_TILE; kk++) {
+            if (tile_tag[kk] > 0) {
+                valid |= 1u << kk;
             }
         }
-        cell = geom[params.parent + cell];
+        if (token >= 0) {
+            triple_add_tile(&t, &q, valid);
+        }
     }
-    if (qt.token < 0) {
+    if (token < 0) {
         return;
     }
-    let row = qt.head * params.n + u32(qt.token);
+    let row = qt.head * params.n + u32(token);
     var near: array<vec4<f32>, HEAD_VEC>;
     for (var c = 0u; c < params.d; c++) {
         near[c / 4u][c % 4u] = o_out[row * params.d + c];

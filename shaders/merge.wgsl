@@ -42,25 +42,28 @@ fn triple_merge_normalised(t: ptr<function, Triple>, o: ptr<function, array<vec4
     return m + log(s);
 }
 
-// Key and value tiles staged in workgroup memory, KEY_TILE rows of HEAD_VEC vec4s each.
+// Key and value tiles staged in workgroup memory, KEY_TILE rows of HEAD_VEC vec4s each, with
+// per row a tag (near: the key's token, far: 1; -1 for no key) and a score offset
+// (far: log-multiplicity). Tags are written once per key by its loader, not per query.
 var<workgroup> k_tile: array<vec4<f32>, TILE_VECS>;
 var<workgroup> v_tile: array<vec4<f32>, TILE_VECS>;
+var<workgroup> tile_tag: array<i32, KEY_TILE>;
+var<workgroup> tile_bias: array<f32, KEY_TILE>;
 
-// Writes element c of row kk of both tiles (zero-filled past d or for a missing row).
+// Invocations that load one key row together, and key rows loaded per pass.
+const ROW_THREADS: u32 = min(QUERY_TILE, HEAD_TILE);
+const ROWS_PER_PASS: u32 = QUERY_TILE / ROW_THREADS;
+
+// Writes element c of row kk of both tiles (zero past d or for a missing row).
 fn tile_store(kk: u32, c: u32, kx: f32, vx: f32) {
     let at = kk * HEAD_VEC + c / 4u;
     k_tile[at][c % 4u] = kx;
     v_tile[at][c % 4u] = vx;
 }
 
-// Adds the tile rows whose bit is set in `valid` to the triple: score q . k + bias[kk]
+// Adds the tile rows whose bit is set in `valid` to the triple: score q . k + tile_bias[kk]
 // (q already scaled by tau). Scores are computed first so the triple rescales once a tile.
-fn triple_add_tile(
-    t: ptr<function, Triple>,
-    q: ptr<function, array<vec4<f32>, HEAD_VEC>>,
-    valid: u32,
-    bias: ptr<function, array<f32, KEY_TILE>>,
-) {
+fn triple_add_tile(t: ptr<function, Triple>, q: ptr<function, array<vec4<f32>, HEAD_VEC>>, valid: u32) {
     if (valid == 0u) {
         return;
     }
@@ -68,7 +71,7 @@ fn triple_add_tile(
     var tile_max = NEG_BIG;
     for (var kk = 0u; kk < KEY_TILE; kk++) {
         if (((valid >> kk) & 1u) != 0u) {
-            var z = (*bias)[kk];
+            var z = tile_bias[kk];
             for (var c = 0u; c < HEAD_VEC; c++) {
                 z += dot((*q)[c], k_tile[kk * HEAD_VEC + c]);
             }

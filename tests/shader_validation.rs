@@ -30,9 +30,9 @@ fn every_specialisation_validates() {
 
 #[test]
 fn workgroup_memory_fits_webgpu_default() {
-    // Two K/V tiles of key_tile x head_tile floats must fit 16 KiB.
     for spec in Spec::all() {
-        let bytes = 2 * spec.key_tile() * spec.head_tile * 4;
+        let bytes = spec.attention_workgroup_bytes();
         assert!(bytes <= 16384, "{spec:?} uses {bytes} bytes");
+        assert!(spec.key_tile() >= 8 && spec.key_tile() <= 32, "{spec:?}");
     }
 }

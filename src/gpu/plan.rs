@@ -10,7 +10,7 @@ use super::attention::{AttentionBindings, AttentionKernel};
 use super::context::GpuContext;
 use super::downsample::{DownsampleBindings, DownsampleKernel};
 use super::params::{Params, grid};
-use super::shaders::Spec;
+use super::shaders::{MAX_LEVELS, Spec};
 use crate::config::{DownsampleWeights, FmaConfig, Shape};
 use crate::error::{FmaError, Result};
 use crate::geometry::Geometry;
@@ -88,6 +88,14 @@ impl FmaPlan {
         } else {
             None
         };
+        if geometry.num_levels() > MAX_LEVELS {
+            return Err(FmaError::LimitExceeded {
+                what: "coarse levels".into(),
+                needed: geometry.num_levels() as u64,
+                limit: MAX_LEVELS as u64,
+                hint: "use a larger m".into(),
+            });
+        }
         let tables = GeomTables::build(&geometry, config.multiplicity, kind, d);
 
         // Every binding must fit the device; split the heads when the tensors do not.

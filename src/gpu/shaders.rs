@@ -11,8 +11,12 @@ pub(crate) const DOWNSAMPLE: &str = include_str!("../../shaders/downsample.wgsl"
 pub const HEAD_TILES: [u32; 4] = [16, 32, 64, 128];
 /// Largest query tile (invocations per attention workgroup).
 pub const MAX_QUERY_TILE: u32 = 64;
-/// Floats of workgroup memory per K or V tile: two tiles fill WebGPU's default 16 KiB.
-const TILE_FLOATS: u32 = 2048;
+/// Bytes of workgroup memory the attention kernels may use: WebGPU's default limit.
+pub const WORKGROUP_BYTES: u32 = 16384;
+/// Most coarse levels the far-field kernel walks (MAX_LEVELS in attention.wgsl).
+pub const MAX_LEVELS: usize = 32;
+/// Workgroup bytes besides the key tiles: the far field's level chain (2 x 32 words + 1).
+const CHAIN_BYTES: u32 = 4 * (2 * MAX_LEVELS as u32 + 1);
 
 /// A kernel family: one `.wgsl` file and its Rust twin.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -41,9 +45,15 @@ impl Spec {
         })
     }
 
-    /// Keys staged per tile: as many as fit, at most 32 (one bit each in a u32 mask).
+    /// Keys staged per tile: as many as fit, at most 32 (one bit each in a u32 mask). A key
+    /// takes a K row, a V row, a tag and a score offset.
     pub fn key_tile(&self) -> u32 {
-        (TILE_FLOATS / self.head_tile).min(32)
+        ((WORKGROUP_BYTES - CHAIN_BYTES) / (4 * (2 * self.head_tile + 2))).min(32)
+    }
+
+    /// Workgroup memory of the attention kernels for this specialisation.
+    pub fn attention_workgroup_bytes(&self) -> u32 {
+        4 * self.key_tile() * (2 * self.head_tile + 2) + CHAIN_BYTES
     }
 
     /// Every specialisation the crate can build (for validation tests).
