@@ -4,6 +4,30 @@
 //! hierarchy: each query sees nearby keys exactly and distant keys through learned coarse
 //! summaries, at O(n log n) cost. This crate runs it as WGSL compute shaders through wgpu
 //! (Vulkan, Metal, DX12, and WebGPU in the browser), with an f64 CPU reference.
+//!
+//! ```
+//! use multipole::{FmaConfig, FmaPlan, GpuContext, Shape, reference};
+//!
+//! # fn main() -> multipole::Result<()> {
+//! let ctx = GpuContext::new_blocking()?; // on the web: GpuContext::new().await
+//! let shape = Shape::new(1, 2, 1000, 64); // [batch, heads, n, d]
+//! let config = FmaConfig { causal: true, ..FmaConfig::new(32, 4) }; // m = 32, p = 4
+//! let x: Vec<f32> = (0..shape.elements()).map(|i| (i as f32 * 0.37).sin()).collect();
+//! let (q, k, v) = (x.clone(), x.clone(), x);
+//!
+//! // A plan fixes shape and options, uploads the geometry once and caches the pipelines.
+//! let plan = FmaPlan::new(&ctx, shape, &config, None)?; // Mean downsampling: no weights
+//! let out = plan.forward_blocking(&ctx, &q, &k, &v)?; // or `plan.forward(...).await`
+//! assert_eq!(out.o.len(), shape.elements()); // O: [1, 2, 1000, 64]
+//! assert_eq!(out.lse.len(), 2 * 1000); // log-sum-exp per query
+//!
+//! // The f64 CPU reference computes the same thing.
+//! let cpu = reference::fma_forward(&q, &k, &v, shape, &config, None)?;
+//! let err = out.o.iter().zip(&cpu.o).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+//! assert!(err < 1e-4);
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod config;
 pub mod error;

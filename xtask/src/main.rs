@@ -39,6 +39,7 @@ fn test() -> Result {
     cargo(&["fmt", "--all", "--", "--check"]).map_err(|e| format!("{e} (run cargo fmt --all)"))?;
     // The GPU tests fail, not skip, when no adapter is found.
     cargo(&["test", "--all-targets"])?;
+    cargo(&["test", "--doc"])?;
     // The library must build for the browser too.
     cargo(&["check", "--lib", "--target", "wasm32-unknown-unknown"])?;
     println!("xtask: all tests passed");
