@@ -2,14 +2,19 @@
 
 use super::{Dims, Geometry, Level};
 use crate::config::FmaConfig;
-use crate::error::Result;
+use crate::error::{FmaError, Result};
 
 pub(super) fn build(n: usize, config: &FmaConfig) -> Result<Geometry> {
     let m = config.m;
     // n' = m * 2^k, the smallest with k >= 1 and n' >= n.
-    let mut n_pad = 2 * m;
+    let too_long = || FmaError::BadShape {
+        what: "sequence length n".into(),
+        expected: "a padded length that fits in memory".into(),
+        got: n.to_string(),
+    };
+    let mut n_pad = m.checked_mul(2).ok_or_else(too_long)?;
     while n_pad < n {
-        n_pad *= 2;
+        n_pad = n_pad.checked_mul(2).ok_or_else(too_long)?;
     }
     let k = (n_pad / m).trailing_zeros() as usize;
     let mut levels = Vec::new();

@@ -50,6 +50,12 @@ impl GpuContext {
         info: wgpu::AdapterInfo,
     ) -> GpuContext {
         let errors = Arc::new(Mutex::new(Vec::new()));
+        let lost = errors.clone();
+        device.set_device_lost_callback(move |reason, message| {
+            if let Ok(mut v) = lost.lock() {
+                v.push(format!("device lost ({reason:?}): {message}"));
+            }
+        });
         let sink = errors.clone();
         // Report device errors through `Result`s instead of wgpu's default panic.
         device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
@@ -86,8 +92,10 @@ impl GpuContext {
         )
     }
 
-    /// Returns the first device error recorded since the last check, if any.
-    pub(crate) fn take_error(&self) -> Result<()> {
+    /// Returns the first device error (validation, out of memory, device lost) recorded since
+    /// the last call. `FmaPlan::forward` checks it itself; callers of `FmaPlan::encode` call
+    /// it after their own submission.
+    pub fn take_error(&self) -> Result<()> {
         let mut v = self
             .errors
             .lock()

@@ -96,7 +96,6 @@ impl FmaPlan {
                 hint: "use a larger m".into(),
             });
         }
-        let tables = GeomTables::build(&geometry, config.multiplicity, kind, d);
 
         // Every binding must fit the device; split the heads when the tensors do not.
         let limits = ctx.limits();
@@ -115,6 +114,17 @@ impl FmaPlan {
             }
             Ok(())
         };
+        let total_rows = geometry.total_cells() * geometry.p;
+        let head_bytes = (shape.n as u64) * (d as u64) * 4;
+        let coarse_head_bytes = 2 * (total_rows as u64) * (d as u64) * 4;
+        let per_head = head_bytes.max(coarse_head_bytes);
+        check(
+            "one head of Q, K, V, O or of the coarse keys and values",
+            per_head,
+            "shorten the sequence, or use a smaller p",
+        )?;
+        // Checked before the tables are built: their size follows from the head's.
+        let tables = GeomTables::build(&geometry, config.multiplicity, kind, d);
         check(
             "the geometry tables",
             tables.data.len() as u64 * 4,
@@ -127,15 +137,6 @@ impl FmaPlan {
                 "use a larger m or a smaller p",
             )?;
         }
-        let total_rows = geometry.total_cells() * geometry.p;
-        let head_bytes = (shape.n * d * 4) as u64;
-        let coarse_head_bytes = (2 * total_rows * d * 4) as u64;
-        let per_head = head_bytes.max(coarse_head_bytes);
-        check(
-            "one head of Q, K, V, O or of the coarse keys and values",
-            per_head,
-            "shorten the sequence, or use a smaller p",
-        )?;
         let chunk_heads = ((max_binding / per_head) as usize).clamp(1, shape.bh());
 
         let query_tile = spec.query_tile as usize;
