@@ -82,17 +82,8 @@ fn finish(g: Group, lid: u32, sk: f32, sv: f32, factor: f32, bk: f32, bv: f32) {
     }
 }
 
-@compute @workgroup_size(256)
-fn downsample_mean(
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) lid: u32,
-) {
-    let w = workgroup_index(wid, nwg);
-    if (w >= params.total_rows * params.bh) {
-        return;
-    }
-    let g = group_of(w);
+// Mean of the real tokens of segment r: the lanes sum, `finish` divides by the count.
+fn mean_row(g: Group, lid: u32) {
     let c = lid % HEAD_TILE;
     let lane = lid / HEAD_TILE;
     let sy = (g.r / g.segs_x) * g.seg_h;
@@ -109,8 +100,50 @@ fn downsample_mean(
             }
         }
     }
-    // the mean over real tokens only; an empty segment is skipped by the attention
+    // an empty segment is skipped by the attention; its row stays finite
     finish(g, lid, sk, sv, 1.0 / f32(max(g.count, 1u)), 0.0, 0.0);
+}
+
+// Weighted sum over the whole group: `Basis` weights W[l][r][t] are shared by the channels,
+// `Depthwise` weights W[l][c][r][t] are per channel and come with a bias b[l][c][r].
+fn learned_row(g: Group, lid: u32, depthwise: bool) {
+    let c = lid % HEAD_TILE;
+    let lane = lid / HEAD_TILE;
+    let s = g.h * g.w;
+    var sk = 0.0;
+    var sv = 0.0;
+    var bk = 0.0;
+    var bv = 0.0;
+    if (c < params.d) {
+        var wbase = g.w_off + g.r * s;
+        if (depthwise) {
+            wbase = g.w_off + (c * params.p + g.r) * s;
+            let bi = g.b_off + c * params.p + g.r;
+            bk = weights[params.bk_base + bi];
+            bv = weights[params.bv_base + bi];
+        }
+        for (var t = lane; t < s; t += LANES) {
+            let j = group_token(g, t);
+            if (j >= 0) {
+                let at = (g.head * params.n + u32(j)) * params.d + c;
+                sk += weights[wbase + t] * k_in[at];
+                sv += weights[params.wv_base + wbase + t] * v_in[at];
+            }
+        }
+    }
+    finish(g, lid, sk, sv, 1.0, bk, bv);
+}
+
+@compute @workgroup_size(256)
+fn downsample_mean(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let w = workgroup_index(wid, nwg);
+    if (w < params.total_rows * params.bh) {
+        mean_row(group_of(w), lid);
+    }
 }
 
 @compute @workgroup_size(256)
@@ -120,27 +153,9 @@ fn downsample_basis(
     @builtin(local_invocation_index) lid: u32,
 ) {
     let w = workgroup_index(wid, nwg);
-    if (w >= params.total_rows * params.bh) {
-        return;
+    if (w < params.total_rows * params.bh) {
+        learned_row(group_of(w), lid, false);
     }
-    let g = group_of(w);
-    let c = lid % HEAD_TILE;
-    let lane = lid / HEAD_TILE;
-    let s = g.h * g.w;
-    var sk = 0.0;
-    var sv = 0.0;
-    if (c < params.d) {
-        for (var t = lane; t < s; t += LANES) {
-            let j = group_token(g, t);
-            if (j >= 0) {
-                let at = (g.head * params.n + u32(j)) * params.d + c;
-                let wi = g.w_off + g.r * s + t;
-                sk += weights[wi] * k_in[at];
-                sv += weights[params.wv_base + wi] * v_in[at];
-            }
-        }
-    }
-    finish(g, lid, sk, sv, 1.0, 0.0, 0.0);
 }
 
 @compute @workgroup_size(256)
@@ -150,30 +165,7 @@ fn downsample_depthwise(
     @builtin(local_invocation_index) lid: u32,
 ) {
     let w = workgroup_index(wid, nwg);
-    if (w >= params.total_rows * params.bh) {
-        return;
+    if (w < params.total_rows * params.bh) {
+        learned_row(group_of(w), lid, true);
     }
-    let g = group_of(w);
-    let c = lid % HEAD_TILE;
-    let lane = lid / HEAD_TILE;
-    let s = g.h * g.w;
-    var sk = 0.0;
-    var sv = 0.0;
-    var bk = 0.0;
-    var bv = 0.0;
-    if (c < params.d) {
-        let wbase = g.w_off + (c * params.p + g.r) * s;
-        for (var t = lane; t < s; t += LANES) {
-            let j = group_token(g, t);
-            if (j >= 0) {
-                let at = (g.head * params.n + u32(j)) * params.d + c;
-                sk += weights[wbase + t] * k_in[at];
-                sv += weights[params.wv_base + wbase + t] * v_in[at];
-            }
-        }
-        let bi = g.b_off + c * params.p + g.r;
-        bk = weights[params.bk_base + bi];
-        bv = weights[params.bv_base + bi];
-    }
-    finish(g, lid, sk, sv, 1.0, bk, bv);
 }
