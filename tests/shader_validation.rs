@@ -28,11 +28,37 @@ fn every_specialisation_validates() {
     }
 }
 
+/// Workgroup memory as WebGPU counts it: every workgroup variable rounded up to 16 bytes.
+fn workgroup_bytes(family: Family, spec: Spec) -> u32 {
+    let module = naga::front::wgsl::parse_str(&source(family, spec)).unwrap();
+    let mut layouter = naga::proc::Layouter::default();
+    layouter.update(module.to_ctx()).unwrap();
+    module
+        .global_variables
+        .iter()
+        .filter(|(_, v)| v.space == naga::AddressSpace::WorkGroup)
+        .map(|(_, v)| layouter[v.ty].size.div_ceil(16) * 16)
+        .sum()
+}
+
 #[test]
 fn workgroup_memory_fits_webgpu_default() {
     for spec in Spec::all() {
-        let bytes = spec.attention_workgroup_bytes();
-        assert!(bytes <= 16384, "{spec:?} uses {bytes} bytes");
+        let bytes = workgroup_bytes(Family::Attention, spec);
+        assert_eq!(
+            bytes,
+            spec.attention_workgroup_bytes(),
+            "{spec:?}: the Rust twin must count as the shader declares"
+        );
+        assert!(
+            bytes <= 16384,
+            "{spec:?}: attention uses {bytes} bytes of workgroup memory"
+        );
         assert!(spec.key_tile() >= 8 && spec.key_tile() <= 32, "{spec:?}");
+        let bytes = workgroup_bytes(Family::Downsample, spec);
+        assert!(
+            bytes <= 16384,
+            "{spec:?}: downsample uses {bytes} bytes of workgroup memory"
+        );
     }
 }

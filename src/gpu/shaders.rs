@@ -15,8 +15,9 @@ pub const MAX_QUERY_TILE: u32 = 64;
 pub const WORKGROUP_BYTES: u32 = 16384;
 /// Most coarse levels the far-field kernel walks (MAX_LEVELS in attention.wgsl).
 pub const MAX_LEVELS: usize = 32;
-/// Workgroup bytes besides the key tiles: the far field's level chain (2 x 32 words + 1).
-const CHAIN_BYTES: u32 = 4 * (2 * MAX_LEVELS as u32 + 1);
+/// Workgroup bytes besides the key tiles: the far field's level chain (2 x 32 words, and one
+/// word that WebGPU counts as 16: every workgroup variable is rounded up to 16 bytes).
+const CHAIN_BYTES: u32 = 4 * 2 * MAX_LEVELS as u32 + 16;
 
 /// A kernel family: one `.wgsl` file and its Rust twin.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -48,12 +49,21 @@ impl Spec {
     /// Keys staged per tile: as many as fit, at most 32 (one bit each in a u32 mask). A key
     /// takes a K row, a V row, a tag and a score offset.
     pub fn key_tile(&self) -> u32 {
-        ((WORKGROUP_BYTES - CHAIN_BYTES) / (4 * (2 * self.head_tile + 2))).min(32)
+        (1..=32)
+            .rev()
+            .find(|&k| Self::attention_bytes(self.head_tile, k) <= WORKGROUP_BYTES)
+            .unwrap_or(1)
     }
 
-    /// Workgroup memory of the attention kernels for this specialisation.
+    /// Workgroup memory of the attention kernels for this specialisation, counted as WebGPU
+    /// does: K and V tiles, tags and offsets, each rounded up to 16 bytes, and the chain.
     pub fn attention_workgroup_bytes(&self) -> u32 {
-        4 * self.key_tile() * (2 * self.head_tile + 2) + CHAIN_BYTES
+        Self::attention_bytes(self.head_tile, self.key_tile())
+    }
+
+    fn attention_bytes(head_tile: u32, key_tile: u32) -> u32 {
+        let round = |b: u32| b.div_ceil(16) * 16;
+        2 * round(4 * key_tile * head_tile) + 2 * round(4 * key_tile) + CHAIN_BYTES
     }
 
     /// Every specialisation the crate can build (for validation tests).
