@@ -30,8 +30,8 @@ struct Params {
     bv_base: u32,
     tiles_per_cell: u32, // query tiles per fine cell
     coarse_v_base: u32, // offset of the coarse values in `coarse`
-    _pad0: u32,
-    _pad1: u32,
+    children: u32,      // table of each coarse row's finer rows (Mean, level by level)
+    children_per_row: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;

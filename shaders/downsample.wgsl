@@ -1,14 +1,27 @@
-// Coarse keys and values of one group segment per workgroup (spec section 3), for every level.
+// Coarse keys and values (spec section 3). A coarse row is `cell * p + r` over the cells of all
+// levels; each dispatch writes the rows of `range`.
 //
-// Workgroup = one (head, coarse row); coarse row = cell * p + r over the cells of all levels.
-// Its 256 invocations split as HEAD_TILE channels x (256 / HEAD_TILE) lanes; each lane sums
-// a strided share of the group's tokens for its channel, and the lanes are reduced in
-// workgroup memory. Reads of K and V are contiguous across channels.
+// From tokens (`downsample_mean` for level 1, `downsample_basis` and `downsample_depthwise`
+// for all levels): one workgroup per (head, coarse row), whose 256 invocations split as
+// HEAD_TILE channels x (256 / HEAD_TILE) lanes; each lane sums a strided share of the tokens
+// for its channel, and the lanes are reduced in workgroup memory. Reads of K and V are
+// contiguous across channels.
+// From the finer level (`downsample_mean_merge`, levels >= 2, one dispatch per level): the
+// mean of a segment is the count-weighted mean of the 2 (1D) or 4 (2D) finer segments that
+// tile it, so `Mean` reads each token once instead of once per level.
 
 @group(0) @binding(2) var<storage, read> k_in: array<f32>;
 @group(0) @binding(3) var<storage, read> v_in: array<f32>;
 @group(0) @binding(4) var<storage, read> weights: array<f32>;
 @group(0) @binding(5) var<storage, read_write> coarse: array<f32>;
+
+struct RowRange {
+    first: u32,
+    count: u32,
+    _pad0: u32,
+    _pad1: u32,
+}
+@group(0) @binding(8) var<uniform> range: RowRange;
 
 const THREADS: u32 = 256u;
 const LANES: u32 = THREADS / HEAD_TILE;
@@ -34,8 +47,8 @@ struct Group {
 
 fn group_of(w: u32) -> Group {
     var g: Group;
-    g.head = w / params.total_rows;
-    g.row = w % params.total_rows;
+    g.head = w / range.count;
+    g.row = range.first + w % range.count;
     let cell = g.row / params.p;
     g.r = g.row % params.p;
     g.count = geom[params.rows + 2u * g.row];
@@ -141,7 +154,7 @@ fn downsample_mean(
     @builtin(local_invocation_index) lid: u32,
 ) {
     let w = workgroup_index(wid, nwg);
-    if (w < params.total_rows * params.bh) {
+    if (w < range.count * params.bh) {
         mean_row(group_of(w), lid);
     }
 }
@@ -153,7 +166,7 @@ fn downsample_basis(
     @builtin(local_invocation_index) lid: u32,
 ) {
     let w = workgroup_index(wid, nwg);
-    if (w < params.total_rows * params.bh) {
+    if (w < range.count * params.bh) {
         learned_row(group_of(w), lid, false);
     }
 }
@@ -165,7 +178,36 @@ fn downsample_depthwise(
     @builtin(local_invocation_index) lid: u32,
 ) {
     let w = workgroup_index(wid, nwg);
-    if (w < params.total_rows * params.bh) {
+    if (w < range.count * params.bh) {
         learned_row(group_of(w), lid, true);
     }
+}
+
+@compute @workgroup_size(64)
+fn downsample_mean_merge(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    // one invocation per (head, row of this level, channel)
+    let i = workgroup_index(wid, nwg) * 64u + lid;
+    if (i >= params.bh * range.count * params.d) {
+        return;
+    }
+    let c = i % params.d;
+    let row = range.first + (i / params.d) % range.count;
+    let head = i / (params.d * range.count);
+    var sk = 0.0;
+    var sv = 0.0;
+    for (var e = 0u; e < params.children_per_row; e++) {
+        let child = geom[params.children + row * params.children_per_row + e];
+        let weight = f32(geom[params.rows + 2u * child]); // its real tokens
+        let at = (head * params.total_rows + child) * params.d + c;
+        sk += weight * coarse[at];
+        sv += weight * coarse[params.coarse_v_base + at];
+    }
+    let inv = 1.0 / f32(max(geom[params.rows + 2u * row], 1u));
+    let at = (head * params.total_rows + row) * params.d + c;
+    coarse[at] = sk * inv;
+    coarse[params.coarse_v_base + at] = sv * inv;
 }

@@ -169,6 +169,24 @@ impl Geometry {
             .collect()
     }
 
+    /// Global coarse rows (`cell * p + r`) of the level-(l-1) segments that tile segment r of
+    /// group g at level l >= 2. A level-l segment is twice as long as a level-(l-1) one along
+    /// each grid axis that the group extends over, so there are 2 (1D) or 4 (2D) of them.
+    pub fn segment_children(&self, l: usize, g: usize, r: usize) -> Vec<usize> {
+        let (lv, fine) = (&self.levels[l - 1], &self.levels[l - 2]);
+        let (y0, x0) = self.group_positions(l, g)[self.segment_offsets(l, r)[0]];
+        rect(0, 0, lv.seg_h / fine.seg_h, lv.seg_w / fine.seg_w)
+            .into_iter()
+            .map(|(a, b)| {
+                let (y, x) = (y0 + a * fine.seg_h, x0 + b * fine.seg_w);
+                let cell = (y / fine.group_h) * fine.groups_x + x / fine.group_w;
+                let seg = ((y % fine.group_h) / fine.seg_h) * fine.segs_x()
+                    + (x % fine.group_w) / fine.seg_w;
+                (fine.cell_offset + cell) * self.p + seg
+            })
+            .collect()
+    }
+
     /// Real tokens in segment r of group g at level l: the multiplicity mu of spec section 4.
     pub fn multiplicity(&self, l: usize, g: usize, r: usize) -> usize {
         let pos = self.group_positions(l, g);
@@ -234,6 +252,34 @@ mod tests {
             assert_eq!(g.n_pad(), want, "n={n} m={m}");
             let k = (want / m).trailing_zeros() as usize;
             assert_eq!(g.num_levels(), k - 1);
+        }
+    }
+
+    #[test]
+    fn segment_children_tile_their_parent() {
+        let g = Geometry::line(100, &FmaConfig::new(4, 2)).unwrap();
+        // n' = 128, s_1 = 4 (segments of 2), s_2 = 8 (segments of 4): level-2 group 3,
+        // segment 1 covers tokens 28..32 = level-1 group 7, segments 0 and 1.
+        assert_eq!(g.segment_children(2, 3, 1), vec![7 * 2, 7 * 2 + 1]);
+        for l in 2..=g.num_levels() {
+            for grp in 0..g.levels[l - 1].groups() {
+                for r in 0..g.p {
+                    let kids = g.segment_children(l, grp, r);
+                    let sum: usize = kids
+                        .iter()
+                        .map(|&row| {
+                            let (lc, c) = g.cell_level(row / g.p).unwrap();
+                            assert_eq!(lc, l - 1);
+                            g.multiplicity(lc, c, row % g.p)
+                        })
+                        .sum();
+                    assert_eq!(
+                        sum,
+                        g.multiplicity(l, grp, r),
+                        "level {l} group {grp} segment {r}"
+                    );
+                }
+            }
         }
     }
 

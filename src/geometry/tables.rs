@@ -27,6 +27,10 @@ pub struct GeomTables {
     pub rows: u32,
     /// Per level: `LEVEL_WORDS` words (see `build`).
     pub levels: u32,
+    /// Per coarse row: the `children_per_row` finer rows that tile its segment (level >= 2;
+    /// u32::MAX at level 1), so `Mean` is computed level by level.
+    pub children: u32,
+    pub children_per_row: u32,
 }
 
 impl GeomTables {
@@ -110,6 +114,23 @@ impl GeomTables {
                 }
             }
         }
+        let children = data.len() as u32;
+        let children_per_row = if g.num_levels() >= 2 {
+            g.segment_children(2, 0, 0).len()
+        } else {
+            0
+        };
+        for cell in 0..total {
+            let (l, c) = g.cell_level(cell).unwrap_or((0, 0));
+            for r in 0..g.p {
+                if l >= 2 {
+                    data.extend(g.segment_children(l, c, r).into_iter().map(|x| x as u32));
+                } else {
+                    data.extend(std::iter::repeat_n(u32::MAX, children_per_row));
+                }
+            }
+        }
+
         if data.is_empty() {
             data.push(0); // wgpu refuses zero-sized bindings
         }
@@ -122,6 +143,8 @@ impl GeomTables {
             parent,
             rows,
             levels,
+            children,
+            children_per_row: children_per_row as u32,
         }
     }
 }

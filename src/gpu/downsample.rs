@@ -1,17 +1,31 @@
-//! Rust twin of shaders/downsample.wgsl: coarse keys and values for every level in one dispatch.
+//! Rust twin of shaders/downsample.wgsl: coarse keys and values of every level.
+//! `Mean` runs level 1 from the tokens, then each coarser level from the one below it;
+//! the learned kinds run all levels from the tokens in one dispatch.
+
+use wgpu::util::DeviceExt;
 
 use super::context::GpuContext;
-use super::params::grid;
+use super::params::{RowRange, grid};
 use super::shaders::{Family, Spec};
 use crate::config::Downsampling;
 use crate::error::Result;
+use crate::geometry::Geometry;
+
+/// One dispatch: its pipeline, the rows it writes, and whether it reads tokens (one
+/// workgroup per row) or the finer level (one invocation per row element).
+struct Step {
+    pipeline: wgpu::ComputePipeline,
+    range: wgpu::Buffer,
+    rows: u64,
+    from_tokens: bool,
+}
 
 pub(crate) struct DownsampleKernel {
-    pipeline: wgpu::ComputePipeline,
+    steps: Vec<Step>,
     learned: bool,
 }
 
-/// Buffers one downsampling dispatch reads and writes.
+/// Buffers one downsampling pass reads and writes.
 pub(crate) struct DownsampleBindings<'a> {
     pub params: &'a wgpu::Buffer,
     pub geom: &'a wgpu::Buffer,
@@ -22,48 +36,103 @@ pub(crate) struct DownsampleBindings<'a> {
 }
 
 impl DownsampleKernel {
-    pub fn new(ctx: &GpuContext, kind: Downsampling, spec: Spec) -> Result<Self> {
-        let entry = match kind {
-            Downsampling::Mean => "downsample_mean",
-            Downsampling::Basis => "downsample_basis",
-            Downsampling::Depthwise => "downsample_depthwise",
+    pub fn new(ctx: &GpuContext, kind: Downsampling, spec: Spec, g: &Geometry) -> Result<Self> {
+        let range = |first: usize, count: usize| {
+            let r = RowRange {
+                first: first as u32,
+                count: count as u32,
+                ..Default::default()
+            };
+            ctx.device
+                .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                    label: Some("downsample rows"),
+                    contents: bytemuck::bytes_of(&r),
+                    usage: wgpu::BufferUsages::UNIFORM,
+                })
+        };
+        let p = g.p;
+        let steps = match kind {
+            Downsampling::Mean => {
+                let tokens = ctx.pipeline(Family::Downsample, "downsample_mean", spec)?;
+                let merge = ctx.pipeline(Family::Downsample, "downsample_mean_merge", spec)?;
+                g.levels
+                    .iter()
+                    .enumerate()
+                    .map(|(i, lv)| {
+                        let (first, rows) = (lv.cell_offset * p, lv.groups() * p);
+                        Step {
+                            pipeline: if i == 0 {
+                                tokens.clone()
+                            } else {
+                                merge.clone()
+                            },
+                            range: range(first, rows),
+                            rows: rows as u64,
+                            from_tokens: i == 0,
+                        }
+                    })
+                    .collect()
+            }
+            Downsampling::Basis | Downsampling::Depthwise => {
+                let entry = if kind == Downsampling::Basis {
+                    "downsample_basis"
+                } else {
+                    "downsample_depthwise"
+                };
+                let rows = g.total_cells() * p;
+                vec![Step {
+                    pipeline: ctx.pipeline(Family::Downsample, entry, spec)?,
+                    range: range(0, rows),
+                    rows: rows as u64,
+                    from_tokens: true,
+                }]
+            }
         };
         Ok(DownsampleKernel {
-            pipeline: ctx.pipeline(Family::Downsample, entry, spec)?,
+            steps,
             learned: kind.is_learned(),
         })
     }
 
-    /// Records the dispatch: one workgroup per (head, coarse row).
+    /// Records the dispatches for `heads` heads of `d` channels, finest level first.
     pub fn encode(
         &self,
         ctx: &GpuContext,
         pass: &mut wgpu::ComputePass<'_>,
         b: &DownsampleBindings<'_>,
-        workgroups: u64,
+        heads: u64,
+        d: u64,
     ) -> Result<()> {
-        let mut entries = vec![
-            entry(0, b.params.as_entire_binding()),
-            entry(1, b.geom.as_entire_binding()),
-            entry(2, b.k.as_entire_binding()),
-            entry(3, b.v.as_entire_binding()),
-            entry(5, b.coarse.as_entire_binding()),
-        ];
-        if let (true, Some(w)) = (self.learned, b.weights) {
-            entries.push(entry(4, w.as_entire_binding()));
+        let max_dim = ctx.limits().max_compute_workgroups_per_dimension;
+        for step in &self.steps {
+            let mut entries = vec![
+                entry(0, b.params.as_entire_binding()),
+                entry(1, b.geom.as_entire_binding()),
+                entry(5, b.coarse.as_entire_binding()),
+                entry(8, step.range.as_entire_binding()),
+            ];
+            if step.from_tokens {
+                entries.push(entry(2, b.k.as_entire_binding()));
+                entries.push(entry(3, b.v.as_entire_binding()));
+            }
+            if let (true, Some(w)) = (self.learned, b.weights) {
+                entries.push(entry(4, w.as_entire_binding()));
+            }
+            let group = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some("downsample"),
+                layout: &step.pipeline.get_bind_group_layout(0),
+                entries: &entries,
+            });
+            let workgroups = if step.from_tokens {
+                step.rows * heads
+            } else {
+                (step.rows * heads * d).div_ceil(64)
+            };
+            let (x, y) = grid(workgroups, max_dim)?;
+            pass.set_pipeline(&step.pipeline);
+            pass.set_bind_group(0, &group, &[]);
+            pass.dispatch_workgroups(x, y, 1);
         }
-        let group = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some("downsample"),
-            layout: &self.pipeline.get_bind_group_layout(0),
-            entries: &entries,
-        });
-        let (x, y) = grid(
-            workgroups,
-            ctx.limits().max_compute_workgroups_per_dimension,
-        )?;
-        pass.set_pipeline(&self.pipeline);
-        pass.set_bind_group(0, &group, &[]);
-        pass.dispatch_workgroups(x, y, 1);
         Ok(())
     }
 }

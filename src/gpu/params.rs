@@ -34,6 +34,16 @@ pub(crate) struct Params {
     pub bv_base: u32,
     pub tiles_per_cell: u32,
     pub coarse_v_base: u32,
+    pub children: u32,
+    pub children_per_row: u32,
+}
+
+/// The coarse rows one downsampling dispatch writes (a level, or all of them), binding 8.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub(crate) struct RowRange {
+    pub first: u32,
+    pub count: u32,
     pub _pad0: u32,
     pub _pad1: u32,
 }

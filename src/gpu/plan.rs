@@ -175,8 +175,8 @@ impl FmaPlan {
             bv_base: packed_weights.as_ref().map_or(0, |(_, b)| b[2]),
             tiles_per_cell: tiles_per_cell as u32,
             coarse_v_base: (chunk_heads * total_rows * d) as u32,
-            _pad0: 0,
-            _pad1: 0,
+            children: tables.children,
+            children_per_row: tables.children_per_row,
         };
         let dev = &ctx.device;
         let chunks = (0..shape.bh())
@@ -221,7 +221,7 @@ impl FmaPlan {
             )
         });
         let downsample = if has_far {
-            Some(DownsampleKernel::new(ctx, kind, spec)?)
+            Some(DownsampleKernel::new(ctx, kind, spec, &geometry)?)
         } else {
             None
         };
@@ -310,7 +310,6 @@ impl FmaPlan {
         chunk: &Chunk,
         io: &AttentionIo<'_>,
     ) -> Result<()> {
-        let g = &self.geometry;
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: Some("fma forward"),
             timestamp_writes: None,
@@ -324,12 +323,7 @@ impl FmaPlan {
                 weights: self.weights.as_ref(),
                 coarse,
             };
-            ds.encode(
-                ctx,
-                &mut pass,
-                &b,
-                (g.total_cells() * g.p * chunk.heads) as u64,
-            )?;
+            ds.encode(ctx, &mut pass, &b, chunk.heads as u64, self.shape.d as u64)?;
         }
         let b = AttentionBindings {
             params: &chunk.params,
