@@ -50,6 +50,12 @@ pub enum FmaError {
     #[error("GPU error: {0}")]
     Gpu(String),
 
+    /// `FmaPlan::forward` was called while another `forward` on the same plan is running.
+    #[error(
+        "this FmaPlan is already running a forward pass: await it first, or build a second plan for concurrent calls"
+    )]
+    Busy,
+
     /// A tensor file could not be read or written.
     #[error("tensor file {path}: {message}")]
     TensorFile { path: String, message: String },

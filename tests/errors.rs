@@ -212,3 +212,46 @@ fn a_head_over_the_binding_limit_is_refused_with_the_limit() {
         other => panic!("expected LimitExceeded, got {other}"),
     }
 }
+
+/// Two threads sharing one plan: each call returns its own correct result or `Busy`, never
+/// the other thread's data.
+#[test]
+fn concurrent_forwards_on_one_plan_never_mix_results() {
+    let ctx = gpu();
+    let shape = Shape::new(1, 1, 200, 16);
+    let cfg = FmaConfig::new(8, 2);
+    let plan = FmaPlan::new(ctx, shape, &cfg, None).unwrap();
+    let inputs: Vec<_> = (0..2).map(|t| qkv(100 + t, shape)).collect();
+    let wants: Vec<_> = inputs
+        .iter()
+        .map(|(q, k, v)| reference::fma_forward(q, k, v, shape, &cfg, None).unwrap())
+        .collect();
+    let (mut ok, mut busy) = (0, 0);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..2)
+            .map(|t| {
+                let (plan, (q, k, v)) = (&plan, &inputs[t]);
+                s.spawn(move || {
+                    (0..10)
+                        .map(|_| plan.forward_blocking(ctx, q, k, v))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        for (t, h) in handles.into_iter().enumerate() {
+            for r in h.join().unwrap() {
+                match r {
+                    Ok(out) => {
+                        assert_close("concurrent o", &out.o, &wants[t].o, &inputs[t].2, 1e-4);
+                        ok += 1;
+                    }
+                    Err(e) => {
+                        assert_eq!(e, FmaError::Busy);
+                        busy += 1;
+                    }
+                }
+            }
+        }
+    });
+    assert!(ok >= 1, "at least one call must succeed ({busy} busy)");
+}

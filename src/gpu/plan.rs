@@ -3,6 +3,7 @@
 //! compute pass. Inputs too large for one storage binding are split over batch x heads.
 
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use wgpu::util::DeviceExt;
 
@@ -59,6 +60,17 @@ pub struct FmaPlan {
     downsample: Option<DownsampleKernel>,
     attention: AttentionKernel,
     host: OnceLock<HostBuffers>,
+    /// Set while a `forward` uses the host buffers, so that two cannot interleave.
+    busy: AtomicBool,
+}
+
+/// Clears the busy flag when `forward` ends, returns early or is dropped.
+struct BusyGuard<'a>(&'a AtomicBool);
+
+impl Drop for BusyGuard<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
 }
 
 impl FmaPlan {
@@ -239,6 +251,7 @@ impl FmaPlan {
             downsample,
             attention,
             host: OnceLock::new(),
+            busy: AtomicBool::new(false),
         })
     }
 
@@ -350,6 +363,10 @@ impl FmaPlan {
         for (name, t) in [("q", q), ("k", k), ("v", v)] {
             self.shape.check_len(name, t.len())?;
         }
+        if self.busy.swap(true, Ordering::Acquire) {
+            return Err(FmaError::Busy);
+        }
+        let _guard = BusyGuard(&self.busy);
         let (n, d) = (self.shape.n, self.shape.d);
         let host = self.host.get_or_init(|| {
             let bytes = (self.chunk_heads * n * d * 4) as u64;
