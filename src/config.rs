@@ -75,7 +75,7 @@ impl FmaConfig {
                 self.m
             )));
         }
-        if self.p == 0 || self.m % self.p != 0 {
+        if self.p == 0 || !self.m.is_multiple_of(self.p) {
             return Err(FmaError::InvalidConfig(format!(
                 "p = {} must be at least 1 and divide m = {}",
                 self.p, self.m
