@@ -66,44 +66,43 @@ fn near_field(
     let cell_tokens = params.cell_h * params.cell_w;
     let head_base = qt.head * params.n;
 
+    // The near keys, flattened over the near cells so that tiles are full.
     let lo = geom[params.near_offsets + qt.cell];
-    let hi = geom[params.near_offsets + qt.cell + 1u];
-    for (var e = lo; e < hi; e++) {
-        let key_cell = geom[params.near_entries + e];
-        for (var k0 = 0u; k0 < cell_tokens; k0 += KEY_TILE) {
-            workgroupBarrier(); // every query has read the previous tile
-            for (var kk = lid / ROW_THREADS; kk < KEY_TILE; kk += ROWS_PER_PASS) {
-                var j = -1;
-                if (k0 + kk < cell_tokens) {
-                    j = fine_token(key_cell, k0 + kk);
-                }
-                if (lid % ROW_THREADS == 0u) {
-                    tile_tag[kk] = j;
-                    tile_bias[kk] = 0.0;
-                }
-                for (var c = lid % ROW_THREADS; c < HEAD_TILE; c += ROW_THREADS) {
-                    var kx = 0.0;
-                    var vx = 0.0;
-                    if (j >= 0 && c < params.d) {
-                        let at = (head_base + u32(j)) * params.d + c;
-                        kx = k_in[at];
-                        vx = v_in[at];
-                    }
-                    tile_store(kk, c, kx, vx);
-                }
+    let keys = (geom[params.near_offsets + qt.cell + 1u] - lo) * cell_tokens;
+    for (var k0 = 0u; k0 < keys; k0 += KEY_TILE) {
+        workgroupBarrier(); // every query has read the previous tile
+        for (var kk = lid / ROW_THREADS; kk < KEY_TILE; kk += ROWS_PER_PASS) {
+            let x = k0 + kk;
+            var j = -1;
+            if (x < keys) {
+                j = fine_token(geom[params.near_entries + lo + x / cell_tokens], x % cell_tokens);
             }
-            workgroupBarrier();
-            // padding keys never receive attention; causal keeps j <= i
-            var valid = 0u;
-            for (var kk = 0u; kk < KEY_TILE; kk++) {
-                let j = tile_tag[kk];
-                if (j >= 0 && (params.causal == 0u || j <= token)) {
-                    valid |= 1u << kk;
+            if (lid % ROW_THREADS == 0u) {
+                tile_tag[kk] = j;
+                tile_bias[kk] = 0.0;
+            }
+            for (var c = lid % ROW_THREADS; c < HEAD_TILE; c += ROW_THREADS) {
+                var kx = 0.0;
+                var vx = 0.0;
+                if (j >= 0 && c < params.d) {
+                    let at = (head_base + u32(j)) * params.d + c;
+                    kx = k_in[at];
+                    vx = v_in[at];
                 }
+                tile_store(kk, c, kx, vx);
             }
-            if (token >= 0) {
-                triple_add_tile(&t, &q, valid);
+        }
+        workgroupBarrier();
+        // padding keys never receive attention; causal keeps j <= i
+        var valid = 0u;
+        for (var kk = 0u; kk < KEY_TILE; kk++) {
+            let j = tile_tag[kk];
+            if (j >= 0 && (params.causal == 0u || j <= token)) {
+                valid |= 1u << kk;
             }
+        }
+        if (token >= 0) {
+            triple_add_tile(&t, &q, valid);
         }
     }
     if (token < 0) {
