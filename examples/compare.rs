@@ -1,6 +1,7 @@
 //! FMA against dense attention on random data: the error of both, and the time of each.
 //!
 //!   cargo run --release --example compare -- [--n 1024,4096] [--d 64] [--m 32] [--p 4] [--causal]
+//!       [--dense-max N] [--gpu-only]
 //!
 //! Times: GPU FMA forward (median of 5 after a warm-up, GPU-resident tensors, submit to
 //! finish, pipelines already built); the f64 CPU reference of FMA; f64 CPU dense attention
@@ -18,6 +19,7 @@ struct Args {
     p: usize,
     causal: bool,
     dense_max: usize,
+    cpu: bool,
 }
 
 fn parse() -> Result<Args, String> {
@@ -28,6 +30,7 @@ fn parse() -> Result<Args, String> {
         p: 4,
         causal: false,
         dense_max: 8192,
+        cpu: true,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -45,6 +48,7 @@ fn parse() -> Result<Args, String> {
             "--p" => a.p = num(value()?)?,
             "--dense-max" => a.dense_max = num(value()?)?,
             "--causal" => a.causal = true,
+            "--gpu-only" => a.cpu = false,
             other => return Err(format!("unknown flag {other}")),
         }
     }
@@ -153,6 +157,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let plan = FmaPlan::new(&ctx, shape, &cfg, None)?;
         let gpu_ms = gpu_time(&ctx, &plan, &q, &k, &v)?;
         let gpu = plan.forward_blocking(&ctx, &q, &k, &v)?;
+        if !a.cpu {
+            println!("{n:>7} {gpu_ms:>12.2}");
+            continue;
+        }
         let t = Instant::now();
         let cpu = reference::fma_forward(&q, &k, &v, shape, &cfg, None)?;
         let cpu_ms = ms(t);

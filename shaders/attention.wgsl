@@ -149,30 +149,35 @@ fn far_field(
     var level = 0u; // each invocation's keys only move forward, so its level cursor does too
     for (var k0 = 0u; k0 < keys; k0 += KEY_TILE) {
         workgroupBarrier();
-        for (var kk = lid / ROW_THREADS; kk < KEY_TILE; kk += ROWS_PER_PASS) {
+        // The first KEY_TILE invocations find the coarse row of one key each...
+        for (var kk = lid; kk < KEY_TILE; kk += QUERY_TILE) {
             let x = k0 + kk;
-            var row = 0u;
             var tag = -1;
+            var bias = 0.0;
             if (x < keys) {
                 while (level + 1u < params.levels && x >= chain_start[level + 1u]) {
                     level++;
                 }
                 let y = x - chain_start[level];
-                row = geom[params.far_entries + chain_lo[level] + y / params.p] * params.p + y % params.p;
+                let row = geom[params.far_entries + chain_lo[level] + y / params.p] * params.p + y % params.p;
                 // a segment without real tokens is skipped; else its score gets log(multiplicity)
                 if (geom[params.rows + 2u * row] > 0u) {
-                    tag = 1;
+                    tag = i32(row);
+                    bias = bitcast<f32>(geom[params.rows + 2u * row + 1u]);
                 }
             }
-            if (lid % ROW_THREADS == 0u) {
-                tile_tag[kk] = tag;
-                tile_bias[kk] = select(0.0, bitcast<f32>(geom[params.rows + 2u * row + 1u]), tag > 0);
-            }
+            tile_tag[kk] = tag;
+            tile_bias[kk] = bias;
+        }
+        workgroupBarrier();
+        // ...then all of them stage the rows.
+        for (var kk = lid / ROW_THREADS; kk < KEY_TILE; kk += ROWS_PER_PASS) {
+            let row = tile_tag[kk];
             for (var c = lid % ROW_THREADS; c < HEAD_TILE; c += ROW_THREADS) {
                 var kx = 0.0;
                 var vx = 0.0;
-                if (tag > 0 && c < params.d) {
-                    let at = (coarse_base + row) * params.d + c;
+                if (row >= 0 && c < params.d) {
+                    let at = (coarse_base + u32(row)) * params.d + c;
                     kx = coarse[at];
                     vx = coarse[params.coarse_v_base + at];
                 }
@@ -182,7 +187,7 @@ fn far_field(
         workgroupBarrier();
         var valid = 0u;
         for (var kk = 0u; kk < KEY_TILE; kk++) {
-            if (tile_tag[kk] > 0) {
+            if (tile_tag[kk] >= 0) {
                 valid |= 1u << kk;
             }
         }

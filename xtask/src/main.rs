@@ -37,7 +37,14 @@ fn test() -> Result {
     ensure_vulkan()?;
     ensure_wasm_target()?;
     cargo(&["fmt", "--all", "--", "--check"]).map_err(|e| format!("{e} (run cargo fmt --all)"))?;
-    cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
+    cargo(&[
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ])?;
     // The GPU tests fail, not skip, when no adapter is found.
     cargo(&["test", "--all-targets"])?;
     cargo(&["test", "--doc"])?;
