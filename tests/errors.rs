@@ -133,6 +133,19 @@ fn learned_kinds_need_weights_of_the_right_shape() {
         "{err}"
     );
 
+    // Weights meant for another length are refused even where no coarse level needs them.
+    let short = Shape::new(1, 1, 8, 16);
+    let w = DownsampleWeights::mean_init(Downsampling::Basis, 2, 16, &g.group_tokens());
+    let err = FmaPlan::new(ctx, short, &cfg, Some(&w)).err().unwrap();
+    assert!(
+        matches!(err, FmaError::Weights(ref s) if s.contains("0 coarse levels")),
+        "{err}"
+    );
+    assert!(
+        FmaPlan::new(ctx, short, &cfg, None).is_ok(),
+        "n' = 2m needs no weights"
+    );
+
     let mut w = DownsampleWeights::mean_init(Downsampling::Depthwise, 2, 16, &g.group_tokens());
     w.levels[0].wk[0] = f32::NAN;
     let err = FmaPlan::new(ctx, shape, &dw, Some(&w)).err().unwrap();

@@ -88,17 +88,20 @@ impl FmaPlan {
         let spec =
             Spec::for_shape(d, geometry.cell_tokens()).ok_or(FmaError::UnsupportedHeadDim(d))?;
         let kind = config.downsampling;
-        let packed_weights = if kind.is_learned() && geometry.num_levels() > 0 {
-            let w = weights.ok_or_else(|| {
-                FmaError::Weights(format!(
+        // Weights given are always checked; they are needed once there is a coarse level.
+        let packed_weights = match (kind.is_learned(), weights) {
+            (false, _) => None,
+            (true, Some(w)) => {
+                w.validate(kind, geometry.p, d, &geometry.group_tokens())?;
+                (geometry.num_levels() > 0).then(|| pack_weights(w))
+            }
+            (true, None) if geometry.num_levels() == 0 => None,
+            (true, None) => {
+                return Err(FmaError::Weights(format!(
                     "{kind:?} downsampling needs weights for {} levels (DownsampleWeights::mean_init gives the initial ones)",
                     geometry.num_levels()
-                ))
-            })?;
-            w.validate(kind, geometry.p, d, &geometry.group_tokens())?;
-            Some(pack_weights(w))
-        } else {
-            None
+                )));
+            }
         };
         if geometry.num_levels() > MAX_LEVELS {
             return Err(FmaError::LimitExceeded {
