@@ -268,3 +268,74 @@ fn concurrent_forwards_on_one_plan_never_mix_results() {
     });
     assert!(ok >= 1, "at least one call must succeed ({busy} busy)");
 }
+
+/// GPU-resident tensors: too small, without STORAGE usage, or aliased outputs are refused.
+#[test]
+fn encode_checks_the_callers_buffers() {
+    let ctx = gpu();
+    let shape = Shape::new(1, 2, 64, 16);
+    let plan = FmaPlan::new(ctx, shape, &FmaConfig::new(8, 2), None).unwrap();
+    let buf = |bytes: usize, usage: wgpu::BufferUsages| {
+        ctx.device.create_buffer(&wgpu::BufferDescriptor {
+            label: None,
+            size: bytes as u64,
+            usage,
+            mapped_at_creation: false,
+        })
+    };
+    let st = wgpu::BufferUsages::STORAGE;
+    let (e, n) = (shape.elements() * 4, shape.bh() * shape.n * 4);
+    let (q, k, v, o, lse) = (buf(e, st), buf(e, st), buf(e, st), buf(e, st), buf(n, st));
+    let small = buf(e - 4, st);
+    let uniform = buf(e, wgpu::BufferUsages::UNIFORM);
+    let mut enc = ctx.device.create_command_encoder(&Default::default());
+    let cases = [
+        (
+            multipole::AttentionIo {
+                q: &small,
+                k: &k,
+                v: &v,
+                o: &o,
+                lse: &lse,
+            },
+            "at least",
+        ),
+        (
+            multipole::AttentionIo {
+                q: &q,
+                k: &uniform,
+                v: &v,
+                o: &o,
+                lse: &lse,
+            },
+            "STORAGE",
+        ),
+        (
+            multipole::AttentionIo {
+                q: &q,
+                k: &k,
+                v: &v,
+                o: &q,
+                lse: &lse,
+            },
+            "distinct",
+        ),
+    ];
+    for (io, what) in &cases {
+        let err = plan.encode(ctx, &mut enc, io).unwrap_err();
+        assert!(
+            matches!(err, FmaError::BadShape { ref expected, .. } if expected.contains(what)),
+            "{err}"
+        );
+    }
+    let io = multipole::AttentionIo {
+        q: &q,
+        k: &k,
+        v: &v,
+        o: &o,
+        lse: &lse,
+    };
+    plan.encode(ctx, &mut enc, &io).unwrap();
+    ctx.queue.submit([enc.finish()]);
+    ctx.take_error().unwrap();
+}

@@ -315,6 +315,21 @@ impl FmaPlan {
                     got: format!("{} bytes", buf.size()),
                 });
             }
+            if !buf.usage().contains(wgpu::BufferUsages::STORAGE) {
+                return Err(FmaError::BadShape {
+                    what: format!("GPU buffer {name}"),
+                    expected: "STORAGE usage".into(),
+                    got: format!("{:?}", buf.usage()),
+                });
+            }
+        }
+        // WebGPU forbids binding one buffer as read-only and writable in the same dispatch.
+        if [io.q, io.k, io.v].iter().any(|&b| b == io.o || b == io.lse) || io.o == io.lse {
+            return Err(FmaError::BadShape {
+                what: "GPU buffers o and lse".into(),
+                expected: "buffers distinct from q, k, v and from each other".into(),
+                got: "a buffer used twice".into(),
+            });
         }
         self.encode_chunk(ctx, encoder, chunk, io)
     }
