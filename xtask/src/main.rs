@@ -1,6 +1,7 @@
 //! `cargo xtask demo` and `cargo xtask test`: the two commands a newcomer runs. Each installs
 //! what a fresh Debian machine lacks (a Vulkan driver: Mesa's lavapipe when there is no GPU;
-//! the wasm32 target), then runs the demo or the whole test suite.
+//! the wasm32 target; Chromium and playwright-core for the browser checks), then runs the demo
+//! or the whole test suite.
 
 use std::path::Path;
 use std::process::{Command, ExitCode};
@@ -50,8 +51,38 @@ fn test() -> Result {
     cargo(&["test", "--doc"])?;
     // The library must build for the browser too.
     cargo(&["check", "--lib", "--target", "wasm32-unknown-unknown"])?;
+    // And a browser's WebGPU compiler must accept every shader, not only naga.
+    ensure_browser()?;
+    cargo(&[
+        "run",
+        "--quiet",
+        "--example",
+        "export_shaders",
+        "--",
+        "target/shaders.json",
+    ])?;
+    run(Command::new("node").args(["web/tests/shader_compile.mjs", "target/shaders.json"]))?;
     println!("xtask: all tests passed");
     Ok(())
+}
+
+/// Debian's Chromium (WebGPU on SwiftShader) and playwright-core to drive it.
+fn ensure_browser() -> Result {
+    let mut missing = Vec::new();
+    if !Path::new("/usr/bin/chromium").exists() {
+        missing.push("chromium");
+    }
+    if Command::new("npm").arg("--version").output().is_err() {
+        missing.extend(["nodejs", "npm"]);
+    }
+    if !missing.is_empty() {
+        eprintln!("xtask: installing {}", missing.join(", "));
+        apt_update()?;
+        let mut args = vec!["install", "-y", "-q"];
+        args.extend(&missing);
+        apt(&args)?;
+    }
+    run(Command::new("npm").args(["ci", "--prefix", "web", "--no-audit", "--no-fund"]))
 }
 
 fn cargo(args: &[&str]) -> Result {

@@ -1,0 +1,55 @@
+//! Writes every shader specialisation as JSON, for compiling them in a browser
+//! (web/tests/shader_compile.mjs, run by `cargo xtask test`).
+//!
+//!   cargo run --example export_shaders -- OUT.json
+
+use multipole::gpu::shaders::{Family, Spec, source};
+
+fn entries(family: Family) -> &'static [&'static str] {
+    match family {
+        Family::Downsample => &[
+            "downsample_mean",
+            "downsample_mean_merge",
+            "downsample_basis",
+            "downsample_depthwise",
+        ],
+        Family::Attention => &["near_field", "far_field"],
+    }
+}
+
+/// A JSON string literal (the sources are ASCII; quotes, backslashes and control bytes escaped).
+fn json_string(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let out = std::env::args()
+        .nth(1)
+        .ok_or("usage: export_shaders OUT.json")?;
+    let mut items = Vec::new();
+    for spec in Spec::all() {
+        for family in [Family::Downsample, Family::Attention] {
+            let names: Vec<String> = entries(family).iter().map(|e| json_string(e)).collect();
+            items.push(format!(
+                "{{\"name\":{},\"entries\":[{}],\"code\":{}}}",
+                json_string(&format!("{family:?} {spec:?}")),
+                names.join(","),
+                json_string(&source(family, spec))
+            ));
+        }
+    }
+    std::fs::write(&out, format!("[\n{}\n]\n", items.join(",\n")))?;
+    println!("wrote {} shader modules to {out}", items.len());
+    Ok(())
+}
