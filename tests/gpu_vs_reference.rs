@@ -85,7 +85,7 @@ fn run(c: &Case) -> f32 {
 #[test]
 fn gpu_matches_reference() {
     let config = ProptestConfig {
-        cases: 96,
+        cases: 160,
         failure_persistence: None,
         ..ProptestConfig::default()
     };
