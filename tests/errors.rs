@@ -339,3 +339,20 @@ fn encode_checks_the_callers_buffers() {
     ctx.queue.submit([enc.finish()]);
     ctx.take_error().unwrap();
 }
+
+/// A lost device (here destroyed on purpose) gives a typed error from the next call.
+#[test]
+fn a_lost_device_is_a_typed_error() {
+    let ctx = small_device();
+    let shape = Shape::new(1, 1, 64, 16);
+    let plan = FmaPlan::new(&ctx, shape, &FmaConfig::new(8, 2), None).unwrap();
+    let (q, k, v) = qkv(1, shape);
+    plan.forward_blocking(&ctx, &q, &k, &v).unwrap();
+    ctx.device.destroy();
+    let err = plan.forward_blocking(&ctx, &q, &k, &v).unwrap_err();
+    assert!(matches!(err, FmaError::Gpu(_)), "{err}");
+    let err = FmaPlan::new(&ctx, shape, &FmaConfig::new(4, 2), None)
+        .err()
+        .unwrap();
+    assert!(matches!(err, FmaError::Gpu(_)), "{err}");
+}

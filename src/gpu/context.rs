@@ -106,6 +106,27 @@ impl GpuContext {
         }
     }
 
+    /// A buffer holding `contents`, written through the queue. (wgpu's `create_buffer_init`
+    /// maps the buffer at creation and panics when the device is lost; this records an error.)
+    pub(crate) fn buffer_with(
+        &self,
+        label: &str,
+        contents: &[u8],
+        usage: wgpu::BufferUsages,
+    ) -> wgpu::Buffer {
+        let size = (contents.len() as u64).next_multiple_of(4).max(4);
+        let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size,
+            usage: usage | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut padded = contents.to_vec();
+        padded.resize(size as usize, 0);
+        self.queue.write_buffer(&buffer, 0, &padded);
+        buffer
+    }
+
     /// The cached pipeline of `entry` in `family` built for `spec`.
     pub(crate) fn pipeline(
         &self,

@@ -2,8 +2,6 @@
 //! `Mean` runs level 1 from the tokens, then each coarser level from the one below it;
 //! the learned kinds run all levels from the tokens in one dispatch.
 
-use wgpu::util::DeviceExt;
-
 use super::context::GpuContext;
 use super::params::{RowRange, grid};
 use super::shaders::{Family, Spec};
@@ -43,12 +41,11 @@ impl DownsampleKernel {
                 count: count as u32,
                 ..Default::default()
             };
-            ctx.device
-                .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                    label: Some("downsample rows"),
-                    contents: bytemuck::bytes_of(&r),
-                    usage: wgpu::BufferUsages::UNIFORM,
-                })
+            ctx.buffer_with(
+                "downsample rows",
+                bytemuck::bytes_of(&r),
+                wgpu::BufferUsages::UNIFORM,
+            )
         };
         let p = g.p;
         let steps = match kind {

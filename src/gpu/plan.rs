@@ -5,8 +5,6 @@
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use wgpu::util::DeviceExt;
-
 use super::attention::{AttentionBindings, AttentionKernel};
 use super::context::GpuContext;
 use super::downsample::{DownsampleBindings, DownsampleKernel};
@@ -193,7 +191,6 @@ impl FmaPlan {
             children: tables.children,
             children_per_row: tables.children_per_row,
         };
-        let dev = &ctx.device;
         let chunks = (0..shape.bh())
             .step_by(chunk_heads)
             .map(|first| {
@@ -205,25 +202,25 @@ impl FmaPlan {
                 Chunk {
                     first,
                     heads,
-                    params: dev.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                        label: Some("fma params"),
-                        contents: bytemuck::bytes_of(&params),
-                        usage: wgpu::BufferUsages::UNIFORM,
-                    }),
+                    params: ctx.buffer_with(
+                        "fma params",
+                        bytemuck::bytes_of(&params),
+                        wgpu::BufferUsages::UNIFORM,
+                    ),
                 }
             })
             .collect();
-        let geom = dev.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some("fma geometry"),
-            contents: bytemuck::cast_slice(&tables.data),
-            usage: wgpu::BufferUsages::STORAGE,
-        });
+        let geom = ctx.buffer_with(
+            "fma geometry",
+            bytemuck::cast_slice(&tables.data),
+            wgpu::BufferUsages::STORAGE,
+        );
         let weights = packed_weights.map(|(w, _)| {
-            dev.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some("fma weights"),
-                contents: bytemuck::cast_slice(&w),
-                usage: wgpu::BufferUsages::STORAGE,
-            })
+            ctx.buffer_with(
+                "fma weights",
+                bytemuck::cast_slice(&w),
+                wgpu::BufferUsages::STORAGE,
+            )
         });
         let query_tiles = geometry.fine_cells() * tiles_per_cell;
         let has_far = geometry.num_levels() > 0;
