@@ -43,8 +43,8 @@ fn triple_merge_normalised(t: ptr<function, Triple>, o: ptr<function, array<vec4
 }
 
 // Key and value tiles staged in workgroup memory, KEY_TILE rows of HEAD_VEC vec4s each, with
-// per row a tag (near: the key's token, far: 1; -1 for no key) and a score offset
-// (far: log-multiplicity). Tags are written once per key by its loader, not per query.
+// per row a tag (near: the key's token, far: its coarse row; -1 for no key) and a score offset
+// (far: log-multiplicity). Tags are found once per key, not once per query.
 var<workgroup> k_tile: array<vec4<f32>, TILE_VECS>;
 var<workgroup> v_tile: array<vec4<f32>, TILE_VECS>;
 var<workgroup> tile_tag: array<i32, KEY_TILE>;
