@@ -1,11 +1,12 @@
 // Coarse keys and values (spec section 3). A coarse row is `cell * p + r` over the cells of all
 // levels; each dispatch writes the rows of `range`.
 //
-// From tokens (`downsample_mean` for level 1, `downsample_basis` and `downsample_depthwise`
-// for all levels): one workgroup per (head, coarse row), whose 256 invocations split as
-// HEAD_TILE channels x (256 / HEAD_TILE) lanes; each lane sums a strided share of the tokens
-// for its channel, and the lanes are reduced in workgroup memory. Reads of K and V are
-// contiguous across channels.
+// From tokens: `downsample_mean` for level 1, one workgroup per (head, coarse row); and
+// `downsample_basis` and `downsample_depthwise` for all levels, one workgroup per (head, cell,
+// block of up to ROW_BLOCK rows), reading the cell's tokens once for the whole block. The 256
+// invocations split as HEAD_TILE channels x (256 / HEAD_TILE) lanes; each lane sums a strided
+// share of the tokens for its channel, and the lanes are reduced in workgroup memory. Reads of
+// K and V are contiguous across channels.
 // From the finer level (`downsample_mean_merge`, levels >= 2, one dispatch per level): the
 // mean of a segment is the count-weighted mean of the 2 (1D) or 4 (2D) finer segments that
 // tile it, so `Mean` reads each token once instead of once per level.
@@ -45,10 +46,11 @@ struct Group {
     b_off: u32,
 }
 
-fn group_of(w: u32) -> Group {
+// The group of coarse row `row` (cell * p + r) of head `head`, with its level's layout.
+fn group_of(head: u32, row: u32) -> Group {
     var g: Group;
-    g.head = w / range.count;
-    g.row = range.first + w % range.count;
+    g.head = head;
+    g.row = row;
     let cell = g.row / params.p;
     g.r = g.row % params.p;
     g.count = geom[params.rows + 2u * g.row];
@@ -117,34 +119,59 @@ fn mean_row(g: Group, lid: u32) {
     finish(g, lid, sk, sv, 1.0 / f32(max(g.count, 1u)), 0.0, 0.0);
 }
 
-// Weighted sum over the whole group: `Basis` weights W[l][r][t] are shared by the channels,
-// `Depthwise` weights W[l][c][r][t] are per channel and come with a bias b[l][c][r].
-fn learned_row(g: Group, lid: u32, depthwise: bool) {
+// Rows of one cell that a learned-downsampling workgroup computes together: the cell's tokens
+// are read once for all of them.
+const ROW_BLOCK: u32 = 4u;
+
+// Weighted sums over the whole group for rows r0 .. r0 + ROW_BLOCK of one cell: `Basis`
+// weights W[l][r][t] are shared by the channels, `Depthwise` weights W[l][c][r][t] are per
+// channel and come with a bias b[l][c][r].
+fn learned_rows(head: u32, cell: u32, r0: u32, lid: u32, depthwise: bool) {
+    let g = group_of(head, cell * params.p);
     let c = lid % HEAD_TILE;
     let lane = lid / HEAD_TILE;
     let s = g.h * g.w;
-    var sk = 0.0;
-    var sv = 0.0;
-    var bk = 0.0;
-    var bv = 0.0;
+    let rows = min(ROW_BLOCK, params.p - r0);
+    var sk: array<f32, ROW_BLOCK>;
+    var sv: array<f32, ROW_BLOCK>;
     if (c < params.d) {
-        var wbase = g.w_off + g.r * s;
-        if (depthwise) {
-            wbase = g.w_off + (c * params.p + g.r) * s;
-            let bi = g.b_off + c * params.p + g.r;
-            bk = weights[params.bk_base + bi];
-            bv = weights[params.bv_base + bi];
-        }
         for (var t = lane; t < s; t += LANES) {
             let j = group_token(g, t);
             if (j >= 0) {
-                let at = (g.head * params.n + u32(j)) * params.d + c;
-                sk += weights[wbase + t] * k_in[at];
-                sv += weights[params.wv_base + wbase + t] * v_in[at];
+                let at = (head * params.n + u32(j)) * params.d + c;
+                let kx = k_in[at];
+                let vx = v_in[at];
+                for (var i = 0u; i < rows; i++) {
+                    var wi = g.w_off + (r0 + i) * s + t;
+                    if (depthwise) {
+                        wi = g.w_off + (c * params.p + r0 + i) * s + t;
+                    }
+                    sk[i] += weights[wi] * kx;
+                    sv[i] += weights[params.wv_base + wi] * vx;
+                }
             }
         }
     }
-    finish(g, lid, sk, sv, 1.0, bk, bv);
+    for (var i = 0u; i < rows; i++) {
+        var bk = 0.0;
+        var bv = 0.0;
+        if (depthwise && c < params.d) {
+            let bi = g.b_off + c * params.p + r0 + i;
+            bk = weights[params.bk_base + bi];
+            bv = weights[params.bv_base + bi];
+        }
+        var gi = g;
+        gi.row = cell * params.p + r0 + i;
+        finish(gi, lid, sk[i], sv[i], 1.0, bk, bv);
+        workgroupBarrier(); // the lanes' partial sums are read before the next row's are written
+    }
+}
+
+// One learned-downsampling workgroup: (head, cell, block of ROW_BLOCK rows).
+fn learned_entry(w: u32, lid: u32, depthwise: bool) {
+    let blocks = (params.p + ROW_BLOCK - 1u) / ROW_BLOCK;
+    let item = w % range.count;
+    learned_rows(w / range.count, item / blocks, (item % blocks) * ROW_BLOCK, lid, depthwise);
 }
 
 @compute @workgroup_size(256)
@@ -155,7 +182,7 @@ fn downsample_mean(
 ) {
     let w = workgroup_index(wid, nwg);
     if (w < range.count * params.bh) {
-        mean_row(group_of(w), lid);
+        mean_row(group_of(w / range.count, range.first + w % range.count), lid);
     }
 }
 
@@ -167,7 +194,7 @@ fn downsample_basis(
 ) {
     let w = workgroup_index(wid, nwg);
     if (w < range.count * params.bh) {
-        learned_row(group_of(w), lid, false);
+        learned_entry(w, lid, false);
     }
 }
 
@@ -179,7 +206,7 @@ fn downsample_depthwise(
 ) {
     let w = workgroup_index(wid, nwg);
     if (w < range.count * params.bh) {
-        learned_row(group_of(w), lid, true);
+        learned_entry(w, lid, true);
     }
 }
 

@@ -9,14 +9,17 @@ use crate::config::Downsampling;
 use crate::error::Result;
 use crate::geometry::Geometry;
 
-/// One dispatch: its pipeline, the rows it writes, and whether it reads tokens (one
-/// workgroup per row) or the finer level (one invocation per row element).
+/// One dispatch: its pipeline, its work items (rows, or cells x row blocks), and whether it
+/// reads tokens (one workgroup per item) or the finer level (one invocation per row element).
 struct Step {
     pipeline: wgpu::ComputePipeline,
     range: wgpu::Buffer,
-    rows: u64,
+    items: u64,
     from_tokens: bool,
 }
+
+/// Rows per learned-downsampling workgroup (ROW_BLOCK in downsample.wgsl).
+const ROW_BLOCK: usize = 4;
 
 pub(crate) struct DownsampleKernel {
     steps: Vec<Step>,
@@ -64,7 +67,7 @@ impl DownsampleKernel {
                                 merge.clone()
                             },
                             range: range(first, rows),
-                            rows: rows as u64,
+                            items: rows as u64,
                             from_tokens: i == 0,
                         }
                     })
@@ -76,11 +79,12 @@ impl DownsampleKernel {
                 } else {
                     "downsample_depthwise"
                 };
-                let rows = g.total_cells() * p;
+                // one workgroup per (cell, block of ROW_BLOCK rows)
+                let items = g.total_cells() * p.div_ceil(ROW_BLOCK);
                 vec![Step {
                     pipeline: ctx.pipeline(Family::Downsample, entry, spec)?,
-                    range: range(0, rows),
-                    rows: rows as u64,
+                    range: range(0, items),
+                    items: items as u64,
                     from_tokens: true,
                 }]
             }
@@ -121,9 +125,9 @@ impl DownsampleKernel {
                 entries: &entries,
             });
             let workgroups = if step.from_tokens {
-                step.rows * heads
+                step.items * heads
             } else {
-                (step.rows * heads * d).div_ceil(64)
+                (step.items * heads * d).div_ceil(64)
             };
             let (x, y) = grid(workgroups, max_dim)?;
             pass.set_pipeline(&step.pipeline);
