@@ -110,6 +110,14 @@ impl Geometry {
     pub fn group_tokens(&self) -> Vec<usize> {
         self.levels.iter().map(Level::group_tokens).collect()
     }
+    /// (level, group) of every cell of every level, in global cell id order.
+    pub fn cells(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
+        self.levels
+            .iter()
+            .enumerate()
+            .flat_map(|(i, lv)| (0..lv.groups()).map(move |c| (i + 1, c)))
+    }
+
     /// Level (1-based) of a global cell id, and the group index within it.
     pub fn cell_level(&self, cell: usize) -> Option<(usize, usize)> {
         self.levels

@@ -38,7 +38,7 @@ impl GeomTables {
     pub fn build(g: &Geometry, multiplicity: bool, kind: Downsampling, d: usize) -> GeomTables {
         let mut data: Vec<u32> = Vec::new();
         let fine = g.fine_cells();
-        let total = g.total_cells();
+        let cells: Vec<(usize, usize)> = g.cells().collect();
 
         let near_offsets = data.len() as u32;
         let near: Vec<Vec<usize>> = (0..fine).map(|f| g.near_cells(f)).collect();
@@ -46,13 +46,10 @@ impl GeomTables {
         let near_entries = data.len() as u32;
         data.extend(near.iter().flatten().map(|&c| c as u32));
 
-        let far: Vec<Vec<usize>> = (0..total)
-            .map(|cell| {
-                let (l, c) = g.cell_level(cell).unwrap_or((0, 0));
-                let base = g
-                    .levels
-                    .get(l.wrapping_sub(1))
-                    .map_or(0, |lv| lv.cell_offset);
+        let far: Vec<Vec<usize>> = cells
+            .iter()
+            .map(|&(l, c)| {
+                let base = g.levels[l - 1].cell_offset;
                 g.far_cells(l, c).into_iter().map(|x| base + x).collect()
             })
             .collect();
@@ -62,8 +59,7 @@ impl GeomTables {
         data.extend(far.iter().flatten().map(|&c| c as u32));
 
         let parent = data.len() as u32;
-        for cell in 0..total {
-            let (l, c) = g.cell_level(cell).unwrap_or((0, 0));
+        for &(l, c) in &cells {
             let up = if l < g.num_levels() {
                 (g.levels[l].cell_offset + g.parent(l, c)) as u32
             } else {
@@ -73,8 +69,7 @@ impl GeomTables {
         }
 
         let rows = data.len() as u32;
-        for cell in 0..total {
-            let (l, c) = g.cell_level(cell).unwrap_or((0, 0));
+        for &(l, c) in &cells {
             for r in 0..g.p {
                 let mu = g.multiplicity(l, c, r);
                 let log_mu = if multiplicity && mu > 0 {
@@ -120,8 +115,7 @@ impl GeomTables {
         } else {
             0
         };
-        for cell in 0..total {
-            let (l, c) = g.cell_level(cell).unwrap_or((0, 0));
+        for &(l, c) in &cells {
             for r in 0..g.p {
                 if l >= 2 {
                     data.extend(g.segment_children(l, c, r).into_iter().map(|x| x as u32));

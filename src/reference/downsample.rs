@@ -43,18 +43,16 @@ pub fn downsample(
                 if count == 0 {
                     continue; // skipped by the attention; left at zero
                 }
-                for (src, dst, w, b) in [
+                let segment = g.segment_offsets(l, r);
+                for (src, dst, (w, b)) in [
                     (k, &mut out.k[row], weights_of(weights, li, true)),
                     (v, &mut out.v[row], weights_of(weights, li, false)),
-                ]
-                .map(|(s, o, (w, b))| (s, o, w, b))
-                {
+                ] {
                     for c in 0..d {
                         let x = |t: usize| tokens[t].map_or(0.0, |j| src[j * d + c] as f64);
                         dst[c] = match kind {
                             Downsampling::Mean => {
-                                let seg = g.segment_offsets(l, r);
-                                seg.iter().map(|&t| x(t)).sum::<f64>() / count as f64
+                                segment.iter().map(|&t| x(t)).sum::<f64>() / count as f64
                             }
                             Downsampling::Basis => (0..s).map(|t| w[r * s + t] as f64 * x(t)).sum(),
                             Downsampling::Depthwise => {
