@@ -1,6 +1,7 @@
 //! What a caller chooses: the FMA options, the tensor shape and the learned downsampling weights.
 
 use crate::error::{FmaError, Result};
+use crate::geometry::Geometry;
 
 /// Largest head dimension the kernels are compiled for.
 pub const MAX_HEAD_DIM: usize = 128;
@@ -37,14 +38,47 @@ impl std::str::FromStr for Downsampling {
     }
 }
 
+/// How the n tokens of a head are arranged: the hierarchy FMA builds over them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Layout {
+    /// A sequence (spec section 2): 1D cells of m tokens.
+    #[default]
+    Sequence,
+    /// An image of `height x width` tokens in row-major order (spec section 5): m x m cells,
+    /// Chebyshev neighbourhoods. n must equal `height * width`.
+    Image { height: usize, width: usize },
+}
+
+impl std::str::FromStr for Layout {
+    type Err = FmaError;
+    /// Parses `HxW` (e.g. `16x16`) as an image layout.
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = || {
+            FmaError::InvalidConfig(format!(
+                "image size '{s}' must be HEIGHTxWIDTH with both at least 1, e.g. 16x16"
+            ))
+        };
+        let (h, w) = s.split_once(['x', 'X']).ok_or_else(bad)?;
+        let height: usize = h.trim().parse().map_err(|_| bad())?;
+        let width: usize = w.trim().parse().map_err(|_| bad())?;
+        if height == 0 || width == 0 {
+            return Err(bad());
+        }
+        Ok(Layout::Image { height, width })
+    }
+}
+
 /// Options of one FMA attention call.
 #[derive(Clone, Debug, PartialEq)]
 pub struct FmaConfig {
     /// Fine cell size (tokens per fine cell in 1D; cell side in 2D). A power of two.
     pub m: usize,
-    /// Coarse keys per group; divides `m`.
+    /// Coarse keys per group. 1D: divides `m`. 2D: a square whose root divides `m` (each
+    /// cell splits into sqrt(p) x sqrt(p) sub-blocks).
     pub p: usize,
-    /// Autoregressive masking (1D only).
+    /// Sequence (1D) or image (2D).
+    pub layout: Layout,
+    /// Autoregressive masking (sequences only).
     pub causal: bool,
     /// How groups are summarised.
     pub downsampling: Downsampling,
@@ -60,6 +94,7 @@ impl FmaConfig {
         FmaConfig {
             m,
             p,
+            layout: Layout::Sequence,
             causal: false,
             downsampling: Downsampling::Mean,
             multiplicity: true,
@@ -67,7 +102,15 @@ impl FmaConfig {
         }
     }
 
-    /// Checks m and p (shape-independent rules).
+    /// The same options over an image of `height x width` tokens (2D FMA).
+    pub fn image(self, height: usize, width: usize) -> Self {
+        FmaConfig {
+            layout: Layout::Image { height, width },
+            ..self
+        }
+    }
+
+    /// Checks m, p and the layout (rules that do not depend on n).
     pub fn validate(&self) -> Result<()> {
         if self.m == 0 || !self.m.is_power_of_two() {
             return Err(FmaError::InvalidConfig(format!(
@@ -75,11 +118,41 @@ impl FmaConfig {
                 self.m
             )));
         }
-        if self.p == 0 || !self.m.is_multiple_of(self.p) {
-            return Err(FmaError::InvalidConfig(format!(
-                "p = {} must be at least 1 and divide m = {}",
-                self.p, self.m
-            )));
+        match self.layout {
+            Layout::Sequence => {
+                if self.p == 0 || !self.m.is_multiple_of(self.p) {
+                    return Err(FmaError::InvalidConfig(format!(
+                        "p = {} must be at least 1 and divide m = {}",
+                        self.p, self.m
+                    )));
+                }
+            }
+            Layout::Image { height, width } => {
+                if height == 0 || width == 0 {
+                    return Err(FmaError::InvalidConfig(format!(
+                        "image {height}x{width}: height and width must be at least 1"
+                    )));
+                }
+                let root = self.p.isqrt();
+                if self.p == 0 || root * root != self.p {
+                    return Err(FmaError::InvalidConfig(format!(
+                        "p = {} must be a square (1, 4, 16, ...) for images: each cell splits into sqrt(p) x sqrt(p) sub-blocks",
+                        self.p
+                    )));
+                }
+                if !self.m.is_multiple_of(root) {
+                    return Err(FmaError::InvalidConfig(format!(
+                        "p = {} does not divide the {m} x {m} fine cell: sqrt(p) = {root} must divide m = {m}",
+                        self.p,
+                        m = self.m
+                    )));
+                }
+                if self.causal {
+                    return Err(FmaError::InvalidConfig(
+                        "causal masking is defined for sequences only, not for images".into(),
+                    ));
+                }
+            }
         }
         if let Some(s) = self.scale
             && !s.is_finite()
@@ -182,19 +255,21 @@ pub struct DownsampleWeights {
 }
 
 impl DownsampleWeights {
-    /// The initialisation of spec section 3: the `Mean` weights (and zero bias).
-    /// `group_tokens[l]` is the number of tokens per group at level l+1.
-    pub fn mean_init(kind: Downsampling, p: usize, d: usize, group_tokens: &[usize]) -> Self {
-        let levels = group_tokens
-            .iter()
-            .map(|&s| {
-                let seg = s / p;
-                let basis: Vec<f32> = (0..p * s)
-                    .map(|i| {
-                        let (r, t) = (i / s, i % s);
-                        if t / seg == r { 1.0 / seg as f32 } else { 0.0 }
-                    })
-                    .collect();
+    /// The initialisation of spec section 3 for hierarchy `g`: the `Mean` weights (each
+    /// coarse key the average of its segment, which in 2D is a sub-block of the cell, taken in
+    /// row-major order), and zero bias. Empty levels for `Mean`, which has no weights.
+    pub fn mean_init(kind: Downsampling, g: &Geometry, d: usize) -> Self {
+        let p = g.p;
+        let levels = (1..=g.num_levels())
+            .map(|l| {
+                let s = g.levels[l - 1].group_tokens();
+                let mut basis = vec![0.0f32; p * s];
+                for r in 0..p {
+                    let seg = g.segment_offsets(l, r);
+                    for &t in &seg {
+                        basis[r * s + t] = 1.0 / seg.len() as f32;
+                    }
+                }
                 match kind {
                     Downsampling::Mean => LevelWeights::default(),
                     Downsampling::Basis => LevelWeights {
@@ -231,7 +306,7 @@ impl DownsampleWeights {
         }
         if self.levels.len() != group_tokens.len() {
             return Err(FmaError::Weights(format!(
-                "{:?} downsampling needs weights for {} coarse levels for this sequence length, got {}",
+                "{:?} downsampling needs weights for {} coarse levels for this input size, got {}",
                 kind,
                 group_tokens.len(),
                 self.levels.len()

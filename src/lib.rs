@@ -25,6 +25,11 @@
 //! let cpu = reference::fma_forward(&q, &k, &v, shape, &config, None)?;
 //! let err = out.o.iter().zip(&cpu.o).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
 //! assert!(err < 1e-4);
+//!
+//! // Images (2D FMA): the n tokens of a head are a height x width grid, row-major.
+//! let image = FmaConfig::new(4, 4).image(20, 50); // 4 x 4 fine cells; n = 20 * 50
+//! let out2d = FmaPlan::new(&ctx, shape, &image, None)?.forward_blocking(&ctx, &q, &k, &v)?;
+//! assert_eq!(out2d.o.len(), shape.elements());
 //! # Ok(())
 //! # }
 //! ```
@@ -35,7 +40,7 @@ pub mod geometry;
 pub mod reference;
 pub mod tensor_file;
 
-pub use config::{DownsampleWeights, Downsampling, FmaConfig, LevelWeights, Shape};
+pub use config::{DownsampleWeights, Downsampling, FmaConfig, Layout, LevelWeights, Shape};
 pub use error::{FmaError, Result};
 pub use geometry::Geometry;
 pub mod gpu;

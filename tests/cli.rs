@@ -45,8 +45,8 @@ fn attend_matches_the_library_on_gpu_and_reference() {
         downsampling: Downsampling::Depthwise,
         ..FmaConfig::new(8, 2)
     };
-    let g = Geometry::line(100, &cfg).unwrap();
-    let w = weights(2, Downsampling::Depthwise, 2, 16, &g.group_tokens());
+    let g = Geometry::new(100, &cfg).unwrap();
+    let w = weights(2, Downsampling::Depthwise, &g, 16);
     let mut tensors = vec![
         ("q".to_string(), t(&dims, q.clone())),
         ("k".into(), t(&dims, k.clone())),
@@ -86,6 +86,72 @@ fn attend_matches_the_library_on_gpu_and_reference() {
         assert_close("cli o", &o.data, &want.o, &v, tol);
         assert_close("cli lse", &lse.data, &want.lse, &[1.0], tol);
     }
+}
+
+/// `--image HxW`: 2D FMA with learned weights, on the GPU and the reference.
+#[test]
+fn attend_on_an_image_matches_the_library() {
+    let (h, w) = (12, 20);
+    let shape = Shape::new(1, 2, h * w, 8);
+    let dims = [1, 2, h * w, 8];
+    let (q, k, v) = qkv(5, shape);
+    let cfg = FmaConfig {
+        downsampling: Downsampling::Basis,
+        ..FmaConfig::new(2, 4).image(h, w)
+    };
+    let g = Geometry::new(h * w, &cfg).unwrap();
+    assert!(g.num_levels() >= 2);
+    let wts = weights(4, Downsampling::Basis, &g, 8);
+    let mut tensors = vec![
+        ("q".to_string(), t(&dims, q.clone())),
+        ("k".into(), t(&dims, k.clone())),
+        ("v".into(), t(&dims, v.clone())),
+    ];
+    for (i, (lw, &s)) in wts.levels.iter().zip(&g.group_tokens()).enumerate() {
+        tensors.push((format!("wk.{}", i + 1), t(&[4, s], lw.wk.clone())));
+        tensors.push((format!("wv.{}", i + 1), t(&[4, s], lw.wv.clone())));
+    }
+    let named: Vec<(&str, Tensor)> = tensors
+        .iter()
+        .map(|(n, t)| (n.as_str(), t.clone()))
+        .collect();
+    let input = tmp("image-in.safetensors");
+    write_tensors(&input, &named).unwrap();
+    let want = reference::fma_forward(&q, &k, &v, shape, &cfg, Some(&wts)).unwrap();
+    let image = format!("{h}x{w}");
+    for (flag, tol) in [(None, 1e-4), (Some("--reference"), 1e-6)] {
+        let output = tmp("image-out.safetensors");
+        let mut args = vec!["--m", "2", "--p", "4", "--downsampling", "basis"];
+        args.extend(["--image", image.as_str()]);
+        args.extend(flag);
+        let (ok, err) = attend(&input, &output, &args);
+        assert!(ok, "attend failed: {err}");
+        let o = TensorFile::open(&output)
+            .unwrap()
+            .get_shaped("o", &dims)
+            .unwrap();
+        assert_close("cli 2d o", &o.data, &want.o, &v, tol);
+    }
+    // n must equal H x W, and the size must parse
+    let output = tmp("image-bad.safetensors");
+    let (ok, err) = attend(
+        &input,
+        &output,
+        &["--m", "2", "--p", "4", "--image", "12x21"],
+    );
+    assert!(!ok && err.contains("height x width = 252"), "{err}");
+    let (ok, err) = attend(
+        &input,
+        &output,
+        &["--m", "2", "--p", "4", "--image", "12by20"],
+    );
+    assert!(!ok && err.contains("HEIGHTxWIDTH"), "{err}");
+    let (ok, err) = attend(
+        &input,
+        &output,
+        &["--m", "2", "--p", "2", "--image", "12x20"],
+    );
+    assert!(!ok && err.contains("must be a square"), "{err}");
 }
 
 #[test]

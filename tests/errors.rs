@@ -96,8 +96,8 @@ fn learned_kinds_need_weights_of_the_right_shape() {
         "{err}"
     );
 
-    let g = multipole::Geometry::line(64, &cfg).unwrap();
-    let mut w = DownsampleWeights::mean_init(Downsampling::Basis, 2, 16, &g.group_tokens());
+    let g = multipole::Geometry::new(64, &cfg).unwrap();
+    let mut w = DownsampleWeights::mean_init(Downsampling::Basis, &g, 16);
     w.levels[1].wv.pop();
     let err = FmaPlan::new(ctx, shape, &cfg, Some(&w)).err().unwrap();
     assert!(
@@ -105,7 +105,7 @@ fn learned_kinds_need_weights_of_the_right_shape() {
         "{err}"
     );
 
-    let mut w = DownsampleWeights::mean_init(Downsampling::Basis, 2, 16, &g.group_tokens());
+    let mut w = DownsampleWeights::mean_init(Downsampling::Basis, &g, 16);
     w.levels.pop();
     let err = reference::fma_forward(
         &[0.0; 1024],
@@ -125,7 +125,7 @@ fn learned_kinds_need_weights_of_the_right_shape() {
         downsampling: Downsampling::Depthwise,
         ..cfg
     };
-    let mut w = DownsampleWeights::mean_init(Downsampling::Depthwise, 2, 16, &g.group_tokens());
+    let mut w = DownsampleWeights::mean_init(Downsampling::Depthwise, &g, 16);
     w.levels[0].bk = vec![0.0; 3];
     let err = FmaPlan::new(ctx, shape, &dw, Some(&w)).err().unwrap();
     assert!(
@@ -135,7 +135,7 @@ fn learned_kinds_need_weights_of_the_right_shape() {
 
     // Weights meant for another length are refused even where no coarse level needs them.
     let short = Shape::new(1, 1, 8, 16);
-    let w = DownsampleWeights::mean_init(Downsampling::Basis, 2, 16, &g.group_tokens());
+    let w = DownsampleWeights::mean_init(Downsampling::Basis, &g, 16);
     let err = FmaPlan::new(ctx, short, &cfg, Some(&w)).err().unwrap();
     assert!(
         matches!(err, FmaError::Weights(ref s) if s.contains("0 coarse levels")),
@@ -146,7 +146,7 @@ fn learned_kinds_need_weights_of_the_right_shape() {
         "n' = 2m needs no weights"
     );
 
-    let mut w = DownsampleWeights::mean_init(Downsampling::Depthwise, 2, 16, &g.group_tokens());
+    let mut w = DownsampleWeights::mean_init(Downsampling::Depthwise, &g, 16);
     w.levels[0].wk[0] = f32::NAN;
     let err = FmaPlan::new(ctx, shape, &dw, Some(&w)).err().unwrap();
     assert!(
@@ -355,4 +355,61 @@ fn a_lost_device_is_a_typed_error() {
         .err()
         .unwrap();
     assert!(matches!(err, FmaError::Gpu(_)), "{err}");
+}
+
+#[test]
+fn bad_image_configurations_are_refused() {
+    let ctx = gpu();
+    let expect = |cfg: FmaConfig, n: usize, needle: &str| {
+        let shape = Shape::new(1, 1, n, 8);
+        let x = vec![0.0; shape.elements()];
+        for err in [
+            FmaPlan::new(ctx, shape, &cfg, None).err().unwrap(),
+            reference::fma_forward(&x, &x, &x, shape, &cfg, None).unwrap_err(),
+        ] {
+            assert!(err.to_string().contains(needle), "{cfg:?} n={n}: {err}");
+        }
+    };
+    // n must equal H x W
+    expect(FmaConfig::new(4, 1).image(5, 5), 24, "height x width = 25");
+    expect(
+        FmaConfig::new(4, 1).image(usize::MAX, 2),
+        8,
+        "height x width",
+    );
+    // empty sides
+    expect(FmaConfig::new(4, 1).image(0, 4), 0, "at least 1");
+    expect(FmaConfig::new(4, 1).image(4, 0), 4, "at least 1");
+    // p must be a square, and its root must divide m
+    for p in [2, 3, 8, 0] {
+        expect(FmaConfig::new(4, p).image(8, 8), 64, "must be a square");
+    }
+    expect(
+        FmaConfig::new(4, 64).image(8, 8),
+        64,
+        "sqrt(p) = 8 must divide m = 4",
+    );
+    expect(
+        FmaConfig::new(2, 16).image(8, 8),
+        64,
+        "does not divide the 2 x 2 fine cell",
+    );
+    // causal masking has no meaning on an image
+    let causal = FmaConfig {
+        causal: true,
+        ..FmaConfig::new(4, 1).image(8, 8)
+    };
+    expect(causal, 64, "sequences only");
+    // and the layout parser refuses malformed sizes
+    for s in ["16", "0x4", "4x", "ax4", "4x-1"] {
+        let err = s.parse::<multipole::Layout>().unwrap_err();
+        assert!(err.to_string().contains("HEIGHTxWIDTH"), "{s}: {err}");
+    }
+    assert_eq!(
+        "3x7".parse::<multipole::Layout>().unwrap(),
+        multipole::Layout::Image {
+            height: 3,
+            width: 7
+        }
+    );
 }

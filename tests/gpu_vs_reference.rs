@@ -18,6 +18,8 @@ struct Case {
     causal: bool,
     kind: Downsampling,
     multiplicity: bool,
+    /// Image height and width (2D; n = h * w), or None for a sequence.
+    image: Option<(usize, usize)>,
     seed: u64,
 }
 
@@ -56,8 +58,43 @@ fn case() -> impl Strategy<Value = Case> {
                     causal,
                     kind,
                     multiplicity,
+                    image: None,
                     seed,
                 }
+            },
+        )
+}
+
+/// Images (issue 3's sweep): H and W from 1 to 64, m in {2, 4, 8}, p in {1, 4}.
+fn case_2d() -> impl Strategy<Value = Case> {
+    let m = prop::sample::select(vec![2usize, 4, 8]);
+    let p = prop::sample::select(vec![1usize, 4]);
+    let d = prop::sample::select(vec![1usize, 3, 16, 32, 40, 64, 128]);
+    let kind = prop::sample::select(vec![
+        Downsampling::Mean,
+        Downsampling::Basis,
+        Downsampling::Depthwise,
+    ]);
+    (
+        (m, p, d, kind),
+        (1usize..=64, 1usize..=64),
+        any::<bool>(),
+        (1usize..3, 1usize..3),
+        any::<u64>(),
+    )
+        .prop_map(
+            |((m, p, d, kind), (h, w), multiplicity, (batch, heads), seed)| Case {
+                batch,
+                heads,
+                n: h * w,
+                d,
+                m,
+                p,
+                causal: false,
+                kind,
+                multiplicity,
+                image: Some((h, w)),
+                seed,
             },
         )
 }
@@ -66,9 +103,12 @@ fn case() -> impl Strategy<Value = Case> {
 fn run(c: &Case) -> f32 {
     let ctx = gpu();
     let shape = Shape::new(c.batch, c.heads, c.n, c.d);
-    let cfg = config(c.m, c.p, c.causal, c.kind, c.multiplicity);
-    let g = Geometry::line(c.n, &cfg).unwrap();
-    let w = weights(c.seed, c.kind, c.p, c.d, &g.group_tokens());
+    let mut cfg = config(c.m, c.p, c.causal, c.kind, c.multiplicity);
+    if let Some((h, w)) = c.image {
+        cfg = cfg.image(h, w);
+    }
+    let g = Geometry::new(c.n, &cfg).unwrap();
+    let w = weights(c.seed, c.kind, &g, c.d);
     let (q, k, v) = qkv(c.seed, shape);
     let want = reference::fma_forward(&q, &k, &v, shape, &cfg, Some(&w)).unwrap();
     let got = FmaPlan::new(ctx, shape, &cfg, Some(&w))
@@ -82,16 +122,16 @@ fn run(c: &Case) -> f32 {
     max_abs_diff(&got.o, &want.o).0 / vmax
 }
 
-#[test]
-fn gpu_matches_reference() {
+/// Runs `cases` random cases drawn from `strategy` and reports the largest error.
+fn sweep(name: &str, strategy: impl Strategy<Value = Case>, cases: u32) {
     let config = ProptestConfig {
-        cases: 160,
+        cases,
         failure_persistence: None,
         ..ProptestConfig::default()
     };
     let mut runner = proptest::test_runner::TestRunner::new(config);
     let stats = std::cell::Cell::new((0usize, 0f32));
-    let result = runner.run(&case(), |c| {
+    let result = runner.run(&strategy, |c| {
         let (cases, worst) = stats.get();
         stats.set((cases + 1, worst.max(run(&c))));
         Ok(())
@@ -100,7 +140,17 @@ fn gpu_matches_reference() {
         panic!("{e}");
     }
     let (cases, worst) = stats.get();
-    eprintln!("gpu_vs_reference: {cases} random cases passed, largest error {worst:.3e} x max|V|");
+    eprintln!("{name}: {cases} random cases passed, largest error {worst:.3e} x max|V|");
+}
+
+#[test]
+fn gpu_matches_reference() {
+    sweep("gpu_vs_reference 1D", case(), 160);
+}
+
+#[test]
+fn gpu_matches_reference_2d() {
+    sweep("gpu_vs_reference 2D", case_2d(), 96);
 }
 
 /// Every head-dim tile, kind and variant at least once, whatever the random sweep drew.
@@ -124,6 +174,7 @@ fn gpu_matches_reference_on_every_tile_and_kind() {
                     causal,
                     kind,
                     multiplicity: i % 2 == 0,
+                    image: None,
                     seed: i as u64,
                 };
                 worst = worst.max(run(&c));

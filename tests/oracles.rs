@@ -15,7 +15,7 @@ fn partition_property_1d() {
                     causal,
                     ..FmaConfig::new(m, 1)
                 };
-                let g = Geometry::line(n, &cfg).unwrap();
+                let g = Geometry::new(n, &cfg).unwrap();
                 let np = g.n_pad();
                 for i in 0..np {
                     let mut seen = vec![0u32; np];
@@ -68,7 +68,7 @@ fn two_cells_equal_dense() {
             causal,
             ..FmaConfig::new(m, 1)
         };
-        assert_eq!(Geometry::line(n, &cfg).unwrap().num_levels(), 0);
+        assert_eq!(Geometry::new(n, &cfg).unwrap().num_levels(), 0);
         let dense = reference::dense(&q, &k, &v, shape, causal, cfg.scale_for(d)).unwrap();
         let cpu = reference::fma_forward(&q, &k, &v, shape, &cfg, None).unwrap();
         assert_close("cpu o", &cpu.o, &dense.o, &v, 1e-6);
@@ -112,7 +112,7 @@ fn mean_on_piecewise_constant_equals_dense() {
             causal,
             ..FmaConfig::new(m, p)
         };
-        let g = Geometry::line(n, &cfg).unwrap();
+        let g = Geometry::new(n, &cfg).unwrap();
         assert!(
             g.num_levels() >= 2,
             "the oracle should exercise several levels"
@@ -164,8 +164,8 @@ fn causal_outputs_ignore_the_future() {
         let d = 16;
         let shape = Shape::new(1, 1, n, d);
         let cfg = config(m, p, true, kind, true);
-        let g = Geometry::line(n, &cfg).unwrap();
-        let w = weights(5, kind, p, d, &g.group_tokens());
+        let g = Geometry::new(n, &cfg).unwrap();
+        let w = weights(5, kind, &g, d);
         let (q, k, v) = qkv(11, shape);
         let plan = FmaPlan::new(ctx, shape, &cfg, Some(&w)).unwrap();
         let base_gpu = plan.forward_blocking(ctx, &q, &k, &v).unwrap();
@@ -199,8 +199,8 @@ fn permuting_heads_permutes_outputs() {
     let ctx = gpu();
     let shape = Shape::new(2, 3, 150, 32);
     let cfg = config(8, 2, false, Downsampling::Depthwise, true);
-    let g = Geometry::line(shape.n, &cfg).unwrap();
-    let w = weights(8, Downsampling::Depthwise, 2, 32, &g.group_tokens());
+    let g = Geometry::new(shape.n, &cfg).unwrap();
+    let w = weights(8, Downsampling::Depthwise, &g, 32);
     let (q, k, v) = qkv(21, shape);
     let perm = [4, 2, 5, 0, 3, 1];
     let block = shape.n * shape.d;

@@ -6,8 +6,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use multipole::tensor_file::{Tensor, TensorFile, write_tensors};
 use multipole::{
-    DownsampleWeights, Downsampling, FmaConfig, FmaPlan, Geometry, GpuContext, LevelWeights, Shape,
-    reference,
+    DownsampleWeights, Downsampling, FmaConfig, FmaPlan, Geometry, GpuContext, Layout,
+    LevelWeights, Shape, reference,
 };
 
 #[derive(Parser)]
@@ -39,9 +39,12 @@ struct AttendArgs {
     /// Fine cell size (a power of two).
     #[arg(long)]
     m: usize,
-    /// Coarse keys per group (divides m).
+    /// Coarse keys per group (1D: divides m; 2D: a square whose root divides m).
     #[arg(long)]
     p: usize,
+    /// Treat the n tokens as an image of HxW tokens in row-major order (2D FMA; n = H*W).
+    #[arg(long, value_name = "HxW")]
+    image: Option<Layout>,
     /// Autoregressive masking.
     #[arg(long)]
     causal: bool,
@@ -89,13 +92,14 @@ fn attend(args: &AttendArgs) -> multipole::Result<()> {
     let config = FmaConfig {
         m: args.m,
         p: args.p,
+        layout: args.image.unwrap_or_default(),
         causal: args.causal,
         downsampling: args.downsampling,
         multiplicity: !args.no_multiplicity,
         scale: args.scale,
     };
     shape.validate()?;
-    let geometry = Geometry::line(n, &config)?;
+    let geometry = Geometry::new(n, &config)?;
     let weights = read_weights(&file, &config, &geometry, d)?;
     let out = if args.reference {
         reference::fma_forward(&q.data, &k.data, &v.data, shape, &config, weights.as_ref())?

@@ -6,10 +6,11 @@
 //! `pad_h x pad_w` grid; a cell is a rectangle of that grid, so token arithmetic is shared
 //! between 1D and 2D and only the neighbourhood rules differ.
 
+mod grid;
 mod line;
 pub mod tables;
 
-use crate::config::FmaConfig;
+use crate::config::{FmaConfig, Layout};
 use crate::error::{FmaError, Result};
 
 /// Which neighbourhood rules apply.
@@ -17,6 +18,8 @@ use crate::error::{FmaError, Result};
 pub enum Dims {
     /// Sequences (spec section 2).
     One,
+    /// Images (spec section 5).
+    Two,
 }
 
 /// Layout of one coarse level l = 1..L: its groups (cells) and their p segments.
@@ -54,13 +57,13 @@ pub struct Geometry {
     pub dims: Dims,
     pub causal: bool,
     pub p: usize,
-    /// Real token grid (1D: 1 x n).
+    /// Real token grid (1D: 1 x n; 2D: the image's height x width).
     pub real_h: usize,
     pub real_w: usize,
-    /// Padded grid (1D: 1 x n').
+    /// Padded grid (1D: 1 x n'; 2D: S x S).
     pub pad_h: usize,
     pub pad_w: usize,
-    /// Fine cell size (1D: 1 x m).
+    /// Fine cell size (1D: 1 x m; 2D: m x m).
     pub cell_h: usize,
     pub cell_w: usize,
     /// Coarse levels 1..L (index 0 is level 1).
@@ -68,17 +71,30 @@ pub struct Geometry {
 }
 
 impl Geometry {
-    /// The 1D hierarchy of spec section 2 for `n` tokens.
-    pub fn line(n: usize, config: &FmaConfig) -> Result<Geometry> {
+    /// The hierarchy for `n` tokens laid out as `config.layout` says: spec section 2 for a
+    /// sequence, section 5 for an image (where n must equal height x width).
+    pub fn new(n: usize, config: &FmaConfig) -> Result<Geometry> {
         config.validate()?;
         if n == 0 {
             return Err(FmaError::BadShape {
-                what: "sequence length n".into(),
+                what: "token count n".into(),
                 expected: "at least 1".into(),
                 got: "0".into(),
             });
         }
-        line::build(n, config)
+        match config.layout {
+            Layout::Sequence => line::build(n, config),
+            Layout::Image { height, width } => {
+                if height.checked_mul(width) != Some(n) {
+                    return Err(FmaError::BadShape {
+                        what: format!("token count n for a {height}x{width} image"),
+                        expected: format!("n = height x width = {}", height.saturating_mul(width)),
+                        got: n.to_string(),
+                    });
+                }
+                grid::build(height, width, config)
+            }
+        }
     }
 
     /// Number of real tokens.
@@ -209,14 +225,16 @@ impl Geometry {
     pub fn near_cells(&self, f: usize) -> Vec<usize> {
         match self.dims {
             Dims::One => line::near_cells(f, self.fine_cells(), self.causal),
+            Dims::Two => grid::near_cells(f, self.cells_x()),
         }
     }
 
     /// Interaction list of cell c at level l (1-based): the groups of level l it sees coarsely.
     pub fn far_cells(&self, l: usize, c: usize) -> Vec<usize> {
-        let groups = self.levels[l - 1].groups();
+        let lv = &self.levels[l - 1];
         match self.dims {
-            Dims::One => line::far_cells(c, groups, self.causal),
+            Dims::One => line::far_cells(c, lv.groups(), self.causal),
+            Dims::Two => grid::far_cells(c, lv.groups_x),
         }
     }
 
@@ -256,7 +274,7 @@ mod tests {
             (100, 32, 128),
             (4096, 32, 4096),
         ] {
-            let g = Geometry::line(n, &FmaConfig::new(m, 1)).unwrap();
+            let g = Geometry::new(n, &FmaConfig::new(m, 1)).unwrap();
             assert_eq!(g.n_pad(), want, "n={n} m={m}");
             let k = (want / m).trailing_zeros() as usize;
             assert_eq!(g.num_levels(), k - 1);
@@ -265,7 +283,7 @@ mod tests {
 
     #[test]
     fn segment_children_tile_their_parent() {
-        let g = Geometry::line(100, &FmaConfig::new(4, 2)).unwrap();
+        let g = Geometry::new(100, &FmaConfig::new(4, 2)).unwrap();
         // n' = 128, s_1 = 4 (segments of 2), s_2 = 8 (segments of 4): level-2 group 3,
         // segment 1 covers tokens 28..32 = level-1 group 7, segments 0 and 1.
         assert_eq!(g.segment_children(2, 3, 1), vec![7 * 2, 7 * 2 + 1]);
@@ -292,9 +310,52 @@ mod tests {
     }
 
     #[test]
+    fn images_pad_to_a_square_of_side_m_times_a_power_of_two() {
+        for (h, w, m, side) in [(1, 1, 4, 8), (8, 3, 4, 8), (9, 2, 4, 16), (28, 28, 2, 32)] {
+            let g = Geometry::new(h * w, &FmaConfig::new(m, 1).image(h, w)).unwrap();
+            assert_eq!((g.pad_h, g.pad_w), (side, side), "{h}x{w} m={m}");
+            assert_eq!(g.num_levels(), (side / m).trailing_zeros() as usize - 1);
+            // a real token keeps its (y, x) and its row-major index in the image
+            assert_eq!(g.position(w * (h - 1)), (h - 1, 0));
+            assert_eq!(g.token_at(h - 1, w - 1), Some(h * w - 1));
+            assert_eq!(g.token_at(0, w), None);
+        }
+    }
+
+    #[test]
+    fn image_segments_are_sub_blocks_with_four_children() {
+        // 28 x 28 on m = 4, p = 4: S = 32, level 1 cells 4 x 4 (2 x 2 sub-blocks), level 2
+        // cells 8 x 8 (4 x 4 sub-blocks), level 3 cells 16 x 16.
+        let g = Geometry::new(28 * 28, &FmaConfig::new(4, 4).image(28, 28)).unwrap();
+        assert_eq!(g.segment_offsets(1, 3), vec![10, 11, 14, 15]);
+        // Level-2 cell 0, sub-block 1 (rows 0..4, columns 4..8) is level-1 cell 1 (whole).
+        assert_eq!(g.segment_children(2, 0, 1), vec![4, 5, 6, 7]);
+        // The last cell of level 1 holds rows 28..32: all padding.
+        assert_eq!(g.multiplicity(1, 63, 0), 0);
+        // Cell (6, 6) of level 1 covers rows and columns 24..28: all real.
+        assert_eq!(g.multiplicity(1, 6 * 8 + 6, 3), 4);
+        for l in 2..=g.num_levels() {
+            for grp in 0..g.levels[l - 1].groups() {
+                for r in 0..g.p {
+                    let kids = g.segment_children(l, grp, r);
+                    assert_eq!(kids.len(), 4);
+                    let sum: usize = kids
+                        .iter()
+                        .map(|&row| {
+                            let (lc, c) = g.cell_level(row / g.p).unwrap();
+                            g.multiplicity(lc, c, row % g.p)
+                        })
+                        .sum();
+                    assert_eq!(sum, g.multiplicity(l, grp, r));
+                }
+            }
+        }
+    }
+
+    #[test]
     fn multiplicity_counts_real_tokens_only() {
         // n = 10, m = 4 -> n' = 16, levels: s_1 = 4. Group 2 holds tokens 8..12, 2 real.
-        let g = Geometry::line(10, &FmaConfig::new(4, 2)).unwrap();
+        let g = Geometry::new(10, &FmaConfig::new(4, 2)).unwrap();
         assert_eq!(g.multiplicity(1, 2, 0), 2);
         assert_eq!(g.multiplicity(1, 2, 1), 0);
         assert_eq!(g.multiplicity(1, 0, 1), 2);

@@ -72,7 +72,8 @@ impl Drop for BusyGuard<'_> {
 }
 
 impl FmaPlan {
-    /// Prepares FMA over sequences (1D) of `shape`. `weights` are required for the learned
+    /// Prepares FMA over `shape`, whose n tokens form a sequence or an image as
+    /// `config.layout` says. `weights` are required for the learned
     /// downsampling kinds (see `DownsampleWeights::mean_init` for the initialisation).
     pub fn new(
         ctx: &GpuContext,
@@ -81,7 +82,7 @@ impl FmaPlan {
         weights: Option<&DownsampleWeights>,
     ) -> Result<FmaPlan> {
         shape.validate()?;
-        let geometry = Geometry::line(shape.n, config)?;
+        let geometry = Geometry::new(shape.n, config)?;
         let d = shape.d;
         let spec =
             Spec::for_shape(d, geometry.cell_tokens()).ok_or(FmaError::UnsupportedHeadDim(d))?;
@@ -134,7 +135,7 @@ impl FmaPlan {
         check(
             "one head of Q, K, V, O or of the coarse keys and values",
             per_head,
-            "shorten the sequence, or use a smaller p",
+            "shorten the input, or use a smaller p",
         )?;
         // Checked before the tables are built: their size follows from the head's.
         let tables = GeomTables::build(&geometry, config.multiplicity, kind, d);

@@ -6,7 +6,7 @@ use crate::config::{DownsampleWeights, FmaConfig, Shape};
 use crate::error::Result;
 use crate::geometry::Geometry;
 
-/// FMA attention over [batch, heads, n, d] tensors for a sequence (1D).
+/// FMA attention over [batch, heads, n, d] tensors, laid out as `config.layout` says (1D or 2D).
 /// `weights` is required for learned downsampling kinds and ignored for `Mean`.
 pub fn fma_forward(
     q: &[f32],
@@ -20,7 +20,7 @@ pub fn fma_forward(
     for (name, t) in [("q", q), ("k", k), ("v", v)] {
         shape.check_len(name, t.len())?;
     }
-    let g = Geometry::line(shape.n, config)?;
+    let g = Geometry::new(shape.n, config)?;
     let empty = DownsampleWeights::default();
     let weights = weights.unwrap_or(&empty);
     weights.validate(config.downsampling, g.p, shape.d, &g.group_tokens())?;

@@ -3,7 +3,7 @@
 
 use std::sync::OnceLock;
 
-use multipole::{DownsampleWeights, Downsampling, FmaConfig, GpuContext, Shape};
+use multipole::{DownsampleWeights, Downsampling, FmaConfig, Geometry, GpuContext, Layout, Shape};
 
 /// Seeded uniform values in [-1, 1) (splitmix64), so failures reproduce.
 pub fn random(seed: u64, len: usize) -> Vec<f32> {
@@ -47,14 +47,8 @@ pub fn gpu() -> &'static GpuContext {
 }
 
 /// Random weights near the `Mean` initialisation (perturbed so the kinds differ from Mean).
-pub fn weights(
-    seed: u64,
-    kind: Downsampling,
-    p: usize,
-    d: usize,
-    group_tokens: &[usize],
-) -> DownsampleWeights {
-    let mut w = DownsampleWeights::mean_init(kind, p, d, group_tokens);
+pub fn weights(seed: u64, kind: Downsampling, g: &Geometry, d: usize) -> DownsampleWeights {
+    let mut w = DownsampleWeights::mean_init(kind, g, d);
     for (i, lw) in w.levels.iter_mut().enumerate() {
         for (j, part) in [&mut lw.wk, &mut lw.wv, &mut lw.bk, &mut lw.bv]
             .into_iter()
@@ -109,6 +103,7 @@ pub fn config(
     FmaConfig {
         m,
         p,
+        layout: Layout::Sequence,
         causal,
         downsampling: kind,
         multiplicity,
