@@ -1,7 +1,10 @@
 //! FMA against dense attention on random data: the error of both, and the time of each.
 //!
-//!   cargo run --release --example compare -- [--n 1024,4096] [--d 64] [--m 32] [--p 4] [--causal]
-//!       [--dense-max N] [--gpu-only]
+//!   cargo run --release --example compare -- [--n 1024,4096] [--image 32x32,64x64] [--d 64]
+//!       [--m 32] [--p 4] [--causal] [--dense-max N] [--gpu-only]
+//!
+//! `--image HxW` runs 2D FMA on an image of H x W tokens (n = H * W) after the sequences
+//! (alone when --n is not given).
 //!
 //! Times: GPU FMA forward (median of 5 after a warm-up, GPU-resident tensors, submit to
 //! finish, pipelines already built); the f64 CPU reference of FMA; f64 CPU dense attention
@@ -10,10 +13,12 @@
 use std::time::Instant;
 
 use multipole::wgpu::util::DeviceExt;
-use multipole::{AttentionIo, FmaConfig, FmaPlan, GpuContext, Shape, reference, wgpu};
+use multipole::{AttentionIo, FmaConfig, FmaPlan, GpuContext, Layout, Shape, reference, wgpu};
 
 struct Args {
-    ns: Vec<usize>,
+    /// Sequence lengths; 1024 and 4096 when neither --n nor --image is given.
+    ns: Option<Vec<usize>>,
+    images: Vec<(usize, usize)>,
     d: usize,
     m: usize,
     p: usize,
@@ -24,7 +29,8 @@ struct Args {
 
 fn parse() -> Result<Args, String> {
     let mut a = Args {
-        ns: vec![1024, 4096],
+        ns: None,
+        images: Vec::new(),
         d: 64,
         m: 32,
         p: 4,
@@ -38,9 +44,21 @@ fn parse() -> Result<Args, String> {
         let num = |s: String| s.parse::<usize>().map_err(|e| format!("{flag}: {e}"));
         match flag.as_str() {
             "--n" => {
-                a.ns = value()?
+                a.ns = Some(
+                    value()?
+                        .split(',')
+                        .map(|s| num(s.to_string()))
+                        .collect::<Result<_, _>>()?,
+                )
+            }
+            "--image" => {
+                a.images = value()?
                     .split(',')
-                    .map(|s| num(s.to_string()))
+                    .map(|s| match s.parse::<Layout>() {
+                        Ok(Layout::Image { height, width }) => Ok((height, width)),
+                        Ok(Layout::Sequence) => Err(format!("--image {s}: not an image size")),
+                        Err(e) => Err(e.to_string()),
+                    })
                     .collect::<Result<_, _>>()?
             }
             "--d" => a.d = num(value()?)?,
@@ -134,7 +152,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         if a.causal { "causal" } else { "bidirectional" }
     );
     println!(
-        "{:>7} {:>12} {:>12} {:>13} {:>16} {:>14} {:>12}",
+        "{:>9} {:>12} {:>12} {:>13} {:>16} {:>14} {:>12}",
         "n",
         "gpu fma ms",
         "cpu fma ms",
@@ -143,7 +161,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "fma-dense err",
         "extra/QKVO"
     );
-    for &n in &a.ns {
+    let ns = match (&a.ns, a.images.is_empty()) {
+        (Some(ns), _) => ns.clone(),
+        (None, true) => vec![1024, 4096],
+        (None, false) => Vec::new(),
+    };
+    let inputs = ns.iter().map(|&n| (n.to_string(), n, Layout::Sequence));
+    let images = a.images.iter().map(|&(height, width)| {
+        let layout = Layout::Image { height, width };
+        (format!("{height}x{width}"), height * width, layout)
+    });
+    for (label, n, layout) in inputs.chain(images) {
         let shape = Shape::new(1, 1, n, a.d);
         let (q, k, v) = (
             random(1, shape.elements()),
@@ -151,14 +179,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             random(3, shape.elements()),
         );
         let cfg = FmaConfig {
-            causal: a.causal,
+            causal: a.causal && layout == Layout::Sequence,
+            layout,
             ..FmaConfig::new(a.m, a.p)
         };
         let plan = FmaPlan::new(&ctx, shape, &cfg, None)?;
         let gpu_ms = gpu_time(&ctx, &plan, &q, &k, &v)?;
         let gpu = plan.forward_blocking(&ctx, &q, &k, &v)?;
         if !a.cpu {
-            println!("{n:>7} {gpu_ms:>12.2}");
+            println!("{label:>9} {gpu_ms:>12.2}");
             continue;
         }
         let t = Instant::now();
@@ -166,7 +195,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let cpu_ms = ms(t);
         let (dense_ms, dense_err) = if n <= a.dense_max {
             let t = Instant::now();
-            let dense = reference::dense(&q, &k, &v, shape, a.causal, cfg.scale_for(a.d))?;
+            let dense = reference::dense(&q, &k, &v, shape, cfg.causal, cfg.scale_for(a.d))?;
             (
                 format!("{:.1}", ms(t)),
                 format!("{:.3e}", max_err(&cpu.o, &dense.o)),
@@ -177,7 +206,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // GPU memory the plan holds besides Q, K, V, O, LSE, relative to Q+K+V+O.
         let extra = plan.extra_bytes() as f64 / (4.0 * 4.0 * shape.elements() as f64);
         println!(
-            "{n:>7} {gpu_ms:>12.2} {cpu_ms:>12.1} {dense_ms:>13} {:>16.3e} {dense_err:>14} {extra:>12.3}",
+            "{label:>9} {gpu_ms:>12.2} {cpu_ms:>12.1} {dense_ms:>13} {:>16.3e} {dense_err:>14} {extra:>12.3}",
             max_err(&gpu.o, &cpu.o)
         );
     }

@@ -26,12 +26,23 @@ type Result<T = ()> = std::result::Result<T, String>;
 
 fn demo(extra: &[String]) -> Result {
     ensure_vulkan()?;
-    let mut args: Vec<&str> = vec!["run", "--release", "--example", "compare", "--"];
-    if extra.is_empty() {
-        args.extend(["--n", "1024,4096,16384"]);
+    let compare = ["run", "--release", "--example", "compare", "--"];
+    if !extra.is_empty() {
+        let args: Vec<&str> = compare
+            .into_iter()
+            .chain(extra.iter().map(String::as_str))
+            .collect();
+        return cargo(&args);
     }
-    args.extend(extra.iter().map(String::as_str));
-    cargo(&args)
+    // Sequences with m = 32, then images with 4 x 4 cells.
+    cargo(&[&compare[..], &["--n", "1024,4096,16384"]].concat())?;
+    cargo(
+        &[
+            &compare[..],
+            &["--image", "32x32,64x64", "--m", "4", "--p", "4"],
+        ]
+        .concat(),
+    )
 }
 
 fn test() -> Result {
