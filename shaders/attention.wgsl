@@ -1,5 +1,6 @@
 // Tiled FMA attention: `near_field` (full-resolution keys of the neighbouring fine cells) and
-// `far_field` (coarse keys of every level's interaction list, merged into the near result).
+// `far_field` (coarse keys of every level's interaction list, merged into the near result);
+// and `dense_attention`, exact attention with the same tiles, the baseline FMA is measured by.
 //
 // One workgroup serves QUERY_TILE queries of one fine cell, one query per invocation; every
 // query of a fine cell has the same near cells and the same interaction lists, so the
@@ -77,43 +78,103 @@ fn near_field(
             if (x < keys) {
                 j = fine_token(geom[params.near_entries + lo + x / cell_tokens], x % cell_tokens);
             }
-            if (lid % ROW_THREADS == 0u) {
-                tile_tag[kk] = j;
-                tile_bias[kk] = 0.0;
-            }
-            for (var c = lid % ROW_THREADS; c < HEAD_TILE; c += ROW_THREADS) {
-                var kx = 0.0;
-                var vx = 0.0;
-                if (j >= 0 && c < params.d) {
-                    let at = (head_base + u32(j)) * params.d + c;
-                    kx = k_in[at];
-                    vx = v_in[at];
-                }
-                tile_store(kk, c, kx, vx);
-            }
+            stage_token(kk, j, head_base, lid);
         }
         workgroupBarrier();
-        // padding keys never receive attention; causal keeps j <= i
-        var valid = 0u;
-        for (var kk = 0u; kk < KEY_TILE; kk++) {
-            let j = tile_tag[kk];
-            if (j >= 0 && (params.causal == 0u || j <= token)) {
-                valid |= 1u << kk;
-            }
-        }
         if (token >= 0) {
-            triple_add_tile(&t, &q, valid);
+            triple_add_tile(&t, &q, token_mask(token));
         }
     }
-    if (token < 0) {
-        return;
+    if (token >= 0) {
+        store_normalised(head_base + u32(token), t);
     }
-    let row = head_base + u32(token);
+}
+
+// Stages token j's key and value (zeros for j < 0) as row kk of the tiles; the ROW_THREADS
+// invocations that share a row split its channels.
+fn stage_token(kk: u32, j: i32, head_base: u32, lid: u32) {
+    if (lid % ROW_THREADS == 0u) {
+        tile_tag[kk] = j;
+        tile_bias[kk] = 0.0;
+    }
+    for (var c = lid % ROW_THREADS; c < HEAD_TILE; c += ROW_THREADS) {
+        var kx = 0.0;
+        var vx = 0.0;
+        if (j >= 0 && c < params.d) {
+            let at = (head_base + u32(j)) * params.d + c;
+            kx = k_in[at];
+            vx = v_in[at];
+        }
+        tile_store(kk, c, kx, vx);
+    }
+}
+
+// The staged token keys query `token` may see: padding never; causal keeps j <= token.
+fn token_mask(token: i32) -> u32 {
+    var valid = 0u;
+    for (var kk = 0u; kk < KEY_TILE; kk++) {
+        let j = tile_tag[kk];
+        if (j >= 0 && (params.causal == 0u || j <= token)) {
+            valid |= 1u << kk;
+        }
+    }
+    return valid;
+}
+
+// Writes the normalised output and log-sum-exp of one query row.
+fn store_normalised(row: u32, t: Triple) {
     let inv = 1.0 / t.sum;
     for (var c = 0u; c < params.d; c++) {
         o_out[row * params.d + c] = t.acc[c / 4u][c % 4u] * inv;
     }
     lse_out[row] = t.max + log(t.sum);
+}
+
+// Exact softmax attention over all keys: the benchmarks' baseline. It runs the same tiles,
+// staging and triple as the FMA kernels, so a comparison measures the algorithm, not the
+// code. One workgroup per QUERY_TILE consecutive queries of one head; causal stops at the
+// tile's last query. Only n, d, bh, causal and scale of `params` are read.
+@compute @workgroup_size(QUERY_TILE)
+fn dense_attention(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let tiles = (params.n + QUERY_TILE - 1u) / QUERY_TILE;
+    let w = workgroup_index(wid, nwg);
+    if (w >= tiles * params.bh) {
+        return;
+    }
+    let head = w / tiles;
+    let first = (w % tiles) * QUERY_TILE;
+    var token = -1;
+    if (first + lid < params.n) {
+        token = i32(first + lid);
+    }
+    var q = load_query(head, token);
+    var t = triple_empty();
+    let head_base = head * params.n;
+    var keys = params.n;
+    if (params.causal != 0u) {
+        keys = min(params.n, first + QUERY_TILE);
+    }
+    for (var k0 = 0u; k0 < keys; k0 += KEY_TILE) {
+        workgroupBarrier(); // every query has read the previous tile
+        for (var kk = lid / ROW_THREADS; kk < KEY_TILE; kk += ROWS_PER_PASS) {
+            var j = -1;
+            if (k0 + kk < keys) {
+                j = i32(k0 + kk);
+            }
+            stage_token(kk, j, head_base, lid);
+        }
+        workgroupBarrier();
+        if (token >= 0) {
+            triple_add_tile(&t, &q, token_mask(token));
+        }
+    }
+    if (token >= 0) {
+        store_normalised(head_base + u32(token), t);
+    }
 }
 
 @compute @workgroup_size(QUERY_TILE)

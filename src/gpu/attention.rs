@@ -36,19 +36,15 @@ impl AttentionKernel {
         })
     }
 
-    /// Records near field then far field: one workgroup per (head, query tile).
-    pub fn encode(
+    /// Records the near field: one workgroup per (head, query tile).
+    pub fn encode_near(
         &self,
         ctx: &GpuContext,
         pass: &mut wgpu::ComputePass<'_>,
         b: &AttentionBindings<'_>,
         workgroups: u64,
     ) -> Result<()> {
-        let (x, y) = grid(
-            workgroups,
-            ctx.limits().max_compute_workgroups_per_dimension,
-        )?;
-        let near = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
+        let group = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some("near_field"),
             layout: &self.near.get_bind_group_layout(0),
             entries: &[
@@ -61,27 +57,51 @@ impl AttentionKernel {
                 entry(7, b.lse.as_entire_binding()),
             ],
         });
-        pass.set_pipeline(&self.near);
-        pass.set_bind_group(0, &near, &[]);
-        pass.dispatch_workgroups(x, y, 1);
-
-        if let (Some(far), Some(coarse)) = (&self.far, b.coarse) {
-            let group = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
-                label: Some("far_field"),
-                layout: &far.get_bind_group_layout(0),
-                entries: &[
-                    entry(0, b.params.as_entire_binding()),
-                    entry(1, b.geom.as_entire_binding()),
-                    entry(2, b.q.as_entire_binding()),
-                    entry(5, coarse.as_entire_binding()),
-                    entry(6, b.o.as_entire_binding()),
-                    entry(7, b.lse.as_entire_binding()),
-                ],
-            });
-            pass.set_pipeline(far);
-            pass.set_bind_group(0, &group, &[]);
-            pass.dispatch_workgroups(x, y, 1);
-        }
-        Ok(())
+        dispatch(ctx, pass, &self.near, &group, workgroups)
     }
+
+    /// Records the far field (merging into the near field's O and LSE), if there are coarse
+    /// levels.
+    pub fn encode_far(
+        &self,
+        ctx: &GpuContext,
+        pass: &mut wgpu::ComputePass<'_>,
+        b: &AttentionBindings<'_>,
+        workgroups: u64,
+    ) -> Result<()> {
+        let (Some(far), Some(coarse)) = (&self.far, b.coarse) else {
+            return Ok(());
+        };
+        let group = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("far_field"),
+            layout: &far.get_bind_group_layout(0),
+            entries: &[
+                entry(0, b.params.as_entire_binding()),
+                entry(1, b.geom.as_entire_binding()),
+                entry(2, b.q.as_entire_binding()),
+                entry(5, coarse.as_entire_binding()),
+                entry(6, b.o.as_entire_binding()),
+                entry(7, b.lse.as_entire_binding()),
+            ],
+        });
+        dispatch(ctx, pass, far, &group, workgroups)
+    }
+}
+
+/// Dispatches `workgroups` over a 2D grid within the device's per-axis limit.
+pub(crate) fn dispatch(
+    ctx: &GpuContext,
+    pass: &mut wgpu::ComputePass<'_>,
+    pipeline: &wgpu::ComputePipeline,
+    group: &wgpu::BindGroup,
+    workgroups: u64,
+) -> Result<()> {
+    let (x, y) = grid(
+        workgroups,
+        ctx.limits().max_compute_workgroups_per_dimension,
+    )?;
+    pass.set_pipeline(pipeline);
+    pass.set_bind_group(0, group, &[]);
+    pass.dispatch_workgroups(x, y, 1);
+    Ok(())
 }

@@ -19,7 +19,7 @@ pub struct GpuContext {
 impl GpuContext {
     /// Finds an adapter (high-performance preferred; `WGPU_BACKEND` and friends are honoured
     /// natively) and opens a device with the adapter's own limits, so long sequences fit.
-    /// Optional features are not required.
+    /// Of the optional features only timestamp queries are enabled, where offered.
     pub async fn new() -> Result<GpuContext> {
         let instance =
             wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
@@ -35,6 +35,8 @@ impl GpuContext {
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("multipole"),
+                // Timestamps only time the passes (GpuTimer); nothing else needs a feature.
+                required_features: adapter.features() & wgpu::Features::TIMESTAMP_QUERY,
                 required_limits: adapter.limits(),
                 ..Default::default()
             })

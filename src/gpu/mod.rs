@@ -2,10 +2,15 @@
 
 mod attention;
 mod context;
+mod dense;
 mod downsample;
+mod host;
 mod params;
 mod plan;
 pub mod shaders;
+mod timing;
 
 pub use context::GpuContext;
+pub use dense::DensePlan;
 pub use plan::{AttentionIo, FmaPlan};
+pub use timing::GpuTimer;

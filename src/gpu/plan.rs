@@ -2,14 +2,13 @@
 //! weights once, and encodes the forward pass (downsample, near field, far field) into one
 //! compute pass. Inputs too large for one storage binding are split over batch x heads.
 
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, Ordering};
-
 use super::attention::{AttentionBindings, AttentionKernel};
 use super::context::GpuContext;
 use super::downsample::{DownsampleBindings, DownsampleKernel};
+use super::host::{self, HostSlot};
 use super::params::{Params, grid};
 use super::shaders::{MAX_LEVELS, Spec};
+use super::timing::GpuTimer;
 use crate::config::{DownsampleWeights, FmaConfig, Shape};
 use crate::error::{FmaError, Result};
 use crate::geometry::Geometry;
@@ -26,22 +25,57 @@ pub struct AttentionIo<'a> {
     pub lse: &'a wgpu::Buffer,
 }
 
+impl AttentionIo<'_> {
+    /// Checks the buffers against a plan's whole shape: sizes, STORAGE usage, and outputs
+    /// distinct from the inputs.
+    pub(crate) fn check(&self, shape: Shape) -> Result<()> {
+        let (e, n) = (
+            (shape.elements() * 4) as u64,
+            (shape.bh() * shape.n * 4) as u64,
+        );
+        for (name, buf, need) in [
+            ("q", self.q, e),
+            ("k", self.k, e),
+            ("v", self.v, e),
+            ("o", self.o, e),
+            ("lse", self.lse, n),
+        ] {
+            if buf.size() < need {
+                return Err(FmaError::BadShape {
+                    what: format!("GPU buffer {name}"),
+                    expected: format!("at least {need} bytes"),
+                    got: format!("{} bytes", buf.size()),
+                });
+            }
+            if !buf.usage().contains(wgpu::BufferUsages::STORAGE) {
+                return Err(FmaError::BadShape {
+                    what: format!("GPU buffer {name}"),
+                    expected: "STORAGE usage".into(),
+                    got: format!("{:?}", buf.usage()),
+                });
+            }
+        }
+        // WebGPU forbids binding one buffer as read-only and writable in the same dispatch.
+        if [self.q, self.k, self.v]
+            .iter()
+            .any(|&b| b == self.o || b == self.lse)
+            || self.o == self.lse
+        {
+            return Err(FmaError::BadShape {
+                what: "GPU buffers o and lse".into(),
+                expected: "buffers distinct from q, k, v and from each other".into(),
+                got: "a buffer used twice".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
 /// Heads [first, first + heads) processed by one dispatch, with their uniform.
 struct Chunk {
     first: usize,
     heads: usize,
     params: wgpu::Buffer,
-}
-
-/// Buffers for `forward` from host slices, sized for one chunk; made on first use.
-struct HostBuffers {
-    q: wgpu::Buffer,
-    k: wgpu::Buffer,
-    v: wgpu::Buffer,
-    o: wgpu::Buffer,
-    lse: wgpu::Buffer,
-    o_read: wgpu::Buffer,
-    lse_read: wgpu::Buffer,
 }
 
 /// A prepared FMA forward pass for one shape and configuration. Build it once, run it often.
@@ -57,18 +91,7 @@ pub struct FmaPlan {
     coarse: Option<wgpu::Buffer>,
     downsample: Option<DownsampleKernel>,
     attention: AttentionKernel,
-    host: OnceLock<HostBuffers>,
-    /// Set while a `forward` uses the host buffers, so that two cannot interleave.
-    busy: AtomicBool,
-}
-
-/// Clears the busy flag when `forward` ends, returns early or is dropped.
-struct BusyGuard<'a>(&'a AtomicBool);
-
-impl Drop for BusyGuard<'_> {
-    fn drop(&mut self) {
-        self.0.store(false, Ordering::Release);
-    }
+    host: HostSlot,
 }
 
 impl FmaPlan {
@@ -226,7 +249,7 @@ impl FmaPlan {
         let query_tiles = geometry.fine_cells() * tiles_per_cell;
         let has_far = geometry.num_levels() > 0;
         let coarse = has_far.then(|| {
-            storage(
+            host::storage(
                 ctx,
                 "fma coarse",
                 coarse_head_bytes * chunk_heads as u64,
@@ -251,8 +274,7 @@ impl FmaPlan {
             coarse,
             downsample,
             attention,
-            host: OnceLock::new(),
-            busy: AtomicBool::new(false),
+            host: HostSlot::default(),
         })
     }
 
@@ -286,6 +308,16 @@ impl FmaPlan {
         encoder: &mut wgpu::CommandEncoder,
         io: &AttentionIo<'_>,
     ) -> Result<()> {
+        self.encode_checked(ctx, encoder, io, None)
+    }
+
+    fn encode_checked(
+        &self,
+        ctx: &GpuContext,
+        encoder: &mut wgpu::CommandEncoder,
+        io: &AttentionIo<'_>,
+        timer: Option<&GpuTimer>,
+    ) -> Result<()> {
         let [chunk] = self.chunks.as_slice() else {
             return Err(FmaError::LimitExceeded {
                 what: "Q, K, V or O in one storage binding".into(),
@@ -295,41 +327,42 @@ impl FmaPlan {
                     .into(),
             });
         };
-        let (e, n) = (
-            (self.shape.elements() * 4) as u64,
-            (self.shape.bh() * self.shape.n * 4) as u64,
-        );
-        for (name, buf, need) in [
-            ("q", io.q, e),
-            ("k", io.k, e),
-            ("v", io.v, e),
-            ("o", io.o, e),
-            ("lse", io.lse, n),
-        ] {
-            if buf.size() < need {
-                return Err(FmaError::BadShape {
-                    what: format!("GPU buffer {name}"),
-                    expected: format!("at least {need} bytes"),
-                    got: format!("{} bytes", buf.size()),
-                });
-            }
-            if !buf.usage().contains(wgpu::BufferUsages::STORAGE) {
-                return Err(FmaError::BadShape {
-                    what: format!("GPU buffer {name}"),
-                    expected: "STORAGE usage".into(),
-                    got: format!("{:?}", buf.usage()),
-                });
-            }
+        io.check(self.shape)?;
+        self.encode_chunk(ctx, encoder, chunk, io, timer)
+    }
+
+    /// `encode` with each stage (downsampling, near field, far field) in its own compute pass
+    /// timed by `timer`; returns the names of the stages in the timer's slot order.
+    pub fn encode_timed(
+        &self,
+        ctx: &GpuContext,
+        encoder: &mut wgpu::CommandEncoder,
+        io: &AttentionIo<'_>,
+        timer: &GpuTimer,
+    ) -> Result<Vec<&'static str>> {
+        let stages = self.stage_names();
+        if (timer.stages() as usize) < stages.len() {
+            return Err(FmaError::InvalidConfig(format!(
+                "the timer holds {} stages; this plan has {}",
+                timer.stages(),
+                stages.len()
+            )));
         }
-        // WebGPU forbids binding one buffer as read-only and writable in the same dispatch.
-        if [io.q, io.k, io.v].iter().any(|&b| b == io.o || b == io.lse) || io.o == io.lse {
-            return Err(FmaError::BadShape {
-                what: "GPU buffers o and lse".into(),
-                expected: "buffers distinct from q, k, v and from each other".into(),
-                got: "a buffer used twice".into(),
-            });
-        }
-        self.encode_chunk(ctx, encoder, chunk, io)
+        self.encode_checked(ctx, encoder, io, Some(timer))?;
+        Ok(stages)
+    }
+
+    /// The stages one forward records, in order.
+    pub fn stage_names(&self) -> Vec<&'static str> {
+        let far = self.downsample.is_some();
+        [
+            far.then_some("downsample"),
+            Some("near_field"),
+            far.then_some("far_field"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
     }
 
     fn encode_chunk(
@@ -338,11 +371,11 @@ impl FmaPlan {
         encoder: &mut wgpu::CommandEncoder,
         chunk: &Chunk,
         io: &AttentionIo<'_>,
+        timer: Option<&GpuTimer>,
     ) -> Result<()> {
-        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-            label: Some("fma forward"),
-            timestamp_writes: None,
-        });
+        // One pass per stage: timestamps need pass boundaries, and each stage reads what the
+        // previous one wrote, so the passes cost nothing the dispatches did not already.
+        let mut slot = 0;
         if let (Some(ds), Some(coarse)) = (&self.downsample, &self.coarse) {
             let b = DownsampleBindings {
                 params: &chunk.params,
@@ -352,6 +385,7 @@ impl FmaPlan {
                 weights: self.weights.as_ref(),
                 coarse,
             };
+            let mut pass = begin_pass(encoder, "fma downsample", timer, &mut slot);
             ds.encode(ctx, &mut pass, &b, chunk.heads as u64, self.shape.d as u64)?;
         }
         let b = AttentionBindings {
@@ -364,8 +398,15 @@ impl FmaPlan {
             o: io.o,
             lse: io.lse,
         };
-        self.attention
-            .encode(ctx, &mut pass, &b, (self.query_tiles * chunk.heads) as u64)
+        let workgroups = (self.query_tiles * chunk.heads) as u64;
+        let mut pass = begin_pass(encoder, "fma near field", timer, &mut slot);
+        self.attention.encode_near(ctx, &mut pass, &b, workgroups)?;
+        drop(pass);
+        if self.coarse.is_some() {
+            let mut pass = begin_pass(encoder, "fma far field", timer, &mut slot);
+            self.attention.encode_far(ctx, &mut pass, &b, workgroups)?;
+        }
+        Ok(())
     }
 
     /// Runs FMA on host tensors ([batch, heads, n, d], f32) and returns O and LSE.
@@ -379,52 +420,22 @@ impl FmaPlan {
         for (name, t) in [("q", q), ("k", k), ("v", v)] {
             self.shape.check_len(name, t.len())?;
         }
-        if self.busy.swap(true, Ordering::Acquire) {
-            return Err(FmaError::Busy);
-        }
-        let _guard = BusyGuard(&self.busy);
         let (n, d) = (self.shape.n, self.shape.d);
-        let host = self.host.get_or_init(|| {
-            let bytes = (self.chunk_heads * n * d * 4) as u64;
-            let lse_bytes = (self.chunk_heads * n * 4) as u64;
-            HostBuffers {
-                q: storage(ctx, "q", bytes, true),
-                k: storage(ctx, "k", bytes, true),
-                v: storage(ctx, "v", bytes, true),
-                o: storage(ctx, "o", bytes, false),
-                lse: storage(ctx, "lse", lse_bytes, false),
-                o_read: readback(ctx, bytes),
-                lse_read: readback(ctx, lse_bytes),
-            }
-        });
+        let (host, _busy) = self.host.acquire(ctx, self.chunk_heads, n, d)?;
         let mut out = Output {
             o: Vec::with_capacity(q.len()),
             lse: Vec::with_capacity(self.shape.bh() * n),
         };
         for chunk in &self.chunks {
             let span = chunk.first * n * d..(chunk.first + chunk.heads) * n * d;
-            ctx.queue
-                .write_buffer(&host.q, 0, bytemuck::cast_slice(&q[span.clone()]));
-            ctx.queue
-                .write_buffer(&host.k, 0, bytemuck::cast_slice(&k[span.clone()]));
-            ctx.queue
-                .write_buffer(&host.v, 0, bytemuck::cast_slice(&v[span.clone()]));
+            host.upload(ctx, [q, k, v].map(|t| &t[span.clone()]));
             let mut encoder = ctx.device.create_command_encoder(&Default::default());
-            let io = AttentionIo {
-                q: &host.q,
-                k: &host.k,
-                v: &host.v,
-                o: &host.o,
-                lse: &host.lse,
-            };
-            self.encode_chunk(ctx, &mut encoder, chunk, &io)?;
-            let (ob, lb) = ((span.len() * 4) as u64, (chunk.heads * n * 4) as u64);
-            encoder.copy_buffer_to_buffer(&host.o, 0, &host.o_read, 0, ob);
-            encoder.copy_buffer_to_buffer(&host.lse, 0, &host.lse_read, 0, lb);
-            ctx.queue.submit([encoder.finish()]);
-            out.o.extend(ctx.read_f32(&host.o_read, span.len()).await?);
-            out.lse
-                .extend(ctx.read_f32(&host.lse_read, chunk.heads * n).await?);
+            self.encode_chunk(ctx, &mut encoder, chunk, &host.io(), None)?;
+            let (o, lse) = host
+                .finish(ctx, encoder, span.len(), chunk.heads * n)
+                .await?;
+            out.o.extend(o);
+            out.lse.extend(lse);
         }
         Ok(out)
     }
@@ -440,6 +451,21 @@ impl FmaPlan {
     ) -> Result<Output> {
         pollster::block_on(self.forward(ctx, q, k, v))
     }
+}
+
+/// A compute pass for the next stage, timed in slot `*slot` when there is a timer.
+pub(crate) fn begin_pass<'e>(
+    encoder: &'e mut wgpu::CommandEncoder,
+    label: &str,
+    timer: Option<&GpuTimer>,
+    slot: &mut u32,
+) -> wgpu::ComputePass<'e> {
+    let timestamp_writes = timer.and_then(|t| t.pass(*slot));
+    *slot += 1;
+    encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+        label: Some(label),
+        timestamp_writes,
+    })
 }
 
 /// Concatenates [wk of all levels][wv][bk][bv]; returns the data and the bases of wv, bk, bv.
@@ -460,28 +486,4 @@ fn pack_weights(w: &DownsampleWeights) -> (Vec<f32>, [u32; 3]) {
         data.push(0.0);
     }
     (data, bases)
-}
-
-fn storage(ctx: &GpuContext, label: &str, bytes: u64, input: bool) -> wgpu::Buffer {
-    let usage = wgpu::BufferUsages::STORAGE
-        | if input {
-            wgpu::BufferUsages::COPY_DST
-        } else {
-            wgpu::BufferUsages::COPY_SRC
-        };
-    ctx.device.create_buffer(&wgpu::BufferDescriptor {
-        label: Some(label),
-        size: bytes.max(4),
-        usage,
-        mapped_at_creation: false,
-    })
-}
-
-fn readback(ctx: &GpuContext, bytes: u64) -> wgpu::Buffer {
-    ctx.device.create_buffer(&wgpu::BufferDescriptor {
-        label: Some("readback"),
-        size: bytes.max(4),
-        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-        mapped_at_creation: false,
-    })
 }

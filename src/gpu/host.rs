@@ -1,0 +1,133 @@
+//! Staging of host tensors for `forward` calls: GPU buffers sized for one chunk of heads,
+//! made on first use, and the readback of O and LSE.
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use super::context::GpuContext;
+use super::plan::AttentionIo;
+use crate::error::{FmaError, Result};
+
+/// A plan's host buffers and the flag that keeps two `forward` calls from interleaving on them.
+#[derive(Default)]
+pub(crate) struct HostSlot {
+    buffers: OnceLock<HostBuffers>,
+    busy: AtomicBool,
+}
+
+/// Clears the busy flag when the `forward` holding it ends, returns early or is dropped.
+pub(crate) struct BusyGuard<'a>(&'a AtomicBool);
+
+impl Drop for BusyGuard<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+impl HostSlot {
+    /// The buffers (made on first use for `heads` heads of n x d), or `Busy` while another
+    /// `forward` holds them.
+    pub fn acquire(
+        &self,
+        ctx: &GpuContext,
+        heads: usize,
+        n: usize,
+        d: usize,
+    ) -> Result<(&HostBuffers, BusyGuard<'_>)> {
+        if self.busy.swap(true, Ordering::Acquire) {
+            return Err(FmaError::Busy);
+        }
+        let guard = BusyGuard(&self.busy);
+        Ok((
+            self.buffers
+                .get_or_init(|| HostBuffers::new(ctx, heads, n, d)),
+            guard,
+        ))
+    }
+}
+
+pub(crate) struct HostBuffers {
+    q: wgpu::Buffer,
+    k: wgpu::Buffer,
+    v: wgpu::Buffer,
+    o: wgpu::Buffer,
+    lse: wgpu::Buffer,
+    o_read: wgpu::Buffer,
+    lse_read: wgpu::Buffer,
+}
+
+impl HostBuffers {
+    /// Buffers for `heads` heads of n x d.
+    pub fn new(ctx: &GpuContext, heads: usize, n: usize, d: usize) -> HostBuffers {
+        let bytes = (heads * n * d * 4) as u64;
+        let lse_bytes = (heads * n * 4) as u64;
+        HostBuffers {
+            q: storage(ctx, "q", bytes, true),
+            k: storage(ctx, "k", bytes, true),
+            v: storage(ctx, "v", bytes, true),
+            o: storage(ctx, "o", bytes, false),
+            lse: storage(ctx, "lse", lse_bytes, false),
+            o_read: readback(ctx, bytes),
+            lse_read: readback(ctx, lse_bytes),
+        }
+    }
+
+    pub fn io(&self) -> AttentionIo<'_> {
+        AttentionIo {
+            q: &self.q,
+            k: &self.k,
+            v: &self.v,
+            o: &self.o,
+            lse: &self.lse,
+        }
+    }
+
+    /// Writes one chunk of q, k and v (each at most the buffers' size).
+    pub fn upload(&self, ctx: &GpuContext, qkv: [&[f32]; 3]) {
+        for (buf, data) in [&self.q, &self.k, &self.v].into_iter().zip(qkv) {
+            ctx.queue.write_buffer(buf, 0, bytemuck::cast_slice(data));
+        }
+    }
+
+    /// Copies the first `o_len` outputs and `lse_len` log-sum-exps out, submits `encoder`
+    /// and reads them back.
+    pub async fn finish(
+        &self,
+        ctx: &GpuContext,
+        mut encoder: wgpu::CommandEncoder,
+        o_len: usize,
+        lse_len: usize,
+    ) -> Result<(Vec<f32>, Vec<f32>)> {
+        encoder.copy_buffer_to_buffer(&self.o, 0, &self.o_read, 0, (o_len * 4) as u64);
+        encoder.copy_buffer_to_buffer(&self.lse, 0, &self.lse_read, 0, (lse_len * 4) as u64);
+        ctx.queue.submit([encoder.finish()]);
+        let o = ctx.read_f32(&self.o_read, o_len).await?;
+        let lse = ctx.read_f32(&self.lse_read, lse_len).await?;
+        Ok((o, lse))
+    }
+}
+
+/// A STORAGE buffer that is written from the host (`input`) or copied out.
+pub(crate) fn storage(ctx: &GpuContext, label: &str, bytes: u64, input: bool) -> wgpu::Buffer {
+    let usage = wgpu::BufferUsages::STORAGE
+        | if input {
+            wgpu::BufferUsages::COPY_DST
+        } else {
+            wgpu::BufferUsages::COPY_SRC
+        };
+    ctx.device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some(label),
+        size: bytes.max(4),
+        usage,
+        mapped_at_creation: false,
+    })
+}
+
+fn readback(ctx: &GpuContext, bytes: u64) -> wgpu::Buffer {
+    ctx.device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("readback"),
+        size: bytes.max(4),
+        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    })
+}

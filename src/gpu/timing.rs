@@ -1,0 +1,108 @@
+//! GPU timestamps around compute passes, for benchmarks and per-kernel profiles.
+//!
+//! A `GpuTimer` holds one query set with a begin and an end slot per stage. Plans that are
+//! given a timer record each stage in its own compute pass with timestamp writes; `read`
+//! returns each stage's duration. Absent `TIMESTAMP_QUERY`, `GpuTimer::new` returns None and
+//! callers fall back to wall time.
+
+use super::context::GpuContext;
+use crate::error::{FmaError, Result};
+
+pub struct GpuTimer {
+    queries: wgpu::QuerySet,
+    resolve: wgpu::Buffer,
+    read: wgpu::Buffer,
+    stages: u32,
+    period_ns: f64,
+}
+
+impl GpuTimer {
+    /// A timer for up to `stages` passes, or None when the device has no timestamp queries.
+    pub fn new(ctx: &GpuContext, stages: u32) -> Option<GpuTimer> {
+        if !ctx
+            .device
+            .features()
+            .contains(wgpu::Features::TIMESTAMP_QUERY)
+            || stages == 0
+        {
+            return None;
+        }
+        let count = 2 * stages;
+        let bytes = (count as u64 * 8).next_multiple_of(wgpu::QUERY_RESOLVE_BUFFER_ALIGNMENT);
+        let buffer = |label, usage| {
+            ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size: bytes,
+                usage,
+                mapped_at_creation: false,
+            })
+        };
+        Some(GpuTimer {
+            queries: ctx.device.create_query_set(&wgpu::QuerySetDescriptor {
+                label: Some("multipole timestamps"),
+                ty: wgpu::QueryType::Timestamp,
+                count,
+            }),
+            resolve: buffer(
+                "timestamp resolve",
+                wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+            ),
+            read: buffer(
+                "timestamp read",
+                wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            ),
+            stages,
+            period_ns: ctx.queue.get_timestamp_period() as f64,
+        })
+    }
+
+    pub fn stages(&self) -> u32 {
+        self.stages
+    }
+
+    /// The timestamp writes of stage `i`'s pass (None past the last stage).
+    pub fn pass(&self, i: u32) -> Option<wgpu::ComputePassTimestampWrites<'_>> {
+        (i < self.stages).then(|| wgpu::ComputePassTimestampWrites {
+            query_set: &self.queries,
+            beginning_of_pass_write_index: Some(2 * i),
+            end_of_pass_write_index: Some(2 * i + 1),
+        })
+    }
+
+    /// Records the copy of all timestamps for `read`; call after the timed passes.
+    pub fn resolve(&self, encoder: &mut wgpu::CommandEncoder) {
+        encoder.resolve_query_set(&self.queries, 0..2 * self.stages, &self.resolve, 0);
+        encoder.copy_buffer_to_buffer(&self.resolve, 0, &self.read, 0, self.stages as u64 * 16);
+    }
+
+    /// Milliseconds of each of the first `used` stages, once the submission that resolved
+    /// them has finished.
+    pub async fn read(&self, ctx: &GpuContext, used: u32) -> Result<Vec<f64>> {
+        let used = used.min(self.stages);
+        let bytes = self.stages as u64 * 16;
+        let (tx, rx) = futures_channel::oneshot::channel();
+        self.read
+            .map_async(wgpu::MapMode::Read, 0..bytes, move |r| {
+                let _ = tx.send(r);
+            });
+        #[cfg(not(target_arch = "wasm32"))]
+        ctx.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| FmaError::Gpu(e.to_string()))?;
+        rx.await
+            .map_err(|_| FmaError::Gpu("the device was lost before the timestamps".into()))?
+            .map_err(|e| FmaError::Gpu(e.to_string()))?;
+        ctx.take_error()?;
+        let ticks: Vec<u64> = {
+            let view = self
+                .read
+                .get_mapped_range(0..bytes)
+                .map_err(|e| FmaError::Gpu(e.to_string()))?;
+            bytemuck::cast_slice::<u8, u64>(&view).to_vec()
+        };
+        self.read.unmap();
+        Ok((0..used as usize)
+            .map(|i| ticks[2 * i + 1].saturating_sub(ticks[2 * i]) as f64 * self.period_ns / 1e6)
+            .collect())
+    }
+}
