@@ -250,6 +250,53 @@ impl Geometry {
         (1..l).fold(f, |c, lev| self.parent(lev, c))
     }
 
+    /// The (query, key) scores one forward evaluates over the real queries: near keys (real
+    /// and allowed by the mask) and coarse keys (rows with at least one real token). Every
+    /// score costs 4d FLOPs (q . k and the weighted sum of v); this is FMA's work count.
+    pub fn score_pairs(&self) -> (u64, u64) {
+        // Real tokens per coarse row, computed once per level instead of once per query cell.
+        let counts: Vec<Vec<usize>> = (1..=self.num_levels())
+            .map(|l| {
+                (0..self.levels[l - 1].groups() * self.p)
+                    .map(|row| self.multiplicity(l, row / self.p, row % self.p))
+                    .collect()
+            })
+            .collect();
+        let real = |f: usize| -> Vec<usize> {
+            self.fine_cell_positions(f)
+                .into_iter()
+                .filter_map(|(y, x)| self.token_at(y, x))
+                .collect()
+        };
+        let (mut near, mut far) = (0u64, 0u64);
+        for f in 0..self.fine_cells() {
+            let queries = real(f);
+            if queries.is_empty() {
+                continue;
+            }
+            let keys: Vec<usize> = self.near_cells(f).into_iter().flat_map(real).collect();
+            near += queries
+                .iter()
+                .map(|&i| {
+                    keys.iter()
+                        .filter(|&&j| self.near_key_allowed(i, j))
+                        .count() as u64
+                })
+                .sum::<u64>();
+            let coarse: usize = (1..=self.num_levels())
+                .map(|l| {
+                    self.far_cells(l, self.cell_at_level(f, l))
+                        .into_iter()
+                        .flat_map(|g| (0..self.p).map(move |r| g * self.p + r))
+                        .filter(|&row| counts[l - 1][row] > 0)
+                        .count()
+                })
+                .sum();
+            far += (queries.len() * coarse) as u64;
+        }
+        (near, far)
+    }
+
     /// Whether query token i may see near key token j (causal mask; both real).
     pub fn near_key_allowed(&self, i: usize, j: usize) -> bool {
         !self.causal || j <= i
@@ -350,6 +397,32 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn score_pairs_count_what_the_reference_visits() {
+        // n' = 2m: no coarse keys; every query sees all n keys (causal: i + 1 of them).
+        let g = Geometry::new(10, &FmaConfig::new(8, 1)).unwrap();
+        assert_eq!(g.score_pairs(), (100, 0));
+        let causal = FmaConfig {
+            causal: true,
+            ..FmaConfig::new(8, 1)
+        };
+        assert_eq!(Geometry::new(10, &causal).unwrap().score_pairs(), (55, 0));
+        // n = 64, m = 4, p = 2, no padding: a query in an interior cell sees 12 near keys.
+        let g = Geometry::new(64, &FmaConfig::new(4, 2)).unwrap();
+        let (near, far) = g.score_pairs();
+        assert_eq!(near, 64 * 12 - 2 * 4 * 4);
+        // Each query's keys stand for all 64 tokens: near keys 1 each, coarse keys s_l / p.
+        let mut covered = 0u64;
+        for f in 0..g.fine_cells() {
+            for l in 1..=g.num_levels() {
+                let s = g.levels[l - 1].group_tokens();
+                covered += 4 * (g.far_cells(l, g.cell_at_level(f, l)).len() * s) as u64;
+            }
+        }
+        assert_eq!(near + covered, 64 * 64);
+        assert!(far > 0 && far < covered);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! `cargo xtask demo` and `cargo xtask test`: the two commands a newcomer runs. Each installs
 //! what a fresh Debian machine lacks (a Vulkan driver: Mesa's lavapipe when there is no GPU;
 //! the wasm32 target; Chromium and playwright-core for the browser checks), then runs the demo
-//! or the whole test suite.
+//! or the whole test suite. `cargo xtask bench` runs the full benchmark sweep.
 
 use std::path::Path;
 use std::process::{Command, ExitCode};
@@ -11,7 +11,11 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("demo") => demo(&args[1..]),
         Some("test") => test(),
-        _ => Err("usage: cargo xtask demo [-- example args] | cargo xtask test".into()),
+        Some("bench") => bench(&args[1..]),
+        _ => Err(
+            "usage: cargo xtask demo [-- example args] | cargo xtask test | cargo xtask bench [-- bench args]"
+                .into(),
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -45,6 +49,23 @@ fn demo(extra: &[String]) -> Result {
     )
 }
 
+/// The full sweep (FMA 1K..256K and images to 256x256, dense where it fits) into target/bench/.
+fn bench(extra: &[String]) -> Result {
+    ensure_vulkan()?;
+    std::fs::create_dir_all("target/bench").map_err(|e| format!("target/bench: {e}"))?;
+    let mut args = vec!["run", "--release", "--quiet", "--", "bench"];
+    if extra.is_empty() {
+        args.extend([
+            "--json",
+            "target/bench/bench.json",
+            "--plot",
+            "target/bench/bench",
+        ]);
+    }
+    args.extend(extra.iter().map(String::as_str));
+    cargo(&args)
+}
+
 fn test() -> Result {
     ensure_vulkan()?;
     ensure_wasm_target()?;
@@ -73,6 +94,18 @@ fn test() -> Result {
         "target/shaders.json",
     ])?;
     run(Command::new("node").args(["web/tests/shader_compile.mjs", "target/shaders.json"]))?;
+    // The benchmark's quick mode, so that it never rots (well under a minute on lavapipe).
+    cargo(&[
+        "run",
+        "--quiet",
+        "--",
+        "bench",
+        "--quick",
+        "--json",
+        "target/bench-quick.json",
+        "--plot",
+        "target/bench-quick",
+    ])?;
     println!("xtask: all tests passed");
     Ok(())
 }

@@ -1,5 +1,8 @@
 //! The `multipole` command line: FMA on tensors from safetensors files.
 
+mod bench;
+mod plot;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -25,6 +28,8 @@ struct Cli {
 enum Command {
     /// FMA over q, k, v of shape [batch, heads, n, d] from a safetensors file; writes o and lse.
     Attend(AttendArgs),
+    /// FMA against dense attention on this machine's GPU: time, FLOP rates, memory, plots.
+    Bench(bench::BenchArgs),
 }
 
 #[derive(clap::Args)]
@@ -66,6 +71,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Attend(args) => attend(&args),
+        Command::Bench(args) => bench::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,593 @@
+//! `multipole bench`: FMA against exact (dense) attention on the same adapter, in one run.
+//!
+//! Each measurement builds its plan first (pipeline creation is not timed), puts random
+//! Q, K, V on the GPU, runs one warm-up forward and then `--runs` timed ones, and records the
+//! median. GPU time comes from timestamp queries around each stage's pass where the adapter
+//! has them (wall time, submit to finish, is recorded too). Memory is what the GPU allocator
+//! reports for the measurement's buffers (Q, K, V, O, LSE and the plan's own).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use multipole::wgpu;
+use multipole::{
+    AttentionIo, DensePlan, Downsampling, FmaConfig, FmaError, FmaPlan, Geometry, GpuContext,
+    GpuTimer, Layout, Result, Shape,
+};
+use serde::{Deserialize, Serialize};
+
+use super::plot;
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// Sequence lengths (1D), comma separated.
+    #[arg(long, value_delimiter = ',')]
+    n: Vec<usize>,
+    /// Images (2D), comma separated, e.g. 32x32,64x64.
+    #[arg(long, value_delimiter = ',', value_name = "HxW,...")]
+    image: Vec<Layout>,
+    /// Head dimension.
+    #[arg(long, default_value_t = 64)]
+    d: usize,
+    /// Fine cell size for sequences.
+    #[arg(long, default_value_t = 32)]
+    m: usize,
+    /// Coarse keys per group for sequences.
+    #[arg(long, default_value_t = 4)]
+    p: usize,
+    /// Fine cell side for images.
+    #[arg(long, default_value_t = 4)]
+    image_m: usize,
+    /// Coarse keys per cell for images (a square).
+    #[arg(long, default_value_t = 4)]
+    image_p: usize,
+    /// Causal attention (sequences only).
+    #[arg(long)]
+    causal: bool,
+    /// FMA downsampling: mean, basis or depthwise (learned kinds at their initial weights).
+    #[arg(long, default_value = "mean")]
+    downsampling: Downsampling,
+    /// batch x heads of every input.
+    #[arg(long, default_value_t = 1)]
+    heads: usize,
+    /// Timed runs per measurement (after one warm-up).
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// Largest n for dense attention (default: 16384 on a software adapter, else 1048576).
+    #[arg(long)]
+    dense_max: Option<usize>,
+    /// Write one JSON record per measurement here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Draw PREFIX-time.svg and PREFIX-memory.svg.
+    #[arg(long, value_name = "PREFIX")]
+    plot: Option<PathBuf>,
+    /// Redraw the table and plots from a JSON file written earlier; measures nothing.
+    #[arg(long, value_name = "JSON", conflicts_with_all = ["n", "image", "quick"])]
+    replot: Option<PathBuf>,
+    /// A sweep that finishes in well under a minute on a 2-core software GPU (CI runs it):
+    /// n = 1024, 4096, a 32x32 image, 3 runs, unless --n or --image say otherwise.
+    #[arg(long)]
+    quick: bool,
+}
+
+/// One measurement: the fields anyone needs to recompute the ratios.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct Record {
+    pub kernel: String,
+    pub layout: String,
+    pub n: usize,
+    pub d: usize,
+    pub heads: usize,
+    pub m: Option<usize>,
+    pub p: Option<usize>,
+    pub causal: bool,
+    pub downsampling: Option<String>,
+    pub runs: usize,
+    /// GPU time of one forward (timestamps), or wall time where there are none.
+    pub median_ms: f64,
+    pub min_ms: f64,
+    pub wall_median_ms: f64,
+    pub timing: String,
+    /// Median GPU time of each stage (FMA: downsample, near_field, far_field).
+    pub stage_ms: BTreeMap<String, f64>,
+    /// FLOPs executed: dense 4 n^2 d per head (halved when causal); FMA 4 d per score it
+    /// evaluates plus its downsampling.
+    pub flops: f64,
+    pub gflops: f64,
+    /// Dense attention's FLOPs over this kernel's time: the rate dense would need to match it.
+    pub dense_equivalent_gflops: f64,
+    pub peak_bytes: u64,
+    pub peak_source: String,
+    /// Bytes of Q + K + V + O.
+    pub qkvo_bytes: u64,
+    /// (peak - Q - K - V - O) / (Q + K + V + O).
+    pub extra_ratio: f64,
+    pub adapter: String,
+    pub backend: String,
+    pub device_type: String,
+    pub driver: String,
+    pub features: String,
+}
+
+pub fn run(args: &BenchArgs) -> Result<()> {
+    if let Some(path) = &args.replot {
+        let file_err = |message: String| FmaError::TensorFile {
+            path: path.display().to_string(),
+            message,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| file_err(e.to_string()))?;
+        let records: Vec<Record> =
+            serde_json::from_str(&text).map_err(|e| file_err(format!("not bench records: {e}")))?;
+        return report(args, &records);
+    }
+    let ctx = GpuContext::new_blocking()?;
+    let info = &ctx.info;
+    let software = info.device_type == wgpu::DeviceType::Cpu;
+    let (mut ns, mut images, mut runs) = (args.n.clone(), args.image.clone(), args.runs);
+    let quick_default = args.quick && ns.is_empty() && images.is_empty();
+    if quick_default {
+        ns = vec![1024, 4096];
+        images = vec![Layout::Image {
+            height: 32,
+            width: 32,
+        }];
+    } else if ns.is_empty() && images.is_empty() {
+        ns = (0..5).map(|i| 1024 << (2 * i)).collect(); // 1K .. 256K
+        images = [32, 64, 128, 256]
+            .map(|s| Layout::Image {
+                height: s,
+                width: s,
+            })
+            .to_vec();
+    }
+    if args.quick {
+        runs = runs.min(3);
+    }
+    let dense_max = args.dense_max.unwrap_or(match (args.quick, software) {
+        (true, _) => 4096,
+        (false, true) => 16384,
+        (false, false) => 1 << 20,
+    });
+    if runs == 0 {
+        return Err(FmaError::InvalidConfig("--runs must be at least 1".into()));
+    }
+    println!("adapter: {}", ctx.describe());
+    println!(
+        "features: {:?}; timing: {}",
+        ctx.device.features(),
+        if GpuTimer::new(&ctx, 1).is_some() {
+            "GPU timestamps"
+        } else {
+            "wall clock (no timestamp queries)"
+        }
+    );
+    let timer = GpuTimer::new(&ctx, 3);
+    let mut records = Vec::new();
+    let image_inputs = images.iter().filter_map(|&l| match l {
+        Layout::Image { height, width } => Some((height * width, l)),
+        Layout::Sequence => None,
+    });
+    let inputs = ns
+        .iter()
+        .map(|&n| (n, Layout::Sequence))
+        .chain(image_inputs);
+    for (n, layout) in inputs {
+        let image = layout != Layout::Sequence;
+        let (m, p) = if image {
+            (args.image_m, args.image_p)
+        } else {
+            (args.m, args.p)
+        };
+        let cfg = FmaConfig {
+            causal: args.causal && !image,
+            layout,
+            downsampling: args.downsampling,
+            ..FmaConfig::new(m, p)
+        };
+        let shape = Shape::new(1, args.heads, n, args.d);
+        let bench = Bench {
+            ctx: &ctx,
+            timer: timer.as_ref(),
+            shape,
+            runs,
+        };
+        let fma = bench.measure(&Kernel::Fma(&cfg))?;
+        print_progress(&fma);
+        records.push(fma);
+        if n <= dense_max {
+            let dense = bench.measure(&Kernel::Dense(&cfg))?;
+            print_progress(&dense);
+            records.push(dense);
+        }
+    }
+    report(args, &records)
+}
+
+/// Prints the summary, then writes the JSON and the plots where asked.
+fn report(args: &BenchArgs, records: &[Record]) -> Result<()> {
+    summarise(records);
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(records)
+            .map_err(|e| FmaError::InvalidConfig(e.to_string()))?;
+        std::fs::write(path, text).map_err(|e| FmaError::TensorFile {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        println!("wrote {} records to {}", records.len(), path.display());
+    }
+    if let Some(prefix) = &args.plot {
+        let files = plot::draw(records, prefix).map_err(|e| FmaError::TensorFile {
+            path: prefix.display().to_string(),
+            message: e,
+        })?;
+        println!("plots: {}", files.join(", "));
+    }
+    Ok(())
+}
+
+enum Kernel<'a> {
+    Fma(&'a FmaConfig),
+    Dense(&'a FmaConfig),
+}
+
+enum Plan {
+    Fma(Box<FmaPlan>),
+    Dense(Box<DensePlan>),
+}
+
+struct Bench<'a> {
+    ctx: &'a GpuContext,
+    timer: Option<&'a GpuTimer>,
+    shape: Shape,
+    runs: usize,
+}
+
+impl Bench<'_> {
+    fn measure(&self, kernel: &Kernel<'_>) -> Result<Record> {
+        let (ctx, shape) = (self.ctx, self.shape);
+        settle(ctx)?;
+        let before = allocated(ctx);
+        // Plans first: pipeline creation is not part of any timing.
+        let (plan, cfg) = match kernel {
+            Kernel::Fma(cfg) => {
+                let g = Geometry::new(shape.n, cfg)?;
+                let kind = cfg.downsampling;
+                let w = kind
+                    .is_learned()
+                    .then(|| multipole::DownsampleWeights::mean_init(kind, &g, shape.d));
+                let plan = FmaPlan::new(ctx, shape, cfg, w.as_ref())?;
+                (Plan::Fma(Box::new(plan)), *cfg)
+            }
+            Kernel::Dense(cfg) => {
+                let scale = cfg.scale_for(shape.d);
+                (
+                    Plan::Dense(Box::new(DensePlan::new(ctx, shape, cfg.causal, scale)?)),
+                    *cfg,
+                )
+            }
+        };
+        let bytes = (shape.elements() * 4) as u64;
+        let qkv: Vec<wgpu::Buffer> = (0..3)
+            .map(|i| input(ctx, bytes, 7 + i as u64 * 1_000_003))
+            .collect();
+        let out = |b: u64| {
+            ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("bench output"),
+                size: b.max(4),
+                usage: wgpu::BufferUsages::STORAGE,
+                mapped_at_creation: false,
+            })
+        };
+        let (o, lse) = (out(bytes), out((shape.bh() * shape.n * 4) as u64));
+        let io = AttentionIo {
+            q: &qkv[0],
+            k: &qkv[1],
+            v: &qkv[2],
+            o: &o,
+            lse: &lse,
+        };
+        let mut gpu_ms: Vec<f64> = Vec::new();
+        let mut wall_ms: Vec<f64> = Vec::new();
+        let mut stages: BTreeMap<&'static str, Vec<f64>> = BTreeMap::new();
+        for run in 0..=self.runs {
+            let mut enc = ctx.device.create_command_encoder(&Default::default());
+            let names = match (&plan, self.timer) {
+                (Plan::Fma(plan), Some(t)) => plan.encode_timed(ctx, &mut enc, &io, t)?,
+                (Plan::Fma(plan), None) => {
+                    plan.encode(ctx, &mut enc, &io)?;
+                    Vec::new()
+                }
+                (Plan::Dense(plan), t) => {
+                    plan.encode(ctx, &mut enc, &io, t)?;
+                    t.map_or(Vec::new(), |_| vec!["dense"])
+                }
+            };
+            if let Some(t) = self.timer {
+                t.resolve(&mut enc);
+            }
+            let start = Instant::now();
+            ctx.queue.submit([enc.finish()]);
+            ctx.device
+                .poll(wgpu::PollType::wait_indefinitely())
+                .map_err(|e| FmaError::Gpu(e.to_string()))?;
+            let wall = start.elapsed().as_secs_f64() * 1e3;
+            ctx.take_error()?;
+            let per_stage = match self.timer {
+                Some(t) => pollster::block_on(t.read(ctx, names.len() as u32))?,
+                None => Vec::new(),
+            };
+            if run == 0 {
+                continue; // warm-up
+            }
+            wall_ms.push(wall);
+            if !per_stage.is_empty() {
+                gpu_ms.push(per_stage.iter().sum());
+            }
+            for (name, ms) in names.iter().zip(&per_stage) {
+                stages.entry(name).or_default().push(*ms);
+            }
+        }
+        let after = allocated(ctx);
+        let extra_plan = match &plan {
+            Plan::Fma(p) => p.extra_bytes(),
+            Plan::Dense(_) => 0,
+        };
+        let computed = 4 * bytes + (shape.bh() * shape.n * 4) as u64 + extra_plan;
+        let (peak_bytes, peak_source) = match (before, after) {
+            (Some(b), Some(a)) if a > b => (a - b, "allocator"),
+            _ => (computed, "computed"),
+        };
+        let (timing, times) = if gpu_ms.is_empty() {
+            ("wall", wall_ms.clone())
+        } else {
+            ("timestamps", gpu_ms)
+        };
+        let median_ms = median(&times);
+        let dense_flops = dense_flops(shape, cfg.causal);
+        let (name, flops) = match kernel {
+            Kernel::Fma(_) => ("fma", fma_flops(&Geometry::new(shape.n, cfg)?, cfg, shape)),
+            Kernel::Dense(_) => ("dense", dense_flops),
+        };
+        let info = &ctx.info;
+        let is_fma = name == "fma";
+        Ok(Record {
+            kernel: name.into(),
+            layout: match cfg.layout {
+                Layout::Sequence => "1d".into(),
+                Layout::Image { height, width } => format!("2d {height}x{width}"),
+            },
+            n: shape.n,
+            d: shape.d,
+            heads: shape.bh(),
+            m: is_fma.then_some(cfg.m),
+            p: is_fma.then_some(cfg.p),
+            causal: cfg.causal,
+            downsampling: is_fma.then(|| format!("{:?}", cfg.downsampling).to_lowercase()),
+            runs: self.runs,
+            median_ms,
+            min_ms: times.iter().copied().fold(f64::INFINITY, f64::min),
+            wall_median_ms: median(&wall_ms),
+            timing: timing.into(),
+            stage_ms: stages
+                .iter()
+                .map(|(k, v)| (k.to_string(), median(v)))
+                .collect(),
+            flops,
+            gflops: flops / median_ms / 1e6,
+            dense_equivalent_gflops: dense_flops / median_ms / 1e6,
+            peak_bytes,
+            peak_source: peak_source.into(),
+            qkvo_bytes: 4 * bytes,
+            extra_ratio: (peak_bytes as f64 - 4.0 * bytes as f64) / (4.0 * bytes as f64),
+            adapter: info.name.clone(),
+            backend: format!("{:?}", info.backend),
+            device_type: format!("{:?}", info.device_type),
+            driver: format!("{} {}", info.driver, info.driver_info),
+            features: format!("{:?}", ctx.device.features()),
+        })
+    }
+}
+
+/// Waits for the GPU to finish and free what earlier measurements dropped.
+fn settle(ctx: &GpuContext) -> Result<()> {
+    ctx.device
+        .poll(wgpu::PollType::wait_indefinitely())
+        .map(|_| ())
+        .map_err(|e| FmaError::Gpu(e.to_string()))
+}
+
+/// Bytes the device's allocator holds, where the backend reports it (Vulkan, DX12).
+fn allocated(ctx: &GpuContext) -> Option<u64> {
+    ctx.device
+        .generate_allocator_report()
+        .map(|r| r.total_allocated_bytes)
+}
+
+/// A STORAGE buffer of `bytes` filled with values in [-1, 1) (seeded, so runs repeat).
+fn input(ctx: &GpuContext, bytes: u64, seed: u64) -> wgpu::Buffer {
+    let buf = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("bench input"),
+        size: bytes.max(4),
+        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let mut s = seed;
+    let data: Vec<f32> = (0..bytes / 4)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect();
+    ctx.queue.write_buffer(&buf, 0, bytemuck::cast_slice(&data));
+    buf
+}
+
+fn median(xs: &[f64]) -> f64 {
+    if xs.is_empty() {
+        return f64::NAN;
+    }
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// The convention of the literature: 4 n^2 d per head (q.k and p.v), halved for causal.
+pub fn dense_flops(shape: Shape, causal: bool) -> f64 {
+    let f = 4.0 * shape.bh() as f64 * (shape.n as f64).powi(2) * shape.d as f64;
+    if causal { f / 2.0 } else { f }
+}
+
+/// FMA's executed FLOPs: 4d per evaluated score, plus downsampling (Mean: one add per token,
+/// channel and level for K and V; learned kinds: p x S multiply-adds per cell and channel).
+pub fn fma_flops(g: &Geometry, cfg: &FmaConfig, shape: Shape) -> f64 {
+    let (near, far) = g.score_pairs();
+    let d = shape.d as f64;
+    let attention = 4.0 * d * (near + far) as f64;
+    let levels = g.num_levels() as f64;
+    let down = match cfg.downsampling {
+        Downsampling::Mean => 2.0 * d * g.n_pad() as f64 * levels,
+        _ => 2.0 * 2.0 * (g.p as f64) * d * g.n_pad() as f64 * levels,
+    };
+    shape.bh() as f64 * (attention + down)
+}
+
+fn print_progress(r: &Record) {
+    let stages: Vec<String> = r
+        .stage_ms
+        .iter()
+        .map(|(k, v)| format!("{k} {v:.2}"))
+        .collect();
+    println!(
+        "{:>5} {:>12} n={:<8} {:>10.2} ms ({}) {:>8.1} GFLOP/s  peak {:>7.1} MiB  {}",
+        r.kernel,
+        r.layout,
+        r.n,
+        r.median_ms,
+        r.timing,
+        r.gflops,
+        r.peak_bytes as f64 / (1 << 20) as f64,
+        stages.join(", ")
+    );
+}
+
+/// The table of ratios (FMA next to dense at the same input) and the growth exponents.
+fn summarise(records: &[Record]) {
+    println!();
+    println!(
+        "{:>12} {:>9} {:>11} {:>11} {:>8} {:>11} {:>11} {:>13} {:>10}",
+        "input",
+        "n",
+        "fma ms",
+        "dense ms",
+        "speedup",
+        "fma GF/s",
+        "dense GF/s",
+        "fma dense-eq",
+        "fma extra"
+    );
+    for f in records.iter().filter(|r| r.kernel == "fma") {
+        let dense = records
+            .iter()
+            .find(|r| r.kernel == "dense" && r.layout == f.layout && r.n == f.n);
+        let (dms, speed, dgf) = match dense {
+            Some(d) => (
+                format!("{:.2}", d.median_ms),
+                format!("{:.1}x", d.median_ms / f.median_ms),
+                format!("{:.1}", d.gflops),
+            ),
+            None => ("-".into(), "-".into(), "-".into()),
+        };
+        println!(
+            "{:>12} {:>9} {:>11.2} {:>11} {:>8} {:>11.1} {:>11} {:>13.1} {:>9.2}x",
+            f.layout,
+            f.n,
+            f.median_ms,
+            dms,
+            speed,
+            f.gflops,
+            dgf,
+            f.dense_equivalent_gflops,
+            f.extra_ratio
+        );
+    }
+    // Over the whole sweep, and from n = 4096 on (the window of the project's growth target).
+    for (kernel, from) in [("fma", 0), ("fma", 4096), ("dense", 0)] {
+        let pts: Vec<(f64, f64)> = records
+            .iter()
+            .filter(|r| r.kernel == kernel && r.layout == "1d" && r.n >= from)
+            .map(|r| (r.n as f64, r.median_ms))
+            .collect();
+        if from > 0
+            && pts.len()
+                == records
+                    .iter()
+                    .filter(|r| r.kernel == kernel && r.layout == "1d")
+                    .count()
+        {
+            continue; // same window as the whole sweep
+        }
+        if let Some((e_ends, e_fit)) = growth_exponent(&pts) {
+            println!(
+                "{kernel} 1d time grows as n^{e_ends:.2} between n = {} and {} (least squares over {} points: n^{e_fit:.2})",
+                pts.first().map_or(0.0, |p| p.0),
+                pts.last().map_or(0.0, |p| p.0),
+                pts.len()
+            );
+        }
+    }
+}
+
+/// The exponent of time against n between the smallest and the largest n, and the slope of
+/// a least-squares line through all points on log-log axes.
+pub fn growth_exponent(points: &[(f64, f64)]) -> Option<(f64, f64)> {
+    let mut pts: Vec<(f64, f64)> = points
+        .iter()
+        .copied()
+        .filter(|p| p.0 > 0.0 && p.1 > 0.0)
+        .collect();
+    pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let (first, last) = (pts.first()?, pts.last()?);
+    if first.0 == last.0 {
+        return None;
+    }
+    let ends = (last.1 / first.1).ln() / (last.0 / first.0).ln();
+    let logs: Vec<(f64, f64)> = pts.iter().map(|p| (p.0.ln(), p.1.ln())).collect();
+    let k = logs.len() as f64;
+    let (mx, my) = (
+        logs.iter().map(|p| p.0).sum::<f64>() / k,
+        logs.iter().map(|p| p.1).sum::<f64>() / k,
+    );
+    let cov: f64 = logs.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
+    let var: f64 = logs.iter().map(|p| (p.0 - mx).powi(2)).sum();
+    Some((ends, cov / var))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn growth_exponent_recovers_a_power_law() {
+        let pts: Vec<(f64, f64)> = [1024.0, 4096.0, 16384.0, 65536.0]
+            .map(|n: f64| (n, 3e-4 * n.powf(1.5)))
+            .to_vec();
+        let (ends, fit) = growth_exponent(&pts).unwrap();
+        assert!((ends - 1.5).abs() < 1e-9 && (fit - 1.5).abs() < 1e-9);
+        // n log n between 4K and 256K is about n^1.2 at most: the target exponent.
+        let nlogn: Vec<(f64, f64)> = [4096.0, 262144.0].map(|n: f64| (n, n * n.ln())).to_vec();
+        let (e, _) = growth_exponent(&nlogn).unwrap();
+        assert!(e > 1.0 && e < 1.2, "{e}");
+        assert!(growth_exponent(&[(10.0, 1.0)]).is_none());
+    }
+
+    #[test]
+    fn dense_flops_follow_the_convention() {
+        let s = Shape::new(2, 3, 1000, 64);
+        assert_eq!(dense_flops(s, false), 4.0 * 6.0 * 1e6 * 64.0);
+        assert_eq!(dense_flops(s, true), 2.0 * 6.0 * 1e6 * 64.0);
+    }
+}

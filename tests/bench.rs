@@ -1,0 +1,90 @@
+//! `multipole bench`: the records it writes carry what the ratios need, and the plots exist.
+
+use std::process::Command;
+
+fn bench(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_multipole"))
+        .arg("bench")
+        .args(args)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!stderr.contains("panicked"), "bench panicked: {stderr}");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        stderr,
+    )
+}
+
+#[test]
+fn bench_writes_one_record_per_measurement_and_plots() {
+    let dir = std::env::temp_dir().join(format!("multipole-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("out.json");
+    let prefix = dir.join("plot");
+    let (ok, stdout, stderr) = bench(&[
+        "--n",
+        "256,1024",
+        "--image",
+        "16x16",
+        "--d",
+        "32",
+        "--m",
+        "16",
+        "--p",
+        "2",
+        "--runs",
+        "2",
+        "--json",
+        json.to_str().unwrap(),
+        "--plot",
+        prefix.to_str().unwrap(),
+    ]);
+    assert!(ok, "bench failed: {stderr}");
+    assert!(stdout.contains("fma 1d time grows as n^"), "{stdout}");
+    let records: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let records = records.as_array().unwrap();
+    // FMA and dense for each of the three inputs (all under the default dense limit).
+    assert_eq!(records.len(), 6, "{records:#?}");
+    for r in records {
+        let kernel = r["kernel"].as_str().unwrap();
+        assert!(kernel == "fma" || kernel == "dense");
+        let n = r["n"].as_u64().unwrap();
+        assert!([256, 1024].contains(&n) || (n == 256 && r["layout"] == "2d 16x16"));
+        assert_eq!(r["d"], 32);
+        assert!(r["median_ms"].as_f64().unwrap() > 0.0);
+        assert!(!r["adapter"].as_str().unwrap().is_empty());
+        let peak = r["peak_bytes"].as_u64().unwrap();
+        let qkvo = r["qkvo_bytes"].as_u64().unwrap();
+        assert_eq!(qkvo, 4 * n * 32 * 4);
+        assert!(peak >= qkvo, "{r}");
+        assert!(r["flops"].as_f64().unwrap() > 0.0);
+    }
+    let dense_1k = records
+        .iter()
+        .find(|r| r["kernel"] == "dense" && r["n"] == 1024)
+        .unwrap();
+    assert_eq!(
+        dense_1k["flops"].as_f64().unwrap(),
+        4.0 * 1024.0 * 1024.0 * 32.0
+    );
+    for suffix in ["time.svg", "memory.svg"] {
+        let svg = std::fs::read_to_string(dir.join(format!("plot-{suffix}"))).unwrap();
+        assert!(
+            svg.starts_with("<svg") && svg.contains("fma 1d"),
+            "{suffix}"
+        );
+    }
+}
+
+#[test]
+fn bench_refuses_bad_arguments() {
+    let (ok, _, err) = bench(&["--n", "256", "--runs", "0"]);
+    assert!(!ok && err.contains("--runs"), "{err}");
+    let (ok, _, err) = bench(&["--image", "0x4"]);
+    assert!(!ok && err.contains("HEIGHTxWIDTH"), "{err}");
+    let (ok, _, err) = bench(&["--n", "256", "--m", "3"]);
+    assert!(!ok && err.contains("power of two"), "{err}");
+}
