@@ -208,6 +208,17 @@ fn inputs_over_the_binding_limit_are_split_over_heads() {
         matches!(err, FmaError::LimitExceeded { ref hint, .. } if hint.contains("forward")),
         "{err}"
     );
+
+    // The dense baseline splits the same way, and refuses whole tensors the same way.
+    let dense = multipole::DensePlan::new(&ctx, shape, true, 0.3).unwrap();
+    let got = dense.forward_blocking(&ctx, &q, &k, &v).unwrap();
+    let want = reference::dense(&q, &k, &v, shape, true, 0.3).unwrap();
+    assert_close("dense split o", &got.o, &want.o, &v, 1e-4);
+    let err = dense.encode(&ctx, &mut enc, &io, None).unwrap_err();
+    assert!(
+        matches!(err, FmaError::LimitExceeded { ref hint, .. } if hint.contains("forward")),
+        "{err}"
+    );
 }
 
 #[test]
@@ -224,6 +235,13 @@ fn a_head_over_the_binding_limit_is_refused_with_the_limit() {
         }
         other => panic!("expected LimitExceeded, got {other}"),
     }
+    let err = multipole::DensePlan::new(&ctx, shape, false, 1.0)
+        .err()
+        .unwrap();
+    assert!(
+        matches!(err, FmaError::LimitExceeded { needed, limit, .. } if needed == 1024 * 32 * 4 && limit == 1 << 16),
+        "{err}"
+    );
 }
 
 /// Two threads sharing one plan: each call returns its own correct result or `Busy`, never
