@@ -13,7 +13,7 @@ fn entries(family: Family) -> &'static [&'static str] {
             "downsample_basis",
             "downsample_depthwise",
         ],
-        Family::Attention => &["near_field", "far_field"],
+        Family::Attention => &["near_field", "far_field", "dense_attention"],
     }
 }
 
