@@ -55,15 +55,7 @@ fn dense_kernel_survives_large_scores() {
         k.iter().map(|x| x * 60.0).collect(),
     );
     let scale = 0.25;
-    let zmax = (0..shape.n)
-        .flat_map(|i| (0..shape.n).map(move |j| (i, j)))
-        .map(|(i, j)| {
-            (0..16)
-                .map(|c| (q[i * 16 + c] * k[j * 16 + c]).abs())
-                .sum::<f32>()
-                * scale
-        })
-        .fold(0f32, f32::max);
+    let zmax = score_bound(&q, &k, shape.n, 16, scale);
     assert!(zmax > 5e3, "scores should reach ~1e4, got {zmax}");
     for causal in [false, true] {
         let out = DensePlan::new(ctx, shape, causal, scale)

@@ -200,15 +200,7 @@ fn large_scores_stay_finite_and_correct() {
         );
         let cfg = config(8, 2, causal, Downsampling::Mean, true);
         let tau = cfg.scale_for(16);
-        let zmax = (0..shape.n)
-            .flat_map(|i| (0..shape.n).map(move |j| (i, j)))
-            .map(|(i, j)| {
-                (0..16)
-                    .map(|c| (q[i * 16 + c] * k[j * 16 + c]).abs())
-                    .sum::<f32>()
-                    * tau
-            })
-            .fold(0f32, f32::max);
+        let zmax = score_bound(&q, &k, shape.n, 16, tau);
         assert!(
             zmax > 5e3 && zmax < 2e4,
             "scores should reach ~1e4, got {zmax}"

@@ -3,7 +3,7 @@
 
 use super::context::GpuContext;
 use super::downsample::entry;
-use super::params::grid;
+use super::params::dispatch;
 use super::shaders::{Family, Spec};
 use crate::error::Result;
 
@@ -86,22 +86,4 @@ impl AttentionKernel {
         });
         dispatch(ctx, pass, far, &group, workgroups)
     }
-}
-
-/// Dispatches `workgroups` over a 2D grid within the device's per-axis limit.
-pub(crate) fn dispatch(
-    ctx: &GpuContext,
-    pass: &mut wgpu::ComputePass<'_>,
-    pipeline: &wgpu::ComputePipeline,
-    group: &wgpu::BindGroup,
-    workgroups: u64,
-) -> Result<()> {
-    let (x, y) = grid(
-        workgroups,
-        ctx.limits().max_compute_workgroups_per_dimension,
-    )?;
-    pass.set_pipeline(pipeline);
-    pass.set_bind_group(0, group, &[]);
-    pass.dispatch_workgroups(x, y, 1);
-    Ok(())
 }

@@ -86,6 +86,16 @@ impl GpuContext {
         self.device.limits()
     }
 
+    /// The largest buffer one storage binding may hold (the adapter's limits, and u32 range
+    /// for the shaders' indices).
+    pub(crate) fn max_binding(&self) -> u64 {
+        let limits = self.limits();
+        limits
+            .max_storage_buffer_binding_size
+            .min(limits.max_buffer_size)
+            .min(u32::MAX as u64 & !3)
+    }
+
     /// One line naming the adapter, backend and driver, for logs and benchmark records.
     pub fn describe(&self) -> String {
         format!(
@@ -175,10 +185,15 @@ impl GpuContext {
         Ok(pipeline)
     }
 
-    /// Waits for `buffer` (MAP_READ) to map and returns its contents as f32. Never blocks on
-    /// the web: there the browser resolves the mapping.
+    /// Waits for `buffer` (MAP_READ) to map and returns its first `len` values as f32.
     pub(crate) async fn read_f32(&self, buffer: &wgpu::Buffer, len: usize) -> Result<Vec<f32>> {
-        let bytes = (len * 4) as u64;
+        let bytes = self.read_bytes(buffer, (len * 4) as u64).await?;
+        Ok(bytemuck::pod_collect_to_vec(&bytes))
+    }
+
+    /// Waits for `buffer` (MAP_READ) to map and returns its first `bytes` bytes. Never blocks
+    /// on the web: there the browser resolves the mapping.
+    pub(crate) async fn read_bytes(&self, buffer: &wgpu::Buffer, bytes: u64) -> Result<Vec<u8>> {
         let (tx, rx) = futures_channel::oneshot::channel();
         buffer.map_async(wgpu::MapMode::Read, 0..bytes, move |r| {
             let _ = tx.send(r);
@@ -191,12 +206,10 @@ impl GpuContext {
             .map_err(|_| FmaError::Gpu("the device was lost before the readback finished".into()))?
             .map_err(|e| FmaError::Gpu(e.to_string()))?;
         self.take_error()?;
-        let out = {
-            let view = buffer
-                .get_mapped_range(0..bytes)
-                .map_err(|e| FmaError::Gpu(e.to_string()))?;
-            bytemuck::cast_slice::<u8, f32>(&view).to_vec()
-        };
+        let out = buffer
+            .get_mapped_range(0..bytes)
+            .map_err(|e| FmaError::Gpu(e.to_string()))?
+            .to_vec();
         buffer.unmap();
         Ok(out)
     }

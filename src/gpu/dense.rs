@@ -2,11 +2,10 @@
 //! FMA's speed is measured against, and a correct kernel in its own right. Tiled with an
 //! online softmax, so memory is O(n): no n x n buffer.
 
-use super::attention::dispatch;
 use super::context::GpuContext;
 use super::downsample::entry;
 use super::host::HostSlot;
-use super::params::{Params, grid};
+use super::params::{Params, dispatch, grid};
 use super::plan::{AttentionIo, begin_pass};
 use super::shaders::{Family, MAX_QUERY_TILE, Spec};
 use super::timing::GpuTimer;
@@ -17,8 +16,8 @@ use crate::reference::Output;
 /// A prepared exact-attention forward pass for one shape.
 pub struct DensePlan {
     shape: Shape,
-    /// Heads per dispatch (all of them unless a tensor exceeds one storage binding), with
-    /// the uniform of each chunk.
+    /// Heads per dispatch (all of them unless a tensor exceeds one storage binding), and each
+    /// chunk's head count and uniform.
     chunk_heads: usize,
     chunks: Vec<(usize, wgpu::Buffer)>,
     pipeline: wgpu::ComputePipeline,
@@ -38,10 +37,7 @@ impl DensePlan {
         let spec = Spec::for_shape(shape.d, MAX_QUERY_TILE as usize)
             .ok_or(FmaError::UnsupportedHeadDim(shape.d))?;
         let limits = ctx.limits();
-        let max_binding = limits
-            .max_storage_buffer_binding_size
-            .min(limits.max_buffer_size)
-            .min(u32::MAX as u64 & !3);
+        let max_binding = ctx.max_binding();
         let head_bytes = (shape.n * shape.d * 4) as u64;
         if head_bytes > max_binding {
             return Err(FmaError::LimitExceeded {
@@ -60,10 +56,11 @@ impl DensePlan {
         let chunks = (0..shape.bh())
             .step_by(chunk_heads)
             .map(|first| {
+                let heads = chunk_heads.min(shape.bh() - first);
                 let params = Params {
                     n: shape.n as u32,
                     d: shape.d as u32,
-                    bh: chunk_heads.min(shape.bh() - first) as u32,
+                    bh: heads as u32,
                     causal: causal as u32,
                     scale,
                     ..Default::default()
@@ -73,7 +70,7 @@ impl DensePlan {
                     bytemuck::bytes_of(&params),
                     wgpu::BufferUsages::UNIFORM,
                 );
-                (first, buf)
+                (heads, buf)
             })
             .collect();
         let pipeline = ctx.pipeline(Family::Attention, "dense_attention", spec)?;
@@ -152,26 +149,18 @@ impl DensePlan {
         k: &[f32],
         v: &[f32],
     ) -> Result<Output> {
-        for (name, t) in [("q", q), ("k", k), ("v", v)] {
-            self.shape.check_len(name, t.len())?;
-        }
-        let (n, d) = (self.shape.n, self.shape.d);
-        let (host, _busy) = self.host.acquire(ctx, self.chunk_heads, n, d)?;
-        let mut out = Output {
-            o: Vec::with_capacity(q.len()),
-            lse: Vec::with_capacity(self.shape.bh() * n),
-        };
-        for (first, params) in &self.chunks {
-            let heads = self.chunk_heads.min(self.shape.bh() - first);
-            let span = first * n * d..(first + heads) * n * d;
-            host.upload(ctx, [q, k, v].map(|t| &t[span.clone()]));
-            let mut encoder = ctx.device.create_command_encoder(&Default::default());
-            self.encode_chunk(ctx, &mut encoder, params, heads, &host.io(), None)?;
-            let (o, lse) = host.finish(ctx, encoder, span.len(), heads * n).await?;
-            out.o.extend(o);
-            out.lse.extend(lse);
-        }
-        Ok(out)
+        self.host
+            .forward(
+                ctx,
+                self.shape,
+                self.chunk_heads,
+                [q, k, v],
+                |i, encoder, io| {
+                    let (heads, params) = &self.chunks[i];
+                    self.encode_chunk(ctx, encoder, params, *heads, io, None)
+                },
+            )
+            .await
     }
 
     /// Blocking `forward` for native programs.

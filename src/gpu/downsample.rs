@@ -3,7 +3,7 @@
 //! the learned kinds run all levels from the tokens in one dispatch.
 
 use super::context::GpuContext;
-use super::params::{RowRange, grid};
+use super::params::{RowRange, dispatch};
 use super::shaders::{Family, Spec};
 use crate::config::Downsampling;
 use crate::error::Result;
@@ -104,7 +104,6 @@ impl DownsampleKernel {
         heads: u64,
         d: u64,
     ) -> Result<()> {
-        let max_dim = ctx.limits().max_compute_workgroups_per_dimension;
         for step in &self.steps {
             let mut entries = vec![
                 entry(0, b.params.as_entire_binding()),
@@ -129,10 +128,7 @@ impl DownsampleKernel {
             } else {
                 (step.items * heads * d).div_ceil(64)
             };
-            let (x, y) = grid(workgroups, max_dim)?;
-            pass.set_pipeline(&step.pipeline);
-            pass.set_bind_group(0, &group, &[]);
-            pass.dispatch_workgroups(x, y, 1);
+            dispatch(ctx, pass, &step.pipeline, &group, workgroups)?;
         }
         Ok(())
     }

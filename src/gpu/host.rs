@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::context::GpuContext;
 use super::plan::AttentionIo;
+use crate::config::Shape;
 use crate::error::{FmaError, Result};
+use crate::reference::Output;
 
 /// A plan's host buffers and the flag that keeps two `forward` calls from interleaving on them.
 #[derive(Default)]
@@ -27,7 +29,7 @@ impl Drop for BusyGuard<'_> {
 impl HostSlot {
     /// The buffers (made on first use for `heads` heads of n x d), or `Busy` while another
     /// `forward` holds them.
-    pub fn acquire(
+    fn acquire(
         &self,
         ctx: &GpuContext,
         heads: usize,
@@ -43,6 +45,39 @@ impl HostSlot {
                 .get_or_init(|| HostBuffers::new(ctx, heads, n, d)),
             guard,
         ))
+    }
+
+    /// A forward pass over host tensors of `shape`: checks their lengths, then for each chunk
+    /// of `chunk_heads` heads uploads q, k, v, lets `encode(chunk, encoder, io)` record the
+    /// plan's work, and reads O and LSE back.
+    pub async fn forward(
+        &self,
+        ctx: &GpuContext,
+        shape: Shape,
+        chunk_heads: usize,
+        [q, k, v]: [&[f32]; 3],
+        mut encode: impl FnMut(usize, &mut wgpu::CommandEncoder, &AttentionIo<'_>) -> Result<()>,
+    ) -> Result<Output> {
+        for (name, t) in [("q", q), ("k", k), ("v", v)] {
+            shape.check_len(name, t.len())?;
+        }
+        let (n, d) = (shape.n, shape.d);
+        let (host, _busy) = self.acquire(ctx, chunk_heads, n, d)?;
+        let mut out = Output {
+            o: Vec::with_capacity(q.len()),
+            lse: Vec::with_capacity(shape.bh() * n),
+        };
+        for (chunk, first) in (0..shape.bh()).step_by(chunk_heads).enumerate() {
+            let heads = chunk_heads.min(shape.bh() - first);
+            let span = first * n * d..(first + heads) * n * d;
+            host.upload(ctx, [q, k, v].map(|t| &t[span.clone()]));
+            let mut encoder = ctx.device.create_command_encoder(&Default::default());
+            encode(chunk, &mut encoder, &host.io())?;
+            let (o, lse) = host.finish(ctx, encoder, span.len(), heads * n).await?;
+            out.o.extend(o);
+            out.lse.extend(lse);
+        }
+        Ok(out)
     }
 }
 

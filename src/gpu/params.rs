@@ -3,6 +3,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
+use super::context::GpuContext;
 use crate::error::{FmaError, Result};
 
 #[repr(C)]
@@ -63,6 +64,25 @@ pub(crate) fn grid(total: u64, max_per_dim: u32) -> Result<(u32, u32)> {
         });
     }
     Ok((x as u32, y as u32))
+}
+
+/// Binds `group` and dispatches `workgroups` of `pipeline` over a 2D grid within the device's
+/// per-axis limit (see `grid`).
+pub(crate) fn dispatch(
+    ctx: &GpuContext,
+    pass: &mut wgpu::ComputePass<'_>,
+    pipeline: &wgpu::ComputePipeline,
+    group: &wgpu::BindGroup,
+    workgroups: u64,
+) -> Result<()> {
+    let (x, y) = grid(
+        workgroups,
+        ctx.limits().max_compute_workgroups_per_dimension,
+    )?;
+    pass.set_pipeline(pipeline);
+    pass.set_bind_group(0, group, &[]);
+    pass.dispatch_workgroups(x, y, 1);
+    Ok(())
 }
 
 #[cfg(test)]

@@ -71,9 +71,9 @@ impl AttentionIo<'_> {
     }
 }
 
-/// Heads [first, first + heads) processed by one dispatch, with their uniform.
+/// One dispatch's share of batch x heads (consecutive chunks of `chunk_heads`), with its
+/// uniform.
 struct Chunk {
-    first: usize,
     heads: usize,
     params: wgpu::Buffer,
 }
@@ -136,10 +136,7 @@ impl FmaPlan {
 
         // Every binding must fit the device; split the heads when the tensors do not.
         let limits = ctx.limits();
-        let max_binding = limits
-            .max_storage_buffer_binding_size
-            .min(limits.max_buffer_size)
-            .min(u32::MAX as u64 & !3);
+        let max_binding = ctx.max_binding();
         let check = |what: &str, bytes: u64, hint: &str| -> Result<()> {
             if bytes > max_binding {
                 return Err(FmaError::LimitExceeded {
@@ -224,7 +221,6 @@ impl FmaPlan {
                     ..base
                 };
                 Chunk {
-                    first,
                     heads,
                     params: ctx.buffer_with(
                         "fma params",
@@ -417,27 +413,15 @@ impl FmaPlan {
         k: &[f32],
         v: &[f32],
     ) -> Result<Output> {
-        for (name, t) in [("q", q), ("k", k), ("v", v)] {
-            self.shape.check_len(name, t.len())?;
-        }
-        let (n, d) = (self.shape.n, self.shape.d);
-        let (host, _busy) = self.host.acquire(ctx, self.chunk_heads, n, d)?;
-        let mut out = Output {
-            o: Vec::with_capacity(q.len()),
-            lse: Vec::with_capacity(self.shape.bh() * n),
-        };
-        for chunk in &self.chunks {
-            let span = chunk.first * n * d..(chunk.first + chunk.heads) * n * d;
-            host.upload(ctx, [q, k, v].map(|t| &t[span.clone()]));
-            let mut encoder = ctx.device.create_command_encoder(&Default::default());
-            self.encode_chunk(ctx, &mut encoder, chunk, &host.io(), None)?;
-            let (o, lse) = host
-                .finish(ctx, encoder, span.len(), chunk.heads * n)
-                .await?;
-            out.o.extend(o);
-            out.lse.extend(lse);
-        }
-        Ok(out)
+        self.host
+            .forward(
+                ctx,
+                self.shape,
+                self.chunk_heads,
+                [q, k, v],
+                |i, encoder, io| self.encode_chunk(ctx, encoder, &self.chunks[i], io, None),
+            )
+            .await
     }
 
     /// Blocking `forward` for native programs.

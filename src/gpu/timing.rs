@@ -6,7 +6,7 @@
 //! callers fall back to wall time.
 
 use super::context::GpuContext;
-use crate::error::{FmaError, Result};
+use crate::error::Result;
 
 pub struct GpuTimer {
     queries: wgpu::QuerySet,
@@ -79,28 +79,8 @@ impl GpuTimer {
     /// them has finished.
     pub async fn read(&self, ctx: &GpuContext, used: u32) -> Result<Vec<f64>> {
         let used = used.min(self.stages);
-        let bytes = self.stages as u64 * 16;
-        let (tx, rx) = futures_channel::oneshot::channel();
-        self.read
-            .map_async(wgpu::MapMode::Read, 0..bytes, move |r| {
-                let _ = tx.send(r);
-            });
-        #[cfg(not(target_arch = "wasm32"))]
-        ctx.device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| FmaError::Gpu(e.to_string()))?;
-        rx.await
-            .map_err(|_| FmaError::Gpu("the device was lost before the timestamps".into()))?
-            .map_err(|e| FmaError::Gpu(e.to_string()))?;
-        ctx.take_error()?;
-        let ticks: Vec<u64> = {
-            let view = self
-                .read
-                .get_mapped_range(0..bytes)
-                .map_err(|e| FmaError::Gpu(e.to_string()))?;
-            bytemuck::cast_slice::<u8, u64>(&view).to_vec()
-        };
-        self.read.unmap();
+        let bytes = ctx.read_bytes(&self.read, self.stages as u64 * 16).await?;
+        let ticks: Vec<u64> = bytemuck::pod_collect_to_vec(&bytes);
         Ok((0..used as usize)
             .map(|i| ticks[2 * i + 1].saturating_sub(ticks[2 * i]) as f64 * self.period_ns / 1e6)
             .collect())

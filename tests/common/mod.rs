@@ -66,6 +66,20 @@ pub fn weights(seed: u64, kind: Downsampling, g: &Geometry, d: usize) -> Downsam
     w
 }
 
+/// Bound on the scores of one head: max over (i, j) of scale * sum_c |q_ic k_jc|. The f32 dot
+/// product's rounding error is about eps times this, which large-score tests add to their bar.
+pub fn score_bound(q: &[f32], k: &[f32], n: usize, d: usize, scale: f32) -> f32 {
+    (0..n)
+        .flat_map(|i| (0..n).map(move |j| (i, j)))
+        .map(|(i, j)| {
+            (0..d)
+                .map(|c| (q[i * d + c] * k[j * d + c]).abs())
+                .sum::<f32>()
+                * scale
+        })
+        .fold(0f32, f32::max)
+}
+
 /// Largest |a - b| and where it occurs.
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> (f32, usize) {
     assert_eq!(a.len(), b.len(), "lengths differ");

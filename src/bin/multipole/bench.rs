@@ -153,17 +153,18 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     if runs == 0 {
         return Err(FmaError::InvalidConfig("--runs must be at least 1".into()));
     }
+    // Three slots: FMA's downsample, near and far passes (dense uses one).
+    let timer = GpuTimer::new(&ctx, 3);
     println!("adapter: {}", ctx.describe());
     println!(
         "features: {:?}; timing: {}",
         ctx.device.features(),
-        if GpuTimer::new(&ctx, 1).is_some() {
+        if timer.is_some() {
             "GPU timestamps"
         } else {
             "wall clock (no timestamp queries)"
         }
     );
-    let timer = GpuTimer::new(&ctx, 3);
     let mut records = Vec::new();
     let image_inputs = images.iter().filter_map(|&l| match l {
         Layout::Image { height, width } => Some((height * width, l)),
@@ -346,9 +347,9 @@ impl Bench<'_> {
         };
         let median_ms = median(&times);
         let dense_flops = dense_flops(shape, cfg.causal);
-        let (name, flops) = match kernel {
-            Kernel::Fma(_) => ("fma", fma_flops(&Geometry::new(shape.n, cfg)?, cfg, shape)),
-            Kernel::Dense(_) => ("dense", dense_flops),
+        let (name, flops) = match &plan {
+            Plan::Fma(p) => ("fma", fma_flops(p.geometry(), cfg, shape)),
+            Plan::Dense(_) => ("dense", dense_flops),
         };
         let info = &ctx.info;
         let is_fma = name == "fma";
