@@ -76,3 +76,99 @@ fn weights_of(w: &DownsampleWeights, li: usize, key: bool) -> (&[f32], &[f32]) {
         None => (&[], &[]),
     }
 }
+
+/// Gradients of the weights of one level, in f64 while they accumulate: `[wk, wv, bk, bv]`,
+/// each shaped like the matching `LevelWeights` field.
+pub(crate) type LevelGrads = [Vec<f64>; 4];
+
+/// The adjoint of `downsample` for one head: given the gradients of the coarse keys and values
+/// (`dkc`, `dvc`, one d-vector per coarse row), adds their share to the token gradients `dk`,
+/// `dv` (n x d) and to the weight gradients `dw` (learned kinds). Rows without real tokens were
+/// never used and pass nothing back.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn downsample_backward(
+    g: &Geometry,
+    kind: Downsampling,
+    weights: &DownsampleWeights,
+    k: &[f32],
+    v: &[f32],
+    d: usize,
+    [dkc, dvc]: [&[Vec<f64>]; 2],
+    [dk, dv]: [&mut [f64]; 2],
+    dw: &mut [LevelGrads],
+) {
+    let p = g.p;
+    for (li, lv) in g.levels.iter().enumerate() {
+        let l = li + 1;
+        let s = lv.group_tokens();
+        for grp in 0..lv.groups() {
+            let tokens: Vec<Option<usize>> = g
+                .group_positions(l, grp)
+                .into_iter()
+                .map(|(y, x)| g.token_at(y, x))
+                .collect();
+            for r in 0..p {
+                let row = (lv.cell_offset + grp) * p + r;
+                let count = g.multiplicity(l, grp, r);
+                if count == 0 {
+                    continue;
+                }
+                let segment = g.segment_offsets(l, r);
+                let [dwk, dwv, dbk, dbv] = dw.get_mut(li).map_or([None, None, None, None], |x| {
+                    let [a, b, c, e] = x;
+                    [Some(a), Some(b), Some(c), Some(e)]
+                });
+                for (src, up, grad, (w, _), (dws, dbs)) in [
+                    (
+                        k,
+                        &dkc[row],
+                        &mut *dk,
+                        weights_of(weights, li, true),
+                        (dwk, dbk),
+                    ),
+                    (
+                        v,
+                        &dvc[row],
+                        &mut *dv,
+                        weights_of(weights, li, false),
+                        (dwv, dbv),
+                    ),
+                ] {
+                    match kind {
+                        Downsampling::Mean => {
+                            for &t in &segment {
+                                let Some(j) = tokens[t] else { continue };
+                                for c in 0..d {
+                                    grad[j * d + c] += up[c] / count as f64;
+                                }
+                            }
+                        }
+                        Downsampling::Basis => {
+                            let dws = dws.expect("weights validated");
+                            for (t, tok) in tokens.iter().enumerate() {
+                                let Some(j) = *tok else { continue };
+                                let wt = w[r * s + t] as f64;
+                                for c in 0..d {
+                                    grad[j * d + c] += wt * up[c];
+                                    dws[r * s + t] += up[c] * src[j * d + c] as f64;
+                                }
+                            }
+                        }
+                        Downsampling::Depthwise => {
+                            let (dws, dbs) = (dws.expect("weights validated"), dbs.expect("bias"));
+                            for c in 0..d {
+                                let at = (c * p + r) * s;
+                                dbs[c * p + r] += up[c];
+                                for (t, tok) in tokens.iter().enumerate() {
+                                    let Some(j) = *tok else { continue };
+                                    grad[j * d + c] += w[at + t] as f64 * up[c];
+                                    dws[at + t] += up[c] * src[j * d + c] as f64;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

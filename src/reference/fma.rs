@@ -16,18 +16,53 @@ pub fn fma_forward(
     config: &FmaConfig,
     weights: Option<&DownsampleWeights>,
 ) -> Result<Output> {
+    let out = fma_forward_f64(q, k, v, shape, config, weights)?;
+    Ok(Output {
+        o: out.o.iter().map(|&x| x as f32).collect(),
+        lse: out.lse.iter().map(|&x| x as f32).collect(),
+    })
+}
+
+/// O and LSE in f64, before rounding to f32: what finite-difference checks differentiate.
+#[derive(Clone, Debug)]
+pub struct Output64 {
+    pub o: Vec<f64>,
+    pub lse: Vec<f64>,
+}
+
+/// `fma_forward` without the final rounding to f32.
+pub fn fma_forward_f64(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    shape: Shape,
+    config: &FmaConfig,
+    weights: Option<&DownsampleWeights>,
+) -> Result<Output64> {
+    let (g, weights) = checked(q, k, v, shape, config, weights)?;
+    Ok(forward_f64(&g, q, k, v, shape, config, &weights))
+}
+
+/// Validates the inputs of a reference call; returns the geometry and the weights to use.
+pub(crate) fn checked(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    shape: Shape,
+    config: &FmaConfig,
+    weights: Option<&DownsampleWeights>,
+) -> Result<(Geometry, DownsampleWeights)> {
     shape.validate()?;
     for (name, t) in [("q", q), ("k", k), ("v", v)] {
         shape.check_len(name, t.len())?;
     }
     let g = Geometry::new(shape.n, config)?;
-    let empty = DownsampleWeights::default();
-    let weights = weights.unwrap_or(&empty);
+    let weights = weights.cloned().unwrap_or_default();
     weights.validate(config.downsampling, g.p, shape.d, &g.group_tokens())?;
-    forward_geometry(&g, q, k, v, shape, config, weights)
+    Ok((g, weights))
 }
 
-pub(crate) fn forward_geometry(
+fn forward_f64(
     g: &Geometry,
     q: &[f32],
     k: &[f32],
@@ -35,49 +70,120 @@ pub(crate) fn forward_geometry(
     shape: Shape,
     config: &FmaConfig,
     weights: &DownsampleWeights,
-) -> Result<Output> {
+) -> Output64 {
     let (n, d) = (shape.n, shape.d);
-    let scale = config.scale_for(d) as f64;
-    let mut out = Output {
+    let mut out = Output64 {
         o: vec![0.0; shape.elements()],
         lse: vec![0.0; shape.bh() * n],
     };
     for h in 0..shape.bh() {
         let span = h * n * d..(h + 1) * n * d;
-        let (qh, kh, vh) = (&q[span.clone()], &k[span.clone()], &v[span]);
-        let coarse = downsample(g, config.downsampling, weights, kh, vh, d);
-        let (k64, v64) = (to_f64(kh), to_f64(vh));
+        let head = Head::new(
+            g,
+            config,
+            weights,
+            &q[span.clone()],
+            &k[span.clone()],
+            &v[span],
+            d,
+        );
         for i in 0..n {
-            let qi: Vec<f64> = qh[i * d..(i + 1) * d]
-                .iter()
-                .map(|&x| x as f64 * scale)
-                .collect();
-            let near = near_triple(g, &qi, &k64, &v64, i, d);
-            let far = far_triple(g, config.multiplicity, &qi, &coarse, i, d);
-            let (o, lse) = near.merge(&far).finish();
-            for (c, x) in o.into_iter().enumerate() {
-                out.o[(h * n + i) * d + c] = x as f32;
-            }
-            out.lse[h * n + i] = lse as f32;
+            let (o, lse) = head.triple(g, config.multiplicity, i).finish();
+            out.o[(h * n + i) * d..(h * n + i + 1) * d].copy_from_slice(&o);
+            out.lse[h * n + i] = lse;
         }
     }
-    Ok(out)
+    out
+}
+
+/// One head's inputs in f64 (queries scaled by tau) and its coarse keys and values.
+pub(crate) struct Head {
+    pub q: Vec<f64>,
+    pub k: Vec<f64>,
+    pub v: Vec<f64>,
+    pub coarse: Coarse,
+    pub d: usize,
+}
+
+impl Head {
+    pub fn new(
+        g: &Geometry,
+        config: &FmaConfig,
+        weights: &DownsampleWeights,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        d: usize,
+    ) -> Head {
+        let scale = config.scale_for(d) as f64;
+        Head {
+            q: q.iter().map(|&x| x as f64 * scale).collect(),
+            k: to_f64(k),
+            v: to_f64(v),
+            coarse: downsample(g, config.downsampling, weights, k, v, d),
+            d,
+        }
+    }
+
+    /// Query i's scaled row.
+    pub fn query(&self, i: usize) -> &[f64] {
+        &self.q[i * self.d..(i + 1) * self.d]
+    }
+
+    /// Query i's softmax triple over its near and far keys.
+    pub fn triple(&self, g: &Geometry, multiplicity: bool, i: usize) -> Triple {
+        let qi = self.query(i);
+        let near = near_triple(g, qi, &self.k, &self.v, i, self.d);
+        let far = far_triple(g, multiplicity, qi, &self.coarse, i, self.d);
+        near.merge(&far)
+    }
+}
+
+/// The real keys query i sees at full resolution: its near field, padding and mask applied.
+pub(crate) fn near_keys(g: &Geometry, i: usize) -> Vec<usize> {
+    g.near_cells(g.fine_cell_of(i))
+        .into_iter()
+        .flat_map(|cell| g.fine_cell_positions(cell))
+        .filter_map(|(y, x)| g.token_at(y, x))
+        .filter(|&j| g.near_key_allowed(i, j))
+        .collect()
+}
+
+/// The coarse rows query i sees: every level's interaction list, rows without real tokens
+/// skipped.
+pub(crate) fn far_rows(g: &Geometry, coarse: &Coarse, i: usize) -> Vec<usize> {
+    let f = g.fine_cell_of(i);
+    let mut rows = Vec::new();
+    for (li, lv) in g.levels.iter().enumerate() {
+        let l = li + 1;
+        for grp in g.far_cells(l, g.cell_at_level(f, l)) {
+            rows.extend(
+                (0..g.p)
+                    .map(|r| (lv.cell_offset + grp) * g.p + r)
+                    .filter(|&row| coarse.count[row] > 0),
+            );
+        }
+    }
+    rows
+}
+
+/// Score offset of a coarse row: log(multiplicity), or 0 with the option off.
+pub(crate) fn row_bias(coarse: &Coarse, multiplicity: bool, row: usize) -> f64 {
+    if multiplicity {
+        (coarse.count[row] as f64).ln()
+    } else {
+        0.0
+    }
 }
 
 /// Query i against the real keys of its near field (mirrors near_field.wgsl).
 fn near_triple(g: &Geometry, qi: &[f64], k: &[f64], v: &[f64], i: usize, d: usize) -> Triple {
     let mut t = Triple::empty(d);
-    for cell in g.near_cells(g.fine_cell_of(i)) {
-        for (y, x) in g.fine_cell_positions(cell) {
-            let Some(j) = g.token_at(y, x) else { continue };
-            if !g.near_key_allowed(i, j) {
-                continue;
-            }
-            t.add(
-                dot(qi, &k[j * d..(j + 1) * d]),
-                v[j * d..(j + 1) * d].iter().copied(),
-            );
-        }
+    for j in near_keys(g, i) {
+        t.add(
+            dot(qi, &k[j * d..(j + 1) * d]),
+            v[j * d..(j + 1) * d].iter().copied(),
+        );
     }
     t
 }
@@ -92,23 +198,11 @@ fn far_triple(
     d: usize,
 ) -> Triple {
     let mut t = Triple::empty(d);
-    let f = g.fine_cell_of(i);
-    for (li, lv) in g.levels.iter().enumerate() {
-        let l = li + 1;
-        for grp in g.far_cells(l, g.cell_at_level(f, l)) {
-            for r in 0..g.p {
-                let row = (lv.cell_offset + grp) * g.p + r;
-                let mu = coarse.count[row];
-                if mu == 0 {
-                    continue;
-                }
-                let log_mu = if multiplicity { (mu as f64).ln() } else { 0.0 };
-                t.add(
-                    dot(qi, &coarse.k[row]) + log_mu,
-                    coarse.v[row].iter().copied(),
-                );
-            }
-        }
+    for row in far_rows(g, coarse, i) {
+        t.add(
+            dot(qi, &coarse.k[row]) + row_bias(coarse, multiplicity, row),
+            coarse.v[row].iter().copied(),
+        );
     }
     t
 }

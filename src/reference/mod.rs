@@ -1,16 +1,19 @@
 //! CPU reference: f64 accumulation, written to be read against `fma-spec.md` line by line.
 //!
 //! Each function mirrors one GPU kernel: `downsample` (downsample.wgsl), the near and far
-//! triples (near_field.wgsl, far_field.wgsl) and `Triple::merge` (merge.wgsl).
+//! triples (near_field.wgsl, far_field.wgsl) and `Triple::merge` (merge.wgsl); `fma_backward`
+//! mirrors the backward kernels (attention_backward.wgsl, downsample_backward.wgsl).
 
+mod backward;
 mod dense;
 mod downsample;
 mod fma;
 mod triple;
 
+pub use backward::{Gradients, fma_backward};
 pub use dense::dense;
 pub use downsample::{Coarse, downsample};
-pub use fma::fma_forward;
+pub use fma::{Output64, fma_forward, fma_forward_f64};
 pub use triple::Triple;
 
 /// Attention output: `o` of shape [batch, heads, n, d] and `lse` of shape [batch, heads, n].
