@@ -14,6 +14,20 @@ fn entries(family: Family) -> &'static [&'static str] {
             "downsample_depthwise",
         ],
         Family::Attention => &["near_field", "far_field", "dense_attention"],
+        Family::AttentionBackward => &[
+            "backward_stats",
+            "backward_dq_near",
+            "backward_dq_far",
+            "backward_dkv_near",
+            "backward_dkv_far",
+        ],
+        Family::DownsampleBackward => &[
+            "tokens_mean",
+            "tokens_basis",
+            "tokens_depthwise",
+            "weight_grads_basis",
+            "weight_grads_depthwise",
+        ],
     }
 }
 
@@ -39,7 +53,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .ok_or("usage: export_shaders OUT.json")?;
     let mut items = Vec::new();
     for spec in Spec::all() {
-        for family in [Family::Downsample, Family::Attention] {
+        for family in Family::ALL {
             let names: Vec<String> = entries(family).iter().map(|e| json_string(e)).collect();
             items.push(format!(
                 "{{\"name\":{},\"entries\":[{}],\"code\":{}}}",

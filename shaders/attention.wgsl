@@ -24,20 +24,6 @@ var<workgroup> chain_lo: array<u32, MAX_LEVELS>;
 var<workgroup> chain_start: array<u32, MAX_LEVELS>;
 var<workgroup> chain_keys: u32;
 
-// Which head and fine cell a workgroup serves (uniform) and the first query of its tile.
-struct QueryTile {
-    head: u32,
-    cell: u32,
-    first: u32, // local index of the tile's first query within the cell
-}
-
-fn query_tile(wid: vec3<u32>, nwg: vec3<u32>) -> QueryTile {
-    let tiles = params.fine_cells * params.tiles_per_cell;
-    let w = workgroup_index(wid, nwg);
-    let tile = w % tiles;
-    return QueryTile(w / tiles, tile / params.tiles_per_cell, (tile % params.tiles_per_cell) * QUERY_TILE);
-}
-
 // The query row scaled by tau, zero past d.
 fn load_query(head: u32, token: i32) -> array<vec4<f32>, HEAD_VEC> {
     var q: array<vec4<f32>, HEAD_VEC>;

@@ -32,6 +32,10 @@ struct Params {
     coarse_v_base: u32, // offset of the coarse values in `coarse`
     children: u32,      // table of each coarse row's finer rows (Mean, level by level)
     children_per_row: u32,
+    near_t_offsets: u32, // transposed near and far lists (backward: who sees this cell)
+    near_t_entries: u32,
+    far_t_offsets: u32,
+    far_t_entries: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -57,4 +61,55 @@ fn fine_token(f: u32, t: u32) -> i32 {
 // Flattened workgroup index: dispatches are split over x and y to stay under 65,535 per axis.
 fn workgroup_index(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return wid.y * nwg.x + wid.x;
+}
+
+// Which head and fine cell a workgroup serves (uniform) and the first query of its tile.
+struct QueryTile {
+    head: u32,
+    cell: u32,
+    first: u32, // local index of the tile's first query within the cell
+}
+
+fn query_tile(wid: vec3<u32>, nwg: vec3<u32>) -> QueryTile {
+    let tiles = params.fine_cells * params.tiles_per_cell;
+    let w = workgroup_index(wid, nwg);
+    let tile = w % tiles;
+    return QueryTile(w / tiles, tile / params.tiles_per_cell, (tile % params.tiles_per_cell) * QUERY_TILE);
+}
+
+// One coarse level's record in the level table (see src/geometry/tables.rs).
+struct Level {
+    h: u32,          // group (cell) size in grid rows and columns
+    w: u32,
+    groups_x: u32,   // groups per grid row
+    seg_h: u32,      // segment (sub-block) size
+    seg_w: u32,
+    segs_x: u32,
+    first: u32,      // global id of the level's first cell
+    groups: u32,
+    w_off: u32,      // the level's weights and biases in `weights`
+    b_off: u32,
+}
+
+fn level(l: u32) -> Level {
+    let at = params.level_table + l * LEVEL_WORDS;
+    return Level(geom[at], geom[at + 1u], geom[at + 2u], geom[at + 3u], geom[at + 4u],
+        geom[at + 5u], geom[at + 6u], geom[at + 7u], geom[at + 8u], geom[at + 9u]);
+}
+
+// The level (0-based) holding global cell `cell`.
+fn level_index_of(cell: u32) -> u32 {
+    var found = 0u;
+    for (var l = 0u; l < params.levels; l++) {
+        let lv = level(l);
+        if (cell >= lv.first && cell < lv.first + lv.groups) {
+            found = l;
+        }
+    }
+    return found;
+}
+
+// Token at index t (row-major) of cell `local` of a level, -1 for padding.
+fn cell_token(lv: Level, local: u32, t: u32) -> i32 {
+    return token_at((local / lv.groups_x) * lv.h + t / lv.w, (local % lv.groups_x) * lv.w + t % lv.w);
 }

@@ -54,22 +54,17 @@ fn group_of(head: u32, row: u32) -> Group {
     let cell = g.row / params.p;
     g.r = g.row % params.p;
     g.count = geom[params.rows + 2u * g.row];
-    for (var l = 0u; l < params.levels; l++) {
-        let at = params.level_table + l * LEVEL_WORDS;
-        let first = geom[at + 6u];
-        if (cell >= first && cell < first + geom[at + 7u]) {
-            let idx = cell - first;
-            g.h = geom[at];
-            g.w = geom[at + 1u];
-            g.y0 = (idx / geom[at + 2u]) * g.h;
-            g.x0 = (idx % geom[at + 2u]) * g.w;
-            g.seg_h = geom[at + 3u];
-            g.seg_w = geom[at + 4u];
-            g.segs_x = geom[at + 5u];
-            g.w_off = geom[at + 8u];
-            g.b_off = geom[at + 9u];
-        }
-    }
+    let lv = level(level_index_of(cell));
+    let idx = cell - lv.first;
+    g.h = lv.h;
+    g.w = lv.w;
+    g.y0 = (idx / lv.groups_x) * lv.h;
+    g.x0 = (idx % lv.groups_x) * lv.w;
+    g.seg_h = lv.seg_h;
+    g.seg_w = lv.seg_w;
+    g.segs_x = lv.segs_x;
+    g.w_off = lv.w_off;
+    g.b_off = lv.b_off;
     return g;
 }
 

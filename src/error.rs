@@ -52,7 +52,7 @@ pub enum FmaError {
 
     /// `FmaPlan::forward` was called while another `forward` on the same plan is running.
     #[error(
-        "this FmaPlan is already running a forward pass: await it first, or build a second plan for concurrent calls"
+        "this plan is already running a forward (or backward) pass: await it first, or build a second plan for concurrent calls"
     )]
     Busy,
 

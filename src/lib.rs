@@ -45,7 +45,7 @@ pub use error::{FmaError, Result};
 pub use geometry::Geometry;
 pub mod gpu;
 
-pub use gpu::{AttentionIo, DensePlan, FmaPlan, GpuContext, GpuTimer};
-pub use reference::Output;
+pub use gpu::{AttentionIo, BackwardIo, DensePlan, FmaPlan, GpuContext, GpuTimer, Tape};
+pub use reference::{Gradients, Output};
 /// The wgpu this crate is built on, for callers that share a device with it.
 pub use wgpu;

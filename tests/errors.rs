@@ -2,9 +2,7 @@
 
 mod common;
 use common::*;
-use multipole::{
-    DownsampleWeights, Downsampling, FmaConfig, FmaError, FmaPlan, GpuContext, Shape, reference,
-};
+use multipole::{DownsampleWeights, Downsampling, FmaConfig, FmaError, FmaPlan, Shape, reference};
 
 #[test]
 fn m_must_be_a_power_of_two() {
@@ -153,24 +151,6 @@ fn learned_kinds_need_weights_of_the_right_shape() {
         matches!(err, FmaError::Weights(ref s) if s.contains("non-finite")),
         "{err}"
     );
-}
-
-/// A device whose storage bindings hold only 64 KiB: the tensors no longer fit one binding.
-fn small_device() -> GpuContext {
-    let instance =
-        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
-    let adapter = pollster::block_on(instance.request_adapter(&Default::default()))
-        .expect("an adapter (lavapipe in CI)");
-    let limits = wgpu::Limits {
-        max_storage_buffer_binding_size: 1 << 16,
-        ..adapter.limits()
-    };
-    let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
-        required_limits: limits,
-        ..Default::default()
-    }))
-    .unwrap();
-    GpuContext::from_device(device, queue, adapter.get_info())
 }
 
 #[test]

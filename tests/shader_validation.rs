@@ -19,7 +19,7 @@ fn validate(family: Family, spec: Spec) -> Result<(), String> {
 fn every_specialisation_validates() {
     let specs = Spec::all();
     assert_eq!(specs.len(), 4 * 7, "head tiles x query tiles");
-    for family in [Family::Downsample, Family::Attention] {
+    for family in Family::ALL {
         for &spec in &specs {
             if let Err(e) = validate(family, spec) {
                 panic!("{family:?} {spec:?} does not validate:\n{e}");
@@ -55,10 +55,20 @@ fn workgroup_memory_fits_webgpu_default() {
             "{spec:?}: attention uses {bytes} bytes of workgroup memory"
         );
         assert!(spec.key_tile() >= 8 && spec.key_tile() <= 32, "{spec:?}");
-        let bytes = workgroup_bytes(Family::Downsample, spec);
+        let bytes = workgroup_bytes(Family::AttentionBackward, spec);
+        assert_eq!(bytes, spec.backward_workgroup_bytes(), "{spec:?}: backward");
+        assert!(bytes <= 16384, "{spec:?}: backward uses {bytes} bytes");
         assert!(
-            bytes <= 16384,
-            "{spec:?}: downsample uses {bytes} bytes of workgroup memory"
+            spec.back_tile() >= 8,
+            "{spec:?}: backward tile {}",
+            spec.back_tile()
         );
+        for family in [Family::Downsample, Family::DownsampleBackward] {
+            let bytes = workgroup_bytes(family, spec);
+            assert!(
+                bytes <= 16384,
+                "{spec:?}: {family:?} uses {bytes} bytes of workgroup memory"
+            );
+        }
     }
 }

@@ -31,6 +31,15 @@ pub struct GeomTables {
     /// u32::MAX at level 1), so `Mean` is computed level by level.
     pub children: u32,
     pub children_per_row: u32,
+    /// `fine_cells + 1` offsets into `near_t_entries` (CSR): the transposed near lists.
+    pub near_t_offsets: u32,
+    /// Fine cells whose near field holds each fine cell (whose queries see its keys).
+    pub near_t_entries: u32,
+    /// `total_cells + 1` offsets into `far_t_entries` (CSR): the transposed far lists.
+    pub far_t_offsets: u32,
+    /// Global ids of the cells whose interaction list holds each cell (whose queries see
+    /// its coarse keys).
+    pub far_t_entries: u32,
 }
 
 impl GeomTables {
@@ -125,6 +134,18 @@ impl GeomTables {
             }
         }
 
+        // The backward pass walks the lists from the key's side: who sees this cell.
+        let near_t_offsets = data.len() as u32;
+        let near_t = transpose(&near, fine);
+        push_csr_offsets(&mut data, &near_t);
+        let near_t_entries = data.len() as u32;
+        data.extend(near_t.iter().flatten().map(|&c| c as u32));
+        let far_t_offsets = data.len() as u32;
+        let far_t = transpose(&far, cells.len());
+        push_csr_offsets(&mut data, &far_t);
+        let far_t_entries = data.len() as u32;
+        data.extend(far_t.iter().flatten().map(|&c| c as u32));
+
         if data.is_empty() {
             data.push(0); // wgpu refuses zero-sized bindings
         }
@@ -139,8 +160,23 @@ impl GeomTables {
             levels,
             children,
             children_per_row: children_per_row as u32,
+            near_t_offsets,
+            near_t_entries,
+            far_t_offsets,
+            far_t_entries,
         }
     }
+}
+
+/// `out[b]` lists every `a` with `b` in `lists[a]`, in increasing `a`.
+fn transpose(lists: &[Vec<usize>], len: usize) -> Vec<Vec<usize>> {
+    let mut out = vec![Vec::new(); len];
+    for (a, list) in lists.iter().enumerate() {
+        for &b in list {
+            out[b].push(a);
+        }
+    }
+    out
 }
 
 fn push_csr_offsets(data: &mut Vec<u32>, lists: &[Vec<usize>]) {
@@ -149,5 +185,56 @@ fn push_csr_offsets(data: &mut Vec<u32>, lists: &[Vec<usize>]) {
     for l in lists {
         acc += l.len() as u32;
         data.push(acc);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::FmaConfig;
+
+    /// The CSR list `i` of a table.
+    fn list(t: &GeomTables, offsets: u32, entries: u32, i: usize) -> Vec<usize> {
+        let (o, e) = (offsets as usize, entries as usize);
+        let (lo, hi) = (t.data[o + i] as usize, t.data[o + i + 1] as usize);
+        t.data[e + lo..e + hi].iter().map(|&x| x as usize).collect()
+    }
+
+    #[test]
+    fn transposed_lists_invert_the_near_and_far_lists() {
+        let causal = FmaConfig {
+            causal: true,
+            ..FmaConfig::new(4, 2)
+        };
+        for (n, cfg) in [
+            (100, FmaConfig::new(4, 2)),
+            (100, causal),
+            (30 * 20, FmaConfig::new(2, 1).image(30, 20)),
+        ] {
+            let g = Geometry::new(n, &cfg).unwrap();
+            let t = GeomTables::build(&g, true, Downsampling::Mean, 4);
+            for a in 0..g.fine_cells() {
+                for b in 0..g.fine_cells() {
+                    let fwd = list(&t, t.near_offsets, t.near_entries, a).contains(&b);
+                    let back = list(&t, t.near_t_offsets, t.near_t_entries, b).contains(&a);
+                    assert_eq!(fwd, back, "near {a} -> {b}");
+                }
+            }
+            let cells = g.total_cells();
+            let mut pairs = 0;
+            for a in 0..cells {
+                for b in list(&t, t.far_offsets, t.far_entries, a) {
+                    assert!(list(&t, t.far_t_offsets, t.far_t_entries, b).contains(&a));
+                    pairs += 1;
+                }
+            }
+            let back: usize = (0..cells)
+                .map(|b| list(&t, t.far_t_offsets, t.far_t_entries, b).len())
+                .sum();
+            assert_eq!(
+                pairs, back,
+                "every transposed entry comes from one far entry"
+            );
+        }
     }
 }

@@ -11,10 +11,18 @@ use crate::error::{FmaError, Result};
 use crate::reference::Output;
 
 /// A plan's host buffers and the flag that keeps two `forward` calls from interleaving on them.
-#[derive(Default)]
-pub(crate) struct HostSlot {
-    buffers: OnceLock<HostBuffers>,
+pub(crate) struct HostSlot<B = HostBuffers> {
+    buffers: OnceLock<B>,
     busy: AtomicBool,
+}
+
+impl<B> Default for HostSlot<B> {
+    fn default() -> Self {
+        HostSlot {
+            buffers: OnceLock::new(),
+            busy: AtomicBool::new(false),
+        }
+    }
 }
 
 /// Clears the busy flag when the `forward` holding it ends, returns early or is dropped.
@@ -26,27 +34,18 @@ impl Drop for BusyGuard<'_> {
     }
 }
 
-impl HostSlot {
-    /// The buffers (made on first use for `heads` heads of n x d), or `Busy` while another
-    /// `forward` holds them.
-    fn acquire(
-        &self,
-        ctx: &GpuContext,
-        heads: usize,
-        n: usize,
-        d: usize,
-    ) -> Result<(&HostBuffers, BusyGuard<'_>)> {
+impl<B> HostSlot<B> {
+    /// The buffers (made by `make` on first use), or `Busy` while another call holds them.
+    pub fn acquire(&self, make: impl FnOnce() -> B) -> Result<(&B, BusyGuard<'_>)> {
         if self.busy.swap(true, Ordering::Acquire) {
             return Err(FmaError::Busy);
         }
         let guard = BusyGuard(&self.busy);
-        Ok((
-            self.buffers
-                .get_or_init(|| HostBuffers::new(ctx, heads, n, d)),
-            guard,
-        ))
+        Ok((self.buffers.get_or_init(make), guard))
     }
+}
 
+impl HostSlot {
     /// A forward pass over host tensors of `shape`: checks their lengths, then for each chunk
     /// of `chunk_heads` heads uploads q, k, v, lets `encode(chunk, encoder, io)` record the
     /// plan's work, and reads O and LSE back.
@@ -62,7 +61,7 @@ impl HostSlot {
             shape.check_len(name, t.len())?;
         }
         let (n, d) = (shape.n, shape.d);
-        let (host, _busy) = self.acquire(ctx, chunk_heads, n, d)?;
+        let (host, _busy) = self.acquire(|| HostBuffers::new(ctx, chunk_heads, n, d))?;
         let mut out = Output {
             o: Vec::with_capacity(q.len()),
             lse: Vec::with_capacity(shape.bh() * n),
@@ -158,7 +157,7 @@ pub(crate) fn storage(ctx: &GpuContext, label: &str, bytes: u64, input: bool) ->
     })
 }
 
-fn readback(ctx: &GpuContext, bytes: u64) -> wgpu::Buffer {
+pub(crate) fn readback(ctx: &GpuContext, bytes: u64) -> wgpu::Buffer {
     ctx.device.create_buffer(&wgpu::BufferDescriptor {
         label: Some("readback"),
         size: bytes.max(4),

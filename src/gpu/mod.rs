@@ -1,15 +1,19 @@
 //! The GPU path: a device context, the kernels' Rust twins and the FMA dispatcher.
 
 mod attention;
+mod attention_backward;
+mod backward;
 mod context;
 mod dense;
 mod downsample;
+mod downsample_backward;
 mod host;
 mod params;
 mod plan;
 pub mod shaders;
 mod timing;
 
+pub use backward::{BackwardIo, Tape};
 pub use context::GpuContext;
 pub use dense::DensePlan;
 pub use plan::{AttentionIo, FmaPlan};

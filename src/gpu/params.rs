@@ -37,6 +37,10 @@ pub(crate) struct Params {
     pub coarse_v_base: u32,
     pub children: u32,
     pub children_per_row: u32,
+    pub near_t_offsets: u32,
+    pub near_t_entries: u32,
+    pub far_t_offsets: u32,
+    pub far_t_entries: u32,
 }
 
 /// The coarse rows one downsampling dispatch writes (a level, or all of them), binding 8.
@@ -85,14 +89,35 @@ pub(crate) fn dispatch(
     Ok(())
 }
 
+/// A bind group for `pipeline` from (binding, buffer) pairs, whole buffers bound.
+pub(crate) fn bind(
+    ctx: &GpuContext,
+    label: &str,
+    pipeline: &wgpu::ComputePipeline,
+    buffers: &[(u32, &wgpu::Buffer)],
+) -> wgpu::BindGroup {
+    let entries: Vec<wgpu::BindGroupEntry<'_>> = buffers
+        .iter()
+        .map(|&(binding, b)| wgpu::BindGroupEntry {
+            binding,
+            resource: b.as_entire_binding(),
+        })
+        .collect();
+    ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: Some(label),
+        layout: &pipeline.get_bind_group_layout(0),
+        entries: &entries,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn params_match_the_wgsl_struct_size() {
-        // 28 scalars of 4 bytes; uniform structs must be a multiple of 16 bytes.
-        assert_eq!(std::mem::size_of::<Params>(), 112);
+        // 32 scalars of 4 bytes; uniform structs must be a multiple of 16 bytes.
+        assert_eq!(std::mem::size_of::<Params>(), 128);
     }
 
     #[test]

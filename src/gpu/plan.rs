@@ -2,7 +2,10 @@
 //! weights once, and encodes the forward pass (downsample, near field, far field) into one
 //! compute pass. Inputs too large for one storage binding are split over batch x heads.
 
+use std::sync::OnceLock;
+
 use super::attention::{AttentionBindings, AttentionKernel};
+use super::backward::Backward;
 use super::context::GpuContext;
 use super::downsample::{DownsampleBindings, DownsampleKernel};
 use super::host::{self, HostSlot};
@@ -73,25 +76,33 @@ impl AttentionIo<'_> {
 
 /// One dispatch's share of batch x heads (consecutive chunks of `chunk_heads`), with its
 /// uniform.
-struct Chunk {
-    heads: usize,
-    params: wgpu::Buffer,
+pub(super) struct Chunk {
+    pub heads: usize,
+    pub params: wgpu::Buffer,
 }
 
-/// A prepared FMA forward pass for one shape and configuration. Build it once, run it often.
+/// A prepared FMA forward (and backward) pass for one shape and configuration. Build it once,
+/// run it often.
 pub struct FmaPlan {
-    shape: Shape,
-    geometry: Geometry,
-    chunk_heads: usize,
-    chunks: Vec<Chunk>,
+    pub(super) shape: Shape,
+    pub(super) geometry: Geometry,
+    pub(super) config: FmaConfig,
+    pub(super) spec: Spec,
+    pub(super) chunk_heads: usize,
+    pub(super) chunks: Vec<Chunk>,
     /// Attention workgroups per head: fine cells x query tiles per cell.
-    query_tiles: usize,
-    geom: wgpu::Buffer,
-    weights: Option<wgpu::Buffer>,
-    coarse: Option<wgpu::Buffer>,
-    downsample: Option<DownsampleKernel>,
+    pub(super) query_tiles: usize,
+    pub(super) geom: wgpu::Buffer,
+    pub(super) weights: Option<wgpu::Buffer>,
+    /// Where wv, bk and bv start in the packed weights, and their total length.
+    pub(super) weight_bases: [u32; 3],
+    pub(super) weights_len: usize,
+    pub(super) coarse: Option<wgpu::Buffer>,
+    pub(super) downsample: Option<DownsampleKernel>,
     attention: AttentionKernel,
     host: HostSlot,
+    /// The backward kernels and buffers, made by the first backward call.
+    pub(super) backward: OnceLock<Backward>,
 }
 
 impl FmaPlan {
@@ -211,6 +222,10 @@ impl FmaPlan {
             coarse_v_base: (chunk_heads * total_rows * d) as u32,
             children: tables.children,
             children_per_row: tables.children_per_row,
+            near_t_offsets: tables.near_t_offsets,
+            near_t_entries: tables.near_t_entries,
+            far_t_offsets: tables.far_t_offsets,
+            far_t_entries: tables.far_t_entries,
         };
         let chunks = (0..shape.bh())
             .step_by(chunk_heads)
@@ -235,6 +250,8 @@ impl FmaPlan {
             bytemuck::cast_slice(&tables.data),
             wgpu::BufferUsages::STORAGE,
         );
+        let weight_bases = packed_weights.as_ref().map_or([0; 3], |(_, b)| *b);
+        let weights_len = packed_weights.as_ref().map_or(0, |(w, _)| w.len());
         let weights = packed_weights.map(|(w, _)| {
             ctx.buffer_with(
                 "fma weights",
@@ -262,15 +279,20 @@ impl FmaPlan {
         Ok(FmaPlan {
             shape,
             geometry,
+            config: config.clone(),
+            spec,
             chunk_heads,
             chunks,
             query_tiles,
             geom,
             weights,
+            weight_bases,
+            weights_len,
             coarse,
             downsample,
             attention,
             host: HostSlot::default(),
+            backward: OnceLock::new(),
         })
     }
 
@@ -307,7 +329,7 @@ impl FmaPlan {
         self.encode_checked(ctx, encoder, io, None)
     }
 
-    fn encode_checked(
+    pub(super) fn encode_checked(
         &self,
         ctx: &GpuContext,
         encoder: &mut wgpu::CommandEncoder,
@@ -361,7 +383,7 @@ impl FmaPlan {
         .collect()
     }
 
-    fn encode_chunk(
+    pub(super) fn encode_chunk(
         &self,
         ctx: &GpuContext,
         encoder: &mut wgpu::CommandEncoder,
@@ -372,18 +394,7 @@ impl FmaPlan {
         // One pass per stage: timestamps need pass boundaries, and each stage reads what the
         // previous one wrote, so the passes cost nothing the dispatches did not already.
         let mut slot = 0;
-        if let (Some(ds), Some(coarse)) = (&self.downsample, &self.coarse) {
-            let b = DownsampleBindings {
-                params: &chunk.params,
-                geom: &self.geom,
-                k: io.k,
-                v: io.v,
-                weights: self.weights.as_ref(),
-                coarse,
-            };
-            let mut pass = begin_pass(encoder, "fma downsample", timer, &mut slot);
-            ds.encode(ctx, &mut pass, &b, chunk.heads as u64, self.shape.d as u64)?;
-        }
+        self.encode_downsample(ctx, encoder, chunk, [io.k, io.v], timer, &mut slot)?;
         let b = AttentionBindings {
             params: &chunk.params,
             geom: &self.geom,
@@ -403,6 +414,32 @@ impl FmaPlan {
             self.attention.encode_far(ctx, &mut pass, &b, workgroups)?;
         }
         Ok(())
+    }
+
+    /// The coarse keys and values of one chunk (its own pass, timed in `slot`), if there are
+    /// coarse levels.
+    pub(super) fn encode_downsample(
+        &self,
+        ctx: &GpuContext,
+        encoder: &mut wgpu::CommandEncoder,
+        chunk: &Chunk,
+        [k, v]: [&wgpu::Buffer; 2],
+        timer: Option<&GpuTimer>,
+        slot: &mut u32,
+    ) -> Result<()> {
+        let (Some(ds), Some(coarse)) = (&self.downsample, &self.coarse) else {
+            return Ok(());
+        };
+        let b = DownsampleBindings {
+            params: &chunk.params,
+            geom: &self.geom,
+            k,
+            v,
+            weights: self.weights.as_ref(),
+            coarse,
+        };
+        let mut pass = begin_pass(encoder, "fma downsample", timer, slot);
+        ds.encode(ctx, &mut pass, &b, chunk.heads as u64, self.shape.d as u64)
     }
 
     /// Runs FMA on host tensors ([batch, heads, n, d], f32) and returns O and LSE.
@@ -453,7 +490,7 @@ pub(crate) fn begin_pass<'e>(
 }
 
 /// Concatenates [wk of all levels][wv][bk][bv]; returns the data and the bases of wv, bk, bv.
-fn pack_weights(w: &DownsampleWeights) -> (Vec<f32>, [u32; 3]) {
+pub(super) fn pack_weights(w: &DownsampleWeights) -> (Vec<f32>, [u32; 3]) {
     let mut data = Vec::new();
     let mut bases = [0u32; 3];
     let parts: [fn(&crate::config::LevelWeights) -> &Vec<f32>; 4] =

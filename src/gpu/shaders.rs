@@ -6,6 +6,8 @@ pub(crate) const COMMON: &str = include_str!("../../shaders/common.wgsl");
 pub(crate) const MERGE: &str = include_str!("../../shaders/merge.wgsl");
 pub(crate) const ATTENTION: &str = include_str!("../../shaders/attention.wgsl");
 pub(crate) const DOWNSAMPLE: &str = include_str!("../../shaders/downsample.wgsl");
+pub(crate) const ATTENTION_BACKWARD: &str = include_str!("../../shaders/attention_backward.wgsl");
+pub(crate) const DOWNSAMPLE_BACKWARD: &str = include_str!("../../shaders/downsample_backward.wgsl");
 
 /// Head-dim tiles the kernels are built for; a head dim uses the smallest tile that holds it.
 pub const HEAD_TILES: [u32; 4] = [16, 32, 64, 128];
@@ -24,7 +26,21 @@ const CHAIN_BYTES: u32 = 4 * 2 * MAX_LEVELS as u32 + 16;
 pub enum Family {
     Downsample,
     Attention,
+    AttentionBackward,
+    DownsampleBackward,
 }
+
+impl Family {
+    pub const ALL: [Family; 4] = [
+        Family::Downsample,
+        Family::Attention,
+        Family::AttentionBackward,
+        Family::DownsampleBackward,
+    ];
+}
+
+/// Coarse rows per backward_dkv_far workgroup (BACK_ROWS in attention_backward.wgsl).
+pub const BACK_ROWS: u32 = 4;
 
 /// The compile-time shape of one shader build.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -66,6 +82,29 @@ impl Spec {
         2 * round(4 * key_tile * head_tile) + 2 * round(4 * key_tile) + CHAIN_BYTES
     }
 
+    /// Rows staged per tile by the backward kernels: as many as fit beside the coarse rows of
+    /// backward_dkv_far and the level chain of backward_dq_far, at most 32.
+    pub fn back_tile(&self) -> u32 {
+        (1..=32)
+            .rev()
+            .find(|&t| Self::backward_bytes(self.head_tile, t) <= WORKGROUP_BYTES)
+            .unwrap_or(1)
+    }
+
+    /// Workgroup memory of attention_backward.wgsl, counted as WebGPU does.
+    pub fn backward_workgroup_bytes(&self) -> u32 {
+        Self::backward_bytes(self.head_tile, self.back_tile())
+    }
+
+    fn backward_bytes(head_tile: u32, tile: u32) -> u32 {
+        let round = |b: u32| b.div_ceil(16) * 16;
+        2 * round(4 * tile * head_tile)
+            + 3 * round(4 * tile)
+            + CHAIN_BYTES
+            + 2 * round(4 * BACK_ROWS * head_tile)
+            + 2 * round(4 * tile * BACK_ROWS)
+    }
+
     /// Every specialisation the crate can build (for validation tests).
     pub fn all() -> Vec<Spec> {
         let query_tiles = (0..=MAX_QUERY_TILE.trailing_zeros()).map(|s| 1u32 << s);
@@ -84,16 +123,25 @@ impl Spec {
 pub fn source(family: Family, spec: Spec) -> String {
     let header = format!(
         "const HEAD_TILE: u32 = {h}u;\nconst HEAD_VEC: u32 = {hv}u;\nconst KEY_TILE: u32 = {k}u;\n\
-         const TILE_VECS: u32 = {tv}u;\nconst QUERY_TILE: u32 = {q}u;\n",
+         const TILE_VECS: u32 = {tv}u;\nconst QUERY_TILE: u32 = {q}u;\n\
+         const BACK_TILE: u32 = {bt}u;\nconst BACK_VECS: u32 = {bv}u;\nconst BACK_ROWS: u32 = {br}u;\n\
+         const BACK_ROW_VECS: u32 = {brv}u;\nconst BACK_PAIRS: u32 = {bp}u;\n",
         h = spec.head_tile,
         hv = spec.head_tile / 4,
         k = spec.key_tile(),
         tv = spec.key_tile() * spec.head_tile / 4,
         q = spec.query_tile,
+        bt = spec.back_tile(),
+        bv = spec.back_tile() * spec.head_tile / 4,
+        br = BACK_ROWS,
+        brv = BACK_ROWS * spec.head_tile / 4,
+        bp = spec.back_tile() * BACK_ROWS,
     );
     let parts: &[&str] = match family {
         Family::Downsample => &[COMMON, DOWNSAMPLE],
         Family::Attention => &[COMMON, MERGE, ATTENTION],
+        Family::AttentionBackward => &[COMMON, ATTENTION_BACKWARD],
+        Family::DownsampleBackward => &[COMMON, DOWNSAMPLE_BACKWARD],
     };
     let mut s = header;
     for p in parts {

@@ -124,3 +124,21 @@ pub fn config(
         scale: None,
     }
 }
+
+/// A device whose storage bindings hold only 64 KiB: the tensors no longer fit one binding.
+pub fn small_device() -> GpuContext {
+    let instance =
+        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    let adapter = pollster::block_on(instance.request_adapter(&Default::default()))
+        .expect("an adapter (lavapipe in CI)");
+    let limits = wgpu::Limits {
+        max_storage_buffer_binding_size: 1 << 16,
+        ..adapter.limits()
+    };
+    let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+        required_limits: limits,
+        ..Default::default()
+    }))
+    .unwrap();
+    GpuContext::from_device(device, queue, adapter.get_info())
+}

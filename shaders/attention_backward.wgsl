@@ -1,0 +1,464 @@
+// Backward of FMA attention (spec section 8), flash-style: every score is recomputed from the
+// inputs and the saved LSE, so nothing of size n x n (or n per level) is stored. Each gradient
+// element has exactly one owner invocation that sums its terms in a fixed order, so two runs
+// give the same bits, with no atomics:
+// - `backward_stats`: (LSE_i, D_i = dO_i . O_i) per query, read by all the others.
+// - query-major, one invocation per query as in the forward: `backward_dq_near` writes dQ
+//   from the near keys, `backward_dq_far` adds the coarse keys' share.
+// - key-major: `backward_dkv_near`, one invocation per key, walks the queries of the cells
+//   whose near field holds the key's cell (the transposed near list) and writes dK and dV.
+// - row-major: `backward_dkv_far`, one workgroup per block of BACK_ROWS coarse rows of one
+//   cell and one invocation per channel, walks the queries of the cells whose interaction list
+//   holds the cell (the transposed far list) and writes the coarse rows' gradients, which
+//   downsample_backward.wgsl passes on to dK, dV and the weights.
+// Per (query i, key): P = exp(z - LSE_i), dS = P (dO_i . v - D_i); dq_i += tau dS k,
+// dk += tau dS q_i, dv += P dO_i.
+
+@group(0) @binding(2) var<storage, read> q_in: array<f32>;
+@group(0) @binding(3) var<storage, read> k_in: array<f32>;
+@group(0) @binding(4) var<storage, read> v_in: array<f32>;
+@group(0) @binding(5) var<storage, read> coarse: array<f32>;
+@group(0) @binding(6) var<storage, read> do_in: array<f32>;
+@group(0) @binding(7) var<storage, read> o_in: array<f32>;
+@group(0) @binding(8) var<storage, read> lse_in: array<f32>;
+@group(0) @binding(9) var<storage, read_write> stats_out: array<vec2<f32>>;
+@group(0) @binding(10) var<storage, read> stats: array<vec2<f32>>;
+@group(0) @binding(11) var<storage, read_write> dq_out: array<f32>;
+@group(0) @binding(12) var<storage, read_write> dk_out: array<f32>;
+@group(0) @binding(13) var<storage, read_write> dv_out: array<f32>;
+@group(0) @binding(14) var<storage, read_write> dcoarse: array<f32>;
+
+const MAX_LEVELS: u32 = 32u;
+// Invocations that stage one row together, and rows staged per pass.
+const ROW_THREADS: u32 = min(QUERY_TILE, HEAD_TILE);
+const ROWS_PER_PASS: u32 = QUERY_TILE / ROW_THREADS;
+
+// BACK_TILE staged rows: keys and values (query-major), or tau * queries and dO (key-major),
+// with a tag per row (token or coarse row, -1 for none) and two scalars (score offset; or the
+// query's LSE and D).
+var<workgroup> tile_a: array<vec4<f32>, BACK_VECS>;
+var<workgroup> tile_b: array<vec4<f32>, BACK_VECS>;
+var<workgroup> tile_tag: array<i32, BACK_TILE>;
+var<workgroup> tile_x: array<f32, BACK_TILE>;
+var<workgroup> tile_y: array<f32, BACK_TILE>;
+// backward_dq_far: the interaction lists of all levels, flattened (as in far_field).
+var<workgroup> chain_lo: array<u32, MAX_LEVELS>;
+var<workgroup> chain_start: array<u32, MAX_LEVELS>;
+var<workgroup> chain_keys: u32;
+// backward_dkv_far: the block's coarse keys and values, and P and dS of each (query, row).
+var<workgroup> row_k: array<vec4<f32>, BACK_ROW_VECS>;
+var<workgroup> row_v: array<vec4<f32>, BACK_ROW_VECS>;
+var<workgroup> pair_p: array<f32, BACK_PAIRS>;
+var<workgroup> pair_ds: array<f32, BACK_PAIRS>;
+
+// Rows of the inputs (zero past d and for token < 0); `factor` scales q by tau.
+fn load_q(head_base: u32, token: i32) -> array<vec4<f32>, HEAD_VEC> {
+    var r: array<vec4<f32>, HEAD_VEC>;
+    for (var c = 0u; c < params.d; c++) {
+        if (token >= 0) {
+            r[c / 4u][c % 4u] = q_in[(head_base + u32(token)) * params.d + c] * params.scale;
+        }
+    }
+    return r;
+}
+
+fn load_do(head_base: u32, token: i32) -> array<vec4<f32>, HEAD_VEC> {
+    var r: array<vec4<f32>, HEAD_VEC>;
+    for (var c = 0u; c < params.d; c++) {
+        if (token >= 0) {
+            r[c / 4u][c % 4u] = do_in[(head_base + u32(token)) * params.d + c];
+        }
+    }
+    return r;
+}
+
+fn load_stats(head_base: u32, token: i32) -> vec2<f32> {
+    if (token < 0) {
+        return vec2<f32>(0.0);
+    }
+    return stats[head_base + u32(token)];
+}
+
+// Writes element c of row kk of both tiles.
+fn tile_put(kk: u32, c: u32, a: f32, b: f32) {
+    let at = kk * HEAD_VEC + c / 4u;
+    tile_a[at][c % 4u] = a;
+    tile_b[at][c % 4u] = b;
+}
+
+// Stages key token j's key and value as row kk (zeros for j < 0).
+fn stage_kv(kk: u32, j: i32, head_base: u32, lid: u32) {
+    if (lid % ROW_THREADS == 0u) {
+        tile_tag[kk] = j;
+    }
+    for (var c = lid % ROW_THREADS; c < HEAD_TILE; c += ROW_THREADS) {
+        var kx = 0.0;
+        var vx = 0.0;
+        if (j >= 0 && c < params.d) {
+            let at = (head_base + u32(j)) * params.d + c;
+            kx = k_in[at];
+            vx = v_in[at];
+        }
+        tile_put(kk, c, kx, vx);
+    }
+}
+
+// Stages query token i's tau * q and dO as row kk, with its LSE and D (zeros for i < 0).
+fn stage_query(kk: u32, i: i32, head_base: u32, lid: u32) {
+    if (lid % ROW_THREADS == 0u) {
+        tile_tag[kk] = i;
+        let st = load_stats(head_base, i);
+        tile_x[kk] = st.x;
+        tile_y[kk] = st.y;
+    }
+    for (var c = lid % ROW_THREADS; c < HEAD_TILE; c += ROW_THREADS) {
+        var qx = 0.0;
+        var dx = 0.0;
+        if (i >= 0 && c < params.d) {
+            let at = (head_base + u32(i)) * params.d + c;
+            qx = q_in[at] * params.scale;
+            dx = do_in[at];
+        }
+        tile_put(kk, c, qx, dx);
+    }
+}
+
+// dq += dS * k for staged key row kk with score offset `bias`; st = (LSE, D) of the query.
+fn add_dq(dq: ptr<function, array<vec4<f32>, HEAD_VEC>>, q: ptr<function, array<vec4<f32>, HEAD_VEC>>,
+          dout: ptr<function, array<vec4<f32>, HEAD_VEC>>, st: vec2<f32>, kk: u32, bias: f32) {
+    var z = bias;
+    var dp = 0.0;
+    for (var c = 0u; c < HEAD_VEC; c++) {
+        z += dot((*q)[c], tile_a[kk * HEAD_VEC + c]);
+        dp += dot((*dout)[c], tile_b[kk * HEAD_VEC + c]);
+    }
+    let ds = exp(z - st.x) * (dp - st.y);
+    for (var c = 0u; c < HEAD_VEC; c++) {
+        (*dq)[c] += ds * tile_a[kk * HEAD_VEC + c];
+    }
+}
+
+@compute @workgroup_size(64)
+fn backward_stats(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let row = workgroup_index(wid, nwg) * 64u + lid;
+    if (row >= params.bh * params.n) {
+        return;
+    }
+    var delta = 0.0;
+    for (var c = 0u; c < params.d; c++) {
+        delta += do_in[row * params.d + c] * o_in[row * params.d + c];
+    }
+    stats_out[row] = vec2<f32>(lse_in[row], delta);
+}
+
+@compute @workgroup_size(QUERY_TILE)
+fn backward_dq_near(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    if (workgroup_index(wid, nwg) >= params.fine_cells * params.tiles_per_cell * params.bh) {
+        return;
+    }
+    let qt = query_tile(wid, nwg);
+    let token = fine_token(qt.cell, qt.first + lid);
+    let head_base = qt.head * params.n;
+    var q = load_q(head_base, token);
+    var dout = load_do(head_base, token);
+    let st = load_stats(head_base, token);
+    var dq: array<vec4<f32>, HEAD_VEC>;
+    let cell_tokens = params.cell_h * params.cell_w;
+    let lo = geom[params.near_offsets + qt.cell];
+    let keys = (geom[params.near_offsets + qt.cell + 1u] - lo) * cell_tokens;
+    for (var k0 = 0u; k0 < keys; k0 += BACK_TILE) {
+        workgroupBarrier(); // every query has read the previous tile
+        for (var kk = lid / ROW_THREADS; kk < BACK_TILE; kk += ROWS_PER_PASS) {
+            let x = k0 + kk;
+            var j = -1;
+            if (x < keys) {
+                j = fine_token(geom[params.near_entries + lo + x / cell_tokens], x % cell_tokens);
+            }
+            stage_kv(kk, j, head_base, lid);
+        }
+        workgroupBarrier();
+        if (token >= 0) {
+            for (var kk = 0u; kk < BACK_TILE; kk++) {
+                let j = tile_tag[kk];
+                if (j >= 0 && (params.causal == 0u || j <= token)) {
+                    add_dq(&dq, &q, &dout, st, kk, 0.0);
+                }
+            }
+        }
+    }
+    if (token >= 0) {
+        let row = (head_base + u32(token)) * params.d;
+        for (var c = 0u; c < params.d; c++) {
+            dq_out[row + c] = dq[c / 4u][c % 4u] * params.scale;
+        }
+    }
+}
+
+@compute @workgroup_size(QUERY_TILE)
+fn backward_dq_far(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    if (workgroup_index(wid, nwg) >= params.fine_cells * params.tiles_per_cell * params.bh) {
+        return;
+    }
+    let qt = query_tile(wid, nwg);
+    let token = fine_token(qt.cell, qt.first + lid);
+    let head_base = qt.head * params.n;
+    var q = load_q(head_base, token);
+    var dout = load_do(head_base, token);
+    let st = load_stats(head_base, token);
+    var dq: array<vec4<f32>, HEAD_VEC>;
+    let coarse_base = qt.head * params.total_rows;
+
+    // The same walk up the tree as far_field.
+    if (lid == 0u) {
+        var cell = qt.cell;
+        var keys = 0u;
+        for (var l = 0u; l < params.levels; l++) {
+            let lo = geom[params.far_offsets + cell];
+            chain_lo[l] = lo;
+            chain_start[l] = keys;
+            keys += (geom[params.far_offsets + cell + 1u] - lo) * params.p;
+            cell = geom[params.parent + cell];
+        }
+        chain_keys = keys;
+    }
+    let keys = workgroupUniformLoad(&chain_keys);
+    var level = 0u;
+    for (var k0 = 0u; k0 < keys; k0 += BACK_TILE) {
+        workgroupBarrier();
+        for (var kk = lid; kk < BACK_TILE; kk += QUERY_TILE) {
+            let x = k0 + kk;
+            var tag = -1;
+            var bias = 0.0;
+            if (x < keys) {
+                while (level + 1u < params.levels && x >= chain_start[level + 1u]) {
+                    level++;
+                }
+                let y = x - chain_start[level];
+                let row = geom[params.far_entries + chain_lo[level] + y / params.p] * params.p + y % params.p;
+                if (geom[params.rows + 2u * row] > 0u) {
+                    tag = i32(row);
+                    bias = bitcast<f32>(geom[params.rows + 2u * row + 1u]);
+                }
+            }
+            tile_tag[kk] = tag;
+            tile_x[kk] = bias;
+        }
+        workgroupBarrier();
+        for (var kk = lid / ROW_THREADS; kk < BACK_TILE; kk += ROWS_PER_PASS) {
+            let row = tile_tag[kk];
+            for (var c = lid % ROW_THREADS; c < HEAD_TILE; c += ROW_THREADS) {
+                var kx = 0.0;
+                var vx = 0.0;
+                if (row >= 0 && c < params.d) {
+                    let at = (coarse_base + u32(row)) * params.d + c;
+                    kx = coarse[at];
+                    vx = coarse[params.coarse_v_base + at];
+                }
+                tile_put(kk, c, kx, vx);
+            }
+        }
+        workgroupBarrier();
+        if (token >= 0) {
+            for (var kk = 0u; kk < BACK_TILE; kk++) {
+                if (tile_tag[kk] >= 0) {
+                    add_dq(&dq, &q, &dout, st, kk, tile_x[kk]);
+                }
+            }
+        }
+    }
+    if (token >= 0) {
+        let row = (head_base + u32(token)) * params.d;
+        for (var c = 0u; c < params.d; c++) {
+            dq_out[row + c] += dq[c / 4u][c % 4u] * params.scale;
+        }
+    }
+}
+
+@compute @workgroup_size(QUERY_TILE)
+fn backward_dkv_near(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    if (workgroup_index(wid, nwg) >= params.fine_cells * params.tiles_per_cell * params.bh) {
+        return;
+    }
+    let kt = query_tile(wid, nwg); // here a tile of keys
+    let token = fine_token(kt.cell, kt.first + lid);
+    let head_base = kt.head * params.n;
+    var k: array<vec4<f32>, HEAD_VEC>;
+    var v: array<vec4<f32>, HEAD_VEC>;
+    if (token >= 0) {
+        for (var c = 0u; c < params.d; c++) {
+            let at = (head_base + u32(token)) * params.d + c;
+            k[c / 4u][c % 4u] = k_in[at];
+            v[c / 4u][c % 4u] = v_in[at];
+        }
+    }
+    var dk: array<vec4<f32>, HEAD_VEC>;
+    var dv: array<vec4<f32>, HEAD_VEC>;
+    let cell_tokens = params.cell_h * params.cell_w;
+    let lo = geom[params.near_t_offsets + kt.cell];
+    let queries = (geom[params.near_t_offsets + kt.cell + 1u] - lo) * cell_tokens;
+    for (var x0 = 0u; x0 < queries; x0 += BACK_TILE) {
+        workgroupBarrier();
+        for (var kk = lid / ROW_THREADS; kk < BACK_TILE; kk += ROWS_PER_PASS) {
+            let x = x0 + kk;
+            var i = -1;
+            if (x < queries) {
+                i = fine_token(geom[params.near_t_entries + lo + x / cell_tokens], x % cell_tokens);
+            }
+            stage_query(kk, i, head_base, lid);
+        }
+        workgroupBarrier();
+        if (token >= 0) {
+            for (var kk = 0u; kk < BACK_TILE; kk++) {
+                let i = tile_tag[kk];
+                if (i >= 0 && (params.causal == 0u || i >= token)) {
+                    var z = 0.0;
+                    var dp = 0.0;
+                    for (var c = 0u; c < HEAD_VEC; c++) {
+                        z += dot(tile_a[kk * HEAD_VEC + c], k[c]);
+                        dp += dot(tile_b[kk * HEAD_VEC + c], v[c]);
+                    }
+                    let p = exp(z - tile_x[kk]);
+                    let ds = p * (dp - tile_y[kk]);
+                    for (var c = 0u; c < HEAD_VEC; c++) {
+                        dk[c] += ds * tile_a[kk * HEAD_VEC + c];
+                        dv[c] += p * tile_b[kk * HEAD_VEC + c];
+                    }
+                }
+            }
+        }
+    }
+    if (token >= 0) {
+        let row = (head_base + u32(token)) * params.d;
+        for (var c = 0u; c < params.d; c++) {
+            dk_out[row + c] = dk[c / 4u][c % 4u];
+            dv_out[row + c] = dv[c / 4u][c % 4u];
+        }
+    }
+}
+
+@compute @workgroup_size(HEAD_TILE)
+fn backward_dkv_far(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let blocks = (params.p + BACK_ROWS - 1u) / BACK_ROWS;
+    let per_head = (params.total_rows / params.p) * blocks;
+    let w = workgroup_index(wid, nwg);
+    if (w >= per_head * params.bh) {
+        return;
+    }
+    let head = w / per_head;
+    let cell = (w % per_head) / blocks;
+    let r0 = ((w % per_head) % blocks) * BACK_ROWS;
+    let c = lid; // this invocation's channel
+    let head_base = head * params.n;
+    let coarse_base = head * params.total_rows;
+    let lv = level(level_index_of(cell));
+    let s = lv.h * lv.w;
+
+    // The block's rows: coarse keys and values, score offsets, and which rows are used.
+    var bias: array<f32, BACK_ROWS>;
+    var used: array<bool, BACK_ROWS>;
+    for (var r = 0u; r < BACK_ROWS; r++) {
+        let row = cell * params.p + r0 + r;
+        used[r] = r0 + r < params.p && geom[params.rows + 2u * row] > 0u;
+        var kx = 0.0;
+        var vx = 0.0;
+        if (used[r]) {
+            bias[r] = bitcast<f32>(geom[params.rows + 2u * row + 1u]);
+            if (c < params.d) {
+                let at = (coarse_base + row) * params.d + c;
+                kx = coarse[at];
+                vx = coarse[params.coarse_v_base + at];
+            }
+        }
+        row_k[r * HEAD_VEC + c / 4u][c % 4u] = kx;
+        row_v[r * HEAD_VEC + c / 4u][c % 4u] = vx;
+    }
+
+    var acc_k: array<f32, BACK_ROWS>;
+    var acc_v: array<f32, BACK_ROWS>;
+    let lo = geom[params.far_t_offsets + cell];
+    let queries = (geom[params.far_t_offsets + cell + 1u] - lo) * s;
+    for (var x0 = 0u; x0 < queries; x0 += BACK_TILE) {
+        workgroupBarrier(); // the rows are staged; the previous tile is read
+        // Every invocation finds the same query tokens and stages its own channel of each.
+        for (var kk = 0u; kk < BACK_TILE; kk++) {
+            let x = x0 + kk;
+            var i = -1;
+            if (x < queries) {
+                let seer = geom[params.far_t_entries + lo + x / s] - lv.first;
+                i = cell_token(lv, seer, x % s);
+            }
+            if (c == 0u) {
+                tile_tag[kk] = i;
+                let st = load_stats(head_base, i);
+                tile_x[kk] = st.x;
+                tile_y[kk] = st.y;
+            }
+            var qx = 0.0;
+            var dx = 0.0;
+            if (i >= 0 && c < params.d) {
+                let at = (head_base + u32(i)) * params.d + c;
+                qx = q_in[at] * params.scale;
+                dx = do_in[at];
+            }
+            tile_put(kk, c, qx, dx);
+        }
+        workgroupBarrier();
+        // P and dS of every (query, row) pair of the tile, shared out over the invocations.
+        for (var pair = lid; pair < BACK_PAIRS; pair += HEAD_TILE) {
+            let kk = pair / BACK_ROWS;
+            let r = pair % BACK_ROWS;
+            var p = 0.0;
+            var ds = 0.0;
+            if (tile_tag[kk] >= 0 && used[r]) {
+                var z = bias[r];
+                var dp = 0.0;
+                for (var e = 0u; e < HEAD_VEC; e++) {
+                    z += dot(tile_a[kk * HEAD_VEC + e], row_k[r * HEAD_VEC + e]);
+                    dp += dot(tile_b[kk * HEAD_VEC + e], row_v[r * HEAD_VEC + e]);
+                }
+                p = exp(z - tile_x[kk]);
+                ds = p * (dp - tile_y[kk]);
+            }
+            pair_p[pair] = p;
+            pair_ds[pair] = ds;
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < BACK_TILE; kk++) {
+            let qa = tile_a[kk * HEAD_VEC + c / 4u][c % 4u];
+            let db = tile_b[kk * HEAD_VEC + c / 4u][c % 4u];
+            for (var r = 0u; r < BACK_ROWS; r++) {
+                acc_k[r] += pair_ds[kk * BACK_ROWS + r] * qa;
+                acc_v[r] += pair_p[kk * BACK_ROWS + r] * db;
+            }
+        }
+    }
+    if (c < params.d) {
+        for (var r = 0u; r < BACK_ROWS; r++) {
+            if (r0 + r < params.p) {
+                let at = (coarse_base + cell * params.p + r0 + r) * params.d + c;
+                dcoarse[at] = acc_k[r];
+                dcoarse[params.coarse_v_base + at] = acc_v[r];
+            }
+        }
+    }
+}

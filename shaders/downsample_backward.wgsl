@@ -1,0 +1,261 @@
+// Backward of the downsampling (spec sections 3 and 8): the gradients of the coarse keys and
+// values (written by backward_dkv_far) flow on to the tokens' dK and dV and to the weights.
+// - `tokens_mean`, `tokens_basis`, `tokens_depthwise`: one invocation per (head, token,
+//   channel) adds the token's share from every level (a token lies in one cell per level), so
+//   each dK and dV element has one owner.
+// - `weight_grads_basis`, `weight_grads_depthwise`: one workgroup per weight (or bias) element
+//   sums over every cell and head that shares it; the 256 lanes are reduced in workgroup
+//   memory in a fixed order, so the result is deterministic. `range.accumulate` adds to the
+//   previous chunk of heads instead of overwriting.
+
+@group(0) @binding(2) var<storage, read> k_in: array<f32>;
+@group(0) @binding(3) var<storage, read> v_in: array<f32>;
+@group(0) @binding(4) var<storage, read> weights: array<f32>;
+@group(0) @binding(5) var<storage, read> dcoarse: array<f32>;
+@group(0) @binding(6) var<storage, read_write> dk_out: array<f32>;
+@group(0) @binding(7) var<storage, read_write> dv_out: array<f32>;
+@group(0) @binding(8) var<storage, read_write> dw_out: array<f32>;
+
+struct GradRange {
+    first: u32,      // first element of this dispatch (weights, then biases)
+    count: u32,
+    accumulate: u32, // 1: add to dw_out (a later chunk of heads)
+    _pad: u32,
+}
+@group(0) @binding(9) var<uniform> range: GradRange;
+
+const THREADS: u32 = 256u;
+var<workgroup> red_k: array<f32, THREADS>;
+var<workgroup> red_v: array<f32, THREADS>;
+
+// One element of dK and dV: its head, token, channel and grid position.
+struct Element {
+    at: u32,
+    head: u32,
+    c: u32,
+    y: u32,
+    x: u32,
+}
+
+fn element(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> Element {
+    let at = workgroup_index(wid, nwg) * 64u + lid;
+    let token = (at / params.d) % params.n;
+    return Element(at, at / (params.d * params.n), at % params.d, token / params.real_w, token % params.real_w);
+}
+
+// Gradient of coarse row `row` (key part, or value part with `value`) at channel c.
+fn dcoarse_at(head: u32, row: u32, c: u32, value: bool) -> f32 {
+    var at = (head * params.total_rows + row) * params.d + c;
+    if (value) {
+        at += params.coarse_v_base;
+    }
+    return dcoarse[at];
+}
+
+@compute @workgroup_size(64)
+fn tokens_mean(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let e = element(wid, nwg, lid);
+    if (e.at >= params.bh * params.n * params.d) {
+        return;
+    }
+    var gk = 0.0;
+    var gv = 0.0;
+    for (var l = 0u; l < params.levels; l++) {
+        let lv = level(l);
+        let yy = e.y % lv.h;
+        let xx = e.x % lv.w;
+        let cell = lv.first + (e.y / lv.h) * lv.groups_x + e.x / lv.w;
+        let row = cell * params.p + (yy / lv.seg_h) * lv.segs_x + xx / lv.seg_w;
+        // the token is real, so its segment's count is at least 1
+        let inv = 1.0 / f32(geom[params.rows + 2u * row]);
+        gk += dcoarse_at(e.head, row, e.c, false) * inv;
+        gv += dcoarse_at(e.head, row, e.c, true) * inv;
+    }
+    dk_out[e.at] += gk;
+    dv_out[e.at] += gv;
+}
+
+// Basis (W[l][r][t], shared by the channels) or depthwise (W[l][c][r][t]).
+fn tokens_learned(e: Element, depthwise: bool) {
+    var gk = 0.0;
+    var gv = 0.0;
+    for (var l = 0u; l < params.levels; l++) {
+        let lv = level(l);
+        let s = lv.h * lv.w;
+        let t = (e.y % lv.h) * lv.w + e.x % lv.w;
+        let cell = lv.first + (e.y / lv.h) * lv.groups_x + e.x / lv.w;
+        for (var r = 0u; r < params.p; r++) {
+            let row = cell * params.p + r;
+            if (geom[params.rows + 2u * row] == 0u) {
+                continue; // never used by the attention
+            }
+            var wi = lv.w_off + r * s + t;
+            if (depthwise) {
+                wi = lv.w_off + (e.c * params.p + r) * s + t;
+            }
+            gk += weights[wi] * dcoarse_at(e.head, row, e.c, false);
+            gv += weights[params.wv_base + wi] * dcoarse_at(e.head, row, e.c, true);
+        }
+    }
+    dk_out[e.at] += gk;
+    dv_out[e.at] += gv;
+}
+
+@compute @workgroup_size(64)
+fn tokens_basis(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let e = element(wid, nwg, lid);
+    if (e.at < params.bh * params.n * params.d) {
+        tokens_learned(e, false);
+    }
+}
+
+@compute @workgroup_size(64)
+fn tokens_depthwise(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let e = element(wid, nwg, lid);
+    if (e.at < params.bh * params.n * params.d) {
+        tokens_learned(e, true);
+    }
+}
+
+// Sums the lanes' partial sums in a fixed tree order and writes (or adds) the element.
+fn reduce_store(lid: u32, sk: f32, sv: f32, dk_at: u32, dv_at: u32) {
+    red_k[lid] = sk;
+    red_v[lid] = sv;
+    for (var half = THREADS / 2u; half > 0u; half /= 2u) {
+        workgroupBarrier();
+        if (lid < half) {
+            red_k[lid] += red_k[lid + half];
+            red_v[lid] += red_v[lid + half];
+        }
+    }
+    if (lid == 0u) {
+        var old_k = 0.0;
+        var old_v = 0.0;
+        if (range.accumulate != 0u) {
+            old_k = dw_out[dk_at];
+            old_v = dw_out[dv_at];
+        }
+        dw_out[dk_at] = old_k + red_k[0];
+        dw_out[dv_at] = old_v + red_v[0];
+    }
+}
+
+// The level (0-based) whose block of `weights` (or biases) holds element `local`.
+fn level_of_element(local: u32, bias: bool) -> u32 {
+    var found = 0u;
+    for (var l = 0u; l < params.levels; l++) {
+        let lv = level(l);
+        var start = lv.w_off;
+        if (bias) {
+            start = lv.b_off;
+        }
+        if (local >= start) {
+            found = l;
+        }
+    }
+    return found;
+}
+
+@compute @workgroup_size(256)
+fn weight_grads_basis(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let w = workgroup_index(wid, nwg);
+    if (w >= range.count) {
+        return;
+    }
+    // dW[l][r][t] = sum over heads, cells g and channels c of dKc[g, r][c] * K[token(g, t)][c]
+    let local = range.first + w;
+    let lv = level(level_of_element(local, false));
+    let s = lv.h * lv.w;
+    let r = (local - lv.w_off) / s;
+    let t = (local - lv.w_off) % s;
+    let items = params.bh * lv.groups * params.d;
+    var sk = 0.0;
+    var sv = 0.0;
+    for (var it = lid; it < items; it += THREADS) {
+        let c = it % params.d;
+        let g = (it / params.d) % lv.groups;
+        let head = it / (params.d * lv.groups);
+        let j = cell_token(lv, g, t);
+        if (j >= 0) {
+            let row = (lv.first + g) * params.p + r;
+            let at = (head * params.n + u32(j)) * params.d + c;
+            sk += dcoarse_at(head, row, c, false) * k_in[at];
+            sv += dcoarse_at(head, row, c, true) * v_in[at];
+        }
+    }
+    reduce_store(lid, sk, sv, local, params.wv_base + local);
+}
+
+@compute @workgroup_size(256)
+fn weight_grads_depthwise(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let w = workgroup_index(wid, nwg);
+    if (w >= range.count) {
+        return;
+    }
+    // Weights [wk of all levels] come first (wv_base of them), then the biases.
+    let element = range.first + w;
+    let bias = element >= params.wv_base;
+    var local = element;
+    if (bias) {
+        local = element - params.wv_base;
+    }
+    let lv = level(level_of_element(local, bias));
+    let s = lv.h * lv.w;
+    var c: u32;
+    var r: u32;
+    var t = 0u;
+    if (bias) {
+        c = (local - lv.b_off) / params.p;
+        r = (local - lv.b_off) % params.p;
+    } else {
+        c = (local - lv.w_off) / (params.p * s);
+        r = ((local - lv.w_off) / s) % params.p;
+        t = (local - lv.w_off) % s;
+    }
+    // dW[l][c][r][t] = sum over heads and cells g of dKc[g, r][c] * K[token(g, t)][c];
+    // db[l][c][r] = sum over heads and cells g of dKc[g, r][c].
+    let items = params.bh * lv.groups;
+    var sk = 0.0;
+    var sv = 0.0;
+    for (var it = lid; it < items; it += THREADS) {
+        let g = it % lv.groups;
+        let head = it / lv.groups;
+        let row = (lv.first + g) * params.p + r;
+        if (bias) {
+            sk += dcoarse_at(head, row, c, false);
+            sv += dcoarse_at(head, row, c, true);
+        } else {
+            let j = cell_token(lv, g, t);
+            if (j >= 0) {
+                let at = (head * params.n + u32(j)) * params.d + c;
+                sk += dcoarse_at(head, row, c, false) * k_in[at];
+                sv += dcoarse_at(head, row, c, true) * v_in[at];
+            }
+        }
+    }
+    if (bias) {
+        reduce_store(lid, sk, sv, params.bk_base + local, params.bv_base + local);
+    } else {
+        reduce_store(lid, sk, sv, local, params.wv_base + local);
+    }
+}

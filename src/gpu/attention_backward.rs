@@ -1,0 +1,167 @@
+//! Rust twin of shaders/attention_backward.wgsl: per-query statistics, dQ (query-major), dK and
+//! dV of the near keys (key-major) and the gradients of the coarse rows (row-major).
+
+use super::context::GpuContext;
+use super::params::{bind, dispatch};
+use super::shaders::{BACK_ROWS, Family, Spec};
+use crate::error::Result;
+
+pub(crate) struct AttentionBackwardKernel {
+    stats: wgpu::ComputePipeline,
+    dq_near: wgpu::ComputePipeline,
+    dkv_near: wgpu::ComputePipeline,
+    /// `backward_dq_far` and `backward_dkv_far`, when there are coarse levels.
+    far: Option<(wgpu::ComputePipeline, wgpu::ComputePipeline)>,
+}
+
+/// Buffers of one backward dispatch over a chunk of heads. `coarse` and `dcoarse` are None
+/// without coarse levels.
+pub(crate) struct BackwardBindings<'a> {
+    pub params: &'a wgpu::Buffer,
+    pub geom: &'a wgpu::Buffer,
+    pub q: &'a wgpu::Buffer,
+    pub k: &'a wgpu::Buffer,
+    pub v: &'a wgpu::Buffer,
+    pub o: &'a wgpu::Buffer,
+    pub lse: &'a wgpu::Buffer,
+    pub d_o: &'a wgpu::Buffer,
+    pub stats: &'a wgpu::Buffer,
+    pub dq: &'a wgpu::Buffer,
+    pub dk: &'a wgpu::Buffer,
+    pub dv: &'a wgpu::Buffer,
+    pub coarse: Option<&'a wgpu::Buffer>,
+    pub dcoarse: Option<&'a wgpu::Buffer>,
+}
+
+/// Work items of one chunk: query (and key) tiles, and coarse cells, per head.
+pub(crate) struct BackwardWork {
+    pub heads: u64,
+    pub n: u64,
+    pub query_tiles: u64,
+    pub cells: u64,
+    pub p: u64,
+}
+
+impl AttentionBackwardKernel {
+    pub fn new(ctx: &GpuContext, spec: Spec, far_field: bool) -> Result<Self> {
+        let pipe = |entry| ctx.pipeline(Family::AttentionBackward, entry, spec);
+        Ok(AttentionBackwardKernel {
+            stats: pipe("backward_stats")?,
+            dq_near: pipe("backward_dq_near")?,
+            dkv_near: pipe("backward_dkv_near")?,
+            far: if far_field {
+                Some((pipe("backward_dq_far")?, pipe("backward_dkv_far")?))
+            } else {
+                None
+            },
+        })
+    }
+
+    /// (LSE_i, D_i) per query: one invocation per row.
+    pub fn encode_stats(
+        &self,
+        ctx: &GpuContext,
+        pass: &mut wgpu::ComputePass<'_>,
+        b: &BackwardBindings<'_>,
+        w: &BackwardWork,
+    ) -> Result<()> {
+        let group = bind(
+            ctx,
+            "backward_stats",
+            &self.stats,
+            &[
+                (0, b.params),
+                (6, b.d_o),
+                (7, b.o),
+                (8, b.lse),
+                (9, b.stats),
+            ],
+        );
+        dispatch(ctx, pass, &self.stats, &group, (w.heads * w.n).div_ceil(64))
+    }
+
+    /// dQ: the near keys' share, then the coarse keys' (one workgroup per query tile).
+    pub fn encode_dq(
+        &self,
+        ctx: &GpuContext,
+        pass: &mut wgpu::ComputePass<'_>,
+        b: &BackwardBindings<'_>,
+        w: &BackwardWork,
+    ) -> Result<()> {
+        let tiles = w.query_tiles * w.heads;
+        let common = [
+            (0, b.params),
+            (1, b.geom),
+            (2, b.q),
+            (6, b.d_o),
+            (10, b.stats),
+            (11, b.dq),
+        ];
+        let near = [&common[..], &[(3, b.k), (4, b.v)]].concat();
+        let group = bind(ctx, "backward_dq_near", &self.dq_near, &near);
+        dispatch(ctx, pass, &self.dq_near, &group, tiles)?;
+        if let (Some((dq_far, _)), Some(coarse)) = (&self.far, b.coarse) {
+            let far = [&common[..], &[(5, coarse)]].concat();
+            let group = bind(ctx, "backward_dq_far", dq_far, &far);
+            dispatch(ctx, pass, dq_far, &group, tiles)?;
+        }
+        Ok(())
+    }
+
+    /// dK and dV of the near field (one workgroup per key tile).
+    pub fn encode_dkv_near(
+        &self,
+        ctx: &GpuContext,
+        pass: &mut wgpu::ComputePass<'_>,
+        b: &BackwardBindings<'_>,
+        w: &BackwardWork,
+    ) -> Result<()> {
+        let group = bind(
+            ctx,
+            "backward_dkv_near",
+            &self.dkv_near,
+            &[
+                (0, b.params),
+                (1, b.geom),
+                (2, b.q),
+                (3, b.k),
+                (4, b.v),
+                (6, b.d_o),
+                (10, b.stats),
+                (12, b.dk),
+                (13, b.dv),
+            ],
+        );
+        dispatch(ctx, pass, &self.dkv_near, &group, w.query_tiles * w.heads)
+    }
+
+    /// Gradients of every coarse row (one workgroup per cell and block of BACK_ROWS rows).
+    pub fn encode_dkv_far(
+        &self,
+        ctx: &GpuContext,
+        pass: &mut wgpu::ComputePass<'_>,
+        b: &BackwardBindings<'_>,
+        w: &BackwardWork,
+    ) -> Result<()> {
+        let (Some((_, dkv_far)), Some(coarse), Some(dcoarse)) = (&self.far, b.coarse, b.dcoarse)
+        else {
+            return Ok(());
+        };
+        let group = bind(
+            ctx,
+            "backward_dkv_far",
+            dkv_far,
+            &[
+                (0, b.params),
+                (1, b.geom),
+                (2, b.q),
+                (5, coarse),
+                (6, b.d_o),
+                (10, b.stats),
+                (14, dcoarse),
+            ],
+        );
+        let blocks = w.p.div_ceil(BACK_ROWS as u64);
+        dispatch(ctx, pass, dkv_far, &group, w.cells * blocks * w.heads)
+    }
+}

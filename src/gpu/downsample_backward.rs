@@ -1,0 +1,122 @@
+//! Rust twin of shaders/downsample_backward.wgsl: the coarse rows' gradients passed on to the
+//! tokens (every kind) and to the learned weights (basis, depthwise).
+
+use super::context::GpuContext;
+use super::params::{bind, dispatch};
+use super::shaders::{Family, Spec};
+use crate::config::Downsampling;
+use crate::error::Result;
+
+/// The binding-9 uniform of the weight-gradient kernels (GradRange in the shader).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+struct GradRange {
+    first: u32,
+    count: u32,
+    accumulate: u32,
+    _pad: u32,
+}
+
+pub(crate) struct DownsampleBackwardKernel {
+    tokens: wgpu::ComputePipeline,
+    /// The weight-gradient pipeline, its element count (weights, then biases) and its range
+    /// uniforms: [overwrite, accumulate].
+    weights: Option<(wgpu::ComputePipeline, u64, [wgpu::Buffer; 2])>,
+}
+
+/// Buffers of the downsampling backward over one chunk of heads.
+pub(crate) struct DownsampleBackwardBindings<'a> {
+    pub params: &'a wgpu::Buffer,
+    pub geom: &'a wgpu::Buffer,
+    pub k: &'a wgpu::Buffer,
+    pub v: &'a wgpu::Buffer,
+    pub weights: Option<&'a wgpu::Buffer>,
+    pub dcoarse: &'a wgpu::Buffer,
+    pub dk: &'a wgpu::Buffer,
+    pub dv: &'a wgpu::Buffer,
+    pub dw: Option<&'a wgpu::Buffer>,
+}
+
+impl DownsampleBackwardKernel {
+    /// `elements`: how many weight-gradient elements one dispatch writes (the key weights of
+    /// all levels, plus the key biases for depthwise); each gets one workgroup.
+    pub fn new(ctx: &GpuContext, kind: Downsampling, spec: Spec, elements: usize) -> Result<Self> {
+        let pipe = |entry| ctx.pipeline(Family::DownsampleBackward, entry, spec);
+        let range = |accumulate: u32| {
+            let r = GradRange {
+                first: 0,
+                count: elements as u32,
+                accumulate,
+                _pad: 0,
+            };
+            ctx.buffer_with(
+                "weight gradient range",
+                bytemuck::bytes_of(&r),
+                wgpu::BufferUsages::UNIFORM,
+            )
+        };
+        let (tokens, weights) = match kind {
+            Downsampling::Mean => (pipe("tokens_mean")?, None),
+            Downsampling::Basis => (pipe("tokens_basis")?, Some(pipe("weight_grads_basis")?)),
+            Downsampling::Depthwise => (
+                pipe("tokens_depthwise")?,
+                Some(pipe("weight_grads_depthwise")?),
+            ),
+        };
+        Ok(DownsampleBackwardKernel {
+            tokens,
+            weights: weights.map(|w| (w, elements as u64, [range(0), range(1)])),
+        })
+    }
+
+    /// Adds the coarse rows' share to dK and dV: one invocation per element of `elements`.
+    pub fn encode_tokens(
+        &self,
+        ctx: &GpuContext,
+        pass: &mut wgpu::ComputePass<'_>,
+        b: &DownsampleBackwardBindings<'_>,
+        elements: u64,
+    ) -> Result<()> {
+        let mut buffers = vec![
+            (0, b.params),
+            (1, b.geom),
+            (5, b.dcoarse),
+            (6, b.dk),
+            (7, b.dv),
+        ];
+        if let (true, Some(w)) = (self.weights.is_some(), b.weights) {
+            buffers.push((4, w));
+        }
+        let group = bind(ctx, "downsample tokens backward", &self.tokens, &buffers);
+        dispatch(ctx, pass, &self.tokens, &group, elements.div_ceil(64))
+    }
+
+    /// Writes the weight gradients into `dw` (packed like the weights), or adds to them for a
+    /// later chunk of heads.
+    pub fn encode_weights(
+        &self,
+        ctx: &GpuContext,
+        pass: &mut wgpu::ComputePass<'_>,
+        b: &DownsampleBackwardBindings<'_>,
+        accumulate: bool,
+    ) -> Result<()> {
+        let (Some((pipeline, elements, ranges)), Some(dw)) = (&self.weights, b.dw) else {
+            return Ok(());
+        };
+        let group = bind(
+            ctx,
+            "weight gradients",
+            pipeline,
+            &[
+                (0, b.params),
+                (1, b.geom),
+                (2, b.k),
+                (3, b.v),
+                (5, b.dcoarse),
+                (8, dw),
+                (9, &ranges[accumulate as usize]),
+            ],
+        );
+        dispatch(ctx, pass, pipeline, &group, *elements)
+    }
+}
