@@ -88,6 +88,83 @@ fn attend_matches_the_library_on_gpu_and_reference() {
     }
 }
 
+/// `--grad DO`: the backward's gradients, named and shaped as documented, equal the library's.
+#[test]
+fn attend_with_grad_writes_the_gradients() {
+    let shape = Shape::new(1, 2, 100, 16);
+    let dims = [1, 2, 100, 16];
+    let (q, k, v) = qkv(5, shape);
+    let d_o = random(9, shape.elements());
+    let cfg = FmaConfig {
+        downsampling: Downsampling::Depthwise,
+        ..FmaConfig::new(8, 2)
+    };
+    let g = Geometry::new(100, &cfg).unwrap();
+    let w = weights(4, Downsampling::Depthwise, &g, 16);
+    let mut tensors = vec![
+        ("q".to_string(), t(&dims, q.clone())),
+        ("k".into(), t(&dims, k.clone())),
+        ("v".into(), t(&dims, v.clone())),
+    ];
+    for (i, (lw, &s)) in w.levels.iter().zip(&g.group_tokens()).enumerate() {
+        let l = i + 1;
+        tensors.push((format!("wk.{l}"), t(&[16, 2, s], lw.wk.clone())));
+        tensors.push((format!("wv.{l}"), t(&[16, 2, s], lw.wv.clone())));
+        tensors.push((format!("bk.{l}"), t(&[16, 2], lw.bk.clone())));
+        tensors.push((format!("bv.{l}"), t(&[16, 2], lw.bv.clone())));
+    }
+    let named: Vec<(&str, Tensor)> = tensors
+        .iter()
+        .map(|(n, t)| (n.as_str(), t.clone()))
+        .collect();
+    let input = tmp("grad-in.safetensors");
+    write_tensors(&input, &named).unwrap();
+    let grad = tmp("grad-do.safetensors");
+    write_tensors(&grad, &[("do", t(&dims, d_o.clone()))]).unwrap();
+    let want = reference::fma_backward(&q, &k, &v, &d_o, shape, &cfg, Some(&w)).unwrap();
+    for flag in [None, Some("--reference")] {
+        let output = tmp("grad-out.safetensors");
+        let mut args = vec!["--m", "8", "--p", "2", "--downsampling", "depthwise"];
+        args.extend(flag);
+        args.extend(["--grad", grad.to_str().unwrap()]);
+        let (ok, err) = attend(&input, &output, &args);
+        assert!(ok, "attend --grad failed: {err}");
+        let f = TensorFile::open(&output).unwrap();
+        for (name, want) in [("dq", &want.dq), ("dk", &want.dk), ("dv", &want.dv)] {
+            let got = f.get_shaped(name, &dims).unwrap();
+            assert_close(&format!("cli {name}"), &got.data, want, want, 1e-4);
+        }
+        for (i, (lw, &s)) in want.dw.levels.iter().zip(&g.group_tokens()).enumerate() {
+            let l = i + 1;
+            for (name, shape, want) in [
+                (format!("dwk.{l}"), vec![16, 2, s], &lw.wk),
+                (format!("dwv.{l}"), vec![16, 2, s], &lw.wv),
+                (format!("dbk.{l}"), vec![16, 2], &lw.bk),
+                (format!("dbv.{l}"), vec![16, 2], &lw.bv),
+            ] {
+                let got = f.get_shaped(&name, &shape).unwrap();
+                assert_close(&format!("cli {name}"), &got.data, want, want, 1e-4);
+            }
+        }
+    }
+    // A gradient of the wrong shape is refused with a message naming the tensor.
+    let bad = tmp("grad-bad.safetensors");
+    write_tensors(&bad, &[("do", t(&[1, 2, 99, 16], vec![0.0; 2 * 99 * 16]))]).unwrap();
+    let args = [
+        "--m",
+        "8",
+        "--p",
+        "2",
+        "--downsampling",
+        "depthwise",
+        "--grad",
+    ];
+    let mut args = args.to_vec();
+    args.push(bad.to_str().unwrap());
+    let (ok, err) = attend(&input, &tmp("grad-out2.safetensors"), &args);
+    assert!(!ok && err.contains("do"), "{err}");
+}
+
 /// `--image HxW`: 2D FMA with learned weights, on the GPU and the reference.
 #[test]
 fn attend_on_an_image_matches_the_library() {

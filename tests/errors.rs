@@ -411,3 +411,88 @@ fn bad_image_configurations_are_refused() {
         }
     );
 }
+
+#[test]
+fn backward_refuses_bad_input_with_clear_errors() {
+    let ctx = gpu();
+    let shape = Shape::new(1, 1, 64, 8);
+    let (q, k, v) = qkv(1, shape);
+    let cfg = FmaConfig {
+        downsampling: Downsampling::Basis,
+        ..FmaConfig::new(4, 2)
+    };
+    let g = multipole::Geometry::new(64, &cfg).unwrap();
+    let w = DownsampleWeights::mean_init(Downsampling::Basis, &g, 8);
+    let plan = FmaPlan::new(ctx, shape, &cfg, Some(&w)).unwrap();
+    let tape = pollster::block_on(plan.forward_tape(ctx, &q, &k, &v)).unwrap();
+
+    // dO of the wrong length
+    let err = plan.backward_blocking(ctx, &tape, &q[..10]).unwrap_err();
+    assert!(
+        matches!(err, FmaError::BadShape { ref what, .. } if what == "d_o"),
+        "{err}"
+    );
+    // a tape whose LSE was cut short
+    let mut short = pollster::block_on(plan.forward_tape(ctx, &q, &k, &v)).unwrap();
+    short.out.lse.pop();
+    let err = plan.backward_blocking(ctx, &short, &q).unwrap_err();
+    assert!(
+        matches!(err, FmaError::BadShape { ref what, .. } if what == "lse"),
+        "{err}"
+    );
+    // weights of the wrong shape, and weights for Mean
+    let mut bad = w.clone();
+    bad.levels[0].wk.pop();
+    assert!(matches!(
+        plan.set_weights(ctx, &bad),
+        Err(FmaError::Weights(_))
+    ));
+    let mean = FmaPlan::new(ctx, shape, &FmaConfig::new(4, 2), None).unwrap();
+    assert!(matches!(
+        mean.set_weights(ctx, &w),
+        Err(FmaError::Weights(_))
+    ));
+
+    // GPU-resident: learned kinds need a dw buffer; outputs may not alias inputs.
+    let buf = |bytes: u64| {
+        ctx.device.create_buffer(&wgpu::BufferDescriptor {
+            label: None,
+            size: bytes,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        })
+    };
+    let e = (shape.elements() * 4) as u64;
+    let [bq, bk, bv, bo, bdo, bdq, bdk, bdv] = [0; 8].map(|_| buf(e));
+    let blse = buf(64 * 4);
+    let io = multipole::BackwardIo {
+        q: &bq,
+        k: &bk,
+        v: &bv,
+        o: &bo,
+        lse: &blse,
+        d_o: &bdo,
+        dq: &bdq,
+        dk: &bdk,
+        dv: &bdv,
+        dw: None,
+    };
+    let mut enc = ctx.device.create_command_encoder(&Default::default());
+    let err = plan.encode_backward(ctx, &mut enc, &io).unwrap_err();
+    assert!(matches!(err, FmaError::Weights(_)), "{err}");
+    let dw = buf(plan.weight_grad_bytes());
+    let aliased = multipole::BackwardIo {
+        dq: &bq,
+        dw: Some(&dw),
+        ..io
+    };
+    let err = plan.encode_backward(ctx, &mut enc, &aliased).unwrap_err();
+    assert!(err.to_string().contains("distinct"), "{err}");
+    let good = multipole::BackwardIo {
+        dw: Some(&dw),
+        ..io
+    };
+    plan.encode_backward(ctx, &mut enc, &good).unwrap();
+    ctx.queue.submit([enc.finish()]);
+    ctx.take_error().unwrap();
+}

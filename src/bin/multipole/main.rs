@@ -65,6 +65,11 @@ struct AttendArgs {
     /// Run the f64 CPU reference instead of the GPU.
     #[arg(long)]
     reference: bool,
+    /// Also run the backward pass for the upstream gradient `do` (shaped like `o`) in this
+    /// safetensors file: OUT then also holds `dq`, `dk`, `dv` and, for learned downsampling,
+    /// `dwk.L`, `dwv.L` (and `dbk.L`, `dbv.L` for depthwise), shaped like the weights.
+    #[arg(long, value_name = "DO.safetensors")]
+    grad: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -107,32 +112,65 @@ fn attend(args: &AttendArgs) -> multipole::Result<()> {
     shape.validate()?;
     let geometry = Geometry::new(n, &config)?;
     let weights = read_weights(&file, &config, &geometry, d)?;
-    let out = if args.reference {
-        reference::fma_forward(&q.data, &k.data, &v.data, shape, &config, weights.as_ref())?
+    let d_o = match &args.grad {
+        Some(path) => Some(TensorFile::open(path)?.get_shaped("do", &q.shape)?.data),
+        None => None,
+    };
+    let w = weights.as_ref();
+    let (out, grads) = if args.reference {
+        let out = reference::fma_forward(&q.data, &k.data, &v.data, shape, &config, w)?;
+        let grads = match &d_o {
+            Some(d_o) => Some(reference::fma_backward(
+                &q.data, &k.data, &v.data, d_o, shape, &config, w,
+            )?),
+            None => None,
+        };
+        (out, grads)
     } else {
         let ctx = GpuContext::new_blocking()?;
-        let plan = FmaPlan::new(&ctx, shape, &config, weights.as_ref())?;
-        plan.forward_blocking(&ctx, &q.data, &k.data, &v.data)?
+        let plan = FmaPlan::new(&ctx, shape, &config, w)?;
+        let tape = pollster::block_on(plan.forward_tape(&ctx, &q.data, &k.data, &v.data))?;
+        let grads = match &d_o {
+            Some(d_o) => Some(plan.backward_blocking(&ctx, &tape, d_o)?),
+            None => None,
+        };
+        (tape.out, grads)
     };
-    write_tensors(
-        &args.output,
-        &[
-            (
-                "o",
-                Tensor {
-                    shape: q.shape.clone(),
-                    data: out.o,
-                },
-            ),
-            (
-                "lse",
-                Tensor {
-                    shape: vec![batch, heads, n],
-                    data: out.lse,
-                },
-            ),
-        ],
-    )
+    let t = |shape: &[usize], data: Vec<f32>| Tensor {
+        shape: shape.to_vec(),
+        data,
+    };
+    let mut tensors = vec![
+        ("o".to_string(), t(&q.shape, out.o)),
+        ("lse".to_string(), t(&[batch, heads, n], out.lse)),
+    ];
+    if let Some(g) = grads {
+        tensors.push(("dq".into(), t(&q.shape, g.dq)));
+        tensors.push(("dk".into(), t(&q.shape, g.dk)));
+        tensors.push(("dv".into(), t(&q.shape, g.dv)));
+        let p = config.p;
+        for (i, (lw, s)) in
+            g.dw.levels
+                .into_iter()
+                .zip(geometry.group_tokens())
+                .enumerate()
+        {
+            let l = i + 1;
+            let w_shape = match config.downsampling {
+                Downsampling::Depthwise => vec![d, p, s],
+                _ => vec![p, s],
+            };
+            tensors.push((format!("dwk.{l}"), t(&w_shape, lw.wk)));
+            tensors.push((format!("dwv.{l}"), t(&w_shape, lw.wv)));
+            if config.downsampling == Downsampling::Depthwise {
+                tensors.push((format!("dbk.{l}"), t(&[d, p], lw.bk)));
+                tensors.push((format!("dbv.{l}"), t(&[d, p], lw.bv)));
+            }
+        }
+    }
+    let (names, tensors): (Vec<String>, Vec<Tensor>) = tensors.into_iter().unzip();
+    let named: Vec<(&str, Tensor)> = names.iter().map(String::as_str).zip(tensors).collect();
+    write_tensors(&args.output, &named)
 }
 
 /// `wk.L`, `wv.L` (and `bk.L`, `bv.L`) for L = 1..levels, shaped as the geometry requires.
