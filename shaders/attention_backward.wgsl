@@ -8,9 +8,10 @@
 // - key-major: `backward_dkv_near`, one invocation per key, walks the queries of the cells
 //   whose near field holds the key's cell (the transposed near list) and writes dK and dV.
 // - row-major: `backward_dkv_far`, one workgroup per block of BACK_ROWS coarse rows of one
-//   cell and one invocation per channel, walks the queries of the cells whose interaction list
-//   holds the cell (the transposed far list) and writes the coarse rows' gradients, which
-//   downsample_backward.wgsl passes on to dK, dV and the weights.
+//   cell, walks the queries of the cells whose interaction list holds the cell (the
+//   transposed far list) in tiles: first one query per lane (scores, the rows broadcast), then
+//   one channel per lane (the rows' gradients, each pair's P and dS broadcast), so no lane
+//   gathers across rows. The coarse rows' gradients go on to downsample_backward.wgsl.
 // Per (query i, key): P = exp(z - LSE_i), dS = P (dO_i . v - D_i); dq_i += tau dS k,
 // dk += tau dS q_i, dv += P dO_i.
 
@@ -45,11 +46,16 @@ var<workgroup> tile_y: array<f32, BACK_TILE>;
 var<workgroup> chain_lo: array<u32, MAX_LEVELS>;
 var<workgroup> chain_start: array<u32, MAX_LEVELS>;
 var<workgroup> chain_keys: u32;
-// backward_dkv_far: the block's coarse keys and values, and P and dS of each (query, row).
+// backward_dkv_far: FAR_LANES lanes; the block's coarse keys and values, and the token, P and
+// dS of each (query, row) pair of a tile of FAR_LANES queries.
+const FAR_LANES: u32 = 64u;
+const CHANNEL_SLOTS: u32 = (HEAD_TILE + FAR_LANES - 1u) / FAR_LANES;
+const ROW_SLOTS: u32 = CHANNEL_SLOTS * BACK_ROWS;
 var<workgroup> row_k: array<vec4<f32>, BACK_ROW_VECS>;
 var<workgroup> row_v: array<vec4<f32>, BACK_ROW_VECS>;
-var<workgroup> pair_p: array<f32, BACK_PAIRS>;
-var<workgroup> pair_ds: array<f32, BACK_PAIRS>;
+var<workgroup> far_tag: array<i32, FAR_LANES>;
+var<workgroup> pair_p: array<f32, FAR_LANES * BACK_ROWS>;
+var<workgroup> pair_ds: array<f32, FAR_LANES * BACK_ROWS>;
 
 // Rows of the inputs (zero past d and for token < 0); `factor` scales q by tau.
 fn load_q(head_base: u32, token: i32) -> array<vec4<f32>, HEAD_VEC> {
@@ -352,7 +358,7 @@ fn backward_dkv_near(
     }
 }
 
-@compute @workgroup_size(HEAD_TILE)
+@compute @workgroup_size(FAR_LANES)
 fn backward_dkv_far(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
@@ -367,7 +373,6 @@ fn backward_dkv_far(
     let head = w / per_head;
     let cell = (w % per_head) / blocks;
     let r0 = ((w % per_head) % blocks) * BACK_ROWS;
-    let c = lid; // this invocation's channel
     let head_base = head * params.n;
     let coarse_base = head * params.total_rows;
     let lv = level(level_index_of(cell));
@@ -379,85 +384,85 @@ fn backward_dkv_far(
     for (var r = 0u; r < BACK_ROWS; r++) {
         let row = cell * params.p + r0 + r;
         used[r] = r0 + r < params.p && geom[params.rows + 2u * row] > 0u;
-        var kx = 0.0;
-        var vx = 0.0;
         if (used[r]) {
             bias[r] = bitcast<f32>(geom[params.rows + 2u * row + 1u]);
-            if (c < params.d) {
+        }
+        for (var c = lid; c < HEAD_TILE; c += FAR_LANES) {
+            var kx = 0.0;
+            var vx = 0.0;
+            if (used[r] && c < params.d) {
                 let at = (coarse_base + row) * params.d + c;
                 kx = coarse[at];
                 vx = coarse[params.coarse_v_base + at];
             }
+            row_k[r * HEAD_VEC + c / 4u][c % 4u] = kx;
+            row_v[r * HEAD_VEC + c / 4u][c % 4u] = vx;
         }
-        row_k[r * HEAD_VEC + c / 4u][c % 4u] = kx;
-        row_v[r * HEAD_VEC + c / 4u][c % 4u] = vx;
     }
 
-    var acc_k: array<f32, BACK_ROWS>;
-    var acc_v: array<f32, BACK_ROWS>;
+    // Per lane: BACK_ROWS rows x CHANNEL_SLOTS channels (lid, lid + FAR_LANES, ...).
+    var acc_k: array<f32, ROW_SLOTS>;
+    var acc_v: array<f32, ROW_SLOTS>;
     let lo = geom[params.far_t_offsets + cell];
     let queries = (geom[params.far_t_offsets + cell + 1u] - lo) * s;
-    for (var x0 = 0u; x0 < queries; x0 += BACK_TILE) {
-        workgroupBarrier(); // the rows are staged; the previous tile is read
-        // Every invocation finds the same query tokens and stages its own channel of each.
-        for (var kk = 0u; kk < BACK_TILE; kk++) {
-            let x = x0 + kk;
-            var i = -1;
-            if (x < queries) {
-                let seer = geom[params.far_t_entries + lo + x / s] - lv.first;
-                i = cell_token(lv, seer, x % s);
-            }
-            if (c == 0u) {
-                tile_tag[kk] = i;
-                let st = load_stats(head_base, i);
-                tile_x[kk] = st.x;
-                tile_y[kk] = st.y;
-            }
-            var qx = 0.0;
-            var dx = 0.0;
-            if (i >= 0 && c < params.d) {
-                let at = (head_base + u32(i)) * params.d + c;
-                qx = q_in[at] * params.scale;
-                dx = do_in[at];
-            }
-            tile_put(kk, c, qx, dx);
+    for (var x0 = 0u; x0 < queries; x0 += FAR_LANES) {
+        workgroupBarrier(); // the rows are staged; the previous tile's pairs are read
+        // Scores: one query per lane, the block's rows read by all lanes alike.
+        let x = x0 + lid;
+        var i = -1;
+        if (x < queries) {
+            i = cell_token(lv, geom[params.far_t_entries + lo + x / s] - lv.first, x % s);
         }
-        workgroupBarrier();
-        // P and dS of every (query, row) pair of the tile, shared out over the invocations.
-        for (var pair = lid; pair < BACK_PAIRS; pair += HEAD_TILE) {
-            let kk = pair / BACK_ROWS;
-            let r = pair % BACK_ROWS;
+        far_tag[lid] = i;
+        var q = load_q(head_base, i);
+        var dout = load_do(head_base, i);
+        let st = load_stats(head_base, i);
+        for (var r = 0u; r < BACK_ROWS; r++) {
             var p = 0.0;
             var ds = 0.0;
-            if (tile_tag[kk] >= 0 && used[r]) {
+            if (i >= 0 && used[r]) {
                 var z = bias[r];
                 var dp = 0.0;
                 for (var e = 0u; e < HEAD_VEC; e++) {
-                    z += dot(tile_a[kk * HEAD_VEC + e], row_k[r * HEAD_VEC + e]);
-                    dp += dot(tile_b[kk * HEAD_VEC + e], row_v[r * HEAD_VEC + e]);
+                    z += dot(q[e], row_k[r * HEAD_VEC + e]);
+                    dp += dot(dout[e], row_v[r * HEAD_VEC + e]);
                 }
-                p = exp(z - tile_x[kk]);
-                ds = p * (dp - tile_y[kk]);
+                p = exp(z - st.x);
+                ds = p * (dp - st.y);
             }
-            pair_p[pair] = p;
-            pair_ds[pair] = ds;
+            pair_p[lid * BACK_ROWS + r] = p;
+            pair_ds[lid * BACK_ROWS + r] = ds;
         }
         workgroupBarrier();
-        for (var kk = 0u; kk < BACK_TILE; kk++) {
-            let qa = tile_a[kk * HEAD_VEC + c / 4u][c % 4u];
-            let db = tile_b[kk * HEAD_VEC + c / 4u][c % 4u];
-            for (var r = 0u; r < BACK_ROWS; r++) {
-                acc_k[r] += pair_ds[kk * BACK_ROWS + r] * qa;
-                acc_v[r] += pair_p[kk * BACK_ROWS + r] * db;
+        // Gradients: one channel per lane, each query's P and dS read by all lanes alike.
+        for (var kk = 0u; kk < FAR_LANES; kk++) {
+            let j = far_tag[kk];
+            if (j < 0) {
+                continue;
+            }
+            for (var slot = 0u; slot < CHANNEL_SLOTS; slot++) {
+                let c = lid + slot * FAR_LANES;
+                if (c < params.d) {
+                    let at = (head_base + u32(j)) * params.d + c;
+                    let qc = q_in[at] * params.scale;
+                    let dc = do_in[at];
+                    for (var r = 0u; r < BACK_ROWS; r++) {
+                        acc_k[slot * BACK_ROWS + r] += pair_ds[kk * BACK_ROWS + r] * qc;
+                        acc_v[slot * BACK_ROWS + r] += pair_p[kk * BACK_ROWS + r] * dc;
+                    }
+                }
             }
         }
     }
-    if (c < params.d) {
-        for (var r = 0u; r < BACK_ROWS; r++) {
-            if (r0 + r < params.p) {
-                let at = (coarse_base + cell * params.p + r0 + r) * params.d + c;
-                dcoarse[at] = acc_k[r];
-                dcoarse[params.coarse_v_base + at] = acc_v[r];
+    for (var slot = 0u; slot < CHANNEL_SLOTS; slot++) {
+        let c = lid + slot * FAR_LANES;
+        if (c < params.d) {
+            for (var r = 0u; r < BACK_ROWS; r++) {
+                if (r0 + r < params.p) {
+                    let at = (coarse_base + cell * params.p + r0 + r) * params.d + c;
+                    dcoarse[at] = acc_k[slot * BACK_ROWS + r];
+                    dcoarse[params.coarse_v_base + at] = acc_v[slot * BACK_ROWS + r];
+                }
             }
         }
     }

@@ -41,6 +41,8 @@ impl Family {
 
 /// Coarse rows per backward_dkv_far workgroup (BACK_ROWS in attention_backward.wgsl).
 pub const BACK_ROWS: u32 = 4;
+/// Lanes of a backward_dkv_far workgroup (FAR_LANES in attention_backward.wgsl).
+const FAR_LANES: u32 = 64;
 
 /// The compile-time shape of one shader build.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -102,7 +104,8 @@ impl Spec {
             + 3 * round(4 * tile)
             + CHAIN_BYTES
             + 2 * round(4 * BACK_ROWS * head_tile)
-            + 2 * round(4 * tile * BACK_ROWS)
+            + round(4 * FAR_LANES)
+            + 2 * round(4 * FAR_LANES * BACK_ROWS)
     }
 
     /// Every specialisation the crate can build (for validation tests).
@@ -125,7 +128,7 @@ pub fn source(family: Family, spec: Spec) -> String {
         "const HEAD_TILE: u32 = {h}u;\nconst HEAD_VEC: u32 = {hv}u;\nconst KEY_TILE: u32 = {k}u;\n\
          const TILE_VECS: u32 = {tv}u;\nconst QUERY_TILE: u32 = {q}u;\n\
          const BACK_TILE: u32 = {bt}u;\nconst BACK_VECS: u32 = {bv}u;\nconst BACK_ROWS: u32 = {br}u;\n\
-         const BACK_ROW_VECS: u32 = {brv}u;\nconst BACK_PAIRS: u32 = {bp}u;\n",
+         const BACK_ROW_VECS: u32 = {brv}u;\n",
         h = spec.head_tile,
         hv = spec.head_tile / 4,
         k = spec.key_tile(),
@@ -135,7 +138,6 @@ pub fn source(family: Family, spec: Spec) -> String {
         bv = spec.back_tile() * spec.head_tile / 4,
         br = BACK_ROWS,
         brv = BACK_ROWS * spec.head_tile / 4,
-        bp = spec.back_tile() * BACK_ROWS,
     );
     let parts: &[&str] = match family {
         Family::Downsample => &[COMMON, DOWNSAMPLE],

@@ -12,8 +12,8 @@ use std::time::Instant;
 
 use multipole::wgpu;
 use multipole::{
-    AttentionIo, DensePlan, Downsampling, FmaConfig, FmaError, FmaPlan, Geometry, GpuContext,
-    GpuTimer, Layout, Result, Shape,
+    AttentionIo, BackwardIo, DensePlan, Downsampling, FmaConfig, FmaError, FmaPlan, Geometry,
+    GpuContext, GpuTimer, Layout, Result, Shape,
 };
 use serde::{Deserialize, Serialize};
 
@@ -66,6 +66,10 @@ pub struct BenchArgs {
     /// Redraw the table and plots from a JSON file written earlier; measures nothing.
     #[arg(long, value_name = "JSON", conflicts_with_all = ["n", "image", "quick"])]
     replot: Option<PathBuf>,
+    /// Also time FMA's backward pass (dQ, dK, dV and weight gradients) at every input, next to
+    /// its forward.
+    #[arg(long)]
+    backward: bool,
     /// A sweep that finishes in well under a minute on a 2-core software GPU (CI runs it):
     /// n = 1024, 4096, a 32x32 image, 3 runs, unless --n or --image say otherwise.
     #[arg(long)]
@@ -90,19 +94,22 @@ pub struct Record {
     pub min_ms: f64,
     pub wall_median_ms: f64,
     pub timing: String,
-    /// Median GPU time of each stage (FMA: downsample, near_field, far_field).
+    /// Median GPU time of each stage (FMA: downsample, near_field, far_field; its backward:
+    /// downsample, stats, dq, dkv_near, dkv_far, downsample_backward).
     pub stage_ms: BTreeMap<String, f64>,
     /// FLOPs executed: dense 4 n^2 d per head (halved when causal); FMA 4 d per score it
-    /// evaluates plus its downsampling.
+    /// evaluates plus its downsampling; FMA's backward 10 d per score (recomputed score, dP,
+    /// dq, dk, dv) plus twice the downsampling (recomputed, and its adjoint).
     pub flops: f64,
     pub gflops: f64,
     /// Dense attention's FLOPs over this kernel's time: the rate dense would need to match it.
     pub dense_equivalent_gflops: f64,
     pub peak_bytes: u64,
     pub peak_source: String,
-    /// Bytes of Q + K + V + O.
+    /// Bytes of the tensors in and out: Q + K + V + O (forward); Q, K, V, O, dO, dQ, dK,
+    /// dV (backward).
     pub qkvo_bytes: u64,
-    /// (peak - Q - K - V - O) / (Q + K + V + O).
+    /// (peak - those tensors) / those tensors.
     pub extra_ratio: f64,
     pub adapter: String,
     pub backend: String,
@@ -153,8 +160,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     if runs == 0 {
         return Err(FmaError::InvalidConfig("--runs must be at least 1".into()));
     }
-    // Three slots: FMA's downsample, near and far passes (dense uses one).
-    let timer = GpuTimer::new(&ctx, 3);
+    // One slot per pass: FMA's backward has six (its forward three, dense one).
+    let timer = GpuTimer::new(&ctx, 6);
     println!("adapter: {}", ctx.describe());
     println!(
         "features: {:?}; timing: {}",
@@ -197,6 +204,11 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         let fma = bench.measure(&Kernel::Fma(&cfg))?;
         print_progress(&fma);
         records.push(fma);
+        if args.backward {
+            let back = bench.measure(&Kernel::FmaBackward(&cfg))?;
+            print_progress(&back);
+            records.push(back);
+        }
         if n <= dense_max {
             let dense = bench.measure(&Kernel::Dense(&cfg))?;
             print_progress(&dense);
@@ -230,11 +242,13 @@ fn report(args: &BenchArgs, records: &[Record]) -> Result<()> {
 
 enum Kernel<'a> {
     Fma(&'a FmaConfig),
+    FmaBackward(&'a FmaConfig),
     Dense(&'a FmaConfig),
 }
 
 enum Plan {
     Fma(Box<FmaPlan>),
+    FmaBackward(Box<FmaPlan>),
     Dense(Box<DensePlan>),
 }
 
@@ -252,14 +266,17 @@ impl Bench<'_> {
         let before = allocated(ctx);
         // Plans first: pipeline creation is not part of any timing.
         let (plan, cfg) = match kernel {
-            Kernel::Fma(cfg) => {
+            Kernel::Fma(cfg) | Kernel::FmaBackward(cfg) => {
                 let g = Geometry::new(shape.n, cfg)?;
                 let kind = cfg.downsampling;
                 let w = kind
                     .is_learned()
                     .then(|| multipole::DownsampleWeights::mean_init(kind, &g, shape.d));
-                let plan = FmaPlan::new(ctx, shape, cfg, w.as_ref())?;
-                (Plan::Fma(Box::new(plan)), *cfg)
+                let plan = Box::new(FmaPlan::new(ctx, shape, cfg, w.as_ref())?);
+                match kernel {
+                    Kernel::Fma(_) => (Plan::Fma(plan), *cfg),
+                    _ => (Plan::FmaBackward(plan), *cfg),
+                }
             }
             Kernel::Dense(cfg) => {
                 let scale = cfg.scale_for(shape.d);
@@ -289,18 +306,51 @@ impl Bench<'_> {
             o: &o,
             lse: &lse,
         };
+        // The backward's own tensors: dO in, dQ, dK, dV (and the weight gradients) out; O and
+        // LSE come from one forward run first.
+        let backward = match &plan {
+            Plan::FmaBackward(p) => {
+                let mut enc = ctx.device.create_command_encoder(&Default::default());
+                p.encode(ctx, &mut enc, &io)?;
+                ctx.queue.submit([enc.finish()]);
+                let grads: Vec<wgpu::Buffer> = (0..3).map(|_| out(bytes)).collect();
+                let dw = (p.weight_grad_bytes() > 0).then(|| out(p.weight_grad_bytes()));
+                Some((input(ctx, bytes, 11), grads, dw))
+            }
+            _ => None,
+        };
+        let bio = backward.as_ref().map(|(d_o, g, dw)| BackwardIo {
+            q: io.q,
+            k: io.k,
+            v: io.v,
+            o: io.o,
+            lse: io.lse,
+            d_o,
+            dq: &g[0],
+            dk: &g[1],
+            dv: &g[2],
+            dw: dw.as_ref(),
+        });
         let mut gpu_ms: Vec<f64> = Vec::new();
         let mut wall_ms: Vec<f64> = Vec::new();
         let mut stages: BTreeMap<&'static str, Vec<f64>> = BTreeMap::new();
         for run in 0..=self.runs {
             let mut enc = ctx.device.create_command_encoder(&Default::default());
-            let names = match (&plan, self.timer) {
-                (Plan::Fma(plan), Some(t)) => plan.encode_timed(ctx, &mut enc, &io, t)?,
-                (Plan::Fma(plan), None) => {
+            let names = match (&plan, self.timer, &bio) {
+                (Plan::Fma(plan), Some(t), _) => plan.encode_timed(ctx, &mut enc, &io, t)?,
+                (Plan::Fma(plan), None, _) => {
                     plan.encode(ctx, &mut enc, &io)?;
                     Vec::new()
                 }
-                (Plan::Dense(plan), t) => {
+                (Plan::FmaBackward(plan), Some(t), Some(b)) => {
+                    plan.encode_backward_timed(ctx, &mut enc, b, t)?
+                }
+                (Plan::FmaBackward(plan), _, Some(b)) => {
+                    plan.encode_backward(ctx, &mut enc, b)?;
+                    Vec::new()
+                }
+                (Plan::FmaBackward(_), _, None) => unreachable!("backward buffers are made above"),
+                (Plan::Dense(plan), t, _) => {
                     plan.encode(ctx, &mut enc, &io, t)?;
                     t.map_or(Vec::new(), |_| vec!["dense"])
                 }
@@ -331,11 +381,18 @@ impl Bench<'_> {
             }
         }
         let after = allocated(ctx);
-        let extra_plan = match &plan {
-            Plan::Fma(p) => p.extra_bytes(),
-            Plan::Dense(_) => 0,
-        };
-        let computed = 4 * bytes + (shape.bh() * shape.n * 4) as u64 + extra_plan;
+        let lse_bytes = (shape.bh() * shape.n * 4) as u64;
+        // Tensors in and out: q, k, v, o (and dO, dQ, dK, dV for the backward).
+        let io_bytes = if backward.is_some() { 8 } else { 4 } * bytes;
+        let computed = io_bytes
+            + lse_bytes
+            + match &plan {
+                Plan::Fma(p) => p.extra_bytes(),
+                Plan::FmaBackward(p) => {
+                    p.extra_bytes() + p.backward_extra_bytes() + p.weight_grad_bytes()
+                }
+                Plan::Dense(_) => 0,
+            };
         let (peak_bytes, peak_source) = match (before, after) {
             (Some(b), Some(a)) if a > b => (a - b, "allocator"),
             _ => (computed, "computed"),
@@ -349,10 +406,11 @@ impl Bench<'_> {
         let dense_flops = dense_flops(shape, cfg.causal);
         let (name, flops) = match &plan {
             Plan::Fma(p) => ("fma", fma_flops(p.geometry(), cfg, shape)),
+            Plan::FmaBackward(p) => ("fma_backward", fma_backward_flops(p.geometry(), cfg, shape)),
             Plan::Dense(_) => ("dense", dense_flops),
         };
         let info = &ctx.info;
-        let is_fma = name == "fma";
+        let is_fma = name != "dense";
         Ok(Record {
             kernel: name.into(),
             layout: match cfg.layout {
@@ -380,8 +438,8 @@ impl Bench<'_> {
             dense_equivalent_gflops: dense_flops / median_ms / 1e6,
             peak_bytes,
             peak_source: peak_source.into(),
-            qkvo_bytes: 4 * bytes,
-            extra_ratio: (peak_bytes as f64 - 4.0 * bytes as f64) / (4.0 * bytes as f64),
+            qkvo_bytes: io_bytes,
+            extra_ratio: (peak_bytes as f64 - io_bytes as f64) / io_bytes as f64,
             adapter: info.name.clone(),
             backend: format!("{:?}", info.backend),
             device_type: format!("{:?}", info.device_type),
@@ -456,6 +514,16 @@ pub fn fma_flops(g: &Geometry, cfg: &FmaConfig, shape: Shape) -> f64 {
     shape.bh() as f64 * (attention + down)
 }
 
+/// FMA backward's executed FLOPs: 10d per score (the recomputed score, dP, and the dq, dk, dv
+/// updates: 2.5 times the forward's 4d, the flash convention), plus the downsampling twice
+/// (recomputed, then its adjoint).
+pub fn fma_backward_flops(g: &Geometry, cfg: &FmaConfig, shape: Shape) -> f64 {
+    let (near, far) = g.score_pairs();
+    let forward = fma_flops(g, cfg, shape);
+    let scores = shape.bh() as f64 * 4.0 * shape.d as f64 * (near + far) as f64;
+    2.5 * scores + 2.0 * (forward - scores)
+}
+
 fn print_progress(r: &Record) {
     let stages: Vec<String> = r
         .stage_ms
@@ -514,6 +582,22 @@ fn summarise(records: &[Record]) {
             f.dense_equivalent_gflops,
             f.extra_ratio
         );
+    }
+    for b in records.iter().filter(|r| r.kernel == "fma_backward") {
+        if let Some(f) = records
+            .iter()
+            .find(|r| r.kernel == "fma" && r.layout == b.layout && r.n == b.n)
+        {
+            println!(
+                "{:>12} n={:<8} backward {:.2} ms = {:.2}x forward ({:.2} ms); extra memory {:.2}x its tensors",
+                b.layout,
+                b.n,
+                b.median_ms,
+                b.median_ms / f.median_ms,
+                f.median_ms,
+                b.extra_ratio
+            );
+        }
     }
     // Over the whole sweep, and from n = 4096 on (the window of the project's growth target).
     for (kernel, from) in [("fma", 0), ("fma", 4096), ("dense", 0)] {
