@@ -15,14 +15,6 @@
 @group(0) @binding(6) var<storage, read_write> o_out: array<f32>;
 @group(0) @binding(7) var<storage, read_write> lse_out: array<f32>;
 
-// Largest number of coarse levels (n' = m * 2^(MAX_LEVELS + 1) tokens); checked by the plan.
-const MAX_LEVELS: u32 = 32u;
-
-// The far field's keys, flattened over levels: level l's interaction list starts at entry
-// chain_lo[l] of the far table and at key chain_start[l] of the flattened list.
-var<workgroup> chain_lo: array<u32, MAX_LEVELS>;
-var<workgroup> chain_start: array<u32, MAX_LEVELS>;
-var<workgroup> chain_keys: u32;
 
 // The query row scaled by tau, zero past d.
 fn load_query(head: u32, token: i32) -> array<vec4<f32>, HEAD_VEC> {
@@ -178,43 +170,18 @@ fn far_field(
     var t = triple_empty();
     let coarse_base = qt.head * params.total_rows;
 
-    // Walk up the tree once: the fine cell is the level-1 cell, then its parent at each level.
-    if (lid == 0u) {
-        var cell = qt.cell;
-        var keys = 0u;
-        for (var l = 0u; l < params.levels; l++) {
-            let lo = geom[params.far_offsets + cell];
-            chain_lo[l] = lo;
-            chain_start[l] = keys;
-            keys += (geom[params.far_offsets + cell + 1u] - lo) * params.p;
-            cell = geom[params.parent + cell];
-        }
-        chain_keys = keys;
-    }
-    let keys = workgroupUniformLoad(&chain_keys);
-
-    var level = 0u; // each invocation's keys only move forward, so its level cursor does too
+    let keys = far_chain(qt.cell, lid);
+    var level = 0u;
     for (var k0 = 0u; k0 < keys; k0 += KEY_TILE) {
         workgroupBarrier();
         // The first KEY_TILE invocations find the coarse row of one key each...
         for (var kk = lid; kk < KEY_TILE; kk += QUERY_TILE) {
-            let x = k0 + kk;
-            var tag = -1;
-            var bias = 0.0;
-            if (x < keys) {
-                while (level + 1u < params.levels && x >= chain_start[level + 1u]) {
-                    level++;
-                }
-                let y = x - chain_start[level];
-                let row = geom[params.far_entries + chain_lo[level] + y / params.p] * params.p + y % params.p;
-                // a segment without real tokens is skipped; else its score gets log(multiplicity)
-                if (geom[params.rows + 2u * row] > 0u) {
-                    tag = i32(row);
-                    bias = bitcast<f32>(geom[params.rows + 2u * row + 1u]);
-                }
+            var key = FarKey(-1, 0.0);
+            if (k0 + kk < keys) {
+                key = far_key(k0 + kk, &level);
             }
-            tile_tag[kk] = tag;
-            tile_bias[kk] = bias;
+            tile_tag[kk] = key.row;
+            tile_bias[kk] = key.bias;
         }
         workgroupBarrier();
         // ...then all of them stage the rows.

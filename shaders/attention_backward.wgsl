@@ -29,7 +29,6 @@
 @group(0) @binding(13) var<storage, read_write> dv_out: array<f32>;
 @group(0) @binding(14) var<storage, read_write> dcoarse: array<f32>;
 
-const MAX_LEVELS: u32 = 32u;
 // Invocations that stage one row together, and rows staged per pass.
 const ROW_THREADS: u32 = min(QUERY_TILE, HEAD_TILE);
 const ROWS_PER_PASS: u32 = QUERY_TILE / ROW_THREADS;
@@ -42,10 +41,6 @@ var<workgroup> tile_b: array<vec4<f32>, BACK_VECS>;
 var<workgroup> tile_tag: array<i32, BACK_TILE>;
 var<workgroup> tile_x: array<f32, BACK_TILE>;
 var<workgroup> tile_y: array<f32, BACK_TILE>;
-// backward_dq_far: the interaction lists of all levels, flattened (as in far_field).
-var<workgroup> chain_lo: array<u32, MAX_LEVELS>;
-var<workgroup> chain_start: array<u32, MAX_LEVELS>;
-var<workgroup> chain_keys: u32;
 // backward_dkv_far: FAR_LANES lanes; the block's coarse keys and values, and the token, P and
 // dS of each (query, row) pair of a tile of FAR_LANES queries.
 const FAR_LANES: u32 = 64u;
@@ -226,40 +221,17 @@ fn backward_dq_far(
     var dq: array<vec4<f32>, HEAD_VEC>;
     let coarse_base = qt.head * params.total_rows;
 
-    // The same walk up the tree as far_field.
-    if (lid == 0u) {
-        var cell = qt.cell;
-        var keys = 0u;
-        for (var l = 0u; l < params.levels; l++) {
-            let lo = geom[params.far_offsets + cell];
-            chain_lo[l] = lo;
-            chain_start[l] = keys;
-            keys += (geom[params.far_offsets + cell + 1u] - lo) * params.p;
-            cell = geom[params.parent + cell];
-        }
-        chain_keys = keys;
-    }
-    let keys = workgroupUniformLoad(&chain_keys);
+    let keys = far_chain(qt.cell, lid);
     var level = 0u;
     for (var k0 = 0u; k0 < keys; k0 += BACK_TILE) {
         workgroupBarrier();
         for (var kk = lid; kk < BACK_TILE; kk += QUERY_TILE) {
-            let x = k0 + kk;
-            var tag = -1;
-            var bias = 0.0;
-            if (x < keys) {
-                while (level + 1u < params.levels && x >= chain_start[level + 1u]) {
-                    level++;
-                }
-                let y = x - chain_start[level];
-                let row = geom[params.far_entries + chain_lo[level] + y / params.p] * params.p + y % params.p;
-                if (geom[params.rows + 2u * row] > 0u) {
-                    tag = i32(row);
-                    bias = bitcast<f32>(geom[params.rows + 2u * row + 1u]);
-                }
+            var key = FarKey(-1, 0.0);
+            if (k0 + kk < keys) {
+                key = far_key(k0 + kk, &level);
             }
-            tile_tag[kk] = tag;
-            tile_x[kk] = bias;
+            tile_tag[kk] = key.row;
+            tile_x[kk] = key.bias;
         }
         workgroupBarrier();
         for (var kk = lid / ROW_THREADS; kk < BACK_TILE; kk += ROWS_PER_PASS) {

@@ -5,6 +5,7 @@
 pub(crate) const COMMON: &str = include_str!("../../shaders/common.wgsl");
 pub(crate) const MERGE: &str = include_str!("../../shaders/merge.wgsl");
 pub(crate) const ATTENTION: &str = include_str!("../../shaders/attention.wgsl");
+pub(crate) const FAR_CHAIN: &str = include_str!("../../shaders/far_chain.wgsl");
 pub(crate) const DOWNSAMPLE: &str = include_str!("../../shaders/downsample.wgsl");
 pub(crate) const ATTENTION_BACKWARD: &str = include_str!("../../shaders/attention_backward.wgsl");
 pub(crate) const DOWNSAMPLE_BACKWARD: &str = include_str!("../../shaders/downsample_backward.wgsl");
@@ -15,7 +16,7 @@ pub const HEAD_TILES: [u32; 4] = [16, 32, 64, 128];
 pub const MAX_QUERY_TILE: u32 = 64;
 /// Bytes of workgroup memory the attention kernels may use: WebGPU's default limit.
 pub const WORKGROUP_BYTES: u32 = 16384;
-/// Most coarse levels the far-field kernel walks (MAX_LEVELS in attention.wgsl).
+/// Most coarse levels the far-field kernels walk (MAX_LEVELS in far_chain.wgsl).
 pub const MAX_LEVELS: usize = 32;
 /// Workgroup bytes besides the key tiles: the far field's level chain (2 x 32 words, and one
 /// word that WebGPU counts as 16: every workgroup variable is rounded up to 16 bytes).
@@ -141,8 +142,8 @@ pub fn source(family: Family, spec: Spec) -> String {
     );
     let parts: &[&str] = match family {
         Family::Downsample => &[COMMON, DOWNSAMPLE],
-        Family::Attention => &[COMMON, MERGE, ATTENTION],
-        Family::AttentionBackward => &[COMMON, ATTENTION_BACKWARD],
+        Family::Attention => &[COMMON, FAR_CHAIN, MERGE, ATTENTION],
+        Family::AttentionBackward => &[COMMON, FAR_CHAIN, ATTENTION_BACKWARD],
         Family::DownsampleBackward => &[COMMON, DOWNSAMPLE_BACKWARD],
     };
     let mut s = header;

@@ -142,3 +142,30 @@ pub fn small_device() -> GpuContext {
     .unwrap();
     GpuContext::from_device(device, queue, adapter.get_info())
 }
+
+/// Runs `run` on `cases` random cases drawn from `strategy` (no failure file; proptest
+/// shrinks a failing case and reports it) and prints the largest error `run` returned.
+pub fn sweep<C: std::fmt::Debug>(
+    name: &str,
+    strategy: impl proptest::strategy::Strategy<Value = C>,
+    cases: u32,
+    run: impl Fn(&C) -> f32,
+) {
+    let config = proptest::test_runner::Config {
+        cases,
+        failure_persistence: None,
+        ..Default::default()
+    };
+    let mut runner = proptest::test_runner::TestRunner::new(config);
+    let stats = std::cell::Cell::new((0usize, 0f32));
+    let result = runner.run(&strategy, |c| {
+        let (n, worst) = stats.get();
+        stats.set((n + 1, worst.max(run(&c))));
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+    let (n, worst) = stats.get();
+    eprintln!("{name}: {n} random cases passed, largest error {worst:.3e}");
+}

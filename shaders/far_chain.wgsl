@@ -1,0 +1,50 @@
+// The far field's coarse keys, walked by far_field and backward_dq_far: every level's
+// interaction list of a fine cell's ancestors, flattened into one list of keys.
+
+// Largest number of coarse levels (n' = m * 2^(MAX_LEVELS + 1) tokens); checked by the plan.
+const MAX_LEVELS: u32 = 32u;
+
+// Level l's interaction list starts at entry chain_lo[l] of the far table and at key
+// chain_start[l] of the flattened list.
+var<workgroup> chain_lo: array<u32, MAX_LEVELS>;
+var<workgroup> chain_start: array<u32, MAX_LEVELS>;
+var<workgroup> chain_keys: u32;
+
+// Walks up the tree once per workgroup (the fine cell is the level-1 cell, then its parent at
+// each level) and returns the number of flattened keys, uniform across the workgroup.
+fn far_chain(cell: u32, lid: u32) -> u32 {
+    if (lid == 0u) {
+        var c = cell;
+        var keys = 0u;
+        for (var l = 0u; l < params.levels; l++) {
+            let lo = geom[params.far_offsets + c];
+            chain_lo[l] = lo;
+            chain_start[l] = keys;
+            keys += (geom[params.far_offsets + c + 1u] - lo) * params.p;
+            c = geom[params.parent + c];
+        }
+        chain_keys = keys;
+    }
+    return workgroupUniformLoad(&chain_keys);
+}
+
+// A flattened key: its coarse row (-1 for a segment without real tokens, which is skipped)
+// and its score offset, log(multiplicity).
+struct FarKey {
+    row: i32,
+    bias: f32,
+}
+
+// Key x < the chain's length. `level` is the caller's cursor: an invocation's keys only move
+// forward, so its level does too.
+fn far_key(x: u32, level: ptr<function, u32>) -> FarKey {
+    while (*level + 1u < params.levels && x >= chain_start[*level + 1u]) {
+        *level += 1u;
+    }
+    let y = x - chain_start[*level];
+    let row = geom[params.far_entries + chain_lo[*level] + y / params.p] * params.p + y % params.p;
+    if (geom[params.rows + 2u * row] == 0u) {
+        return FarKey(-1, 0.0);
+    }
+    return FarKey(i32(row), bitcast<f32>(geom[params.rows + 2u * row + 1u]));
+}
