@@ -179,13 +179,7 @@ impl FmaPlan {
         timer: &GpuTimer,
     ) -> Result<Vec<&'static str>> {
         let stages = self.backward_stage_names();
-        if (timer.stages() as usize) < stages.len() {
-            return Err(FmaError::InvalidConfig(format!(
-                "the timer holds {} stages; this backward has {}",
-                timer.stages(),
-                stages.len()
-            )));
-        }
+        timer.check_slots(stages.len(), "this backward")?;
         self.encode_backward_checked(ctx, encoder, io, Some(timer))?;
         Ok(stages)
     }

@@ -359,13 +359,7 @@ impl FmaPlan {
         timer: &GpuTimer,
     ) -> Result<Vec<&'static str>> {
         let stages = self.stage_names();
-        if (timer.stages() as usize) < stages.len() {
-            return Err(FmaError::InvalidConfig(format!(
-                "the timer holds {} stages; this plan has {}",
-                timer.stages(),
-                stages.len()
-            )));
-        }
+        timer.check_slots(stages.len(), "this plan")?;
         self.encode_checked(ctx, encoder, io, Some(timer))?;
         Ok(stages)
     }

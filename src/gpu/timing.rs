@@ -60,6 +60,17 @@ impl GpuTimer {
         self.stages
     }
 
+    /// An error unless the timer has a slot for each of `needed` passes of `what`.
+    pub(crate) fn check_slots(&self, needed: usize, what: &str) -> crate::error::Result<()> {
+        if (self.stages as usize) < needed {
+            return Err(crate::error::FmaError::InvalidConfig(format!(
+                "the timer holds {} stages; {what} has {needed}",
+                self.stages
+            )));
+        }
+        Ok(())
+    }
+
     /// The timestamp writes of stage `i`'s pass (None past the last stage).
     pub fn pass(&self, i: u32) -> Option<wgpu::ComputePassTimestampWrites<'_>> {
         (i < self.stages).then(|| wgpu::ComputePassTimestampWrites {

@@ -114,10 +114,9 @@ pub(crate) fn downsample_backward(
                     continue;
                 }
                 let segment = g.segment_offsets(l, r);
-                let [dwk, dwv, dbk, dbv] = dw.get_mut(li).map_or([None, None, None, None], |x| {
-                    let [a, b, c, e] = x;
-                    [Some(a), Some(b), Some(c), Some(e)]
-                });
+                // Mean has no weights: its level gradients stay empty and are never indexed.
+                let mut no_weights = LevelGrads::default();
+                let [dwk, dwv, dbk, dbv] = dw.get_mut(li).unwrap_or(&mut no_weights);
                 for (src, up, grad, (w, _), (dws, dbs)) in [
                     (
                         k,
@@ -144,7 +143,6 @@ pub(crate) fn downsample_backward(
                             }
                         }
                         Downsampling::Basis => {
-                            let dws = dws.expect("weights validated");
                             for (t, tok) in tokens.iter().enumerate() {
                                 let Some(j) = *tok else { continue };
                                 let wt = w[r * s + t] as f64;
@@ -155,7 +153,6 @@ pub(crate) fn downsample_backward(
                             }
                         }
                         Downsampling::Depthwise => {
-                            let (dws, dbs) = (dws.expect("weights validated"), dbs.expect("bias"));
                             for c in 0..d {
                                 let at = (c * p + r) * s;
                                 dbs[c * p + r] += up[c];

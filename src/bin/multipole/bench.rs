@@ -342,14 +342,18 @@ impl Bench<'_> {
                     plan.encode(ctx, &mut enc, &io)?;
                     Vec::new()
                 }
-                (Plan::FmaBackward(plan), Some(t), Some(b)) => {
-                    plan.encode_backward_timed(ctx, &mut enc, b, t)?
+                (Plan::FmaBackward(plan), t, b) => {
+                    let b = b.as_ref().ok_or_else(|| {
+                        FmaError::InvalidConfig("backward buffers missing".into())
+                    })?;
+                    match t {
+                        Some(t) => plan.encode_backward_timed(ctx, &mut enc, b, t)?,
+                        None => {
+                            plan.encode_backward(ctx, &mut enc, b)?;
+                            Vec::new()
+                        }
+                    }
                 }
-                (Plan::FmaBackward(plan), _, Some(b)) => {
-                    plan.encode_backward(ctx, &mut enc, b)?;
-                    Vec::new()
-                }
-                (Plan::FmaBackward(_), _, None) => unreachable!("backward buffers are made above"),
                 (Plan::Dense(plan), t, _) => {
                     plan.encode(ctx, &mut enc, &io, t)?;
                     t.map_or(Vec::new(), |_| vec!["dense"])
