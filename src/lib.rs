@@ -37,6 +37,7 @@
 pub mod config;
 pub mod error;
 pub mod geometry;
+pub mod model;
 pub mod reference;
 pub mod tensor_file;
 
