@@ -56,6 +56,10 @@ pub enum FmaError {
     )]
     Busy,
 
+    /// The vision transformer's sizes, weights or input images are unusable.
+    #[error("model: {0}")]
+    Model(String),
+
     /// A tensor file could not be read or written.
     #[error("tensor file {path}: {message}")]
     TensorFile { path: String, message: String },

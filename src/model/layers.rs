@@ -278,6 +278,21 @@ pub fn merge_heads<T: Float>(x: &[T], tokens: usize, heads: usize, hd: usize) ->
     out
 }
 
+/// Backward of `merge_heads`: `[images, tokens, heads * hd]` back to
+/// `[images, heads, tokens, hd]`.
+pub fn merge_heads_backward<T: Float>(x: &[T], tokens: usize, heads: usize, hd: usize) -> Vec<T> {
+    let dim = heads * hd;
+    let mut out = Vec::with_capacity(x.len());
+    for img in x.chunks_exact(tokens * dim) {
+        for h in 0..heads {
+            for t in 0..tokens {
+                out.extend_from_slice(&img[t * dim + h * hd..t * dim + (h + 1) * hd]);
+            }
+        }
+    }
+    out
+}
+
 /// Backward of `split_heads`: the gradients of q, k, v back into the fused layout.
 pub fn split_heads_backward<T: Float>(
     [dq, dk, dv]: [&[T]; 3],
@@ -417,6 +432,10 @@ mod tests {
         );
         assert_eq!(&v[..hd], &qkv[16..16 + hd]);
         assert_eq!(split_heads_backward([&q, &k, &v], tokens, heads, hd), qkv);
+        assert_eq!(
+            merge_heads_backward(&merge_heads(&q, tokens, heads, hd), tokens, heads, hd),
+            q
+        );
         assert_eq!(
             split_heads(
                 &split_heads_backward([&q, &k, &v], tokens, heads, hd),

@@ -152,6 +152,11 @@ pub(crate) fn near_keys(g: &Geometry, i: usize) -> Vec<usize> {
 /// The coarse rows query i sees: every level's interaction list, rows without real tokens
 /// skipped.
 pub(crate) fn far_rows(g: &Geometry, coarse: &Coarse, i: usize) -> Vec<usize> {
+    far_rows_of(g, &coarse.count, i)
+}
+
+/// `far_rows` given each coarse row's multiplicity.
+pub(crate) fn far_rows_of(g: &Geometry, count: &[usize], i: usize) -> Vec<usize> {
     let f = g.fine_cell_of(i);
     let mut rows = Vec::new();
     for (li, lv) in g.levels.iter().enumerate() {
@@ -160,7 +165,7 @@ pub(crate) fn far_rows(g: &Geometry, coarse: &Coarse, i: usize) -> Vec<usize> {
             rows.extend(
                 (0..g.p)
                     .map(|r| (lv.cell_offset + grp) * g.p + r)
-                    .filter(|&row| coarse.count[row] > 0),
+                    .filter(|&row| count[row] > 0),
             );
         }
     }

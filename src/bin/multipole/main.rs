@@ -2,6 +2,7 @@
 
 mod bench;
 mod plot;
+mod train;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -30,6 +31,8 @@ enum Command {
     Attend(AttendArgs),
     /// FMA against dense attention on this machine's GPU: time, FLOP rates, memory, plots.
     Bench(bench::BenchArgs),
+    /// Train the FMA vision transformer (or its dense twin) on MNIST digits, on the CPU.
+    TrainMnist(train::TrainArgs),
 }
 
 #[derive(clap::Args)]
@@ -77,6 +80,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Attend(args) => attend(&args),
         Command::Bench(args) => bench::run(&args),
+        Command::TrainMnist(args) => train::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,373 @@
+//! The ViT's sizes and its attention options, and the names and shapes of its parameters.
+
+use std::collections::HashMap;
+
+use crate::config::{Downsampling, FmaConfig};
+use crate::error::{FmaError, Result};
+use crate::geometry::Geometry;
+
+/// Sizes of the vision transformer. The defaults (`VitConfig::fma`) are what the shipped
+/// weights were trained with; see README.md for why.
+#[derive(Clone, Debug, PartialEq)]
+pub struct VitConfig {
+    /// Side of the input digit (28 for MNIST).
+    pub image: usize,
+    /// Side of the canvas the digit is placed on (32: a power-of-two token grid).
+    pub canvas: usize,
+    /// Side of a square patch; one token per patch.
+    pub patch: usize,
+    /// Width of the token vectors.
+    pub dim: usize,
+    /// Transformer blocks.
+    pub depth: usize,
+    /// Attention heads per block; `dim / heads` is the head dimension.
+    pub heads: usize,
+    /// Hidden width of the MLP.
+    pub mlp: usize,
+    /// Output classes.
+    pub classes: usize,
+    /// FMA fine cell side over the token grid (half the grid side makes attention exact).
+    pub m: usize,
+    /// Coarse keys per cell.
+    pub p: usize,
+    /// How coarse keys are made.
+    pub downsampling: Downsampling,
+}
+
+/// Where one parameter tensor sits in `Params::tensors`, and its shape.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ParamInfo {
+    pub name: String,
+    pub shape: Vec<usize>,
+    /// Matrices get weight decay; biases, norms and position embeddings do not.
+    pub decay: bool,
+}
+
+impl ParamInfo {
+    pub fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Indices into the parameter list of one block's tensors.
+#[derive(Clone, Debug)]
+pub struct BlockIndex {
+    pub ln1: [usize; 2],
+    pub qkv: [usize; 2],
+    pub proj: [usize; 2],
+    /// Per coarse level: wk, wv, bk, bv (None where the kind has no such tensor).
+    pub ds: Vec<[Option<usize>; 4]>,
+    pub ln2: [usize; 2],
+    pub fc1: [usize; 2],
+    pub fc2: [usize; 2],
+}
+
+/// Indices of every tensor, in the order of `VitConfig::params`.
+#[derive(Clone, Debug)]
+pub struct ParamIndex {
+    pub patch: [usize; 2],
+    pub pos: usize,
+    pub blocks: Vec<BlockIndex>,
+    pub norm: [usize; 2],
+    pub head: [usize; 2],
+}
+
+impl VitConfig {
+    /// The shipped FMA model: 16 x 16 tokens of 2 x 2 pixels, width 32, 2 heads of 16, 2
+    /// blocks, FMA with 2 x 2 fine cells, one coarse key per cell, depthwise downsampling.
+    pub fn fma() -> VitConfig {
+        VitConfig {
+            image: 28,
+            canvas: 32,
+            patch: 2,
+            dim: 32,
+            depth: 2,
+            heads: 2,
+            mlp: 64,
+            classes: 10,
+            m: 2,
+            p: 1,
+            downsampling: Downsampling::Depthwise,
+        }
+    }
+
+    /// The same model with exact attention: m = half the grid side leaves no coarse level.
+    pub fn dense_twin(&self) -> VitConfig {
+        VitConfig {
+            m: self.grid() / 2,
+            p: 1,
+            downsampling: Downsampling::Mean,
+            ..self.clone()
+        }
+    }
+
+    /// Tokens per side of the grid.
+    pub fn grid(&self) -> usize {
+        self.canvas / self.patch
+    }
+    pub fn tokens(&self) -> usize {
+        self.grid() * self.grid()
+    }
+    pub fn head_dim(&self) -> usize {
+        self.dim / self.heads
+    }
+    /// Pixels per token.
+    pub fn patch_pixels(&self) -> usize {
+        self.patch * self.patch
+    }
+
+    /// The FMA options of every block's attention.
+    pub fn attention(&self) -> FmaConfig {
+        FmaConfig {
+            downsampling: self.downsampling,
+            ..FmaConfig::new(self.m, self.p)
+        }
+        .image(self.grid(), self.grid())
+    }
+
+    /// The attention's hierarchy over the token grid.
+    pub fn geometry(&self) -> Result<Geometry> {
+        Geometry::new(self.tokens(), &self.attention())
+    }
+
+    /// Checks that the sizes fit together.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(FmaError::Model(m));
+        if self.image == 0 || self.image > self.canvas {
+            return bad(format!(
+                "image side {} must be between 1 and the canvas side {}",
+                self.image, self.canvas
+            ));
+        }
+        if self.patch == 0 || !self.canvas.is_multiple_of(self.patch) {
+            return bad(format!(
+                "patch side {} must divide the canvas side {}",
+                self.patch, self.canvas
+            ));
+        }
+        if [self.dim, self.depth, self.heads, self.mlp, self.classes].contains(&0) {
+            return bad("dim, depth, heads, mlp and classes must all be at least 1".into());
+        }
+        if !self.dim.is_multiple_of(self.heads) {
+            return bad(format!(
+                "dim {} must be a multiple of heads {}",
+                self.dim, self.heads
+            ));
+        }
+        if self.head_dim() > crate::config::MAX_HEAD_DIM {
+            return Err(FmaError::UnsupportedHeadDim(self.head_dim()));
+        }
+        self.geometry().map(|_| ())
+    }
+
+    /// Every parameter tensor, in the fixed order training and files use.
+    pub fn params(&self) -> Result<Vec<ParamInfo>> {
+        self.validate()?;
+        let g = self.geometry()?;
+        let (d, hd, p) = (self.dim, self.head_dim(), self.p);
+        let mut out = Vec::new();
+        let mut add = |name: String, shape: Vec<usize>, decay: bool| {
+            out.push(ParamInfo { name, shape, decay })
+        };
+        add("patch.w".into(), vec![self.patch_pixels(), d], true);
+        add("patch.b".into(), vec![d], false);
+        add("pos".into(), vec![self.tokens(), d], false);
+        for b in 0..self.depth {
+            let name = |s: &str| format!("blocks.{b}.{s}");
+            add(name("ln1.g"), vec![d], false);
+            add(name("ln1.b"), vec![d], false);
+            add(name("qkv.w"), vec![d, 3 * d], true);
+            add(name("qkv.b"), vec![3 * d], false);
+            add(name("proj.w"), vec![d, d], true);
+            add(name("proj.b"), vec![d], false);
+            for (li, s) in g.group_tokens().into_iter().enumerate() {
+                let l = li + 1;
+                match self.downsampling {
+                    Downsampling::Mean => {}
+                    Downsampling::Basis => {
+                        add(name(&format!("ds.wk.{l}")), vec![p, s], false);
+                        add(name(&format!("ds.wv.{l}")), vec![p, s], false);
+                    }
+                    Downsampling::Depthwise => {
+                        add(name(&format!("ds.wk.{l}")), vec![hd, p, s], false);
+                        add(name(&format!("ds.wv.{l}")), vec![hd, p, s], false);
+                        add(name(&format!("ds.bk.{l}")), vec![hd, p], false);
+                        add(name(&format!("ds.bv.{l}")), vec![hd, p], false);
+                    }
+                }
+            }
+            add(name("ln2.g"), vec![d], false);
+            add(name("ln2.b"), vec![d], false);
+            add(name("fc1.w"), vec![d, self.mlp], true);
+            add(name("fc1.b"), vec![self.mlp], false);
+            add(name("fc2.w"), vec![self.mlp, d], true);
+            add(name("fc2.b"), vec![d], false);
+        }
+        add("norm.g".into(), vec![d], false);
+        add("norm.b".into(), vec![d], false);
+        add("head.w".into(), vec![d, self.classes], true);
+        add("head.b".into(), vec![self.classes], false);
+        Ok(out)
+    }
+
+    /// Where each tensor of `params()` sits.
+    pub fn index(&self) -> Result<ParamIndex> {
+        let infos = self.params()?;
+        let at: HashMap<&str, usize> = infos
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.name.as_str(), i))
+            .collect();
+        let find = |n: &str| at.get(n).copied();
+        let get = |n: &str| {
+            find(n).ok_or_else(|| FmaError::Model(format!("internal: no parameter '{n}'")))
+        };
+        // Norms hold a gain and a bias, the linear layers a weight and a bias.
+        let pair = |n: &str| -> Result<[usize; 2]> {
+            let first = if n.ends_with("ln1") || n.ends_with("ln2") || n == "norm" {
+                "g"
+            } else {
+                "w"
+            };
+            Ok([get(&format!("{n}.{first}"))?, get(&format!("{n}.b"))?])
+        };
+        let levels = self.geometry()?.num_levels();
+        let blocks = (0..self.depth)
+            .map(|b| {
+                let n = |s: &str| format!("blocks.{b}.{s}");
+                Ok(BlockIndex {
+                    ln1: pair(&n("ln1"))?,
+                    qkv: pair(&n("qkv"))?,
+                    proj: pair(&n("proj"))?,
+                    ds: (1..=levels)
+                        .map(|l| ["wk", "wv", "bk", "bv"].map(|t| find(&n(&format!("ds.{t}.{l}")))))
+                        .collect(),
+                    ln2: pair(&n("ln2"))?,
+                    fc1: pair(&n("fc1"))?,
+                    fc2: pair(&n("fc2"))?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(ParamIndex {
+            patch: pair("patch")?,
+            pos: get("pos")?,
+            blocks,
+            norm: pair("norm")?,
+            head: pair("head")?,
+        })
+    }
+
+    /// The sizes as text, stored in a weights file's metadata.
+    pub fn to_metadata(&self) -> HashMap<String, String> {
+        let ds = match self.downsampling {
+            Downsampling::Mean => "mean",
+            Downsampling::Basis => "basis",
+            Downsampling::Depthwise => "depthwise",
+        };
+        [
+            ("image", self.image.to_string()),
+            ("canvas", self.canvas.to_string()),
+            ("patch", self.patch.to_string()),
+            ("dim", self.dim.to_string()),
+            ("depth", self.depth.to_string()),
+            ("heads", self.heads.to_string()),
+            ("mlp", self.mlp.to_string()),
+            ("classes", self.classes.to_string()),
+            ("m", self.m.to_string()),
+            ("p", self.p.to_string()),
+            ("downsampling", ds.to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+
+    /// Reads the sizes back from a weights file's metadata.
+    pub fn from_metadata(meta: &HashMap<String, String>) -> Result<VitConfig> {
+        let num = |k: &str| -> Result<usize> {
+            let v = meta.get(k).ok_or_else(|| {
+                FmaError::Model(format!(
+                    "weights metadata lacks '{k}' (not a multipole ViT file?)"
+                ))
+            })?;
+            v.parse().map_err(|_| {
+                FmaError::Model(format!("weights metadata '{k}' = '{v}' is not a number"))
+            })
+        };
+        let ds = meta
+            .get("downsampling")
+            .ok_or_else(|| FmaError::Model("weights metadata lacks 'downsampling'".into()))?
+            .parse()?;
+        let cfg = VitConfig {
+            image: num("image")?,
+            canvas: num("canvas")?,
+            patch: num("patch")?,
+            dim: num("dim")?,
+            depth: num("depth")?,
+            heads: num("heads")?,
+            mlp: num("mlp")?,
+            classes: num("classes")?,
+            m: num("m")?,
+            p: num("p")?,
+            downsampling: ds,
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_sizes_and_their_dense_twin() {
+        let fma = VitConfig::fma();
+        let g = fma.geometry().unwrap();
+        assert_eq!((fma.grid(), fma.tokens(), g.num_levels()), (16, 256, 2));
+        let dense = fma.dense_twin();
+        assert_eq!(dense.geometry().unwrap().num_levels(), 0);
+        let names: Vec<String> = fma.params().unwrap().into_iter().map(|p| p.name).collect();
+        assert!(names.contains(&"blocks.1.ds.bv.2".to_string()));
+        assert!(
+            !dense
+                .params()
+                .unwrap()
+                .iter()
+                .any(|p| p.name.contains("ds."))
+        );
+        assert_eq!(VitConfig::from_metadata(&fma.to_metadata()).unwrap(), fma);
+        let idx = fma.index().unwrap();
+        assert_eq!(idx.blocks[1].ds.len(), 2);
+        assert!(idx.blocks[0].ds[0].iter().all(Option::is_some));
+    }
+
+    #[test]
+    fn bad_sizes_are_errors() {
+        let bad = [
+            VitConfig {
+                dim: 30,
+                heads: 4,
+                ..VitConfig::fma()
+            },
+            VitConfig {
+                patch: 3,
+                ..VitConfig::fma()
+            },
+            VitConfig {
+                m: 3,
+                ..VitConfig::fma()
+            },
+            VitConfig {
+                depth: 0,
+                ..VitConfig::fma()
+            },
+        ];
+        for c in bad {
+            assert!(c.validate().is_err(), "{c:?}");
+        }
+    }
+}
