@@ -3,6 +3,7 @@
 //!
 //!   cargo run --example export_shaders -- OUT.json
 
+use multipole::gpu::layers::LAYER_ENTRIES;
 use multipole::gpu::shaders::{Family, Spec, source};
 
 fn entries(family: Family) -> &'static [&'static str] {
@@ -28,6 +29,7 @@ fn entries(family: Family) -> &'static [&'static str] {
             "weight_grads_basis",
             "weight_grads_depthwise",
         ],
+        Family::Layers => &LAYER_ENTRIES,
     }
 }
 
@@ -63,6 +65,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ));
         }
     }
+    // The layers have no specialisation: one module.
+    let names: Vec<String> = LAYER_ENTRIES.iter().map(|e| json_string(e)).collect();
+    items.push(format!(
+        "{{\"name\":\"Layers\",\"entries\":[{}],\"code\":{}}}",
+        names.join(","),
+        json_string(&source(Family::Layers, Spec::LAYERS))
+    ));
     std::fs::write(&out, format!("[\n{}\n]\n", items.join(",\n")))?;
     println!("wrote {} shader modules to {out}", items.len());
     Ok(())

@@ -72,3 +72,27 @@ fn workgroup_memory_fits_webgpu_default() {
         }
     }
 }
+
+/// The layer kernels (one build, no specialisation) validate, every entry point exists, and
+/// they use no workgroup memory.
+#[test]
+fn layer_kernels_validate() {
+    use multipole::gpu::layers::LAYER_ENTRIES;
+    if let Err(e) = validate(Family::Layers, Spec::LAYERS) {
+        panic!("layers.wgsl does not validate:\n{e}");
+    }
+    let module = naga::front::wgsl::parse_str(&source(Family::Layers, Spec::LAYERS)).unwrap();
+    let mut names: Vec<&str> = module
+        .entry_points
+        .iter()
+        .map(|e| e.name.as_str())
+        .collect();
+    names.sort();
+    let mut want = LAYER_ENTRIES.to_vec();
+    want.sort();
+    assert_eq!(
+        names, want,
+        "LAYER_ENTRIES must list every entry point once"
+    );
+    assert_eq!(workgroup_bytes(Family::Layers, Spec::LAYERS), 0);
+}

@@ -8,13 +8,17 @@ mod dense;
 mod downsample;
 mod downsample_backward;
 mod host;
+pub mod layers;
 mod params;
 mod plan;
 pub mod shaders;
 mod timing;
+mod vit;
 
 pub use backward::{BackwardIo, Tape};
 pub use context::GpuContext;
 pub use dense::DensePlan;
+pub use layers::LayerKernels;
 pub use plan::{AttentionIo, FmaPlan};
 pub use timing::GpuTimer;
+pub use vit::VitGpu;

@@ -9,6 +9,7 @@ pub(crate) const FAR_CHAIN: &str = include_str!("../../shaders/far_chain.wgsl");
 pub(crate) const DOWNSAMPLE: &str = include_str!("../../shaders/downsample.wgsl");
 pub(crate) const ATTENTION_BACKWARD: &str = include_str!("../../shaders/attention_backward.wgsl");
 pub(crate) const DOWNSAMPLE_BACKWARD: &str = include_str!("../../shaders/downsample_backward.wgsl");
+pub(crate) const LAYERS: &str = include_str!("../../shaders/layers.wgsl");
 
 /// Head-dim tiles the kernels are built for; a head dim uses the smallest tile that holds it.
 pub const HEAD_TILES: [u32; 4] = [16, 32, 64, 128];
@@ -29,9 +30,12 @@ pub enum Family {
     Attention,
     AttentionBackward,
     DownsampleBackward,
+    /// The vision transformer's layers; independent of the head-dim specialisation.
+    Layers,
 }
 
 impl Family {
+    /// The attention families, built per specialisation.
     pub const ALL: [Family; 4] = [
         Family::Downsample,
         Family::Attention,
@@ -109,6 +113,12 @@ impl Spec {
             + 2 * round(4 * FAR_LANES * BACK_ROWS)
     }
 
+    /// The one build of `Family::Layers`, which has no specialisation.
+    pub const LAYERS: Spec = Spec {
+        head_tile: 16,
+        query_tile: 1,
+    };
+
     /// Every specialisation the crate can build (for validation tests).
     pub fn all() -> Vec<Spec> {
         let query_tiles = (0..=MAX_QUERY_TILE.trailing_zeros()).map(|s| 1u32 << s);
@@ -125,6 +135,9 @@ impl Spec {
 
 /// The complete WGSL text of a family for one specialisation.
 pub fn source(family: Family, spec: Spec) -> String {
+    if family == Family::Layers {
+        return LAYERS.to_string();
+    }
     let header = format!(
         "const HEAD_TILE: u32 = {h}u;\nconst HEAD_VEC: u32 = {hv}u;\nconst KEY_TILE: u32 = {k}u;\n\
          const TILE_VECS: u32 = {tv}u;\nconst QUERY_TILE: u32 = {q}u;\n\
@@ -145,6 +158,7 @@ pub fn source(family: Family, spec: Spec) -> String {
         Family::Attention => &[COMMON, FAR_CHAIN, MERGE, ATTENTION],
         Family::AttentionBackward => &[COMMON, FAR_CHAIN, ATTENTION_BACKWARD],
         Family::DownsampleBackward => &[COMMON, DOWNSAMPLE_BACKWARD],
+        Family::Layers => &[LAYERS],
     };
     let mut s = header;
     for p in parts {

@@ -16,6 +16,9 @@ pub struct VitConfig {
     pub canvas: usize,
     /// Side of a square patch; one token per patch.
     pub patch: usize,
+    /// Side of the pixel window a token's embedding reads, centred on its patch: wider than
+    /// the patch, neighbouring windows overlap (a convolutional stem in one linear layer).
+    pub window: usize,
     /// Width of the token vectors.
     pub dim: usize,
     /// Transformer blocks.
@@ -76,15 +79,16 @@ pub struct ParamIndex {
 }
 
 impl VitConfig {
-    /// The shipped FMA model: 16 x 16 tokens of 2 x 2 pixels, width 32, 2 heads of 16, 2
+    /// The shipped FMA model: 16 x 16 tokens of 2 x 2 pixels, width 32, 2 heads of 16, 3
     /// blocks, FMA with 2 x 2 fine cells, one coarse key per cell, depthwise downsampling.
     pub fn fma() -> VitConfig {
         VitConfig {
             image: 28,
             canvas: 32,
             patch: 2,
+            window: 4,
             dim: 32,
-            depth: 2,
+            depth: 3,
             heads: 2,
             mlp: 64,
             classes: 10,
@@ -114,9 +118,9 @@ impl VitConfig {
     pub fn head_dim(&self) -> usize {
         self.dim / self.heads
     }
-    /// Pixels per token.
+    /// Pixels a token's embedding reads.
     pub fn patch_pixels(&self) -> usize {
-        self.patch * self.patch
+        self.window * self.window
     }
 
     /// The FMA options of every block's attention.
@@ -146,6 +150,12 @@ impl VitConfig {
             return bad(format!(
                 "patch side {} must divide the canvas side {}",
                 self.patch, self.canvas
+            ));
+        }
+        if self.window < self.patch || !(self.window - self.patch).is_multiple_of(2) {
+            return bad(format!(
+                "window {} must be at least the patch side {} and differ from it by an even number",
+                self.window, self.patch
             ));
         }
         if [self.dim, self.depth, self.heads, self.mlp, self.classes].contains(&0) {
@@ -271,6 +281,7 @@ impl VitConfig {
             ("image", self.image.to_string()),
             ("canvas", self.canvas.to_string()),
             ("patch", self.patch.to_string()),
+            ("window", self.window.to_string()),
             ("dim", self.dim.to_string()),
             ("depth", self.depth.to_string()),
             ("heads", self.heads.to_string()),
@@ -305,6 +316,7 @@ impl VitConfig {
             image: num("image")?,
             canvas: num("canvas")?,
             patch: num("patch")?,
+            window: num("window")?,
             dim: num("dim")?,
             depth: num("depth")?,
             heads: num("heads")?,

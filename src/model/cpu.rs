@@ -98,7 +98,7 @@ impl CpuVit {
         let (t, d, h, hd) = (cfg.tokens(), cfg.dim, cfg.heads, cfg.head_dim());
         let p = &params.tensors;
         let ix = &self.index;
-        let patches = patches(images, side, cfg.patch);
+        let patches = patches(images, side, cfg.patch, cfg.window);
         let mut x = linear(
             &patches,
             &p[ix.patch[0]],
@@ -289,6 +289,7 @@ mod tests {
                 image: 12,
                 canvas: 16,
                 patch: 2,
+                window: 4,
                 dim: 8,
                 depth: 2,
                 heads: 2,

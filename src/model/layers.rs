@@ -193,17 +193,26 @@ pub fn cross_entropy<T: Float>(logits: &[T], labels: &[u8], classes: usize) -> (
     (loss * inv, grad)
 }
 
-/// Cuts `images` (each `side x side`, row-major) into `patch x patch` patches, one row of
-/// `patch^2` pixels per token, tokens in row-major order over the `side/patch` grid.
-pub fn patches<T: Float>(images: &[T], side: usize, patch: usize) -> Vec<T> {
-    let g = side / patch;
-    let mut out = Vec::with_capacity(images.len());
+/// Cuts `images` (each `side x side`, row-major) into one window of `window x window` pixels
+/// per token, tokens on the `side/stride` grid in row-major order. Windows wider than the
+/// stride overlap their neighbours and are centred on the token's `stride x stride` block;
+/// pixels outside the image read 0. (`window == stride` gives plain non-overlapping patches.)
+pub fn patches<T: Float>(images: &[T], side: usize, stride: usize, window: usize) -> Vec<T> {
+    let g = side / stride;
+    let pad = (window - stride) / 2;
+    let mut out = Vec::with_capacity(images.len() / (stride * stride) * window * window);
     for img in images.chunks_exact(side * side) {
         for ty in 0..g {
             for tx in 0..g {
-                for py in 0..patch {
-                    let row = (ty * patch + py) * side + tx * patch;
-                    out.extend_from_slice(&img[row..row + patch]);
+                for wy in 0..window {
+                    for wx in 0..window {
+                        let y = (ty * stride + wy).checked_sub(pad).filter(|&y| y < side);
+                        let x = (tx * stride + wx).checked_sub(pad).filter(|&x| x < side);
+                        out.push(match (y, x) {
+                            (Some(y), Some(x)) => img[y * side + x],
+                            _ => T::zero(),
+                        });
+                    }
                 }
             }
         }
@@ -456,8 +465,13 @@ mod tests {
         });
         // A 4x4 image in 2x2 patches: token 1 is the top-right block.
         let img: Vec<f64> = (0..16).map(|i| i as f64).collect();
-        let p = patches(&img, 4, 2);
+        let p = patches(&img, 4, 2, 2);
         assert_eq!(&p[4..8], &[2.0, 3.0, 6.0, 7.0]);
         assert_eq!(&p[12..16], &[10.0, 11.0, 14.0, 15.0]);
+        // Overlapping 4 x 4 windows: token 0 reads rows -1..3 and columns -1..3.
+        let w = patches(&img, 4, 2, 4);
+        assert_eq!(w.len(), 4 * 16);
+        assert_eq!(&w[..8], &[0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 2.0]);
+        assert_eq!(&w[16 * 3 + 8..16 * 3 + 12], &[13.0, 14.0, 15.0, 0.0]);
     }
 }

@@ -29,8 +29,8 @@ pub struct TrainOptions {
 impl Default for TrainOptions {
     fn default() -> Self {
         TrainOptions {
-            epochs: 12,
-            batch: 64,
+            epochs: 20,
+            batch: 32,
             lr: 2e-3,
             warmup: 200,
             weight_decay: 0.05,

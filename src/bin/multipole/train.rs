@@ -41,7 +41,7 @@ pub struct TrainArgs {
     /// Model width (the shipped model: 32).
     #[arg(long, default_value_t = VitConfig::fma().dim)]
     dim: usize,
-    /// Transformer blocks (the shipped model: 2).
+    /// Transformer blocks (the shipped model: 3).
     #[arg(long, default_value_t = VitConfig::fma().depth)]
     depth: usize,
 }
