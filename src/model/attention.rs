@@ -18,6 +18,7 @@ use crate::reference::{far_rows_of, near_keys};
 #[derive(Clone, Debug, Default)]
 struct Row {
     level: usize,
+    group: usize,
     r: usize,
     count: usize,
     /// (position in the group, token), real tokens only. For `Mean`, the segment's tokens.
@@ -32,8 +33,9 @@ pub struct SparseFma {
     p: usize,
     scale: f64,
     kind: Downsampling,
-    /// Tokens per group per level.
+    /// Tokens per group per level, and the levels' layout.
     group_tokens: Vec<usize>,
+    levels: Vec<crate::geometry::Level>,
     rows: Vec<Row>,
     /// Per query: its near keys, then its coarse rows with their score offsets.
     near: Vec<Vec<usize>>,
@@ -69,6 +71,7 @@ impl SparseFma {
                 for r in 0..p {
                     let row = &mut rows[(lv.cell_offset + grp) * p + r];
                     row.level = li;
+                    row.group = grp;
                     row.r = r;
                     row.count = g.multiplicity(l, grp, r);
                     let positions: Vec<usize> = match config.downsampling {
@@ -106,6 +109,7 @@ impl SparseFma {
             scale: config.scale_for(d) as f64,
             kind: config.downsampling,
             group_tokens: g.group_tokens(),
+            levels: g.levels.clone(),
             rows,
             near,
             far,
@@ -124,6 +128,28 @@ impl SparseFma {
             .map(|&(row, _)| (row, self.rows[row].level))
             .collect();
         (&self.near[i], far)
+    }
+
+    /// Query i's attention probabilities in `cache`, in the order of `lists(i)`: near keys,
+    /// then coarse rows.
+    pub fn query_probs<'a, T>(&self, cache: &'a HeadCache<T>, i: usize) -> &'a [T] {
+        let start: usize = (0..i).map(|j| self.keys_seen(j)).sum();
+        &cache.probs[start..start + self.keys_seen(i)]
+    }
+
+    /// The token-grid rectangle a coarse row summarises: (level l = 1.., top, left, height,
+    /// width), in padded grid coordinates.
+    pub fn row_rect(&self, row: usize) -> (usize, usize, usize, usize, usize) {
+        let r = &self.rows[row];
+        let lv = &self.levels[r.level];
+        let (gy, gx) = (r.group / lv.groups_x, r.group % lv.groups_x);
+        (
+            r.level + 1,
+            gy * lv.group_h,
+            gx * lv.group_w,
+            lv.group_h,
+            lv.group_w,
+        )
     }
 
     /// The weight of row `row`'s member at group position `t` for channel `ch`.

