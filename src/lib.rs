@@ -48,5 +48,7 @@ pub mod gpu;
 
 pub use gpu::{AttentionIo, BackwardIo, DensePlan, FmaPlan, GpuContext, GpuTimer, Tape};
 pub use reference::{Gradients, Output};
+#[cfg(target_arch = "wasm32")]
+pub mod web;
 /// The wgpu this crate is built on, for callers that share a device with it.
 pub use wgpu;

