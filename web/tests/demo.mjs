@@ -109,6 +109,16 @@ try {
 
   step = 'console';
   check(errors.length === 0, `console errors: ${errors.join(' | ')}`);
+
+  step = 'no WebGPU';
+  // A browser without WebGPU gets a message that says what works, and no exception.
+  const plain = await browser.newPage();
+  const plainErrors = [];
+  plain.on('pageerror', (e) => plainErrors.push(String(e)));
+  await plain.addInitScript(() => Object.defineProperty(Navigator.prototype, 'gpu', { get: () => undefined }));
+  await plain.goto(base);
+  await plain.waitForFunction(() => document.getElementById('status').textContent.includes('needs WebGPU'), null, { timeout: 60_000 });
+  check(plainErrors.length === 0, `page errors without WebGPU: ${plainErrors.join(' | ')}`);
   console.log(`demo: all browser checks passed (${timings.join('; ')})`);
 } catch (e) {
   const shot = `${outDir}/demo-failure.png`;
