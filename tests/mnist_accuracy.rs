@@ -56,6 +56,19 @@ fn shipped_fma_weights_reach_97_percent_on_the_gpu() {
         test.len(),
         started.elapsed().as_secs_f64() * 1e3 / test.len() as f64
     );
+    // One image at a time, as the CLI and the browser run it.
+    let single = VitGpu::new(ctx, &weights, 1).unwrap();
+    let px = weights.config.canvas * weights.config.canvas;
+    let images = canvas(&test, 0..10, weights.config.canvas);
+    single.logits_blocking(ctx, &images[..px]).unwrap(); // warm-up
+    let started = std::time::Instant::now();
+    for image in images.chunks(px) {
+        single.logits_blocking(ctx, image).unwrap();
+    }
+    eprintln!(
+        "one image at a time: {:.1} ms per image",
+        started.elapsed().as_secs_f64() * 1e3 / 10.0
+    );
     assert!(
         accuracy >= 0.97,
         "held-out accuracy {accuracy} is under 97%"
