@@ -123,21 +123,13 @@ pub fn config(
 }
 
 /// A device whose storage bindings hold only 64 KiB: the tensors no longer fit one binding.
+/// Made by the library (`with_limits`), so it owns the device's error handlers like `new`.
 pub fn small_device() -> GpuContext {
-    let instance =
-        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
-    let adapter = pollster::block_on(instance.request_adapter(&Default::default()))
-        .expect("an adapter (lavapipe in CI)");
-    let limits = wgpu::Limits {
+    pollster::block_on(GpuContext::with_limits(|adapter| wgpu::Limits {
         max_storage_buffer_binding_size: 1 << 16,
-        ..adapter.limits()
-    };
-    let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
-        required_limits: limits,
-        ..Default::default()
+        ..adapter
     }))
-    .unwrap();
-    GpuContext::from_device(device, queue, adapter.get_info())
+    .expect("an adapter (lavapipe in CI)")
 }
 
 /// Runs `run` on `cases` random cases drawn from `strategy` (no failure file; proptest
