@@ -1,36 +1,23 @@
-//! Writes every shader specialisation as JSON, for compiling them in a browser
-//! (web/tests/shader_compile.mjs, run by `cargo xtask test`).
+//! Writes every shader specialisation the crate can build as JSON, for compiling them in a
+//! browser (web/tests/shader_compile.mjs, run by `cargo xtask test`): each module with its
+//! WGSL and every compute entry point in it (read with naga, so a new kernel cannot be left
+//! out), and the totals the page must reach: `{"modules": M, "pipelines": P, "shaders": [...]}`.
 //!
 //!   cargo run --example export_shaders -- OUT.json
 
 use multipole::gpu::layers::LAYER_ENTRIES;
 use multipole::gpu::shaders::{Family, Spec, source};
 
-fn entries(family: Family) -> &'static [&'static str] {
-    match family {
-        Family::Downsample => &[
-            "downsample_mean",
-            "downsample_mean_merge",
-            "downsample_basis",
-            "downsample_depthwise",
-        ],
-        Family::Attention => &["near_field", "far_field", "dense_attention"],
-        Family::AttentionBackward => &[
-            "backward_stats",
-            "backward_dq_near",
-            "backward_dq_far",
-            "backward_dkv_near",
-            "backward_dkv_far",
-        ],
-        Family::DownsampleBackward => &[
-            "tokens_mean",
-            "tokens_basis",
-            "tokens_depthwise",
-            "weight_grads_basis",
-            "weight_grads_depthwise",
-        ],
-        Family::Layers => &LAYER_ENTRIES,
-    }
+/// The compute entry points declared in `code`, in declaration order.
+fn entry_points(name: &str, code: &str) -> Result<Vec<String>, String> {
+    let module = naga::front::wgsl::parse_str(code)
+        .map_err(|e| format!("{name} does not parse:\n{}", e.emit_to_string(code)))?;
+    Ok(module
+        .entry_points
+        .iter()
+        .filter(|e| e.stage == naga::ShaderStage::Compute)
+        .map(|e| e.name.clone())
+        .collect())
 }
 
 /// A JSON string literal (the sources are ASCII; quotes, backslashes and control bytes escaped).
@@ -53,26 +40,50 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = std::env::args()
         .nth(1)
         .ok_or("usage: export_shaders OUT.json")?;
-    let mut items = Vec::new();
+    let mut modules: Vec<(String, String)> = Vec::new();
     for spec in Spec::all() {
         for family in Family::ALL {
-            let names: Vec<String> = entries(family).iter().map(|e| json_string(e)).collect();
-            items.push(format!(
-                "{{\"name\":{},\"entries\":[{}],\"code\":{}}}",
-                json_string(&format!("{family:?} {spec:?}")),
-                names.join(","),
-                json_string(&source(family, spec))
-            ));
+            modules.push((format!("{family:?} {spec:?}"), source(family, spec)));
         }
     }
     // The layers have no specialisation: one module.
-    let names: Vec<String> = LAYER_ENTRIES.iter().map(|e| json_string(e)).collect();
-    items.push(format!(
-        "{{\"name\":\"Layers\",\"entries\":[{}],\"code\":{}}}",
-        names.join(","),
-        json_string(&source(Family::Layers, Spec::LAYERS))
-    ));
-    std::fs::write(&out, format!("[\n{}\n]\n", items.join(",\n")))?;
-    println!("wrote {} shader modules to {out}", items.len());
+    modules.push(("Layers".into(), source(Family::Layers, Spec::LAYERS)));
+
+    let mut items = Vec::new();
+    let mut pipelines = 0;
+    for (name, code) in &modules {
+        let entries = entry_points(name, code)?;
+        if entries.is_empty() {
+            return Err(format!("{name} declares no compute entry point").into());
+        }
+        if name == "Layers" && entries.len() != LAYER_ENTRIES.len() {
+            return Err(format!(
+                "layers.wgsl has {} entry points but LAYER_ENTRIES lists {}",
+                entries.len(),
+                LAYER_ENTRIES.len()
+            )
+            .into());
+        }
+        pipelines += entries.len();
+        let names: Vec<String> = entries.iter().map(|e| json_string(e)).collect();
+        items.push(format!(
+            "{{\"name\":{},\"entries\":[{}],\"code\":{}}}",
+            json_string(name),
+            names.join(","),
+            json_string(code)
+        ));
+    }
+    std::fs::write(
+        &out,
+        format!(
+            "{{\"modules\":{},\"pipelines\":{pipelines},\"shaders\":[\n{}\n]}}\n",
+            items.len(),
+            items.join(",\n")
+        ),
+    )?;
+    println!(
+        "wrote {} shader modules ({pipelines} pipelines) to {out}",
+        items.len()
+    );
     Ok(())
 }

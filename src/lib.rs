@@ -34,6 +34,7 @@
 //! # }
 //! ```
 
+pub mod compare;
 pub mod config;
 pub mod error;
 pub mod geometry;

@@ -5,6 +5,7 @@
 use super::context::GpuContext;
 use super::plan::FmaPlan;
 use super::vit::VitGpu;
+use crate::compare;
 use crate::config::{DownsampleWeights, Downsampling, FmaConfig, Shape};
 use crate::geometry::Geometry;
 use crate::model::rng::Rng;
@@ -18,13 +19,20 @@ fn values(rng: &mut Rng, n: usize) -> Vec<f32> {
     (0..n).map(|_| (2.0 * rng.uniform() - 1.0) as f32).collect()
 }
 
-/// Largest |a - b| over the largest |b| (at least `floor`).
-fn relative(a: &[f32], b: &[f32], floor: f32) -> f32 {
-    let scale = b.iter().fold(floor, |m, x| m.max(x.abs()));
-    a.iter()
-        .zip(b)
-        .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()))
-        / scale
+/// The largest |got - want| over the largest |want| (at least `floor`), if it is at most
+/// `bar`; otherwise what went wrong. A NaN, an infinity or a missing value fails (see
+/// `compare::max_abs_diff`), so a broken kernel cannot pass by producing garbage.
+pub fn within(what: &str, got: &[f32], want: &[f32], floor: f32, bar: f32) -> Result<f32, String> {
+    let worst = compare::max_abs_diff(got, want).map_err(|e| format!("{what}: {e}"))?;
+    let err = worst.error / compare::max_abs(want, floor);
+    // A NaN error cannot come out of `max_abs_diff`; refusing it anyway costs nothing.
+    if err.is_nan() || err > bar {
+        return Err(format!(
+            "{what} error {err:.2e} (bar {bar:.0e}) at index {}: got {}, want {}",
+            worst.at, worst.got, worst.want
+        ));
+    }
+    Ok(err)
 }
 
 fn perturbed(kind: Downsampling, g: &Geometry, d: usize, rng: &mut Rng) -> DownsampleWeights {
@@ -63,10 +71,9 @@ async fn fma_check(
         .await
         .map_err(|e| e.to_string())?;
     let want = reference::fma_forward(&q, &k, &v, shape, config, w).map_err(|e| e.to_string())?;
-    let err_o = relative(&tape.out.o, &want.o, 1.0);
-    if err_o > 1e-4 {
-        return Err(format!("forward error {err_o:.2e} over max |V| (bar 1e-4)"));
-    }
+    // The spec's bar for O scales with max |V| (inputs in [-1, 1), so 1).
+    let err_o = within("forward o", &tape.out.o, &want.o, 1.0, 1e-4)?;
+    within("forward lse", &tape.out.lse, &want.lse, 1.0, 1e-4)?;
     let grads = plan
         .backward(ctx, &tape, &d_o)
         .await
@@ -79,24 +86,24 @@ async fn fma_check(
         ("dk", &grads.dk, &want.dk),
         ("dv", &grads.dv, &want.dv),
     ] {
-        let err = relative(a, b, 1e-2);
-        if err > 1e-4 {
-            return Err(format!("{name} error {err:.2e} (bar 1e-4 of max |{name}|)"));
-        }
-        worst = worst.max(err);
+        worst = worst.max(within(name, a, b, 1e-2, 1e-4)?);
     }
-    for (lg, lw) in grads.dw.levels.iter().zip(&want.dw.levels) {
-        for (a, b) in [
-            (&lg.wk, &lw.wk),
-            (&lg.wv, &lw.wv),
-            (&lg.bk, &lw.bk),
-            (&lg.bv, &lw.bv),
+    if grads.dw.levels.len() != want.dw.levels.len() {
+        return Err(format!(
+            "weight gradients for {} levels where {} were expected",
+            grads.dw.levels.len(),
+            want.dw.levels.len()
+        ));
+    }
+    for (l, (lg, lw)) in grads.dw.levels.iter().zip(&want.dw.levels).enumerate() {
+        for (name, a, b) in [
+            ("wk", &lg.wk, &lw.wk),
+            ("wv", &lg.wv, &lw.wv),
+            ("bk", &lg.bk, &lw.bk),
+            ("bv", &lg.bv, &lw.bv),
         ] {
-            let err = relative(a, b, 1e-2);
-            if err > 1e-4 {
-                return Err(format!("weight gradient error {err:.2e} (bar 1e-4)"));
-            }
-            worst = worst.max(err);
+            let what = format!("weight gradient {name} of level {}", l + 1);
+            worst = worst.max(within(&what, a, b, 1e-2, 1e-4)?);
         }
     }
     Ok(format!("forward {err_o:.1e}, backward {worst:.1e}"))
@@ -123,10 +130,7 @@ async fn vit_check(ctx: &GpuContext, config: &VitConfig, seed: u64) -> Result<St
         .and_then(|m| m.logits(&w.params.cast::<f64>(), &images64))
         .map_err(|e| e.to_string())?;
     let cpu32: Vec<f32> = cpu.iter().map(|&x| x as f32).collect();
-    let err = relative(&gpu, &cpu32, 1.0);
-    if err > 1e-4 {
-        return Err(format!("logit error {err:.2e} (bar 1e-4)"));
-    }
+    let err = within("logits", &gpu, &cpu32, 1.0, 1e-4)?;
     Ok(format!("logits {err:.1e}"))
 }
 
@@ -179,4 +183,52 @@ pub async fn run(ctx: &GpuContext) -> Vec<Check> {
         vit_check(ctx, &small.dense_twin(), 8).await,
     ));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::within;
+
+    const WANT: [f32; 4] = [0.5, -1.0, 2.0, 0.25];
+
+    #[test]
+    fn a_close_output_passes() {
+        let got = [0.5, -1.0, 2.0001, 0.25];
+        let err = within("o", &got, &WANT, 1.0, 1e-4).unwrap();
+        assert!(err > 0.0 && err <= 1e-4, "{err}");
+    }
+
+    #[test]
+    fn a_nan_fails() {
+        let mut got = WANT;
+        got[2] = f32::NAN;
+        let e = within("o", &got, &WANT, 1.0, 1e-4).unwrap_err();
+        assert!(e.contains("index 2"), "{e}");
+        assert!(within("o", &[f32::NAN; 4], &WANT, 1.0, 1e-4).is_err());
+    }
+
+    #[test]
+    fn an_infinity_fails() {
+        for bad in [f32::INFINITY, f32::NEG_INFINITY] {
+            let mut got = WANT;
+            got[0] = bad;
+            assert!(within("o", &got, &WANT, 1.0, 1e-4).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_short_or_long_output_fails() {
+        let e = within("o", &WANT[..3], &WANT, 1.0, 1e-4).unwrap_err();
+        assert!(e.contains("3 values where 4"), "{e}");
+        assert!(within("o", &[], &WANT, 1.0, 1e-4).is_err());
+        let long = [0.5, -1.0, 2.0, 0.25, 9.0];
+        assert!(within("o", &long, &WANT, 1.0, 1e-4).is_err());
+    }
+
+    #[test]
+    fn an_error_over_the_bar_fails() {
+        let got = [0.5, -1.0, 2.01, 0.25];
+        let e = within("o", &got, &WANT, 1.0, 1e-4).unwrap_err();
+        assert!(e.contains("index 2"), "{e}");
+    }
 }

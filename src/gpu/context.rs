@@ -1,26 +1,64 @@
 //! One device, its queue, its limits and the pipeline cache, shared by every kernel call.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 
 use super::shaders::{self, Family, Spec};
 use crate::error::{FmaError, Result};
 
+/// The result of one popped error scope: ready at once natively, later on the web.
+#[cfg(not(target_arch = "wasm32"))]
+type ScopeResult = Pin<Box<dyn Future<Output = Option<wgpu::Error>> + Send>>;
+#[cfg(target_arch = "wasm32")]
+type ScopeResult = Pin<Box<dyn Future<Output = Option<wgpu::Error>>>>;
+
 /// A GPU device ready for FMA work. Create one and share it: pipelines are cached inside.
+///
+/// # Errors of the device
+///
+/// The library wraps the device calls it makes in wgpu error scopes (on the calling thread)
+/// and returns what they catch as [`FmaError::Gpu`], from plan creation and from
+/// `forward`/`backward`. What else the device reports depends on who made it:
+///
+/// - [`GpuContext::new`] and [`GpuContext::with_limits`] create the device, so the context
+///   owns its handlers: it installs a device-lost callback and an uncaptured-error handler
+///   that record into [`take_error`](GpuContext::take_error). A lost device is an
+///   `FmaError::Gpu` from the next call, plan creation included.
+/// - [`GpuContext::from_device`] wraps a device the caller owns and installs nothing: the
+///   caller's uncaptured-error handler and device-lost callback stay as they were and keep
+///   receiving the caller's own errors (and wgpu's default, a panic, if none was set). The
+///   library's errors still come back as `FmaError::Gpu`; a lost device shows as an
+///   `FmaError::Gpu` from the next `forward` or `backward` (its readback fails), while the
+///   caller's device-lost callback is the place to learn of the loss itself.
 pub struct GpuContext {
     pub device: wgpu::Device,
     pub queue: wgpu::Queue,
     pub info: wgpu::AdapterInfo,
     modules: Mutex<HashMap<(Family, Spec), wgpu::ShaderModule>>,
     pipelines: Mutex<HashMap<(Family, &'static str, Spec), wgpu::ComputePipeline>>,
+    /// Errors recorded for `take_error`: popped scopes, and the handlers `new` installs.
     errors: Arc<Mutex<Vec<String>>>,
+    /// Popped error scopes whose result has not been read yet.
+    pending: Mutex<Vec<ScopeResult>>,
 }
 
 impl GpuContext {
     /// Finds an adapter (high-performance preferred; `WGPU_BACKEND` and friends are honoured
     /// natively) and opens a device with the adapter's own limits, so long sequences fit.
     /// Of the optional features only timestamp queries are enabled, where offered.
+    /// The context owns the device and its error handlers (see the type's documentation).
     pub async fn new() -> Result<GpuContext> {
+        Self::with_limits(|adapter_limits| adapter_limits).await
+    }
+
+    /// `new` with the limits `limits` makes of the adapter's (to test small devices, or to
+    /// leave room for other work).
+    pub async fn with_limits(
+        limits: impl FnOnce(wgpu::Limits) -> wgpu::Limits,
+    ) -> Result<GpuContext> {
         let instance =
             wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
         let adapter = instance
@@ -37,41 +75,50 @@ impl GpuContext {
                 label: Some("multipole"),
                 // Timestamps only time the passes (GpuTimer); nothing else needs a feature.
                 required_features: adapter.features() & wgpu::Features::TIMESTAMP_QUERY,
-                required_limits: adapter.limits(),
+                required_limits: limits(adapter.limits()),
                 ..Default::default()
             })
             .await
             .map_err(|e| FmaError::RequestDevice(e.to_string()))?;
-        Ok(Self::from_device(device, queue, adapter.get_info()))
+        let ctx = Self::wrap(device, queue, adapter.get_info());
+        // This device is ours: its loss and the errors of calls outside the library's scopes
+        // (a caller's work on `ctx.device`) are reported through `take_error`, not by panics.
+        let lost = ctx.errors.clone();
+        ctx.device.set_device_lost_callback(move |reason, message| {
+            if let Ok(mut v) = lost.lock() {
+                v.push(format!("device lost ({reason:?}): {message}"));
+            }
+        });
+        let sink = ctx.errors.clone();
+        ctx.device
+            .on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+                if let Ok(mut v) = sink.lock() {
+                    v.push(e.to_string());
+                }
+            }));
+        Ok(ctx)
     }
 
-    /// Wraps a device the caller already has (to share it with other GPU work).
+    /// Wraps a device the caller already has, to share it with other GPU work. The device's
+    /// uncaptured-error handler and device-lost callback are left to the caller; the library
+    /// catches the errors of its own calls with error scopes (see the type's documentation).
     pub fn from_device(
         device: wgpu::Device,
         queue: wgpu::Queue,
         info: wgpu::AdapterInfo,
     ) -> GpuContext {
-        let errors = Arc::new(Mutex::new(Vec::new()));
-        let lost = errors.clone();
-        device.set_device_lost_callback(move |reason, message| {
-            if let Ok(mut v) = lost.lock() {
-                v.push(format!("device lost ({reason:?}): {message}"));
-            }
-        });
-        let sink = errors.clone();
-        // Report device errors through `Result`s instead of wgpu's default panic.
-        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
-            if let Ok(mut v) = sink.lock() {
-                v.push(e.to_string());
-            }
-        }));
+        Self::wrap(device, queue, info)
+    }
+
+    fn wrap(device: wgpu::Device, queue: wgpu::Queue, info: wgpu::AdapterInfo) -> GpuContext {
         GpuContext {
             device,
             queue,
             info,
             modules: Mutex::new(HashMap::new()),
             pipelines: Mutex::new(HashMap::new()),
-            errors,
+            errors: Arc::new(Mutex::new(Vec::new())),
+            pending: Mutex::new(Vec::new()),
         }
     }
 
@@ -111,10 +158,14 @@ impl GpuContext {
         )
     }
 
-    /// Returns the first device error (validation, out of memory, device lost) recorded since
-    /// the last call. `FmaPlan::forward` checks it itself; callers of `FmaPlan::encode` call
-    /// it after their own submission.
+    /// Returns the first device error (validation, out of memory, internal, device lost)
+    /// recorded since the last call: errors caught by the library's error scopes whose result
+    /// is in (natively at once; on the web once the browser has answered), and for contexts
+    /// made by `new`, everything the device reported. `FmaPlan::forward` checks it itself;
+    /// callers of `FmaPlan::encode` call it after their own submission (for a `from_device`
+    /// context, errors of the caller's own submission go to the caller's handler instead).
     pub fn take_error(&self) -> Result<()> {
+        self.collect_ready()?;
         let mut v = self
             .errors
             .lock()
@@ -123,6 +174,71 @@ impl GpuContext {
             Some(e) => Err(FmaError::Gpu(e)),
             None => Ok(()),
         }
+    }
+
+    /// Runs `calls` (device calls with no `.await` inside: wgpu's scopes belong to a thread)
+    /// inside error scopes for validation, out-of-memory and internal errors, so that their
+    /// errors come back from `take_error` instead of the device's uncaptured-error handler.
+    pub(crate) fn scoped<T>(&self, calls: impl FnOnce() -> T) -> T {
+        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let internal = self.device.push_error_scope(wgpu::ErrorFilter::Internal);
+        let out = calls();
+        // Innermost first, as wgpu requires.
+        let results: [ScopeResult; 3] = [
+            Box::pin(internal.pop()),
+            Box::pin(validation.pop()),
+            Box::pin(oom.pop()),
+        ];
+        match self.pending.lock() {
+            Ok(mut p) => p.extend(results),
+            Err(_) => self.record("error scopes poisoned".into()),
+        }
+        out
+    }
+
+    fn record(&self, error: String) {
+        if let Ok(mut v) = self.errors.lock() {
+            v.push(error);
+        }
+    }
+
+    /// Moves the results of popped scopes that are in into the error log, without waiting.
+    fn collect_ready(&self) -> Result<()> {
+        let mut pending = self
+            .pending
+            .lock()
+            .map_err(|_| FmaError::Gpu("error scopes poisoned".into()))?;
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut caught = Vec::new();
+        pending.retain_mut(|f| match f.as_mut().poll(&mut cx) {
+            Poll::Ready(Some(e)) => {
+                caught.push(e.to_string());
+                false
+            }
+            Poll::Ready(None) => false,
+            Poll::Pending => true,
+        });
+        drop(pending);
+        caught.into_iter().for_each(|e| self.record(e));
+        Ok(())
+    }
+
+    /// Waits for every popped scope's result (on the web the browser answers asynchronously)
+    /// and moves the errors into the log.
+    async fn settle(&self) -> Result<()> {
+        let waiting = std::mem::take(
+            &mut *self
+                .pending
+                .lock()
+                .map_err(|_| FmaError::Gpu("error scopes poisoned".into()))?,
+        );
+        for f in waiting {
+            if let Some(e) = f.await {
+                self.record(e.to_string());
+            }
+        }
+        Ok(())
     }
 
     /// A buffer holding `contents`, written through the queue. (wgpu's `create_buffer_init`
@@ -134,16 +250,18 @@ impl GpuContext {
         usage: wgpu::BufferUsages,
     ) -> wgpu::Buffer {
         let size = (contents.len() as u64).next_multiple_of(4).max(4);
-        let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some(label),
-            size,
-            usage: usage | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
         let mut padded = contents.to_vec();
         padded.resize(size as usize, 0);
-        self.queue.write_buffer(&buffer, 0, &padded);
-        buffer
+        self.scoped(|| {
+            let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size,
+                usage: usage | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            });
+            self.queue.write_buffer(&buffer, 0, &padded);
+            buffer
+        })
     }
 
     /// The cached pipeline of `entry` in `family` built for `spec`.
@@ -161,29 +279,33 @@ impl GpuContext {
         {
             return Ok(p.clone());
         }
-        let module = {
-            let mut modules = self.modules.lock().map_err(poisoned)?;
-            modules
-                .entry((family, spec))
-                .or_insert_with(|| {
-                    self.device
-                        .create_shader_module(wgpu::ShaderModuleDescriptor {
-                            label: Some(entry),
-                            source: wgpu::ShaderSource::Wgsl(shaders::source(family, spec).into()),
-                        })
-                })
-                .clone()
-        };
-        let pipeline = self
-            .device
-            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                label: Some(entry),
-                layout: None,
-                module: &module,
-                entry_point: Some(entry),
-                compilation_options: Default::default(),
-                cache: None,
-            });
+        let pipeline = self.scoped(|| -> Result<wgpu::ComputePipeline> {
+            let module = {
+                let mut modules = self.modules.lock().map_err(poisoned)?;
+                modules
+                    .entry((family, spec))
+                    .or_insert_with(|| {
+                        self.device
+                            .create_shader_module(wgpu::ShaderModuleDescriptor {
+                                label: Some(entry),
+                                source: wgpu::ShaderSource::Wgsl(
+                                    shaders::source(family, spec).into(),
+                                ),
+                            })
+                    })
+                    .clone()
+            };
+            Ok(self
+                .device
+                .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                    label: Some(entry),
+                    layout: None,
+                    module: &module,
+                    entry_point: Some(entry),
+                    compilation_options: Default::default(),
+                    cache: None,
+                }))
+        })?;
         self.take_error()?;
         self.pipelines
             .lock()
@@ -202,8 +324,10 @@ impl GpuContext {
     /// on the web: there the browser resolves the mapping.
     pub(crate) async fn read_bytes(&self, buffer: &wgpu::Buffer, bytes: u64) -> Result<Vec<u8>> {
         let (tx, rx) = futures_channel::oneshot::channel();
-        buffer.map_async(wgpu::MapMode::Read, 0..bytes, move |r| {
-            let _ = tx.send(r);
+        self.scoped(|| {
+            buffer.map_async(wgpu::MapMode::Read, 0..bytes, move |r| {
+                let _ = tx.send(r);
+            })
         });
         #[cfg(not(target_arch = "wasm32"))]
         self.device
@@ -212,6 +336,7 @@ impl GpuContext {
         rx.await
             .map_err(|_| FmaError::Gpu("the device was lost before the readback finished".into()))?
             .map_err(|e| FmaError::Gpu(e.to_string()))?;
+        self.settle().await?;
         self.take_error()?;
         let out = buffer
             .get_mapped_range(0..bytes)

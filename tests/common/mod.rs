@@ -80,28 +80,25 @@ pub fn score_bound(q: &[f32], k: &[f32], n: usize, d: usize, scale: f32) -> f32 
         .fold(0f32, f32::max)
 }
 
-/// Largest |a - b| and where it occurs.
+/// Largest |a - b| and where it occurs (NaN or infinity: an infinite error; lengths must
+/// match). The library's comparison, shared with the in-browser checks.
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> (f32, usize) {
-    assert_eq!(a.len(), b.len(), "lengths differ");
-    a.iter()
-        .zip(b)
-        .enumerate()
-        .map(|(i, (x, y))| ((x - y).abs(), i))
-        .fold(
-            (0.0, 0),
-            |acc, x| if x.0 > acc.0 || x.0.is_nan() { x } else { acc },
-        )
+    let worst = multipole::compare::max_abs_diff(a, b).unwrap_or_else(|e| panic!("{e}"));
+    (worst.error, worst.at)
 }
 
 /// The spec's f32 bar: max |a - b| <= tol * max |v| (tol = 1e-4 for f32).
 pub fn assert_close(what: &str, got: &[f32], want: &[f32], v: &[f32], tol: f32) {
-    let vmax = v.iter().fold(0.0f32, |m, x| m.max(x.abs())).max(1e-30);
-    let (err, at) = max_abs_diff(got, want);
+    let vmax = multipole::compare::max_abs(v, 1e-30);
+    let worst =
+        multipole::compare::max_abs_diff(got, want).unwrap_or_else(|e| panic!("{what}: {e}"));
     assert!(
-        err <= tol * vmax && got.iter().all(|x| x.is_finite()),
-        "{what}: max abs error {err} at index {at} (got {}, want {}) exceeds {tol} x max|V| = {}",
-        got[at],
-        want[at],
+        worst.error <= tol * vmax,
+        "{what}: max abs error {} at index {} (got {}, want {}) exceeds {tol} x max|V| = {}",
+        worst.error,
+        worst.at,
+        worst.got,
+        worst.want,
         tol * vmax
     );
 }
@@ -126,21 +123,13 @@ pub fn config(
 }
 
 /// A device whose storage bindings hold only 64 KiB: the tensors no longer fit one binding.
+/// Made by the library (`with_limits`), so it owns the device's error handlers like `new`.
 pub fn small_device() -> GpuContext {
-    let instance =
-        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
-    let adapter = pollster::block_on(instance.request_adapter(&Default::default()))
-        .expect("an adapter (lavapipe in CI)");
-    let limits = wgpu::Limits {
+    pollster::block_on(GpuContext::with_limits(|adapter| wgpu::Limits {
         max_storage_buffer_binding_size: 1 << 16,
-        ..adapter.limits()
-    };
-    let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
-        required_limits: limits,
-        ..Default::default()
+        ..adapter
     }))
-    .unwrap();
-    GpuContext::from_device(device, queue, adapter.get_info())
+    .expect("an adapter (lavapipe in CI)")
 }
 
 /// Runs `run` on `cases` random cases drawn from `strategy` (no failure file; proptest
