@@ -130,6 +130,8 @@ fn test() -> Result {
         "--",
         "target/shaders.json",
     ])?;
+    // The check's own logic first (no browser), then the check.
+    run(Command::new("node").args(["--test", "web/tests/shader_compile.test.mjs"]))?;
     run(Command::new("node").args(["web/tests/shader_compile.mjs", "target/shaders.json"]))?;
     // The demo page and the library's GPU checks in the browser, served as `demo` serves them.
     build_web()?;
