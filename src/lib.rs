@@ -23,8 +23,9 @@
 //!
 //! // The f64 CPU reference computes the same thing.
 //! let cpu = reference::fma_forward(&q, &k, &v, shape, &config, None)?;
-//! let err = out.o.iter().zip(&cpu.o).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
-//! assert!(err < 1e-4);
+//! // NaN-aware and length-checked: a NaN or a short output is an infinite error.
+//! let worst = multipole::compare::max_abs_diff(&out.o, &cpu.o).expect("same lengths");
+//! assert!(worst.error < 1e-4);
 //!
 //! // Images (2D FMA): the n tokens of a head are a height x width grid, row-major.
 //! let image = FmaConfig::new(4, 4).image(20, 50); // 4 x 4 fine cells; n = 20 * 50
