@@ -69,6 +69,15 @@ impl std::str::FromStr for Layout {
 }
 
 /// Options of one FMA attention call.
+///
+/// A fine cell larger than the input: where two fine cells cover the whole input (the
+/// sequence, or an image's longer side), FMA has no coarse level and is exactly dense
+/// attention, whatever `m` and `p` are. The hierarchy (`Geometry`) is then built with the
+/// smallest power-of-two cell that still covers the input in two, and with `p` (sqrt(p) for
+/// images) clipped to that cell, so a huge `m` gives dense attention without padding the
+/// input to 2m tokens. `Geometry::cell_w` and `Geometry::p` hold the sizes actually used.
+/// Inputs whose padding would still be far larger than the input (a long thin image padded
+/// to a square) are refused with `FmaError::LimitExceeded`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct FmaConfig {
     /// Fine cell size (tokens per fine cell in 1D; cell side in 2D). A power of two.
