@@ -14,7 +14,7 @@ use crate::config::{FmaConfig, Layout};
 use crate::error::{FmaError, Result};
 
 /// Most padded tokens a hierarchy may hold: GPU indices are 32-bit words.
-pub const MAX_PADDED_TOKENS: usize = u32::MAX as usize;
+pub const MAX_PADDED_TOKENS: u64 = u32::MAX as u64;
 /// Most padded tokens per real token. A sequence pads to less than 2n and a square image to
 /// less than 4n; only a long thin image (padded to a square) can exceed this.
 pub const MAX_PADDING_RATIO: usize = 64;
@@ -121,11 +121,12 @@ impl Geometry {
                 hint: hint.into(),
             })
         };
-        if pad > MAX_PADDED_TOKENS {
+        // In u64: on 32-bit targets (wasm32) usize cannot exceed the limit at all.
+        if pad as u64 > MAX_PADDED_TOKENS {
             return limit(
                 "the padded token grid",
                 pad,
-                MAX_PADDED_TOKENS,
+                MAX_PADDED_TOKENS as usize,
                 "shorten the input; an image pads to a square of its longer side, so split a long thin image",
             );
         }
