@@ -406,3 +406,31 @@ fn attend_refuses_padding_far_beyond_the_input() {
         );
     }
 }
+
+/// `train-mnist` flags that would overflow, divide by zero or poison the weights are refused
+/// with a message before any digit is read (a --dim near usize::MAX used to overflow).
+#[test]
+fn train_mnist_refuses_bad_flags() {
+    let out = tmp("never-written.safetensors");
+    for (flags, want) in [
+        (&["--dim", "9223372036854775807"][..], "over the limit"),
+        (&["--batch", "0"], "--batch and --epochs"),
+        (&["--epochs", "0"], "--batch and --epochs"),
+        (&["--epochs", "18446744073709551615"], "--epochs"),
+        (&["--lr", "NaN"], "--lr"),
+        (&["--weight-decay=-1"], "--weight-decay"),
+        (&["--depth", "0"], "at least 1"),
+    ] {
+        let res = Command::new(env!("CARGO_BIN_EXE_multipole"))
+            .args(["train-mnist", "--data", "/nonexistent-mnist", "--out"])
+            .arg(&out)
+            .args(flags)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&res.stderr);
+        assert!(!stderr.contains("panicked"), "{flags:?}: {stderr}");
+        assert!(!res.status.success(), "{flags:?}");
+        assert!(stderr.contains(want), "{flags:?}: {stderr}");
+        assert!(!out.exists());
+    }
+}
