@@ -213,8 +213,9 @@ impl Shape {
         if self.d == 0 || self.d > MAX_HEAD_DIM {
             return Err(FmaError::UnsupportedHeadDim(self.d));
         }
-        self.bh()
-            .checked_mul(self.n)
+        self.batch
+            .checked_mul(self.heads)
+            .and_then(|x| x.checked_mul(self.n))
             .and_then(|x| x.checked_mul(self.d))
             .ok_or_else(|| FmaError::BadShape {
                 what: "tensor shape".into(),
@@ -323,9 +324,14 @@ impl DownsampleWeights {
         }
         for (i, (lw, &s)) in self.levels.iter().zip(group_tokens).enumerate() {
             let l = i + 1;
+            // Saturating: a shape too large to count can match no real vector.
             let (w_len, w_shape, b_len) = match kind {
-                Downsampling::Basis => (p * s, format!("[{p}, {s}]"), 0),
-                _ => (d * p * s, format!("[{d}, {p}, {s}]"), d * p),
+                Downsampling::Basis => (p.saturating_mul(s), format!("[{p}, {s}]"), 0),
+                _ => (
+                    d.saturating_mul(p).saturating_mul(s),
+                    format!("[{d}, {p}, {s}]"),
+                    d.saturating_mul(p),
+                ),
             };
             for (name, v, want) in [
                 ("wk", &lw.wk, w_len),

@@ -547,3 +547,17 @@ fn weights_metadata_sizes_are_checked() {
     // it (tests/classify_cli.rs), since its canvas cannot hold a 28 x 28 digit.
     assert!(VitWeights::from_bytes(&shipped_with("m", "4")).is_err()); // tensors mismatch
 }
+
+/// batch x heads x n x d that does not fit in usize is a shape error, even when batch x heads
+/// alone overflows.
+#[test]
+fn shapes_too_large_to_count_are_refused() {
+    for shape in [
+        Shape::new(usize::MAX, 2, 1, 1),
+        Shape::new(1 << 40, 1 << 40, 1, 1),
+        Shape::new(1, 1, usize::MAX, 2),
+    ] {
+        let err = shape.validate().unwrap_err();
+        assert!(matches!(err, FmaError::BadShape { .. }), "{shape:?}: {err}");
+    }
+}
