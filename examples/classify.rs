@@ -4,7 +4,7 @@
 //! (the CLI's `multipole classify` does the same with more options).
 
 use multipole::GpuContext;
-use multipole::model::mnist::{SIDE, place};
+use multipole::model::mnist::place_centred;
 use multipole::model::preprocess::digit_from_bytes;
 use multipole::model::{Prediction, VitGpu, VitWeights};
 
@@ -20,7 +20,6 @@ fn main() -> multipole::Result<()> {
     ))?;
     let ctx = GpuContext::new_blocking()?;
     let model = VitGpu::new(&ctx, &weights, 1)?;
-    let canvas = weights.config.canvas;
     for file in files {
         // Decode, then scale and centre the ink as MNIST did.
         let digit = match std::fs::read(&file)
@@ -34,13 +33,7 @@ fn main() -> multipole::Result<()> {
             }
         };
         let mut image = Vec::new();
-        place(
-            &digit,
-            canvas,
-            (canvas - SIDE) / 2,
-            (canvas - SIDE) / 2,
-            &mut image,
-        );
+        place_centred(&digit, &weights.config, &mut image)?;
         let logits = model.logits_blocking(&ctx, &image)?;
         let p = &Prediction::from_logits(&logits, weights.config.classes)[0];
         println!("{file}: {} ({:.1}%)", p.class, 100.0 * p.probs[p.class]);

@@ -69,6 +69,15 @@ impl std::str::FromStr for Layout {
 }
 
 /// Options of one FMA attention call.
+///
+/// A fine cell larger than the input: where two fine cells cover the whole input (the
+/// sequence, or an image's longer side), FMA has no coarse level and is exactly dense
+/// attention, whatever `m` and `p` are. The hierarchy (`Geometry`) is then built with the
+/// smallest power-of-two cell that still covers the input in two, and with `p` (sqrt(p) for
+/// images) clipped to that cell, so a huge `m` gives dense attention without padding the
+/// input to 2m tokens. `Geometry::cell_w` and `Geometry::p` hold the sizes actually used.
+/// Inputs whose padding would still be far larger than the input (a long thin image padded
+/// to a square) are refused with `FmaError::LimitExceeded`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct FmaConfig {
     /// Fine cell size (tokens per fine cell in 1D; cell side in 2D). A power of two.
@@ -204,8 +213,9 @@ impl Shape {
         if self.d == 0 || self.d > MAX_HEAD_DIM {
             return Err(FmaError::UnsupportedHeadDim(self.d));
         }
-        self.bh()
-            .checked_mul(self.n)
+        self.batch
+            .checked_mul(self.heads)
+            .and_then(|x| x.checked_mul(self.n))
             .and_then(|x| x.checked_mul(self.d))
             .ok_or_else(|| FmaError::BadShape {
                 what: "tensor shape".into(),
@@ -314,9 +324,14 @@ impl DownsampleWeights {
         }
         for (i, (lw, &s)) in self.levels.iter().zip(group_tokens).enumerate() {
             let l = i + 1;
+            // Saturating: a shape too large to count can match no real vector.
             let (w_len, w_shape, b_len) = match kind {
-                Downsampling::Basis => (p * s, format!("[{p}, {s}]"), 0),
-                _ => (d * p * s, format!("[{d}, {p}, {s}]"), d * p),
+                Downsampling::Basis => (p.saturating_mul(s), format!("[{p}, {s}]"), 0),
+                _ => (
+                    d.saturating_mul(p).saturating_mul(s),
+                    format!("[{d}, {p}, {s}]"),
+                    d.saturating_mul(p),
+                ),
             };
             for (name, v, want) in [
                 ("wk", &lw.wk, w_len),

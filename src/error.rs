@@ -60,6 +60,12 @@ pub enum FmaError {
     #[error("model: {0}")]
     Model(String),
 
+    /// A picture given to the digit classifier holds no ink: blank, one colour, or too faint.
+    #[error(
+        "no digit found: the image is blank (one colour, or too faint to tell ink from background); draw a digit or give a picture of one, dark on light or light on dark"
+    )]
+    NoDigit,
+
     /// A tensor file could not be read or written.
     #[error("tensor file {path}: {message}")]
     TensorFile { path: String, message: String },

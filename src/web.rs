@@ -10,8 +10,9 @@ use js_sys::{Array, Float32Array, Object, Promise, Reflect};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::future_to_promise;
 
+use crate::error::FmaError;
 use crate::gpu::{GpuContext, VitGpu};
-use crate::model::mnist::{SIDE, place};
+use crate::model::mnist::place_centred;
 use crate::model::{CpuVit, VitWeights, preprocess};
 
 struct Inner {
@@ -29,6 +30,16 @@ pub struct Classifier {
 
 fn js_err(e: impl std::fmt::Display) -> JsValue {
     JsError::new(&e.to_string()).into()
+}
+
+/// A preprocessing error for the page: a blank picture throws an Error named `NoDigit`, so
+/// the page can say "no digit found" instead of showing a failure.
+fn digit_err(e: FmaError) -> JsValue {
+    let err = js_sys::Error::new(&e.to_string());
+    if e == FmaError::NoDigit {
+        err.set_name("NoDigit");
+    }
+    err.into()
 }
 
 fn set(obj: &Object, key: &str, value: &JsValue) -> Result<(), JsValue> {
@@ -119,40 +130,26 @@ impl Classifier {
 }
 
 fn canvas_of(weights: &VitWeights, digit: &[u8]) -> Result<Vec<f32>, JsValue> {
-    if digit.len() != SIDE * SIDE {
-        return Err(js_err(format!(
-            "a digit is {} bytes (28 x 28), got {}",
-            SIDE * SIDE,
-            digit.len()
-        )));
-    }
-    let side = weights.config.canvas;
-    let mut image = Vec::with_capacity(side * side);
-    place(
-        digit,
-        side,
-        (side - SIDE) / 2,
-        (side - SIDE) / 2,
-        &mut image,
-    );
+    let mut image = Vec::new();
+    place_centred(digit, &weights.config, &mut image).map_err(js_err)?;
     Ok(image)
 }
 
 /// An MNIST-like digit (784 bytes) from RGBA pixels of a `width x height` canvas, with the
-/// same preprocessing as `multipole classify`.
+/// same preprocessing as `multipole classify`. Throws an Error named `NoDigit` for a blank
+/// canvas.
 #[wasm_bindgen]
 pub fn digit_from_rgba(rgba: Vec<u8>, width: u32, height: u32) -> Result<Vec<u8>, JsValue> {
     let img = image::RgbaImage::from_raw(width, height, rgba)
         .ok_or_else(|| js_err("RGBA data does not match width x height x 4"))?;
-    Ok(preprocess::digit_from_image(
-        &image::DynamicImage::ImageRgba8(img),
-    ))
+    preprocess::digit_from_image(&image::DynamicImage::ImageRgba8(img)).map_err(digit_err)
 }
 
-/// An MNIST-like digit (784 bytes) from the bytes of a PNG or JPEG file.
+/// An MNIST-like digit (784 bytes) from the bytes of a PNG or JPEG file. Throws an Error
+/// named `NoDigit` for a blank picture.
 #[wasm_bindgen]
 pub fn digit_from_file(bytes: Vec<u8>) -> Result<Vec<u8>, JsValue> {
-    preprocess::digit_from_bytes(&bytes).map_err(js_err)
+    preprocess::digit_from_bytes(&bytes).map_err(digit_err)
 }
 
 /// The library's GPU checks in the browser: FMA forward and backward on WebGPU against the

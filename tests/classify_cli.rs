@@ -111,3 +111,113 @@ fn classifies_files_in_both_polarities_and_reports_bad_ones() {
         "{text}"
     );
 }
+
+fn classify(args: &[&std::ffi::OsStr]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_multipole"))
+        .arg("classify")
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    (out.status.success(), stdout, stderr)
+}
+
+/// Blank pictures (one colour, 1 x 1, a flat JPEG) used to come out as "1" at 99.8%: each is
+/// now its own "no digit found" error, the other files are still classified, and the
+/// command fails at the end.
+#[test]
+fn blank_pictures_are_no_digit_and_the_others_are_still_classified() {
+    let bar = tmp("bar.png");
+    image::GrayImage::from_fn(60, 80, |x, y| {
+        image::Luma([if (27..33).contains(&x) && (10..70).contains(&y) {
+            0
+        } else {
+            255
+        }])
+    })
+    .save(&bar)
+    .unwrap();
+    let white = tmp("white.png");
+    image::GrayImage::from_pixel(50, 50, image::Luma([255]))
+        .save(&white)
+        .unwrap();
+    let dot = tmp("dot.png");
+    image::GrayImage::from_pixel(1, 1, image::Luma([0]))
+        .save(&dot)
+        .unwrap();
+    let grey = tmp("grey.jpg");
+    RgbImage::from_pixel(64, 48, Rgb([120, 130, 140]))
+        .save(&grey)
+        .unwrap();
+    let blanks = [&white, &dot, &grey];
+    let mut args: Vec<&std::ffi::OsStr> = vec!["--json".as_ref(), bar.as_os_str()];
+    args.extend(blanks.iter().map(|p| p.as_os_str()));
+    let (ok, stdout, stderr) = classify(&args);
+    assert!(!ok, "blank files must fail the command");
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 4, "{stdout}");
+    for blank in blanks {
+        let name = blank.display().to_string();
+        assert!(
+            stderr.contains(&format!("{name}: no digit found")),
+            "{stderr}"
+        );
+        let line = lines.iter().find(|l| l["file"] == name).unwrap();
+        assert!(line.get("class").is_none(), "{line}");
+        assert!(
+            line["error"].as_str().unwrap().contains("no digit found"),
+            "{line}"
+        );
+    }
+    let line = lines
+        .iter()
+        .find(|l| l["file"] == bar.display().to_string())
+        .unwrap();
+    assert!(line["class"].as_u64().unwrap() < 10, "{line}");
+    assert_eq!(line["probs"].as_array().unwrap().len(), 10);
+
+    // Text output: the same per-file error.
+    let (ok, stdout, stderr) = classify(&[dot.as_os_str(), bar.as_os_str()]);
+    assert!(!ok);
+    assert!(stderr.contains("dot.png: no digit found"), "{stderr}");
+    assert!(stdout.contains("bar.png: "), "{stdout}");
+}
+
+/// A weights file whose metadata sets a canvas smaller than the 28 x 28 digit: the
+/// subtraction `canvas - 28` used to panic (debug) or blank the input (release).
+#[test]
+fn weights_for_a_canvas_smaller_than_the_digit_are_a_clear_error() {
+    use multipole::model::{VitConfig, VitWeights};
+    let small = VitConfig {
+        image: 16,
+        canvas: 16,
+        depth: 1,
+        ..VitConfig::fma()
+    };
+    let weights = tmp("small-canvas.safetensors");
+    VitWeights::init(&small, 1).unwrap().save(&weights).unwrap();
+    let bar = tmp("bar-for-small.png");
+    image::GrayImage::from_fn(20, 20, |x, _| image::Luma([if x == 10 { 255 } else { 0 }]))
+        .save(&bar)
+        .unwrap();
+    for cpu in [false, true] {
+        let mut args: Vec<&std::ffi::OsStr> = vec!["--weights".as_ref(), weights.as_os_str()];
+        if cpu {
+            args.push("--cpu".as_ref());
+        }
+        args.push(bar.as_os_str());
+        let (ok, _, stderr) = classify(&args);
+        assert!(!ok);
+        assert!(
+            stderr.contains("16 x 16 digits") && stderr.contains("MNIST-sized"),
+            "{stderr}"
+        );
+        // Once for the model, not once per file.
+        assert_eq!(stderr.matches("error").count(), 1, "{stderr}");
+    }
+}

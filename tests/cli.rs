@@ -308,3 +308,129 @@ fn bad_files_give_clear_errors() {
     let (ok, err) = attend(&good("m.safetensors"), &out, &["--m", "6", "--p", "2"]);
     assert!(!ok && err.contains("power of two"), "{err}");
 }
+
+/// `attend`, killed and failed if it runs longer than `secs` (a hang is a bug, not a wait).
+fn attend_within(input: &Path, output: &Path, extra: &[&str], secs: u64) -> (bool, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_multipole"))
+        .args(["attend", "--input"])
+        .arg(input)
+        .arg("--output")
+        .arg(output)
+        .args(extra)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed().as_secs() >= secs {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!("attend {extra:?} still ran after {secs} s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!stderr.contains("panicked"), "the CLI panicked: {stderr}");
+    (status.success(), stderr)
+}
+
+/// A fine cell far larger than the input: 2^31 used to wrap to NaN output, 2^30 to pad 64
+/// tokens to 2^31 and run for more than ten minutes. Both are dense attention (n' = 2m), on
+/// the GPU and on the reference, in 1D and 2D.
+#[test]
+fn attend_with_a_cell_larger_than_the_input_is_dense_and_quick() {
+    let shape = Shape::new(1, 2, 64, 8);
+    let dims = [1, 2, 64, 8];
+    let (q, k, v) = qkv(31, shape);
+    let input = tmp("huge-m-in.safetensors");
+    write_tensors(
+        &input,
+        &[
+            ("q", t(&dims, q.clone())),
+            ("k", t(&dims, k.clone())),
+            ("v", t(&dims, v.clone())),
+        ],
+    )
+    .unwrap();
+    let want = reference::dense(&q, &k, &v, shape, false, 1.0 / 8f32.sqrt()).unwrap();
+    for m in ["2147483648", "1073741824", "18446744073709551616"] {
+        for extra in [&[][..], &["--reference"], &["--image", "8x8"]] {
+            let output = tmp("huge-m-out.safetensors");
+            let _ = std::fs::remove_file(&output);
+            let mut args = vec!["--m", m, "--p", "1"];
+            args.extend(extra);
+            let (ok, err) = attend_within(&input, &output, &args, 120);
+            if m.len() > 19 {
+                // Over usize: clap refuses the flag itself, with a message.
+                assert!(!ok && err.contains("--m"), "m = {m}: {err}");
+                continue;
+            }
+            assert!(ok, "m = {m} {extra:?}: {err}");
+            let o = TensorFile::open(&output)
+                .unwrap()
+                .get_shaped("o", &dims)
+                .unwrap();
+            assert_close(&format!("m = {m} {extra:?}"), &o.data, &want.o, &v, 1e-4);
+        }
+    }
+}
+
+/// A 2 x 40,000 image pads to a square of 2^32 tokens: a clear error, at once.
+#[test]
+fn attend_refuses_padding_far_beyond_the_input() {
+    let dims = [1, 1, 80_000, 1];
+    let x = vec![0.5f32; 80_000];
+    let input = tmp("thin-in.safetensors");
+    write_tensors(
+        &input,
+        &[
+            ("q", t(&dims, x.clone())),
+            ("k", t(&dims, x.clone())),
+            ("v", t(&dims, x)),
+        ],
+    )
+    .unwrap();
+    for flag in [None, Some("--reference")] {
+        let mut args = vec!["--m", "2", "--p", "1", "--image", "2x40000"];
+        args.extend(flag);
+        let (ok, err) = attend_within(&input, &tmp("thin-out.safetensors"), &args, 60);
+        assert!(!ok, "a 2 x 40000 image must be refused");
+        assert!(
+            err.contains("padded token grid") && err.contains("split"),
+            "{err}"
+        );
+    }
+}
+
+/// `train-mnist` flags that would overflow, divide by zero or poison the weights are refused
+/// with a message before any digit is read (a --dim near usize::MAX used to overflow).
+#[test]
+fn train_mnist_refuses_bad_flags() {
+    let out = tmp("never-written.safetensors");
+    for (flags, want) in [
+        (&["--dim", "9223372036854775807"][..], "over the limit"),
+        (&["--batch", "0"], "--batch and --epochs"),
+        (&["--epochs", "0"], "--batch and --epochs"),
+        (&["--epochs", "18446744073709551615"], "--epochs"),
+        (&["--lr", "NaN"], "--lr"),
+        (&["--weight-decay=-1"], "--weight-decay"),
+        (&["--depth", "0"], "at least 1"),
+    ] {
+        let res = Command::new(env!("CARGO_BIN_EXE_multipole"))
+            .args(["train-mnist", "--data", "/nonexistent-mnist", "--out"])
+            .arg(&out)
+            .args(flags)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&res.stderr);
+        assert!(!stderr.contains("panicked"), "{flags:?}: {stderr}");
+        assert!(!res.status.success(), "{flags:?}");
+        assert!(stderr.contains(want), "{flags:?}: {stderr}");
+        assert!(!out.exists());
+    }
+}

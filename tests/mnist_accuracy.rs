@@ -27,7 +27,7 @@ fn canvas(digits: &Digits, range: std::ops::Range<usize>, side: usize) -> Vec<f3
     let centre = (side - SIDE) / 2;
     let mut images = Vec::new();
     for i in range {
-        place(digits.image(i), side, centre, centre, &mut images);
+        place(digits.image(i), side, centre, centre, &mut images).unwrap();
     }
     images
 }

@@ -102,11 +102,21 @@ pad.addEventListener("pointermove", (e) => {
 const endStroke = () => {
   if (!drawing) return;
   drawing = false;
+  classifyPad();
+};
+function classifyPad() {
   const img = ctx.getImageData(0, 0, pad.width, pad.height);
   classify(() => wasm.digit_from_rgba(new Uint8Array(img.data.buffer), pad.width, pad.height));
-};
+}
 pad.addEventListener("pointerup", endStroke);
 pad.addEventListener("pointercancel", endStroke);
+function showNoDigit() {
+  digit = null;
+  $("prediction").textContent = "no digit found";
+  $("bars").replaceChildren();
+  $("time").textContent = "";
+  drawOverlay();
+}
 $("clear").addEventListener("click", () => {
   clearPad();
   digit = null;
@@ -114,6 +124,8 @@ $("clear").addEventListener("click", () => {
   $("bars").replaceChildren();
   $("time").textContent = "";
   drawOverlay();
+  // The blank pad goes through the classifier too, which answers "no digit found".
+  classifyPad();
 });
 $("upload").addEventListener("change", async (e) => {
   const file = e.target.files[0];
@@ -134,9 +146,16 @@ function classify(makeDigit) {
       const probs = await model.classify(digit);
       const ms = performance.now() - t0;
       showProbs(probs, ms);
+      status(`Ready: ${model.adapter()}`);
       drawOverlay();
     } catch (err) {
-      status(`Could not classify: ${err.message ?? err}`, true);
+      // A blank canvas or picture is not a failure: there is just nothing to classify.
+      if (err?.name === "NoDigit") {
+        showNoDigit();
+        status("No digit found: draw a digit or upload a picture of one.");
+      } else {
+        status(`Could not classify: ${err.message ?? err}`, true);
+      }
     }
   });
 }

@@ -13,6 +13,16 @@ pub mod tables;
 use crate::config::{FmaConfig, Layout};
 use crate::error::{FmaError, Result};
 
+/// Most padded tokens a hierarchy may hold: GPU indices are 32-bit words.
+pub const MAX_PADDED_TOKENS: u64 = u32::MAX as u64;
+/// Most padded tokens per real token. A sequence pads to less than 2n and a square image to
+/// less than 4n; only a long thin image (padded to a square) can exceed this.
+pub const MAX_PADDING_RATIO: usize = 64;
+/// Padded grids up to this size are always accepted, however small the input.
+const PADDING_SLACK: usize = 1 << 12;
+/// Most fine cells: the geometry tables hold a few words per cell of every level.
+pub const MAX_FINE_CELLS: usize = 1 << 22;
+
 /// Which neighbourhood rules apply.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Dims {
@@ -82,8 +92,8 @@ impl Geometry {
                 got: "0".into(),
             });
         }
-        match config.layout {
-            Layout::Sequence => line::build(n, config),
+        let g = match config.layout {
+            Layout::Sequence => line::build(n, &covering(config, n))?,
             Layout::Image { height, width } => {
                 if height.checked_mul(width) != Some(n) {
                     return Err(FmaError::BadShape {
@@ -92,9 +102,55 @@ impl Geometry {
                         got: n.to_string(),
                     });
                 }
-                grid::build(height, width, config)
+                grid::build(height, width, &covering(config, height.max(width)))?
             }
+        };
+        g.check_size()?;
+        Ok(g)
+    }
+
+    /// Refuses hierarchies whose padding or cell count would make the work or the tables
+    /// far larger than the input, or whose indices would not fit the GPU's 32-bit words.
+    fn check_size(&self) -> Result<()> {
+        let pad = self.n_pad();
+        let limit = |what: &str, needed: usize, limit: usize, hint: &str| {
+            Err(FmaError::LimitExceeded {
+                what: what.into(),
+                needed: needed as u64,
+                limit: limit as u64,
+                hint: hint.into(),
+            })
+        };
+        // In u64: on 32-bit targets (wasm32) usize cannot exceed the limit at all.
+        if pad as u64 > MAX_PADDED_TOKENS {
+            return limit(
+                "the padded token grid",
+                pad,
+                MAX_PADDED_TOKENS as usize,
+                "shorten the input; an image pads to a square of its longer side, so split a long thin image",
+            );
         }
+        let ratio_cap = self
+            .n()
+            .saturating_mul(MAX_PADDING_RATIO)
+            .max(PADDING_SLACK);
+        if pad > ratio_cap {
+            return limit(
+                "the padded token grid",
+                pad,
+                ratio_cap,
+                "an image pads to a square of its longer side: split a long thin image into squarer tiles, or lay it out as a sequence",
+            );
+        }
+        if self.fine_cells() > MAX_FINE_CELLS {
+            return limit(
+                "fine cells",
+                self.fine_cells(),
+                MAX_FINE_CELLS,
+                "use a larger m",
+            );
+        }
+        Ok(())
     }
 
     /// Number of real tokens.
@@ -303,6 +359,29 @@ impl Geometry {
     }
 }
 
+/// The configuration the hierarchy is built with for an input `extent` tokens long (1D) or
+/// wide (2D, the longer side). Where two fine cells already cover the input, the padded size
+/// is 2m and FMA is dense attention whatever m and p are (spec section 2): a larger m would
+/// only add padding, so the smallest power-of-two cell with the same property is used, and p
+/// (which then picks no coarse key) is clipped so that it still divides that cell.
+fn covering(config: &FmaConfig, extent: usize) -> FmaConfig {
+    let half = extent.div_ceil(2);
+    if config.m <= half {
+        return config.clone();
+    }
+    // m is a power of two above half, so this is at most m.
+    let m = half.next_power_of_two();
+    let p = match config.layout {
+        Layout::Sequence => config.p.min(m),
+        Layout::Image { .. } => config.p.isqrt().min(m).pow(2),
+    };
+    FmaConfig {
+        m,
+        p,
+        ..config.clone()
+    }
+}
+
 fn rect(y0: usize, x0: usize, h: usize, w: usize) -> Vec<(usize, usize)> {
     (0..h * w).map(|t| (y0 + t / w, x0 + t % w)).collect()
 }
@@ -315,7 +394,7 @@ mod tests {
     fn padded_length_follows_spec() {
         // n' = m * 2^k, smallest with k >= 1 and n' >= n.
         for (n, m, want) in [
-            (1, 4, 8),
+            (1, 1, 2),
             (8, 4, 8),
             (9, 4, 16),
             (100, 32, 128),
@@ -326,6 +405,47 @@ mod tests {
             let k = (want / m).trailing_zeros() as usize;
             assert_eq!(g.num_levels(), k - 1);
         }
+    }
+
+    #[test]
+    fn a_cell_larger_than_the_input_shrinks_to_the_smallest_that_covers_it() {
+        // n' = 2m makes FMA dense whatever m is, so a huge m must not pad: 64 tokens need
+        // two cells of 32 (n' = 64), and p is clipped to the cell.
+        for (m, p) in [(1usize << 31, 1), (1 << 30, 1 << 30), (64, 2), (1 << 62, 4)] {
+            let g = Geometry::new(64, &FmaConfig::new(m, p)).unwrap();
+            assert_eq!((g.cell_w, g.n_pad(), g.num_levels()), (32, 64, 0), "m={m}");
+            assert_eq!(g.p, p.min(32), "m={m} p={p}");
+        }
+        // 65 tokens: cells of 64 (n' = 128 >= 65; 32 would need a coarse level).
+        let g = Geometry::new(65, &FmaConfig::new(1 << 40, 1)).unwrap();
+        assert_eq!((g.cell_w, g.n_pad(), g.num_levels()), (64, 128, 0));
+        // A cell that leaves coarse levels is kept as given.
+        let g = Geometry::new(64, &FmaConfig::new(8, 2)).unwrap();
+        assert_eq!((g.cell_w, g.n_pad(), g.num_levels(), g.p), (8, 64, 2, 2));
+        // Images: the longer side decides; sqrt(p) is clipped to the cell side.
+        let g = Geometry::new(5 * 9, &FmaConfig::new(1 << 31, 64).image(5, 9)).unwrap();
+        assert_eq!((g.cell_h, g.cell_w, g.pad_h, g.pad_w), (8, 8, 16, 16));
+        assert_eq!((g.num_levels(), g.p), (0, 64));
+        let g = Geometry::new(3 * 2, &FmaConfig::new(1 << 20, 16).image(3, 2)).unwrap();
+        assert_eq!((g.cell_w, g.pad_w, g.p), (2, 4, 4));
+    }
+
+    #[test]
+    fn padding_far_beyond_the_input_is_an_error() {
+        // A 2 x 40000 image pads to a 65536 x 65536 square: 2^32 tokens for 80,000 real ones.
+        for (h, w, m) in [(2, 40_000, 2), (2, 40_000, 1 << 15), (1, 1 << 20, 4)] {
+            let err = Geometry::new(h * w, &FmaConfig::new(m, 1).image(h, w)).unwrap_err();
+            assert!(
+                matches!(err, FmaError::LimitExceeded { .. }),
+                "{h}x{w} m={m}: {err}"
+            );
+            assert!(err.to_string().contains("split"), "{err}");
+        }
+        // 2^23 tokens in cells of one token: 2^23 fine cells.
+        let err = Geometry::new(1 << 23, &FmaConfig::new(1, 1)).unwrap_err();
+        assert!(err.to_string().contains("fine cells"), "{err}");
+        // A 4 x 64 image (16 times padding) is fine.
+        assert!(Geometry::new(256, &FmaConfig::new(4, 1).image(4, 64)).is_ok());
     }
 
     #[test]
@@ -358,7 +478,7 @@ mod tests {
 
     #[test]
     fn images_pad_to_a_square_of_side_m_times_a_power_of_two() {
-        for (h, w, m, side) in [(1, 1, 4, 8), (8, 3, 4, 8), (9, 2, 4, 16), (28, 28, 2, 32)] {
+        for (h, w, m, side) in [(1, 1, 1, 2), (8, 3, 4, 8), (9, 2, 4, 16), (28, 28, 2, 32)] {
             let g = Geometry::new(h * w, &FmaConfig::new(m, 1).image(h, w)).unwrap();
             assert_eq!((g.pad_h, g.pad_w), (side, side), "{h}x{w} m={m}");
             assert_eq!(g.num_levels(), (side / m).trailing_zeros() as usize - 1);

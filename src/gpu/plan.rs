@@ -194,17 +194,17 @@ impl FmaPlan {
         grid((total_rows * chunk_heads) as u64, max_dim)?;
 
         let base = Params {
-            n: shape.n as u32,
-            d: d as u32,
+            n: word("n", shape.n)?,
+            d: word("d", d)?,
             bh: 0,
-            p: geometry.p as u32,
-            real_h: geometry.real_h as u32,
-            real_w: geometry.real_w as u32,
-            cell_h: geometry.cell_h as u32,
-            cell_w: geometry.cell_w as u32,
-            cells_x: geometry.cells_x() as u32,
-            fine_cells: geometry.fine_cells() as u32,
-            levels: geometry.num_levels() as u32,
+            p: word("p", geometry.p)?,
+            real_h: word("the image height", geometry.real_h)?,
+            real_w: word("the image width (1D: n)", geometry.real_w)?,
+            cell_h: word("the fine cell height", geometry.cell_h)?,
+            cell_w: word("the fine cell width", geometry.cell_w)?,
+            cells_x: word("fine cells per row", geometry.cells_x())?,
+            fine_cells: word("fine cells", geometry.fine_cells())?,
+            levels: word("coarse levels", geometry.num_levels())?,
             causal: config.causal as u32,
             scale: config.scale_for(d),
             near_offsets: tables.near_offsets,
@@ -214,12 +214,15 @@ impl FmaPlan {
             parent: tables.parent,
             rows: tables.rows,
             level_table: tables.levels,
-            total_rows: total_rows as u32,
+            total_rows: word("coarse rows", total_rows)?,
             wv_base: packed_weights.as_ref().map_or(0, |(_, b)| b[0]),
             bk_base: packed_weights.as_ref().map_or(0, |(_, b)| b[1]),
             bv_base: packed_weights.as_ref().map_or(0, |(_, b)| b[2]),
-            tiles_per_cell: tiles_per_cell as u32,
-            coarse_v_base: (chunk_heads * total_rows * d) as u32,
+            tiles_per_cell: word("query tiles per cell", tiles_per_cell)?,
+            coarse_v_base: word(
+                "coarse key values per chunk of heads",
+                chunk_heads * total_rows * d,
+            )?,
             children: tables.children,
             children_per_row: tables.children_per_row,
             near_t_offsets: tables.near_t_offsets,
@@ -480,6 +483,16 @@ pub(crate) fn begin_pass<'e>(
     encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
         label: Some(label),
         timestamp_writes,
+    })
+}
+
+/// `v` as a 32-bit word of the kernels' uniform, or `LimitExceeded` (never a silent wrap).
+fn word(what: &str, v: usize) -> Result<u32> {
+    u32::try_from(v).map_err(|_| FmaError::LimitExceeded {
+        what: format!("{what} (a 32-bit word on the GPU)"),
+        needed: v as u64,
+        limit: u32::MAX as u64,
+        hint: "shorten the input".into(),
     })
 }
 

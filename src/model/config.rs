@@ -6,6 +6,16 @@ use crate::config::{Downsampling, FmaConfig};
 use crate::error::{FmaError, Result};
 use crate::geometry::Geometry;
 
+/// Largest side of the digit, the canvas, a patch or a window, in pixels.
+pub const MAX_SIDE: usize = 4096;
+/// Largest width (dim, mlp), head count and class count.
+pub const MAX_WIDTH: usize = 1 << 16;
+/// Most transformer blocks.
+pub const MAX_DEPTH: usize = 1024;
+/// Most parameters in all (1 GiB of f32): every size comes from a file's metadata, which must
+/// not be able to make the model allocate without bound.
+pub const MAX_PARAMS: usize = 1 << 28;
+
 /// Sizes of the vision transformer. The defaults (`VitConfig::fma`) are what the shipped
 /// weights were trained with; see README.md for why.
 #[derive(Clone, Debug, PartialEq)]
@@ -137,9 +147,26 @@ impl VitConfig {
         Geometry::new(self.tokens(), &self.attention())
     }
 
-    /// Checks that the sizes fit together.
+    /// Checks that the sizes fit together and stay within `MAX_SIDE`, `MAX_WIDTH`,
+    /// `MAX_DEPTH` and `MAX_PARAMS`, so no size read from a file can make arithmetic
+    /// overflow, an index run out of range or an allocation run away.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(FmaError::Model(m));
+        for (name, v, max) in [
+            ("image", self.image, MAX_SIDE),
+            ("canvas", self.canvas, MAX_SIDE),
+            ("patch", self.patch, MAX_SIDE),
+            ("window", self.window, MAX_SIDE),
+            ("dim", self.dim, MAX_WIDTH),
+            ("depth", self.depth, MAX_DEPTH),
+            ("heads", self.heads, MAX_WIDTH),
+            ("mlp", self.mlp, MAX_WIDTH),
+            ("classes", self.classes, MAX_WIDTH),
+        ] {
+            if v > max {
+                return bad(format!("{name} = {v} is over the limit of {max}"));
+            }
+        }
         if self.image == 0 || self.image > self.canvas {
             return bad(format!(
                 "image side {} must be between 1 and the canvas side {}",
@@ -170,12 +197,25 @@ impl VitConfig {
         if self.head_dim() > crate::config::MAX_HEAD_DIM {
             return Err(FmaError::UnsupportedHeadDim(self.head_dim()));
         }
-        self.geometry().map(|_| ())
+        self.geometry()?;
+        // The sizes above are bounded, so these products cannot overflow.
+        let total: usize = self.param_shapes()?.iter().map(ParamInfo::len).sum();
+        if total > MAX_PARAMS {
+            return bad(format!(
+                "{total} parameters is over the limit of {MAX_PARAMS}: use smaller dim, mlp, depth, window or canvas"
+            ));
+        }
+        Ok(())
     }
 
     /// Every parameter tensor, in the fixed order training and files use.
     pub fn params(&self) -> Result<Vec<ParamInfo>> {
         self.validate()?;
+        self.param_shapes()
+    }
+
+    /// `params` without the checks (`validate` uses it to count the parameters).
+    fn param_shapes(&self) -> Result<Vec<ParamInfo>> {
         let g = self.geometry()?;
         let (d, hd, p) = (self.dim, self.head_dim(), self.p);
         let mut out = Vec::new();
@@ -380,6 +420,131 @@ mod tests {
         ];
         for c in bad {
             assert!(c.validate().is_err(), "{c:?}");
+        }
+    }
+
+    /// Sizes read from a file that would overflow, underflow or allocate without bound.
+    #[test]
+    fn sizes_from_a_file_are_bounded() {
+        let fma = VitConfig::fma();
+        let cases = [
+            (
+                "canvas",
+                VitConfig {
+                    canvas: 16,
+                    ..fma.clone()
+                },
+                "canvas side 16",
+            ),
+            (
+                "canvas",
+                VitConfig {
+                    canvas: 1 << 40,
+                    ..fma.clone()
+                },
+                "over the limit",
+            ),
+            (
+                "window",
+                VitConfig {
+                    window: usize::MAX,
+                    ..fma.clone()
+                },
+                "over the limit",
+            ),
+            (
+                "window",
+                VitConfig {
+                    window: 1,
+                    ..fma.clone()
+                },
+                "at least the patch",
+            ),
+            (
+                "patch",
+                VitConfig {
+                    patch: 0,
+                    ..fma.clone()
+                },
+                "must divide",
+            ),
+            (
+                "heads",
+                VitConfig {
+                    heads: 0,
+                    ..fma.clone()
+                },
+                "at least 1",
+            ),
+            (
+                "heads",
+                VitConfig {
+                    heads: 64,
+                    ..fma.clone()
+                },
+                "multiple of heads",
+            ),
+            (
+                "dim",
+                VitConfig {
+                    dim: usize::MAX,
+                    ..fma.clone()
+                },
+                "over the limit",
+            ),
+            (
+                "depth",
+                VitConfig {
+                    depth: 1 << 40,
+                    ..fma.clone()
+                },
+                "over the limit",
+            ),
+            (
+                "classes",
+                VitConfig {
+                    classes: 0,
+                    ..fma.clone()
+                },
+                "at least 1",
+            ),
+            (
+                "m",
+                VitConfig {
+                    m: 0,
+                    ..fma.clone()
+                },
+                "power of two",
+            ),
+            (
+                "p",
+                VitConfig {
+                    p: 3,
+                    ..fma.clone()
+                },
+                "square",
+            ),
+            // Each size allowed, but 16 blocks of about 33 million weights each.
+            (
+                "depth",
+                VitConfig {
+                    dim: 2048,
+                    heads: 16,
+                    mlp: 4096,
+                    depth: 16,
+                    ..fma.clone()
+                },
+                "parameters",
+            ),
+        ];
+        for (name, cfg, want) in cases {
+            let err = cfg.validate().unwrap_err().to_string();
+            assert!(err.contains(want), "{name}: {err}");
+            // The same sizes through a file's metadata give the same error, not a panic.
+            let err = VitConfig::from_metadata(&cfg.to_metadata())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(want), "{name} from metadata: {err}");
         }
     }
 }

@@ -70,13 +70,33 @@ impl<T: Float> Params<T> {
     }
 
     /// Block `b`'s downsampling weights per level (wk, wv, bk, bv; empty where absent).
+    /// A block past the model's depth, or parameters not shaped like `config`'s, are errors.
     pub fn level_refs(&self, config: &VitConfig, b: usize) -> Result<Vec<[&[T]; 4]>> {
         let idx = config.index()?;
-        Ok(idx.blocks[b]
+        let block = idx.blocks.get(b).ok_or_else(|| {
+            FmaError::Model(format!("block {b} out of range ({} blocks)", config.depth))
+        })?;
+        let tensor = |i: usize| {
+            self.tensors.get(i).map(Vec::as_slice).ok_or_else(|| {
+                FmaError::Model(format!(
+                    "{} parameter tensors where the model has more",
+                    self.tensors.len()
+                ))
+            })
+        };
+        block
             .ds
             .iter()
-            .map(|parts| parts.map(|i| i.map_or(&[][..], |i| &self.tensors[i][..])))
-            .collect())
+            .map(|parts| {
+                let mut out: [&[T]; 4] = [&[]; 4];
+                for (o, i) in out.iter_mut().zip(parts) {
+                    if let Some(i) = *i {
+                        *o = tensor(i)?;
+                    }
+                }
+                Ok(out)
+            })
+            .collect()
     }
 }
 
@@ -246,6 +266,22 @@ mod tests {
     /// A tensor as written: name, shape, dtype, bytes.
     type Entry = (String, Vec<usize>, Dtype, Vec<u8>);
     type Edit<'a> = &'a dyn Fn(&mut Vec<Entry>);
+
+    #[test]
+    fn downsampling_weights_of_a_missing_block_are_an_error() {
+        let cfg = VitConfig {
+            depth: 2,
+            ..VitConfig::fma()
+        };
+        let w = VitWeights::init(&cfg, 1).unwrap();
+        assert_eq!(w.downsample_weights(1).unwrap().levels.len(), 2);
+        let err = w.downsample_weights(2).unwrap_err().to_string();
+        assert!(err.contains("block 2 out of range (2 blocks)"), "{err}");
+        let short = Params::<f32> {
+            tensors: w.params.tensors[..4].to_vec(),
+        };
+        assert!(short.level_refs(&cfg, 0).is_err());
+    }
 
     #[test]
     fn bytes_round_trip_and_bad_files_are_errors() {

@@ -8,17 +8,23 @@ use crate::error::{FmaError, Result};
 
 /// Side of the box the ink is scaled into (MNIST: 20 of 28).
 const INK_BOX: u32 = 20;
+/// Least contrast (of 255) between the darkest and brightest ink after the background is
+/// removed for a picture to hold a digit: below it is blank paper, noise or compression
+/// artefacts, which the model would otherwise classify with high confidence.
+pub const MIN_INK: u8 = 32;
 
 /// Decodes PNG or JPEG bytes (any size, colour or grey) into an MNIST-like digit.
+/// `FmaError::NoDigit` if the picture is blank.
 pub fn digit_from_bytes(bytes: &[u8]) -> Result<Vec<u8>> {
     let img = image::load_from_memory(bytes)
         .map_err(|e| FmaError::Model(format!("not a readable PNG or JPEG image ({e})")))?;
-    Ok(digit_from_image(&img))
+    digit_from_image(&img)
 }
 
 /// An MNIST-like digit from a decoded image. Dark ink on a light background is inverted
-/// (the background is taken to be the colour of the border).
-pub fn digit_from_image(img: &DynamicImage) -> Vec<u8> {
+/// (the background is taken to be the colour of the border). `FmaError::NoDigit` if nothing
+/// stands out from the background by at least `MIN_INK`.
+pub fn digit_from_image(img: &DynamicImage) -> Result<Vec<u8>> {
     // Transparent pixels count as background: composite over black, after deciding polarity.
     let rgba = img.to_rgba8();
     let (w, h) = rgba.dimensions();
@@ -47,12 +53,12 @@ pub fn digit_from_image(img: &DynamicImage) -> Vec<u8> {
 }
 
 /// Crops to the ink, scales its longer side to 20 pixels and centres its mass in 28 x 28.
-fn normalise(grey: &GrayImage) -> Vec<u8> {
+fn normalise(grey: &GrayImage) -> Result<Vec<u8>> {
     let (w, h) = grey.dimensions();
     let max = grey.pixels().map(|p| p.0[0]).max().unwrap_or(0);
     let mut out = vec![0u8; SIDE * SIDE];
-    if max == 0 {
-        return out; // No ink: a blank digit.
+    if max < MIN_INK {
+        return Err(FmaError::NoDigit);
     }
     let threshold = max / 4;
     let (mut x0, mut y0, mut x1, mut y1) = (w, h, 0, 0);
@@ -93,7 +99,7 @@ fn normalise(grey: &GrayImage) -> Vec<u8> {
             out[ty as usize * SIDE + tx as usize] = p.0[0];
         }
     }
-    out
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -113,8 +119,8 @@ mod tests {
             }
             DynamicImage::ImageRgb8(img)
         };
-        let white_on_black = digit_from_image(&draw(255, 0));
-        let black_on_white = digit_from_image(&draw(0, 255));
+        let white_on_black = digit_from_image(&draw(255, 0)).unwrap();
+        let black_on_white = digit_from_image(&draw(0, 255)).unwrap();
         assert_eq!(white_on_black, black_on_white);
         // The bar is 80 tall: scaled to 20 rows, centred on row 14.
         let rows: Vec<usize> = (0..SIDE)
@@ -137,8 +143,33 @@ mod tests {
 
     #[test]
     fn blank_and_unreadable_inputs() {
-        let blank = DynamicImage::ImageLuma8(GrayImage::from_pixel(10, 10, Luma([255])));
-        assert_eq!(digit_from_image(&blank), vec![0; SIDE * SIDE]);
+        // One colour, any size (1 x 1 included), is no digit, and neither is faint noise.
+        for (w, h, v) in [
+            (10, 10, 255),
+            (10, 10, 0),
+            (1, 1, 0),
+            (1, 1, 200),
+            (1, 1, 100),
+        ] {
+            let blank = DynamicImage::ImageLuma8(GrayImage::from_pixel(w, h, Luma([v])));
+            assert_eq!(
+                digit_from_image(&blank),
+                Err(FmaError::NoDigit),
+                "{w}x{h} of {v}"
+            );
+        }
+        let mut noisy = GrayImage::from_pixel(40, 40, Luma([250]));
+        for i in 0..40 {
+            noisy.put_pixel(i, (i * 7) % 40, Luma([235]));
+        }
+        let noisy = DynamicImage::ImageLuma8(noisy);
+        assert_eq!(digit_from_image(&noisy), Err(FmaError::NoDigit));
+        // A faint but real stroke is still a digit.
+        let mut faint = GrayImage::from_pixel(40, 40, Luma([255]));
+        for y in 5..35 {
+            faint.put_pixel(20, y, Luma([200]));
+        }
+        assert!(digit_from_image(&DynamicImage::ImageLuma8(faint)).is_ok());
         let err = digit_from_bytes(b"GIF89a nonsense")
             .unwrap_err()
             .to_string();

@@ -5,7 +5,7 @@
 use super::config::VitConfig;
 use super::cpu::CpuVit;
 use super::layers::cross_entropy;
-use super::mnist::{Digits, SIDE, place};
+use super::mnist::{Digits, SIDE, centre_offset, place, place_centred};
 use super::params::{Params, VitWeights};
 use super::rng::Rng;
 use crate::error::{FmaError, Result};
@@ -88,9 +88,11 @@ pub fn train(
     let mut adam = AdamW::new(&weights.params);
     let mut rng = Rng::new(opts.seed.wrapping_add(1));
     let steps_per_epoch = train.len().div_ceil(opts.batch);
-    let total = steps_per_epoch * opts.epochs;
+    let total = steps_per_epoch
+        .checked_mul(opts.epochs)
+        .ok_or_else(|| FmaError::Model(format!("{} epochs is too many", opts.epochs)))?;
     let canvas = config.canvas;
-    let centre = (canvas - SIDE) / 2;
+    let centre = centre_offset(config)?;
     let mut logs = Vec::new();
     for epoch in 1..=opts.epochs {
         let started = std::time::Instant::now();
@@ -103,7 +105,7 @@ pub fn train(
                 let span = 2 * opts.shift.min(centre) + 1;
                 let dy = centre - opts.shift.min(centre) + rng.below(span);
                 let dx = centre - opts.shift.min(centre) + rng.below(span);
-                place(train.image(i), canvas, dy, dx, &mut images);
+                place(train.image(i), canvas, dy, dx, &mut images)?;
             }
             let labels: Vec<u8> = batch.iter().map(|&i| train.labels[i]).collect();
             let (grads, loss, right) =
@@ -250,15 +252,13 @@ pub fn evaluate(
     if digits.is_empty() {
         return Ok((0.0, 0.0));
     }
-    let canvas = model.config.canvas;
-    let centre = (canvas - SIDE) / 2;
     let per = 32;
     let chunks = digits.len().div_ceil(per);
     let results = per_chunk(chunks, threads, &|c| {
         let range = c * per..((c + 1) * per).min(digits.len());
         let mut images = Vec::new();
         for i in range.clone() {
-            place(digits.image(i), canvas, centre, centre, &mut images);
+            place_centred(digits.image(i), &model.config, &mut images)?;
         }
         let logits = model.logits(params, &images)?;
         let lab = &digits.labels[range];

@@ -174,7 +174,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     );
     let mut records = Vec::new();
     let image_inputs = images.iter().filter_map(|&l| match l {
-        Layout::Image { height, width } => Some((height * width, l)),
+        // Saturates: an image too large for usize is then refused by the shape checks.
+        Layout::Image { height, width } => Some((height.saturating_mul(width), l)),
         Layout::Sequence => None,
     });
     let inputs = ns

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use multipole::model::mnist::{SIDE, place};
+use multipole::model::mnist::{centre_offset, place_centred};
 use multipole::model::preprocess::digit_from_bytes;
 use multipole::model::{CpuVit, Prediction, VitGpu, VitWeights};
 use multipole::{FmaError, GpuContext};
@@ -29,26 +29,27 @@ pub struct ClassifyArgs {
     cpu: bool,
 }
 
-/// Classifies every readable file; reports each unreadable one and fails at the end if any was.
+/// Classifies every readable file; reports each unreadable or blank one and fails at the end
+/// if any was.
 pub fn run(args: &ClassifyArgs) -> multipole::Result<()> {
     let weights = match &args.weights {
         Some(path) => VitWeights::load(path)?,
         None => VitWeights::from_bytes(SHIPPED)?,
     };
     let cfg = &weights.config;
-    let centre = (cfg.canvas - SIDE) / 2;
+    // A model that cannot take these digits fails once, not once per file.
+    centre_offset(cfg)?;
     let mut images = Vec::new();
     let mut readable = Vec::new();
     let mut failed = 0;
     for path in &args.images {
-        let digit = std::fs::read(path)
+        // A blank picture (no digit) is reported like an unreadable file.
+        let placed = std::fs::read(path)
             .map_err(|e| FmaError::Model(format!("cannot read the file ({e})")))
-            .and_then(|bytes| digit_from_bytes(&bytes));
-        match digit {
-            Ok(d) => {
-                place(&d, cfg.canvas, centre, centre, &mut images);
-                readable.push(path);
-            }
+            .and_then(|bytes| digit_from_bytes(&bytes))
+            .and_then(|d| place_centred(&d, cfg, &mut images));
+        match placed {
+            Ok(()) => readable.push(path),
             Err(e) => {
                 failed += 1;
                 report_error(args.json, path, &e);

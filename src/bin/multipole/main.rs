@@ -156,7 +156,7 @@ fn attend(args: &AttendArgs) -> multipole::Result<()> {
         tensors.push(("dq".into(), t(&q.shape, g.dq)));
         tensors.push(("dk".into(), t(&q.shape, g.dk)));
         tensors.push(("dv".into(), t(&q.shape, g.dv)));
-        let p = config.p;
+        let p = geometry.p;
         for (i, (lw, s)) in
             g.dw.levels
                 .into_iter()
@@ -188,7 +188,8 @@ fn read_weights(
     g: &Geometry,
     d: usize,
 ) -> multipole::Result<Option<DownsampleWeights>> {
-    let p = config.p;
+    // The geometry's p: the config's, or clipped to a cell that covers the whole input.
+    let p = g.p;
     let levels = match config.downsampling {
         Downsampling::Mean => return Ok(None),
         Downsampling::Basis => g

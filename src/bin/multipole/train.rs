@@ -50,11 +50,13 @@ pub fn run(args: &TrainArgs) -> multipole::Result<()> {
     let fma = VitConfig {
         dim: args.dim,
         depth: args.depth,
-        mlp: 2 * args.dim,
+        // Saturates so that a huge --dim is refused by `validate`, not by an overflow.
+        mlp: args.dim.saturating_mul(2),
         ..VitConfig::fma()
     };
     let config = if args.dense { fma.dense_twin() } else { fma };
     config.validate()?;
+    check_options(args)?;
     let (train_set, test_set) = Digits::load_npm_package(&args.data)?.split();
     let opts = TrainOptions {
         epochs: args.epochs,
@@ -74,7 +76,10 @@ pub fn run(args: &TrainArgs) -> multipole::Result<()> {
         message: e.to_string(),
     };
     let mut log = std::fs::File::create(&log_path).map_err(io)?;
-    let steps = train_set.len().div_ceil(opts.batch) * opts.epochs;
+    let steps = train_set
+        .len()
+        .div_ceil(opts.batch)
+        .saturating_mul(opts.epochs);
     let bar = ProgressBar::new(steps as u64);
     bar.set_style(
         ProgressStyle::with_template(
@@ -143,3 +148,27 @@ pub fn run(args: &TrainArgs) -> multipole::Result<()> {
     );
     Ok(())
 }
+
+/// Flags that would divide by zero, overflow or poison the weights, refused before the
+/// digits are read.
+fn check_options(args: &TrainArgs) -> multipole::Result<()> {
+    let bad = |m: String| Err(FmaError::Model(m));
+    if args.batch == 0 || args.epochs == 0 {
+        return bad("--batch and --epochs must be at least 1".into());
+    }
+    if args.epochs > MAX_EPOCHS {
+        return bad(format!(
+            "--epochs {} is over the limit of {MAX_EPOCHS}",
+            args.epochs
+        ));
+    }
+    for (flag, v) in [("--lr", args.lr), ("--weight-decay", args.weight_decay)] {
+        if !v.is_finite() || v < 0.0 {
+            return bad(format!("{flag} {v} must be a finite number >= 0"));
+        }
+    }
+    Ok(())
+}
+
+/// More epochs than anyone would run on 8,000 digits; a bound keeps step counts in range.
+const MAX_EPOCHS: usize = 1_000_000;
