@@ -4,6 +4,8 @@ mod attention;
 mod attention_backward;
 mod backward;
 pub mod browser_checks;
+mod buffers;
+mod chunks;
 mod context;
 mod dense;
 mod downsample;
