@@ -211,3 +211,29 @@ pub(crate) fn readback(ctx: &GpuContext, bytes: u64) -> wgpu::Buffer {
         mapped_at_creation: false,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extents_split_host_tensors_by_head() {
+        let shape = Shape::new(2, 3, 5, 4); // 6 heads of 5 x 4
+        // heads 2, 3, 4: 20 values per head for rows, 5 for LSE
+        assert_eq!(Extent::Rows.span(shape, 2, 3), 40..100);
+        assert_eq!(Extent::PerQuery.span(shape, 2, 3), 10..25);
+        // an unsplit tensor is the same whole range for every chunk
+        assert_eq!(Extent::Whole(7).span(shape, 4, 2), 0..7);
+    }
+
+    #[test]
+    fn wrong_host_lengths_are_errors() {
+        let shape = Shape::new(2, 3, 5, 4);
+        assert!(Extent::Rows.check(shape, "q", 120).is_ok());
+        assert!(Extent::PerQuery.check(shape, "lse", 30).is_ok());
+        for (extent, len) in [(Extent::Rows, 119), (Extent::PerQuery, 120)] {
+            let err = extent.check(shape, "t", len).unwrap_err();
+            assert!(matches!(err, FmaError::BadShape { .. }), "{err}");
+        }
+    }
+}
