@@ -8,9 +8,6 @@
 // near_field writes a normalised partial (O, LSE); far_field merges its own triple into it,
 // so no intermediate beyond O and LSE is stored.
 
-@group(0) @binding(B_Q) var<storage, read> q_in: array<f32>;
-@group(0) @binding(B_K) var<storage, read> k_in: array<f32>;
-@group(0) @binding(B_V) var<storage, read> v_in: array<f32>;
 @group(0) @binding(B_COARSE) var<storage, read> coarse: array<f32>;
 @group(0) @binding(B_O) var<storage, read_write> o_out: array<f32>;
 @group(0) @binding(B_LSE) var<storage, read_write> lse_out: array<f32>;

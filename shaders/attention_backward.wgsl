@@ -15,9 +15,6 @@
 // Per (query i, key): P = exp(z - LSE_i), dS = P (dO_i . v - D_i); dq_i += tau dS k,
 // dk += tau dS q_i, dv += P dO_i.
 
-@group(0) @binding(B_Q) var<storage, read> q_in: array<f32>;
-@group(0) @binding(B_K) var<storage, read> k_in: array<f32>;
-@group(0) @binding(B_V) var<storage, read> v_in: array<f32>;
 @group(0) @binding(B_COARSE) var<storage, read> coarse: array<f32>;
 @group(0) @binding(B_D_O) var<storage, read> do_in: array<f32>;
 @group(0) @binding(B_O) var<storage, read> o_in: array<f32>;

@@ -41,6 +41,10 @@ struct Params {
 
 @group(0) @binding(B_PARAMS) var<uniform> params: Params;
 @group(0) @binding(B_GEOM) var<storage, read> geom: array<u32>;
+// Q, K and V of [heads, n, d]; a kernel binds only those it reads.
+@group(0) @binding(B_Q) var<storage, read> q_in: array<f32>;
+@group(0) @binding(B_K) var<storage, read> k_in: array<f32>;
+@group(0) @binding(B_V) var<storage, read> v_in: array<f32>;
 
 // Token index at padded grid position (y, x), or -1 for padding.
 fn token_at(y: u32, x: u32) -> i32 {

@@ -11,8 +11,6 @@
 // mean of a segment is the count-weighted mean of the 2 (1D) or 4 (2D) finer segments that
 // tile it, so `Mean` reads each token once instead of once per level.
 
-@group(0) @binding(B_K) var<storage, read> k_in: array<f32>;
-@group(0) @binding(B_V) var<storage, read> v_in: array<f32>;
 @group(0) @binding(B_WEIGHTS) var<storage, read> weights: array<f32>;
 @group(0) @binding(B_COARSE) var<storage, read_write> coarse: array<f32>;
 

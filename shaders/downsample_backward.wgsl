@@ -5,11 +5,9 @@
 //   each dK and dV element has one owner.
 // - `weight_grads_basis`, `weight_grads_depthwise`: one workgroup per weight (or bias) element
 //   sums over every cell and head that shares it; the REDUCE_THREADS lanes are reduced in
-//   workgroup memory in a fixed order, so the result is deterministic. `range.accumulate` adds to the
-//   previous chunk of heads instead of overwriting.
+//   workgroup memory in a fixed order, so the result is deterministic. `range.accumulate`
+//   adds to the previous chunk of heads instead of overwriting.
 
-@group(0) @binding(B_K) var<storage, read> k_in: array<f32>;
-@group(0) @binding(B_V) var<storage, read> v_in: array<f32>;
 @group(0) @binding(B_WEIGHTS) var<storage, read> weights: array<f32>;
 @group(0) @binding(B_DCOARSE) var<storage, read> dcoarse: array<f32>;
 @group(0) @binding(B_DK) var<storage, read_write> dk_out: array<f32>;
