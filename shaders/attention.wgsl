@@ -8,12 +8,9 @@
 // near_field writes a normalised partial (O, LSE); far_field merges its own triple into it,
 // so no intermediate beyond O and LSE is stored.
 
-@group(0) @binding(2) var<storage, read> q_in: array<f32>;
-@group(0) @binding(3) var<storage, read> k_in: array<f32>;
-@group(0) @binding(4) var<storage, read> v_in: array<f32>;
-@group(0) @binding(5) var<storage, read> coarse: array<f32>;
-@group(0) @binding(6) var<storage, read_write> o_out: array<f32>;
-@group(0) @binding(7) var<storage, read_write> lse_out: array<f32>;
+@group(0) @binding(B_COARSE) var<storage, read> coarse: array<f32>;
+@group(0) @binding(B_O) var<storage, read_write> o_out: array<f32>;
+@group(0) @binding(B_LSE) var<storage, read_write> lse_out: array<f32>;
 
 
 // The query row scaled by tau, zero past d.

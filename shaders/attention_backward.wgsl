@@ -15,19 +15,16 @@
 // Per (query i, key): P = exp(z - LSE_i), dS = P (dO_i . v - D_i); dq_i += tau dS k,
 // dk += tau dS q_i, dv += P dO_i.
 
-@group(0) @binding(2) var<storage, read> q_in: array<f32>;
-@group(0) @binding(3) var<storage, read> k_in: array<f32>;
-@group(0) @binding(4) var<storage, read> v_in: array<f32>;
-@group(0) @binding(5) var<storage, read> coarse: array<f32>;
-@group(0) @binding(6) var<storage, read> do_in: array<f32>;
-@group(0) @binding(7) var<storage, read> o_in: array<f32>;
-@group(0) @binding(8) var<storage, read> lse_in: array<f32>;
-@group(0) @binding(9) var<storage, read_write> stats_out: array<vec2<f32>>;
-@group(0) @binding(10) var<storage, read> stats: array<vec2<f32>>;
-@group(0) @binding(11) var<storage, read_write> dq_out: array<f32>;
-@group(0) @binding(12) var<storage, read_write> dk_out: array<f32>;
-@group(0) @binding(13) var<storage, read_write> dv_out: array<f32>;
-@group(0) @binding(14) var<storage, read_write> dcoarse: array<f32>;
+@group(0) @binding(B_COARSE) var<storage, read> coarse: array<f32>;
+@group(0) @binding(B_D_O) var<storage, read> do_in: array<f32>;
+@group(0) @binding(B_O) var<storage, read> o_in: array<f32>;
+@group(0) @binding(B_LSE) var<storage, read> lse_in: array<f32>;
+@group(0) @binding(B_STATS_OUT) var<storage, read_write> stats_out: array<vec2<f32>>;
+@group(0) @binding(B_STATS) var<storage, read> stats: array<vec2<f32>>;
+@group(0) @binding(B_DQ) var<storage, read_write> dq_out: array<f32>;
+@group(0) @binding(B_DK) var<storage, read_write> dk_out: array<f32>;
+@group(0) @binding(B_DV) var<storage, read_write> dv_out: array<f32>;
+@group(0) @binding(B_DCOARSE) var<storage, read_write> dcoarse: array<f32>;
 
 // Invocations that stage one row together, and rows staged per pass.
 const ROW_THREADS: u32 = min(QUERY_TILE, HEAD_TILE);
@@ -43,7 +40,6 @@ var<workgroup> tile_x: array<f32, BACK_TILE>;
 var<workgroup> tile_y: array<f32, BACK_TILE>;
 // backward_dkv_far: FAR_LANES lanes; the block's coarse keys and values, and the token, P and
 // dS of each (query, row) pair of a tile of FAR_LANES queries.
-const FAR_LANES: u32 = 64u;
 const CHANNEL_SLOTS: u32 = (HEAD_TILE + FAR_LANES - 1u) / FAR_LANES;
 const ROW_SLOTS: u32 = CHANNEL_SLOTS * BACK_ROWS;
 var<workgroup> row_k: array<vec4<f32>, BACK_ROW_VECS>;
@@ -139,13 +135,13 @@ fn add_dq(dq: ptr<function, array<vec4<f32>, HEAD_VEC>>, q: ptr<function, array<
     }
 }
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(WG_ELEMENTS)
 fn backward_stats(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let row = workgroup_index(wid, nwg) * 64u + lid;
+    let row = workgroup_index(wid, nwg) * WG_ELEMENTS + lid;
     if (row >= params.bh * params.n) {
         return;
     }

@@ -1,5 +1,6 @@
 // Shared by every FMA kernel: the uniform, the geometry tables and token arithmetic.
-// The Rust twin prepends HEAD_TILE, KEY_TILE and QUERY_TILE as `const` declarations.
+// The Rust twin (src/gpu/shaders.rs) prepends the tiles, workgroup sizes, table strides and
+// binding indices (B_*) as `const` declarations.
 // Cell membership, near fields and interaction lists come from the tables built by
 // src/geometry/tables.rs; this file only maps (cell, local index) to a token.
 
@@ -38,10 +39,12 @@ struct Params {
     far_t_entries: u32,
 }
 
-@group(0) @binding(0) var<uniform> params: Params;
-@group(0) @binding(1) var<storage, read> geom: array<u32>;
-
-const LEVEL_WORDS: u32 = 12u;
+@group(0) @binding(B_PARAMS) var<uniform> params: Params;
+@group(0) @binding(B_GEOM) var<storage, read> geom: array<u32>;
+// Q, K and V of [heads, n, d]; a kernel binds only those it reads.
+@group(0) @binding(B_Q) var<storage, read> q_in: array<f32>;
+@group(0) @binding(B_K) var<storage, read> k_in: array<f32>;
+@group(0) @binding(B_V) var<storage, read> v_in: array<f32>;
 
 // Token index at padded grid position (y, x), or -1 for padding.
 fn token_at(y: u32, x: u32) -> i32 {

@@ -3,18 +3,16 @@
 //
 // From tokens: `downsample_mean` for level 1, one workgroup per (head, coarse row); and
 // `downsample_basis` and `downsample_depthwise` for all levels, one workgroup per (head, cell,
-// block of up to ROW_BLOCK rows), reading the cell's tokens once for the whole block. The 256
-// invocations split as HEAD_TILE channels x (256 / HEAD_TILE) lanes; each lane sums a strided
-// share of the tokens for its channel, and the lanes are reduced in workgroup memory. Reads of
-// K and V are contiguous across channels.
+// block of up to ROW_BLOCK rows), reading the cell's tokens once for the whole block. The
+// REDUCE_THREADS invocations split as HEAD_TILE channels x LANES lanes; each lane sums a
+// strided share of the tokens for its channel, and the lanes are reduced in workgroup memory.
+// Reads of K and V are contiguous across channels.
 // From the finer level (`downsample_mean_merge`, levels >= 2, one dispatch per level): the
 // mean of a segment is the count-weighted mean of the 2 (1D) or 4 (2D) finer segments that
 // tile it, so `Mean` reads each token once instead of once per level.
 
-@group(0) @binding(2) var<storage, read> k_in: array<f32>;
-@group(0) @binding(3) var<storage, read> v_in: array<f32>;
-@group(0) @binding(4) var<storage, read> weights: array<f32>;
-@group(0) @binding(5) var<storage, read_write> coarse: array<f32>;
+@group(0) @binding(B_WEIGHTS) var<storage, read> weights: array<f32>;
+@group(0) @binding(B_COARSE) var<storage, read_write> coarse: array<f32>;
 
 struct RowRange {
     first: u32,
@@ -22,13 +20,12 @@ struct RowRange {
     _pad0: u32,
     _pad1: u32,
 }
-@group(0) @binding(8) var<uniform> range: RowRange;
+@group(0) @binding(B_ROW_RANGE) var<uniform> range: RowRange;
 
-const THREADS: u32 = 256u;
-const LANES: u32 = THREADS / HEAD_TILE;
+const LANES: u32 = REDUCE_THREADS / HEAD_TILE;
 
-var<workgroup> red_k: array<f32, THREADS>;
-var<workgroup> red_v: array<f32, THREADS>;
+var<workgroup> red_k: array<f32, REDUCE_THREADS>;
+var<workgroup> red_v: array<f32, REDUCE_THREADS>;
 
 struct Group {
     head: u32,
@@ -114,9 +111,8 @@ fn mean_row(g: Group, lid: u32) {
     finish(g, lid, sk, sv, 1.0 / f32(max(g.count, 1u)), 0.0, 0.0);
 }
 
-// Rows of one cell that a learned-downsampling workgroup computes together: the cell's tokens
-// are read once for all of them.
-const ROW_BLOCK: u32 = 4u;
+// A learned-downsampling workgroup computes ROW_BLOCK rows of one cell together: the cell's
+// tokens are read once for all of them.
 
 // Weighted sums over the whole group for rows r0 .. r0 + ROW_BLOCK of one cell: `Basis`
 // weights W[l][r][t] are shared by the channels, `Depthwise` weights W[l][c][r][t] are per
@@ -169,7 +165,7 @@ fn learned_entry(w: u32, lid: u32, depthwise: bool) {
     learned_rows(w / range.count, item / blocks, (item % blocks) * ROW_BLOCK, lid, depthwise);
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(REDUCE_THREADS)
 fn downsample_mean(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
@@ -181,7 +177,7 @@ fn downsample_mean(
     }
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(REDUCE_THREADS)
 fn downsample_basis(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
@@ -193,7 +189,7 @@ fn downsample_basis(
     }
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(REDUCE_THREADS)
 fn downsample_depthwise(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
@@ -205,14 +201,14 @@ fn downsample_depthwise(
     }
 }
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(WG_ELEMENTS)
 fn downsample_mean_merge(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
     // one invocation per (head, row of this level, channel)
-    let i = workgroup_index(wid, nwg) * 64u + lid;
+    let i = workgroup_index(wid, nwg) * WG_ELEMENTS + lid;
     if (i >= params.bh * range.count * params.d) {
         return;
     }

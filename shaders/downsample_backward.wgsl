@@ -4,17 +4,15 @@
 //   channel) adds the token's share from every level (a token lies in one cell per level), so
 //   each dK and dV element has one owner.
 // - `weight_grads_basis`, `weight_grads_depthwise`: one workgroup per weight (or bias) element
-//   sums over every cell and head that shares it; the 256 lanes are reduced in workgroup
-//   memory in a fixed order, so the result is deterministic. `range.accumulate` adds to the
-//   previous chunk of heads instead of overwriting.
+//   sums over every cell and head that shares it; the REDUCE_THREADS lanes are reduced in
+//   workgroup memory in a fixed order, so the result is deterministic. `range.accumulate`
+//   adds to the previous chunk of heads instead of overwriting.
 
-@group(0) @binding(2) var<storage, read> k_in: array<f32>;
-@group(0) @binding(3) var<storage, read> v_in: array<f32>;
-@group(0) @binding(4) var<storage, read> weights: array<f32>;
-@group(0) @binding(5) var<storage, read> dcoarse: array<f32>;
-@group(0) @binding(6) var<storage, read_write> dk_out: array<f32>;
-@group(0) @binding(7) var<storage, read_write> dv_out: array<f32>;
-@group(0) @binding(8) var<storage, read_write> dw_out: array<f32>;
+@group(0) @binding(B_WEIGHTS) var<storage, read> weights: array<f32>;
+@group(0) @binding(B_DCOARSE) var<storage, read> dcoarse: array<f32>;
+@group(0) @binding(B_DK) var<storage, read_write> dk_out: array<f32>;
+@group(0) @binding(B_DV) var<storage, read_write> dv_out: array<f32>;
+@group(0) @binding(B_DW) var<storage, read_write> dw_out: array<f32>;
 
 struct GradRange {
     first: u32,      // first element of this dispatch (weights, then biases)
@@ -22,11 +20,10 @@ struct GradRange {
     accumulate: u32, // 1: add to dw_out (a later chunk of heads)
     _pad: u32,
 }
-@group(0) @binding(9) var<uniform> range: GradRange;
+@group(0) @binding(B_GRAD_RANGE) var<uniform> range: GradRange;
 
-const THREADS: u32 = 256u;
-var<workgroup> red_k: array<f32, THREADS>;
-var<workgroup> red_v: array<f32, THREADS>;
+var<workgroup> red_k: array<f32, REDUCE_THREADS>;
+var<workgroup> red_v: array<f32, REDUCE_THREADS>;
 
 // One element of dK and dV: its head, token, channel and grid position.
 struct Element {
@@ -38,7 +35,7 @@ struct Element {
 }
 
 fn element(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> Element {
-    let at = workgroup_index(wid, nwg) * 64u + lid;
+    let at = workgroup_index(wid, nwg) * WG_ELEMENTS + lid;
     let token = (at / params.d) % params.n;
     return Element(at, at / (params.d * params.n), at % params.d, token / params.real_w, token % params.real_w);
 }
@@ -52,7 +49,7 @@ fn dcoarse_at(head: u32, row: u32, c: u32, value: bool) -> f32 {
     return dcoarse[at];
 }
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(WG_ELEMENTS)
 fn tokens_mean(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
@@ -105,7 +102,7 @@ fn tokens_learned(e: Element, depthwise: bool) {
     dv_out[e.at] += gv;
 }
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(WG_ELEMENTS)
 fn tokens_basis(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
@@ -117,7 +114,7 @@ fn tokens_basis(
     }
 }
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(WG_ELEMENTS)
 fn tokens_depthwise(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
@@ -133,7 +130,7 @@ fn tokens_depthwise(
 fn reduce_store(lid: u32, sk: f32, sv: f32, dk_at: u32, dv_at: u32) {
     red_k[lid] = sk;
     red_v[lid] = sv;
-    for (var half = THREADS / 2u; half > 0u; half /= 2u) {
+    for (var half = REDUCE_THREADS / 2u; half > 0u; half /= 2u) {
         workgroupBarrier();
         if (lid < half) {
             red_k[lid] += red_k[lid + half];
@@ -168,7 +165,7 @@ fn level_of_element(local: u32, bias: bool) -> u32 {
     return found;
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(REDUCE_THREADS)
 fn weight_grads_basis(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
@@ -187,7 +184,7 @@ fn weight_grads_basis(
     let items = params.bh * lv.groups * params.d;
     var sk = 0.0;
     var sv = 0.0;
-    for (var it = lid; it < items; it += THREADS) {
+    for (var it = lid; it < items; it += REDUCE_THREADS) {
         let c = it % params.d;
         let g = (it / params.d) % lv.groups;
         let head = it / (params.d * lv.groups);
@@ -202,7 +199,7 @@ fn weight_grads_basis(
     reduce_store(lid, sk, sv, local, params.wv_base + local);
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(REDUCE_THREADS)
 fn weight_grads_depthwise(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
@@ -237,7 +234,7 @@ fn weight_grads_depthwise(
     let items = params.bh * lv.groups;
     var sk = 0.0;
     var sv = 0.0;
-    for (var it = lid; it < items; it += THREADS) {
+    for (var it = lid; it < items; it += REDUCE_THREADS) {
         let g = it % lv.groups;
         let head = it / lv.groups;
         let row = (lv.first + g) * params.p + r;

@@ -1,9 +1,8 @@
 // The far field's coarse keys, walked by far_field and backward_dq_far: every level's
 // interaction list of a fine cell's ancestors, flattened into one list of keys.
 
-// Largest number of coarse levels (n' = m * 2^(MAX_LEVELS + 1) tokens); checked by the plan.
-const MAX_LEVELS: u32 = 32u;
-
+// MAX_LEVELS (from the header) bounds the chain: n' = m * 2^(MAX_LEVELS + 1) tokens, checked
+// by the plan.
 // Level l's interaction list starts at entry chain_lo[l] of the far table and at key
 // chain_start[l] of the flattened list.
 var<workgroup> chain_lo: array<u32, MAX_LEVELS>;

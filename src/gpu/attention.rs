@@ -2,9 +2,8 @@
 //! normalised partial into O and LSE, and the far-field pass, which merges into it.
 
 use super::context::GpuContext;
-use super::downsample::entry;
-use super::params::dispatch;
-use super::shaders::{Family, Spec};
+use super::params::{bind, dispatch};
+use super::shaders::{Family, Spec, binding as B};
 use crate::error::Result;
 
 pub(crate) struct AttentionKernel {
@@ -44,19 +43,20 @@ impl AttentionKernel {
         b: &AttentionBindings<'_>,
         workgroups: u64,
     ) -> Result<()> {
-        let group = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some("near_field"),
-            layout: &self.near.get_bind_group_layout(0),
-            entries: &[
-                entry(0, b.params.as_entire_binding()),
-                entry(1, b.geom.as_entire_binding()),
-                entry(2, b.q.as_entire_binding()),
-                entry(3, b.k.as_entire_binding()),
-                entry(4, b.v.as_entire_binding()),
-                entry(6, b.o.as_entire_binding()),
-                entry(7, b.lse.as_entire_binding()),
+        let group = bind(
+            ctx,
+            "near_field",
+            &self.near,
+            &[
+                (B::PARAMS, b.params),
+                (B::GEOM, b.geom),
+                (B::Q, b.q),
+                (B::K, b.k),
+                (B::V, b.v),
+                (B::O, b.o),
+                (B::LSE, b.lse),
             ],
-        });
+        );
         dispatch(ctx, pass, &self.near, &group, workgroups)
     }
 
@@ -72,18 +72,19 @@ impl AttentionKernel {
         let (Some(far), Some(coarse)) = (&self.far, b.coarse) else {
             return Ok(());
         };
-        let group = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some("far_field"),
-            layout: &far.get_bind_group_layout(0),
-            entries: &[
-                entry(0, b.params.as_entire_binding()),
-                entry(1, b.geom.as_entire_binding()),
-                entry(2, b.q.as_entire_binding()),
-                entry(5, coarse.as_entire_binding()),
-                entry(6, b.o.as_entire_binding()),
-                entry(7, b.lse.as_entire_binding()),
+        let group = bind(
+            ctx,
+            "far_field",
+            far,
+            &[
+                (B::PARAMS, b.params),
+                (B::GEOM, b.geom),
+                (B::Q, b.q),
+                (B::COARSE, coarse),
+                (B::O, b.o),
+                (B::LSE, b.lse),
             ],
-        });
+        );
         dispatch(ctx, pass, far, &group, workgroups)
     }
 }

@@ -3,7 +3,7 @@
 
 use super::context::GpuContext;
 use super::params::{bind, dispatch};
-use super::shaders::{BACK_ROWS, Family, Spec};
+use super::shaders::{BACK_ROWS, Family, Spec, WG_ELEMENTS, binding as B};
 use crate::error::Result;
 
 pub(crate) struct AttentionBackwardKernel {
@@ -70,14 +70,15 @@ impl AttentionBackwardKernel {
             "backward_stats",
             &self.stats,
             &[
-                (0, b.params),
-                (6, b.d_o),
-                (7, b.o),
-                (8, b.lse),
-                (9, b.stats),
+                (B::PARAMS, b.params),
+                (B::D_O, b.d_o),
+                (B::O, b.o),
+                (B::LSE, b.lse),
+                (B::STATS_OUT, b.stats),
             ],
         );
-        dispatch(ctx, pass, &self.stats, &group, (w.heads * w.n).div_ceil(64))
+        let workgroups = (w.heads * w.n).div_ceil(WG_ELEMENTS as u64);
+        dispatch(ctx, pass, &self.stats, &group, workgroups)
     }
 
     /// dQ: the near keys' share, then the coarse keys' (one workgroup per query tile).
@@ -90,18 +91,18 @@ impl AttentionBackwardKernel {
     ) -> Result<()> {
         let tiles = w.query_tiles * w.heads;
         let common = [
-            (0, b.params),
-            (1, b.geom),
-            (2, b.q),
-            (6, b.d_o),
-            (10, b.stats),
-            (11, b.dq),
+            (B::PARAMS, b.params),
+            (B::GEOM, b.geom),
+            (B::Q, b.q),
+            (B::D_O, b.d_o),
+            (B::STATS, b.stats),
+            (B::DQ, b.dq),
         ];
-        let near = [&common[..], &[(3, b.k), (4, b.v)]].concat();
+        let near = [&common[..], &[(B::K, b.k), (B::V, b.v)]].concat();
         let group = bind(ctx, "backward_dq_near", &self.dq_near, &near);
         dispatch(ctx, pass, &self.dq_near, &group, tiles)?;
         if let (Some((dq_far, _)), Some(coarse)) = (&self.far, b.coarse) {
-            let far = [&common[..], &[(5, coarse)]].concat();
+            let far = [&common[..], &[(B::COARSE, coarse)]].concat();
             let group = bind(ctx, "backward_dq_far", dq_far, &far);
             dispatch(ctx, pass, dq_far, &group, tiles)?;
         }
@@ -121,15 +122,15 @@ impl AttentionBackwardKernel {
             "backward_dkv_near",
             &self.dkv_near,
             &[
-                (0, b.params),
-                (1, b.geom),
-                (2, b.q),
-                (3, b.k),
-                (4, b.v),
-                (6, b.d_o),
-                (10, b.stats),
-                (12, b.dk),
-                (13, b.dv),
+                (B::PARAMS, b.params),
+                (B::GEOM, b.geom),
+                (B::Q, b.q),
+                (B::K, b.k),
+                (B::V, b.v),
+                (B::D_O, b.d_o),
+                (B::STATS, b.stats),
+                (B::DK, b.dk),
+                (B::DV, b.dv),
             ],
         );
         dispatch(ctx, pass, &self.dkv_near, &group, w.query_tiles * w.heads)
@@ -152,13 +153,13 @@ impl AttentionBackwardKernel {
             "backward_dkv_far",
             dkv_far,
             &[
-                (0, b.params),
-                (1, b.geom),
-                (2, b.q),
-                (5, coarse),
-                (6, b.d_o),
-                (10, b.stats),
-                (14, dcoarse),
+                (B::PARAMS, b.params),
+                (B::GEOM, b.geom),
+                (B::Q, b.q),
+                (B::COARSE, coarse),
+                (B::D_O, b.d_o),
+                (B::STATS, b.stats),
+                (B::DCOARSE, dcoarse),
             ],
         );
         let blocks = w.p.div_ceil(BACK_ROWS as u64);

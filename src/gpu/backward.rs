@@ -8,10 +8,12 @@
 //! by the first backward call, so forward-only plans do not pay for them.
 
 use super::attention_backward::{AttentionBackwardKernel, BackwardBindings, BackwardWork};
+use super::buffers::{self, Slot};
+use super::chunks::Chunk;
 use super::context::GpuContext;
 use super::downsample_backward::{DownsampleBackwardBindings, DownsampleBackwardKernel};
-use super::host::{HostSlot, readback, storage};
-use super::plan::{Chunk, FmaPlan, begin_pass, pack_weights};
+use super::host::{Extent, HostSlot, Staging, storage};
+use super::plan::{FmaPlan, begin_pass, pack_weights};
 use super::timing::GpuTimer;
 use crate::config::{DownsampleWeights, Shape};
 use crate::error::{FmaError, Result};
@@ -40,16 +42,16 @@ impl BackwardIo<'_> {
             (shape.elements() * 4) as u64,
             (shape.bh() * shape.n * 4) as u64,
         );
-        let mut named = vec![
-            ("q", self.q, e),
-            ("k", self.k, e),
-            ("v", self.v, e),
-            ("o", self.o, e),
-            ("lse", self.lse, n),
-            ("d_o", self.d_o, e),
-            ("dq", self.dq, e),
-            ("dk", self.dk, e),
-            ("dv", self.dv, e),
+        let mut slots = vec![
+            Slot::read("q", self.q, e),
+            Slot::read("k", self.k, e),
+            Slot::read("v", self.v, e),
+            Slot::read("o", self.o, e),
+            Slot::read("lse", self.lse, n),
+            Slot::read("d_o", self.d_o, e),
+            Slot::written("dq", self.dq, e),
+            Slot::written("dk", self.dk, e),
+            Slot::written("dv", self.dv, e),
         ];
         if dw_bytes > 0 {
             let dw = self.dw.ok_or_else(|| {
@@ -57,28 +59,9 @@ impl BackwardIo<'_> {
                     "learned downsampling: BackwardIo.dw must hold the weights' gradients".into(),
                 )
             })?;
-            named.push(("dw", dw, dw_bytes));
+            slots.push(Slot::written("dw", dw, dw_bytes));
         }
-        for &(name, buf, need) in &named {
-            if buf.size() < need || !buf.usage().contains(wgpu::BufferUsages::STORAGE) {
-                return Err(FmaError::BadShape {
-                    what: format!("GPU buffer {name}"),
-                    expected: format!("STORAGE usage and at least {need} bytes"),
-                    got: format!("{:?}, {} bytes", buf.usage(), buf.size()),
-                });
-            }
-        }
-        // Written buffers may alias nothing else (WebGPU forbids it within a dispatch).
-        for (i, &(name, buf, _)) in named.iter().enumerate().skip(6) {
-            if named.iter().enumerate().any(|(j, x)| j != i && x.1 == buf) {
-                return Err(FmaError::BadShape {
-                    what: format!("GPU buffer {name}"),
-                    expected: "a buffer distinct from every other one of the pass".into(),
-                    got: "a buffer used twice".into(),
-                });
-            }
-        }
-        Ok(())
+        buffers::check(&slots)
     }
 }
 
@@ -98,15 +81,8 @@ pub(super) struct Backward {
     stats: wgpu::Buffer,
     /// Gradients of the coarse keys and values, laid out like the coarse buffer.
     dcoarse: Option<wgpu::Buffer>,
-    host: HostSlot<BackwardHost>,
-}
-
-/// Host staging of `backward`: q, k, v, o, lse, d_o in; dq, dk, dv (and dw) out.
-struct BackwardHost {
-    inputs: [wgpu::Buffer; 6],
-    grads: [wgpu::Buffer; 3],
-    reads: [wgpu::Buffer; 3],
-    dw: Option<(wgpu::Buffer, wgpu::Buffer)>,
+    /// Host staging of `backward`: q, k, v, o, lse, d_o in; dq, dk, dv and dw out.
+    host: HostSlot<Staging<6, 4>>,
 }
 
 impl FmaPlan {
@@ -127,7 +103,7 @@ impl FmaPlan {
         } else {
             None
         };
-        let rows = (self.chunk_heads * self.shape.n) as u64;
+        let rows = (self.chunks.per_chunk() * self.shape.n) as u64;
         let parts = Backward {
             attention,
             downsample,
@@ -145,7 +121,7 @@ impl FmaPlan {
     /// Bytes of GPU memory the backward adds to the plan's own (`extra_bytes`): (LSE, D) per
     /// query and the coarse rows' gradients, for one chunk of heads. O(n).
     pub fn backward_extra_bytes(&self) -> u64 {
-        let stats = (self.chunk_heads * self.shape.n * 8) as u64;
+        let stats = (self.chunks.per_chunk() * self.shape.n * 8) as u64;
         stats + self.coarse.as_ref().map_or(0, |c| c.size())
     }
 
@@ -207,22 +183,14 @@ impl FmaPlan {
         io: &BackwardIo<'_>,
         timer: Option<&GpuTimer>,
     ) -> Result<()> {
-        let [chunk] = self.chunks.as_slice() else {
-            return Err(FmaError::LimitExceeded {
-                what: "Q, K, V or O in one storage binding".into(),
-                needed: (self.shape.elements() * 4) as u64,
-                limit: (self.chunk_heads * self.shape.n * self.shape.d * 4) as u64,
-                hint: "use FmaPlan::backward, which splits batch x heads over several dispatches"
-                    .into(),
-            });
-        };
+        let chunk = self.chunks.single("FmaPlan::backward")?;
         io.check(self.shape, self.weight_grad_bytes())?;
         let parts = self.backward_parts(ctx)?;
-        self.encode_backward_chunk(ctx, encoder, parts, chunk, io, false, timer)
+        self.encode_backward_chunk(ctx, encoder, parts, chunk, io, timer)
     }
 
-    /// One chunk of heads; `accumulate` adds its weight gradients to the previous chunks'.
-    #[allow(clippy::too_many_arguments)]
+    /// One chunk of heads; a chunk after the first adds its weight gradients to the previous
+    /// chunks'.
     fn encode_backward_chunk(
         &self,
         ctx: &GpuContext,
@@ -230,7 +198,6 @@ impl FmaPlan {
         parts: &Backward,
         chunk: &Chunk,
         io: &BackwardIo<'_>,
-        accumulate: bool,
         timer: Option<&GpuTimer>,
     ) -> Result<()> {
         let mut slot = 0;
@@ -288,7 +255,7 @@ impl FmaPlan {
             let mut pass = begin_pass(encoder, "fma downsample backward", timer, &mut slot);
             let elements = (chunk.heads * self.shape.n * self.shape.d) as u64;
             ds.encode_tokens(ctx, &mut pass, &b, elements)?;
-            ds.encode_weights(ctx, &mut pass, &b, accumulate)?;
+            ds.encode_weights(ctx, &mut pass, &b, chunk.first > 0)?;
         }
         Ok(())
     }
@@ -313,83 +280,52 @@ impl FmaPlan {
         tape: &Tape<'_>,
         d_o: &[f32],
     ) -> Result<Gradients> {
-        let shape = self.shape;
-        for (name, t) in [
-            ("q", tape.q),
-            ("k", tape.k),
-            ("v", tape.v),
-            ("o", &tape.out.o),
-        ] {
-            shape.check_len(name, t.len())?;
-        }
-        shape.check_len("d_o", d_o.len())?;
-        if tape.out.lse.len() != shape.bh() * shape.n {
-            return Err(FmaError::BadShape {
-                what: "lse".into(),
-                expected: format!("{} values (batch x heads x n)", shape.bh() * shape.n),
-                got: format!("{} values", tape.out.lse.len()),
-            });
-        }
         let parts = self.backward_parts(ctx)?;
-        let (n, d) = (shape.n, shape.d);
-        let dw_bytes = self.weight_grad_bytes();
-        let (host, _busy) = parts
+        let dw_words = self.weight_grad_bytes() as usize / 4;
+        let inputs = [
+            ("q", Extent::Rows, tape.q),
+            ("k", Extent::Rows, tape.k),
+            ("v", Extent::Rows, tape.v),
+            ("o", Extent::Rows, tape.out.o.as_slice()),
+            ("lse", Extent::PerQuery, tape.out.lse.as_slice()),
+            ("d_o", Extent::Rows, d_o),
+        ];
+        let outputs = [
+            ("dq", Extent::Rows),
+            ("dk", Extent::Rows),
+            ("dv", Extent::Rows),
+            ("dw", Extent::Whole(dw_words)),
+        ];
+        let [dq, dk, dv, dw] = parts
             .host
-            .acquire(|| BackwardHost::new(ctx, self.chunk_heads, n, d, dw_bytes))?;
-        let mut grads = Gradients {
-            dq: Vec::with_capacity(shape.elements()),
-            dk: Vec::with_capacity(shape.elements()),
-            dv: Vec::with_capacity(shape.elements()),
-            dw: DownsampleWeights::default(),
+            .run(
+                ctx,
+                &self.chunks,
+                inputs,
+                outputs,
+                |chunk, encoder, [q, k, v, o, lse, d_o], [dq, dk, dv, dw]| {
+                    let io = BackwardIo {
+                        q,
+                        k,
+                        v,
+                        o,
+                        lse,
+                        d_o,
+                        dq,
+                        dk,
+                        dv,
+                        dw: (dw_words > 0).then_some(dw),
+                    };
+                    self.encode_backward_chunk(ctx, encoder, parts, chunk, &io, None)
+                },
+            )
+            .await?;
+        let dw = if dw.is_empty() {
+            DownsampleWeights::default()
+        } else {
+            self.unpack_weights(&dw)
         };
-        for (c, first) in (0..shape.bh()).step_by(self.chunk_heads).enumerate() {
-            let heads = self.chunk_heads.min(shape.bh() - first);
-            let span = first * n * d..(first + heads) * n * d;
-            let lse = &tape.out.lse[first * n..(first + heads) * n];
-            let inputs = [tape.q, tape.k, tape.v, &tape.out.o, lse, d_o];
-            for (i, (buf, data)) in host.inputs.iter().zip(inputs).enumerate() {
-                let data = if i == 4 { data } else { &data[span.clone()] };
-                ctx.queue.write_buffer(buf, 0, bytemuck::cast_slice(data));
-            }
-            let [q, k, v, o, lse, d_o] = &host.inputs;
-            let [dq, dk, dv] = &host.grads;
-            let io = BackwardIo {
-                q,
-                k,
-                v,
-                o,
-                lse,
-                d_o,
-                dq,
-                dk,
-                dv,
-                dw: host.dw.as_ref().map(|(b, _)| b),
-            };
-            let mut encoder = ctx.device.create_command_encoder(&Default::default());
-            let chunk = &self.chunks[c];
-            self.encode_backward_chunk(ctx, &mut encoder, parts, chunk, &io, c > 0, None)?;
-            let bytes = (span.len() * 4) as u64;
-            for (src, dst) in host.grads.iter().zip(&host.reads) {
-                encoder.copy_buffer_to_buffer(src, 0, dst, 0, bytes);
-            }
-            let last = first + heads == shape.bh();
-            if let (true, Some((dw, read))) = (last, &host.dw) {
-                encoder.copy_buffer_to_buffer(dw, 0, read, 0, dw_bytes);
-            }
-            ctx.queue.submit([encoder.finish()]);
-            for (read, out) in host
-                .reads
-                .iter()
-                .zip([&mut grads.dq, &mut grads.dk, &mut grads.dv])
-            {
-                out.extend(ctx.read_f32(read, span.len()).await?);
-            }
-            if let (true, Some((_, read))) = (last, &host.dw) {
-                let packed = ctx.read_f32(read, self.weights_len).await?;
-                grads.dw = self.unpack_weights(&packed);
-            }
-        }
-        Ok(grads)
+        Ok(Gradients { dq, dk, dv, dw })
     }
 
     /// Blocking `backward` for native programs.
@@ -439,27 +375,5 @@ impl FmaPlan {
             }
         }
         out
-    }
-}
-
-impl BackwardHost {
-    fn new(ctx: &GpuContext, heads: usize, n: usize, d: usize, dw_bytes: u64) -> Self {
-        let bytes = (heads * n * d * 4) as u64;
-        let lse = (heads * n * 4) as u64;
-        let input = |label| storage(ctx, label, bytes, true);
-        BackwardHost {
-            inputs: [
-                input("q"),
-                input("k"),
-                input("v"),
-                input("o"),
-                storage(ctx, "lse", lse, true),
-                input("d_o"),
-            ],
-            grads: ["dq", "dk", "dv"].map(|l| storage(ctx, l, bytes, false)),
-            reads: [0; 3].map(|_| readback(ctx, bytes)),
-            dw: (dw_bytes > 0)
-                .then(|| (storage(ctx, "dw", dw_bytes, false), readback(ctx, dw_bytes))),
-        }
     }
 }

@@ -2,12 +2,12 @@
 //! FMA's speed is measured against, and a correct kernel in its own right. Tiled with an
 //! online softmax, so memory is O(n): no n x n buffer.
 
+use super::chunks::{Chunk, Chunks, fits_binding};
 use super::context::GpuContext;
-use super::downsample::entry;
-use super::host::HostSlot;
-use super::params::{Params, dispatch, grid};
+use super::host::{ForwardStaging, HostSlot};
+use super::params::{Params, bind, dispatch, grid};
 use super::plan::{AttentionIo, begin_pass};
-use super::shaders::{Family, MAX_QUERY_TILE, Spec};
+use super::shaders::{Family, MAX_QUERY_TILE, Spec, binding as B};
 use super::timing::GpuTimer;
 use crate::config::Shape;
 use crate::error::{FmaError, Result};
@@ -16,12 +16,10 @@ use crate::reference::Output;
 /// A prepared exact-attention forward pass for one shape.
 pub struct DensePlan {
     shape: Shape,
-    /// Heads per dispatch (all of them unless a tensor exceeds one storage binding), and each
-    /// chunk's head count and uniform.
-    chunk_heads: usize,
-    chunks: Vec<(usize, wgpu::Buffer)>,
+    /// Heads per dispatch: all of them unless a tensor exceeds one storage binding.
+    chunks: Chunks,
     pipeline: wgpu::ComputePipeline,
-    host: HostSlot,
+    host: HostSlot<ForwardStaging>,
 }
 
 impl DensePlan {
@@ -37,47 +35,31 @@ impl DensePlan {
         let spec = Spec::for_shape(shape.d, MAX_QUERY_TILE as usize)
             .ok_or(FmaError::UnsupportedHeadDim(shape.d))?;
         let limits = ctx.limits();
-        let max_binding = ctx.max_binding();
         let head_bytes = (shape.n * shape.d * 4) as u64;
-        if head_bytes > max_binding {
-            return Err(FmaError::LimitExceeded {
-                what: "one head of Q, K, V or O".into(),
-                needed: head_bytes,
-                limit: max_binding,
-                hint: "shorten the input".into(),
-            });
-        }
-        let chunk_heads = ((max_binding / head_bytes) as usize).clamp(1, shape.bh());
+        fits_binding(
+            ctx,
+            "one head of Q, K, V or O",
+            head_bytes,
+            "shorten the input",
+        )?;
+        let chunk_heads = Chunks::heads_per_chunk(ctx, shape, head_bytes);
         let tiles = shape.n.div_ceil(spec.query_tile as usize);
         grid(
             (tiles * chunk_heads) as u64,
             limits.max_compute_workgroups_per_dimension,
         )?;
-        let chunks = (0..shape.bh())
-            .step_by(chunk_heads)
-            .map(|first| {
-                let heads = chunk_heads.min(shape.bh() - first);
-                let params = Params {
-                    n: shape.n as u32,
-                    d: shape.d as u32,
-                    bh: heads as u32,
-                    causal: causal as u32,
-                    scale,
-                    ..Default::default()
-                };
-                let buf = ctx.buffer_with(
-                    "dense params",
-                    bytemuck::bytes_of(&params),
-                    wgpu::BufferUsages::UNIFORM,
-                );
-                (heads, buf)
-            })
-            .collect();
+        let base = Params {
+            n: shape.n as u32,
+            d: shape.d as u32,
+            causal: causal as u32,
+            scale,
+            ..Default::default()
+        };
+        let chunks = Chunks::new(ctx, "dense params", shape, chunk_heads, base);
         let pipeline = ctx.pipeline(Family::Attention, "dense_attention", spec)?;
         ctx.take_error()?;
         Ok(DensePlan {
             shape,
-            chunk_heads,
             chunks,
             pipeline,
             host: HostSlot::default(),
@@ -97,39 +79,32 @@ impl DensePlan {
         io: &AttentionIo<'_>,
         timer: Option<&GpuTimer>,
     ) -> Result<()> {
-        let [(_, params)] = self.chunks.as_slice() else {
-            return Err(FmaError::LimitExceeded {
-                what: "Q, K, V or O in one storage binding".into(),
-                needed: (self.shape.elements() * 4) as u64,
-                limit: (self.chunk_heads * self.shape.n * self.shape.d * 4) as u64,
-                hint: "use DensePlan::forward, which splits batch x heads".into(),
-            });
-        };
+        let chunk = self.chunks.single("DensePlan::forward")?;
         io.check(self.shape)?;
-        self.encode_chunk(ctx, encoder, params, self.shape.bh(), io, timer)
+        self.encode_chunk(ctx, encoder, chunk, io, timer)
     }
 
     fn encode_chunk(
         &self,
         ctx: &GpuContext,
         encoder: &mut wgpu::CommandEncoder,
-        params: &wgpu::Buffer,
-        heads: usize,
+        chunk: &Chunk,
         io: &AttentionIo<'_>,
         timer: Option<&GpuTimer>,
     ) -> Result<()> {
-        let group = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some("dense_attention"),
-            layout: &self.pipeline.get_bind_group_layout(0),
-            entries: &[
-                entry(0, params.as_entire_binding()),
-                entry(2, io.q.as_entire_binding()),
-                entry(3, io.k.as_entire_binding()),
-                entry(4, io.v.as_entire_binding()),
-                entry(6, io.o.as_entire_binding()),
-                entry(7, io.lse.as_entire_binding()),
+        let group = bind(
+            ctx,
+            "dense_attention",
+            &self.pipeline,
+            &[
+                (B::PARAMS, &chunk.params),
+                (B::Q, io.q),
+                (B::K, io.k),
+                (B::V, io.v),
+                (B::O, io.o),
+                (B::LSE, io.lse),
             ],
-        });
+        );
         let tiles = self.shape.n.div_ceil(MAX_QUERY_TILE as usize);
         let mut pass = begin_pass(encoder, "dense attention", timer, &mut 0);
         dispatch(
@@ -137,7 +112,7 @@ impl DensePlan {
             &mut pass,
             &self.pipeline,
             &group,
-            (tiles * heads) as u64,
+            (tiles * chunk.heads) as u64,
         )
     }
 
@@ -150,16 +125,9 @@ impl DensePlan {
         v: &[f32],
     ) -> Result<Output> {
         self.host
-            .forward(
-                ctx,
-                self.shape,
-                self.chunk_heads,
-                [q, k, v],
-                |i, encoder, io| {
-                    let (heads, params) = &self.chunks[i];
-                    self.encode_chunk(ctx, encoder, params, *heads, io, None)
-                },
-            )
+            .forward(ctx, &self.chunks, [q, k, v], |chunk, encoder, io| {
+                self.encode_chunk(ctx, encoder, chunk, io, None)
+            })
             .await
     }
 

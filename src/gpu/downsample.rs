@@ -3,8 +3,8 @@
 //! the learned kinds run all levels from the tokens in one dispatch.
 
 use super::context::GpuContext;
-use super::params::{RowRange, dispatch};
-use super::shaders::{Family, Spec};
+use super::params::{RowRange, bind, dispatch};
+use super::shaders::{Family, ROW_BLOCK, Spec, WG_ELEMENTS, binding as B};
 use crate::config::Downsampling;
 use crate::error::Result;
 use crate::geometry::Geometry;
@@ -17,9 +17,6 @@ struct Step {
     items: u64,
     from_tokens: bool,
 }
-
-/// Rows per learned-downsampling workgroup (ROW_BLOCK in downsample.wgsl).
-const ROW_BLOCK: usize = 4;
 
 pub(crate) struct DownsampleKernel {
     steps: Vec<Step>,
@@ -80,7 +77,7 @@ impl DownsampleKernel {
                     "downsample_depthwise"
                 };
                 // one workgroup per (cell, block of ROW_BLOCK rows)
-                let items = g.total_cells() * p.div_ceil(ROW_BLOCK);
+                let items = g.total_cells() * p.div_ceil(ROW_BLOCK as usize);
                 vec![Step {
                     pipeline: ctx.pipeline(Family::Downsample, entry, spec)?,
                     range: range(0, items),
@@ -105,35 +102,26 @@ impl DownsampleKernel {
         d: u64,
     ) -> Result<()> {
         for step in &self.steps {
-            let mut entries = vec![
-                entry(0, b.params.as_entire_binding()),
-                entry(1, b.geom.as_entire_binding()),
-                entry(5, b.coarse.as_entire_binding()),
-                entry(8, step.range.as_entire_binding()),
+            let mut buffers = vec![
+                (B::PARAMS, b.params),
+                (B::GEOM, b.geom),
+                (B::COARSE, b.coarse),
+                (B::ROW_RANGE, &step.range),
             ];
             if step.from_tokens {
-                entries.push(entry(2, b.k.as_entire_binding()));
-                entries.push(entry(3, b.v.as_entire_binding()));
+                buffers.extend([(B::K, b.k), (B::V, b.v)]);
             }
             if let (true, Some(w)) = (self.learned, b.weights) {
-                entries.push(entry(4, w.as_entire_binding()));
+                buffers.push((B::WEIGHTS, w));
             }
-            let group = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
-                label: Some("downsample"),
-                layout: &step.pipeline.get_bind_group_layout(0),
-                entries: &entries,
-            });
+            let group = bind(ctx, "downsample", &step.pipeline, &buffers);
             let workgroups = if step.from_tokens {
                 step.items * heads
             } else {
-                (step.items * heads * d).div_ceil(64)
+                (step.items * heads * d).div_ceil(WG_ELEMENTS as u64)
             };
             dispatch(ctx, pass, &step.pipeline, &group, workgroups)?;
         }
         Ok(())
     }
-}
-
-pub(crate) fn entry(binding: u32, resource: wgpu::BindingResource<'_>) -> wgpu::BindGroupEntry<'_> {
-    wgpu::BindGroupEntry { binding, resource }
 }

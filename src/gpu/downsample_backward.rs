@@ -3,11 +3,11 @@
 
 use super::context::GpuContext;
 use super::params::{bind, dispatch};
-use super::shaders::{Family, Spec};
+use super::shaders::{Family, Spec, WG_ELEMENTS, binding as B};
 use crate::config::Downsampling;
 use crate::error::Result;
 
-/// The binding-9 uniform of the weight-gradient kernels (GradRange in the shader).
+/// The `B_GRAD_RANGE` uniform of the weight-gradient kernels (GradRange in the shader).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
 struct GradRange {
@@ -78,17 +78,23 @@ impl DownsampleBackwardKernel {
         elements: u64,
     ) -> Result<()> {
         let mut buffers = vec![
-            (0, b.params),
-            (1, b.geom),
-            (5, b.dcoarse),
-            (6, b.dk),
-            (7, b.dv),
+            (B::PARAMS, b.params),
+            (B::GEOM, b.geom),
+            (B::DCOARSE, b.dcoarse),
+            (B::DK, b.dk),
+            (B::DV, b.dv),
         ];
         if let (true, Some(w)) = (self.weights.is_some(), b.weights) {
-            buffers.push((4, w));
+            buffers.push((B::WEIGHTS, w));
         }
         let group = bind(ctx, "downsample tokens backward", &self.tokens, &buffers);
-        dispatch(ctx, pass, &self.tokens, &group, elements.div_ceil(64))
+        dispatch(
+            ctx,
+            pass,
+            &self.tokens,
+            &group,
+            elements.div_ceil(WG_ELEMENTS as u64),
+        )
     }
 
     /// Writes the weight gradients into `dw` (packed like the weights), or adds to them for a
@@ -108,13 +114,13 @@ impl DownsampleBackwardKernel {
             "weight gradients",
             pipeline,
             &[
-                (0, b.params),
-                (1, b.geom),
-                (2, b.k),
-                (3, b.v),
-                (5, b.dcoarse),
-                (8, dw),
-                (9, &ranges[accumulate as usize]),
+                (B::PARAMS, b.params),
+                (B::GEOM, b.geom),
+                (B::K, b.k),
+                (B::V, b.v),
+                (B::DCOARSE, b.dcoarse),
+                (B::DW, dw),
+                (B::GRAD_RANGE, &ranges[accumulate as usize]),
             ],
         );
         dispatch(ctx, pass, pipeline, &group, *elements)

@@ -1,17 +1,20 @@
-//! Staging of host tensors for `forward` calls: GPU buffers sized for one chunk of heads,
-//! made on first use, and the readback of O and LSE.
+//! The one host loop of `forward` and `backward` calls: GPU staging buffers sized for one chunk
+//! of heads (made on first use), and for each chunk the upload of the host tensors, the plan's
+//! work, the copy out and the readback.
 
+use std::ops::Range;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use super::chunks::{Chunk, Chunks};
 use super::context::GpuContext;
 use super::plan::AttentionIo;
 use crate::config::Shape;
 use crate::error::{FmaError, Result};
 use crate::reference::Output;
 
-/// A plan's host buffers and the flag that keeps two `forward` calls from interleaving on them.
-pub(crate) struct HostSlot<B = HostBuffers> {
+/// A plan's host buffers and the flag that keeps two host calls from interleaving on them.
+pub(crate) struct HostSlot<B> {
     buffers: OnceLock<B>,
     busy: AtomicBool,
 }
@@ -25,7 +28,7 @@ impl<B> Default for HostSlot<B> {
     }
 }
 
-/// Clears the busy flag when the `forward` holding it ends, returns early or is dropped.
+/// Clears the busy flag when the call holding it ends, returns early or is dropped.
 pub(crate) struct BusyGuard<'a>(&'a AtomicBool);
 
 impl Drop for BusyGuard<'_> {
@@ -45,99 +48,142 @@ impl<B> HostSlot<B> {
     }
 }
 
-impl HostSlot {
-    /// A forward pass over host tensors of `shape`: checks their lengths, then for each chunk
-    /// of `chunk_heads` heads uploads q, k, v, lets `encode(chunk, encoder, io)` record the
-    /// plan's work, and reads O and LSE back.
-    pub async fn forward(
+/// How a host tensor of [batch, heads, ...] splits over the chunks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Extent {
+    /// n x d per head (Q, K, V, O and their gradients).
+    Rows,
+    /// n per head (LSE).
+    PerQuery,
+    /// Not split: `words` f32 for the whole call, read back after the last chunk (weight
+    /// gradients, summed over the heads). Zero words: nothing read, an empty result.
+    Whole(usize),
+}
+
+impl Extent {
+    /// The f32 range of `heads` heads from `first` in a host tensor (all of it for `Whole`).
+    fn span(self, shape: Shape, first: usize, heads: usize) -> Range<usize> {
+        let per_head = match self {
+            Extent::Rows => shape.n * shape.d,
+            Extent::PerQuery => shape.n,
+            Extent::Whole(words) => return 0..words,
+        };
+        first * per_head..(first + heads) * per_head
+    }
+
+    /// The host tensor's length, checked: a wrong length is the caller's error, not a panic.
+    fn check(self, shape: Shape, name: &str, len: usize) -> Result<()> {
+        let want = self.span(shape, 0, shape.bh()).len();
+        match self {
+            Extent::Rows => shape.check_len(name, len),
+            _ if len == want => Ok(()),
+            _ => Err(FmaError::BadShape {
+                what: name.into(),
+                expected: format!("{want} values (batch x heads x n)"),
+                got: format!("{len} values"),
+            }),
+        }
+    }
+}
+
+/// The staging of one kind of host call: `N` inputs written from the host, `M` outputs
+/// copied out and read back.
+pub(crate) struct Staging<const N: usize, const M: usize> {
+    inputs: [wgpu::Buffer; N],
+    outputs: [(wgpu::Buffer, wgpu::Buffer); M],
+}
+
+impl<const N: usize, const M: usize> HostSlot<Staging<N, M>> {
+    /// For each chunk: uploads its share of each input, lets `encode` record the plan's work
+    /// on the staging buffers (inputs, then outputs), copies the outputs out and reads them
+    /// back. Returns each output concatenated over the chunks.
+    pub async fn run(
         &self,
         ctx: &GpuContext,
-        shape: Shape,
-        chunk_heads: usize,
-        [q, k, v]: [&[f32]; 3],
-        mut encode: impl FnMut(usize, &mut wgpu::CommandEncoder, &AttentionIo<'_>) -> Result<()>,
-    ) -> Result<Output> {
-        for (name, t) in [("q", q), ("k", k), ("v", v)] {
-            shape.check_len(name, t.len())?;
+        chunks: &Chunks,
+        inputs: [(&str, Extent, &[f32]); N],
+        outputs: [(&str, Extent); M],
+        mut encode: impl FnMut(
+            &Chunk,
+            &mut wgpu::CommandEncoder,
+            [&wgpu::Buffer; N],
+            [&wgpu::Buffer; M],
+        ) -> Result<()>,
+    ) -> Result<[Vec<f32>; M]> {
+        let shape = chunks.shape();
+        for (name, extent, data) in &inputs {
+            extent.check(shape, name, data.len())?;
         }
-        let (n, d) = (shape.n, shape.d);
-        let (host, _busy) = self.acquire(|| HostBuffers::new(ctx, chunk_heads, n, d))?;
-        let mut out = Output {
-            o: Vec::with_capacity(q.len()),
-            lse: Vec::with_capacity(shape.bh() * n),
-        };
-        for (chunk, first) in (0..shape.bh()).step_by(chunk_heads).enumerate() {
-            let heads = chunk_heads.min(shape.bh() - first);
-            let span = first * n * d..(first + heads) * n * d;
-            host.upload(ctx, [q, k, v].map(|t| &t[span.clone()]));
+        let (host, _busy) = self.acquire(|| {
+            let bytes = |e: Extent| (e.span(shape, 0, chunks.per_chunk()).len() * 4) as u64;
+            Staging {
+                inputs: inputs.map(|(name, e, _)| storage(ctx, name, bytes(e), true)),
+                outputs: outputs.map(|(name, e)| {
+                    (storage(ctx, name, bytes(e), false), readback(ctx, bytes(e)))
+                }),
+            }
+        })?;
+        let mut out: [Vec<f32>; M] =
+            outputs.map(|(_, e)| Vec::with_capacity(e.span(shape, 0, shape.bh()).len()));
+        for chunk in chunks.iter() {
+            let last = chunk.first + chunk.heads == shape.bh();
+            for ((_, extent, data), buf) in inputs.iter().zip(&host.inputs) {
+                let span = extent.span(shape, chunk.first, chunk.heads);
+                let part = data.get(span).unwrap_or_default();
+                ctx.queue.write_buffer(buf, 0, bytemuck::cast_slice(part));
+            }
             let mut encoder = ctx.device.create_command_encoder(&Default::default());
-            encode(chunk, &mut encoder, &host.io())?;
-            let (o, lse) = host.finish(ctx, encoder, span.len(), heads * n).await?;
-            out.o.extend(o);
-            out.lse.extend(lse);
+            let gpu_outputs = host.outputs.each_ref().map(|(b, _)| b);
+            encode(chunk, &mut encoder, host.inputs.each_ref(), gpu_outputs)?;
+            // (output, readback, words) for what this chunk reads back.
+            let reads: Vec<_> = outputs
+                .iter()
+                .zip(&host.outputs)
+                .zip(out.iter_mut())
+                .filter_map(|(((_, extent), (buf, read)), out)| {
+                    let words = extent.span(shape, chunk.first, chunk.heads).len();
+                    let due = !matches!(extent, Extent::Whole(_)) || last;
+                    (due && words > 0).then_some((buf, read, words, out))
+                })
+                .collect();
+            for (buf, read, words, _) in &reads {
+                encoder.copy_buffer_to_buffer(buf, 0, read, 0, (*words * 4) as u64);
+            }
+            ctx.queue.submit([encoder.finish()]);
+            for (_, read, words, out) in reads {
+                out.extend(ctx.read_f32(read, words).await?);
+            }
         }
         Ok(out)
     }
 }
 
-pub(crate) struct HostBuffers {
-    q: wgpu::Buffer,
-    k: wgpu::Buffer,
-    v: wgpu::Buffer,
-    o: wgpu::Buffer,
-    lse: wgpu::Buffer,
-    o_read: wgpu::Buffer,
-    lse_read: wgpu::Buffer,
-}
+/// Host staging of a forward: q, k, v in; o and lse out.
+pub(crate) type ForwardStaging = Staging<3, 2>;
 
-impl HostBuffers {
-    /// Buffers for `heads` heads of n x d.
-    pub fn new(ctx: &GpuContext, heads: usize, n: usize, d: usize) -> HostBuffers {
-        let bytes = (heads * n * d * 4) as u64;
-        let lse_bytes = (heads * n * 4) as u64;
-        HostBuffers {
-            q: storage(ctx, "q", bytes, true),
-            k: storage(ctx, "k", bytes, true),
-            v: storage(ctx, "v", bytes, true),
-            o: storage(ctx, "o", bytes, false),
-            lse: storage(ctx, "lse", lse_bytes, false),
-            o_read: readback(ctx, bytes),
-            lse_read: readback(ctx, lse_bytes),
-        }
-    }
-
-    pub fn io(&self) -> AttentionIo<'_> {
-        AttentionIo {
-            q: &self.q,
-            k: &self.k,
-            v: &self.v,
-            o: &self.o,
-            lse: &self.lse,
-        }
-    }
-
-    /// Writes one chunk of q, k and v (each at most the buffers' size).
-    pub fn upload(&self, ctx: &GpuContext, qkv: [&[f32]; 3]) {
-        for (buf, data) in [&self.q, &self.k, &self.v].into_iter().zip(qkv) {
-            ctx.queue.write_buffer(buf, 0, bytemuck::cast_slice(data));
-        }
-    }
-
-    /// Copies the first `o_len` outputs and `lse_len` log-sum-exps out, submits `encoder`
-    /// and reads them back.
-    pub async fn finish(
+impl HostSlot<ForwardStaging> {
+    /// A forward over host tensors: `encode` records a plan's work on one chunk's buffers.
+    pub async fn forward(
         &self,
         ctx: &GpuContext,
-        mut encoder: wgpu::CommandEncoder,
-        o_len: usize,
-        lse_len: usize,
-    ) -> Result<(Vec<f32>, Vec<f32>)> {
-        encoder.copy_buffer_to_buffer(&self.o, 0, &self.o_read, 0, (o_len * 4) as u64);
-        encoder.copy_buffer_to_buffer(&self.lse, 0, &self.lse_read, 0, (lse_len * 4) as u64);
-        ctx.queue.submit([encoder.finish()]);
-        let o = ctx.read_f32(&self.o_read, o_len).await?;
-        let lse = ctx.read_f32(&self.lse_read, lse_len).await?;
-        Ok((o, lse))
+        chunks: &Chunks,
+        [q, k, v]: [&[f32]; 3],
+        mut encode: impl FnMut(&Chunk, &mut wgpu::CommandEncoder, &AttentionIo<'_>) -> Result<()>,
+    ) -> Result<Output> {
+        let inputs = [("q", q), ("k", k), ("v", v)].map(|(name, t)| (name, Extent::Rows, t));
+        let outputs = [("o", Extent::Rows), ("lse", Extent::PerQuery)];
+        let [o, lse] = self
+            .run(
+                ctx,
+                chunks,
+                inputs,
+                outputs,
+                |chunk, encoder, [q, k, v], [o, lse]| {
+                    encode(chunk, encoder, &AttentionIo { q, k, v, o, lse })
+                },
+            )
+            .await?;
+        Ok(Output { o, lse })
     }
 }
 
@@ -164,4 +210,30 @@ pub(crate) fn readback(ctx: &GpuContext, bytes: u64) -> wgpu::Buffer {
         usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
         mapped_at_creation: false,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extents_split_host_tensors_by_head() {
+        let shape = Shape::new(2, 3, 5, 4); // 6 heads of 5 x 4
+        // heads 2, 3, 4: 20 values per head for rows, 5 for LSE
+        assert_eq!(Extent::Rows.span(shape, 2, 3), 40..100);
+        assert_eq!(Extent::PerQuery.span(shape, 2, 3), 10..25);
+        // an unsplit tensor is the same whole range for every chunk
+        assert_eq!(Extent::Whole(7).span(shape, 4, 2), 0..7);
+    }
+
+    #[test]
+    fn wrong_host_lengths_are_errors() {
+        let shape = Shape::new(2, 3, 5, 4);
+        assert!(Extent::Rows.check(shape, "q", 120).is_ok());
+        assert!(Extent::PerQuery.check(shape, "lse", 30).is_ok());
+        for (extent, len) in [(Extent::Rows, 119), (Extent::PerQuery, 120)] {
+            let err = extent.check(shape, "t", len).unwrap_err();
+            assert!(matches!(err, FmaError::BadShape { .. }), "{err}");
+        }
+    }
 }

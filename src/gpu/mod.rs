@@ -5,6 +5,8 @@ mod attention_backward;
 mod backward;
 #[cfg(feature = "vit")]
 pub mod browser_checks;
+mod buffers;
+mod chunks;
 mod context;
 mod dense;
 mod downsample;

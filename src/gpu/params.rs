@@ -43,7 +43,7 @@ pub(crate) struct Params {
     pub far_t_entries: u32,
 }
 
-/// The coarse rows one downsampling dispatch writes (a level, or all of them), binding 8.
+/// The coarse rows one downsampling dispatch writes (a level, or all of them): `B_ROW_RANGE`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
 pub(crate) struct RowRange {

@@ -6,9 +6,11 @@ use std::sync::OnceLock;
 
 use super::attention::{AttentionBindings, AttentionKernel};
 use super::backward::Backward;
+use super::buffers::{self, Slot};
+use super::chunks::{Chunk, Chunks, fits_binding};
 use super::context::GpuContext;
 use super::downsample::{DownsampleBindings, DownsampleKernel};
-use super::host::{self, HostSlot};
+use super::host::{self, ForwardStaging, HostSlot};
 use super::params::{Params, grid};
 use super::shaders::{MAX_LEVELS, Spec};
 use super::timing::GpuTimer;
@@ -36,49 +38,14 @@ impl AttentionIo<'_> {
             (shape.elements() * 4) as u64,
             (shape.bh() * shape.n * 4) as u64,
         );
-        for (name, buf, need) in [
-            ("q", self.q, e),
-            ("k", self.k, e),
-            ("v", self.v, e),
-            ("o", self.o, e),
-            ("lse", self.lse, n),
-        ] {
-            if buf.size() < need {
-                return Err(FmaError::BadShape {
-                    what: format!("GPU buffer {name}"),
-                    expected: format!("at least {need} bytes"),
-                    got: format!("{} bytes", buf.size()),
-                });
-            }
-            if !buf.usage().contains(wgpu::BufferUsages::STORAGE) {
-                return Err(FmaError::BadShape {
-                    what: format!("GPU buffer {name}"),
-                    expected: "STORAGE usage".into(),
-                    got: format!("{:?}", buf.usage()),
-                });
-            }
-        }
-        // WebGPU forbids binding one buffer as read-only and writable in the same dispatch.
-        if [self.q, self.k, self.v]
-            .iter()
-            .any(|&b| b == self.o || b == self.lse)
-            || self.o == self.lse
-        {
-            return Err(FmaError::BadShape {
-                what: "GPU buffers o and lse".into(),
-                expected: "buffers distinct from q, k, v and from each other".into(),
-                got: "a buffer used twice".into(),
-            });
-        }
-        Ok(())
+        buffers::check(&[
+            Slot::read("q", self.q, e),
+            Slot::read("k", self.k, e),
+            Slot::read("v", self.v, e),
+            Slot::written("o", self.o, e),
+            Slot::written("lse", self.lse, n),
+        ])
     }
-}
-
-/// One dispatch's share of batch x heads (consecutive chunks of `chunk_heads`), with its
-/// uniform.
-pub(super) struct Chunk {
-    pub heads: usize,
-    pub params: wgpu::Buffer,
 }
 
 /// A prepared FMA forward (and backward) pass for one shape and configuration. Build it once,
@@ -88,8 +55,7 @@ pub struct FmaPlan {
     pub(super) geometry: Geometry,
     pub(super) config: FmaConfig,
     pub(super) spec: Spec,
-    pub(super) chunk_heads: usize,
-    pub(super) chunks: Vec<Chunk>,
+    pub(super) chunks: Chunks,
     /// Attention workgroups per head: fine cells x query tiles per cell.
     pub(super) query_tiles: usize,
     pub(super) geom: wgpu::Buffer,
@@ -100,7 +66,7 @@ pub struct FmaPlan {
     pub(super) coarse: Option<wgpu::Buffer>,
     pub(super) downsample: Option<DownsampleKernel>,
     attention: AttentionKernel,
-    host: HostSlot,
+    host: HostSlot<ForwardStaging>,
     /// The backward kernels and buffers, made by the first backward call.
     pub(super) backward: OnceLock<Backward>,
 }
@@ -147,18 +113,7 @@ impl FmaPlan {
 
         // Every binding must fit the device; split the heads when the tensors do not.
         let limits = ctx.limits();
-        let max_binding = ctx.max_binding();
-        let check = |what: &str, bytes: u64, hint: &str| -> Result<()> {
-            if bytes > max_binding {
-                return Err(FmaError::LimitExceeded {
-                    what: what.into(),
-                    needed: bytes,
-                    limit: max_binding,
-                    hint: hint.into(),
-                });
-            }
-            Ok(())
-        };
+        let check = |what: &str, bytes: u64, hint: &str| fits_binding(ctx, what, bytes, hint);
         let total_rows = geometry.total_cells() * geometry.p;
         let head_bytes = (shape.n as u64) * (d as u64) * 4;
         let coarse_head_bytes = 2 * (total_rows as u64) * (d as u64) * 4;
@@ -182,7 +137,7 @@ impl FmaPlan {
                 "use a larger m or a smaller p",
             )?;
         }
-        let chunk_heads = ((max_binding / per_head) as usize).clamp(1, shape.bh());
+        let chunk_heads = Chunks::heads_per_chunk(ctx, shape, per_head);
 
         let query_tile = spec.query_tile as usize;
         let tiles_per_cell = geometry.cell_tokens() / query_tile;
@@ -196,7 +151,7 @@ impl FmaPlan {
         let base = Params {
             n: word("n", shape.n)?,
             d: word("d", d)?,
-            bh: 0,
+            bh: 0, // per chunk
             p: word("p", geometry.p)?,
             real_h: word("the image height", geometry.real_h)?,
             real_w: word("the image width (1D: n)", geometry.real_w)?,
@@ -230,24 +185,7 @@ impl FmaPlan {
             far_t_offsets: tables.far_t_offsets,
             far_t_entries: tables.far_t_entries,
         };
-        let chunks = (0..shape.bh())
-            .step_by(chunk_heads)
-            .map(|first| {
-                let heads = chunk_heads.min(shape.bh() - first);
-                let params = Params {
-                    bh: heads as u32,
-                    ..base
-                };
-                Chunk {
-                    heads,
-                    params: ctx.buffer_with(
-                        "fma params",
-                        bytemuck::bytes_of(&params),
-                        wgpu::BufferUsages::UNIFORM,
-                    ),
-                }
-            })
-            .collect();
+        let chunks = Chunks::new(ctx, "fma params", shape, chunk_heads, base);
         let geom = ctx.buffer_with(
             "fma geometry",
             bytemuck::cast_slice(&tables.data),
@@ -284,7 +222,6 @@ impl FmaPlan {
             geometry,
             config: config.clone(),
             spec,
-            chunk_heads,
             chunks,
             query_tiles,
             geom,
@@ -339,15 +276,7 @@ impl FmaPlan {
         io: &AttentionIo<'_>,
         timer: Option<&GpuTimer>,
     ) -> Result<()> {
-        let [chunk] = self.chunks.as_slice() else {
-            return Err(FmaError::LimitExceeded {
-                what: "Q, K, V or O in one storage binding".into(),
-                needed: (self.shape.elements() * 4) as u64,
-                limit: (self.chunk_heads * self.shape.n * self.shape.d * 4) as u64,
-                hint: "use FmaPlan::forward, which splits batch x heads over several dispatches"
-                    .into(),
-            });
-        };
+        let chunk = self.chunks.single("FmaPlan::forward")?;
         io.check(self.shape)?;
         self.encode_chunk(ctx, encoder, chunk, io, timer)
     }
@@ -448,13 +377,9 @@ impl FmaPlan {
         v: &[f32],
     ) -> Result<Output> {
         self.host
-            .forward(
-                ctx,
-                self.shape,
-                self.chunk_heads,
-                [q, k, v],
-                |i, encoder, io| self.encode_chunk(ctx, encoder, &self.chunks[i], io, None),
-            )
+            .forward(ctx, &self.chunks, [q, k, v], |chunk, encoder, io| {
+                self.encode_chunk(ctx, encoder, chunk, io, None)
+            })
             .await
     }
 

@@ -1,6 +1,12 @@
 //! The WGSL sources, embedded with `include_str!` so the crate works on the web, and their
 //! specialisation: the head-dim tile, key tile and query tile become `const` declarations
 //! (WGSL sizes private arrays only with constants, not with pipeline overrides).
+//!
+//! Every number the shaders and their Rust twins share (binding indices, workgroup sizes,
+//! table strides) is defined here once and written into the same header, so the WGSL names it
+//! and the two cannot drift apart.
+
+use crate::geometry::tables::LEVEL_WORDS;
 
 pub(crate) const COMMON: &str = include_str!("../../shaders/common.wgsl");
 pub(crate) const MERGE: &str = include_str!("../../shaders/merge.wgsl");
@@ -18,11 +24,62 @@ pub const HEAD_TILES: [u32; 4] = [16, 32, 64, 128];
 pub const MAX_QUERY_TILE: u32 = 64;
 /// Bytes of workgroup memory the attention kernels may use: WebGPU's default limit.
 pub const WORKGROUP_BYTES: u32 = 16384;
-/// Most coarse levels the far-field kernels walk (MAX_LEVELS in far_chain.wgsl).
+/// Most coarse levels the far-field kernels walk (the length of far_chain.wgsl's level chain).
 pub const MAX_LEVELS: usize = 32;
 /// Workgroup bytes besides the key tiles: the far field's level chain (2 x 32 words, and one
 /// word that WebGPU counts as 16: every workgroup variable is rounded up to 16 bytes).
 const CHAIN_BYTES: u32 = 4 * 2 * MAX_LEVELS as u32 + 16;
+/// Invocations per workgroup of the kernels that give each element (or row) one invocation.
+pub(crate) const WG_ELEMENTS: u32 = 64;
+/// Invocations per workgroup of the kernels that reduce over a group's tokens (downsampling,
+/// weight gradients) in workgroup memory.
+pub(crate) const REDUCE_THREADS: u32 = 256;
+/// Rows of one cell that a learned-downsampling workgroup computes together.
+pub(crate) const ROW_BLOCK: u32 = 4;
+
+/// Declares the binding indices of group 0 once: as Rust constants in `binding`, and as the
+/// `B_<NAME>` list written into every attention family's header. Each buffer role has its own
+/// index across the families, so one name means one buffer everywhere.
+macro_rules! bindings {
+    ($($(#[$doc:meta])* $name:ident = $index:literal,)*) => {
+        /// Binding indices of group 0 in the attention families (`B_<NAME>` in WGSL).
+        pub(crate) mod binding {
+            $($(#[$doc])* pub const $name: u32 = $index;)*
+        }
+        const BINDINGS: &[(&str, u32)] = &[$((concat!("B_", stringify!($name)), $index),)*];
+    };
+}
+
+bindings! {
+    /// `Params` (uniform).
+    PARAMS = 0,
+    /// The geometry tables.
+    GEOM = 1,
+    Q = 2,
+    K = 3,
+    V = 4,
+    /// Coarse keys, then coarse values, of every level.
+    COARSE = 5,
+    /// The forward's output (written by the forward, read by the backward).
+    O = 6,
+    LSE = 7,
+    /// The coarse rows one downsampling dispatch writes (`RowRange`, uniform).
+    ROW_RANGE = 8,
+    /// Packed downsampling weights.
+    WEIGHTS = 9,
+    /// The upstream gradient dO.
+    D_O = 10,
+    /// (LSE, D) per query: written by backward_stats, read by the other backward kernels.
+    STATS_OUT = 11,
+    STATS = 12,
+    DQ = 13,
+    DK = 14,
+    DV = 15,
+    DCOARSE = 16,
+    DW = 17,
+    /// The weight elements one gradient dispatch writes (`GradRange`, uniform).
+    GRAD_RANGE = 18,
+}
 
 /// A kernel family: one `.wgsl` file and its Rust twin.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -46,9 +103,9 @@ impl Family {
     ];
 }
 
-/// Coarse rows per backward_dkv_far workgroup (BACK_ROWS in attention_backward.wgsl).
+/// Coarse rows per backward_dkv_far workgroup.
 pub const BACK_ROWS: u32 = 4;
-/// Lanes of a backward_dkv_far workgroup (FAR_LANES in attention_backward.wgsl).
+/// Lanes of a backward_dkv_far workgroup.
 const FAR_LANES: u32 = 64;
 
 /// The compile-time shape of one shader build.
@@ -142,21 +199,30 @@ pub fn source(family: Family, spec: Spec) -> String {
     if family == Family::Layers {
         return LAYERS.to_string();
     }
-    let header = format!(
-        "const HEAD_TILE: u32 = {h}u;\nconst HEAD_VEC: u32 = {hv}u;\nconst KEY_TILE: u32 = {k}u;\n\
-         const TILE_VECS: u32 = {tv}u;\nconst QUERY_TILE: u32 = {q}u;\n\
-         const BACK_TILE: u32 = {bt}u;\nconst BACK_VECS: u32 = {bv}u;\nconst BACK_ROWS: u32 = {br}u;\n\
-         const BACK_ROW_VECS: u32 = {brv}u;\n",
-        h = spec.head_tile,
-        hv = spec.head_tile / 4,
-        k = spec.key_tile(),
-        tv = spec.key_tile() * spec.head_tile / 4,
-        q = spec.query_tile,
-        bt = spec.back_tile(),
-        bv = spec.back_tile() * spec.head_tile / 4,
-        br = BACK_ROWS,
-        brv = BACK_ROWS * spec.head_tile / 4,
-    );
+    let key_tile = spec.key_tile();
+    let back_tile = spec.back_tile();
+    let vecs = |rows: u32| rows * spec.head_tile / 4;
+    let consts = [
+        ("HEAD_TILE", spec.head_tile),
+        ("HEAD_VEC", vecs(1)),
+        ("KEY_TILE", key_tile),
+        ("TILE_VECS", vecs(key_tile)),
+        ("QUERY_TILE", spec.query_tile),
+        ("BACK_TILE", back_tile),
+        ("BACK_VECS", vecs(back_tile)),
+        ("BACK_ROWS", BACK_ROWS),
+        ("BACK_ROW_VECS", vecs(BACK_ROWS)),
+        ("FAR_LANES", FAR_LANES),
+        ("MAX_LEVELS", MAX_LEVELS as u32),
+        ("LEVEL_WORDS", LEVEL_WORDS as u32),
+        ("WG_ELEMENTS", WG_ELEMENTS),
+        ("REDUCE_THREADS", REDUCE_THREADS),
+        ("ROW_BLOCK", ROW_BLOCK),
+    ];
+    let mut header = String::new();
+    for (name, value) in consts.iter().chain(BINDINGS) {
+        header.push_str(&format!("const {name}: u32 = {value}u;\n"));
+    }
     let parts: &[&str] = match family {
         Family::Downsample => &[COMMON, DOWNSAMPLE],
         Family::Attention => &[COMMON, FAR_CHAIN, MERGE, ATTENTION],
@@ -171,4 +237,78 @@ pub fn source(family: Family, spec: Spec) -> String {
         s.push('\n');
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The files whose numbers come from the header; layers.wgsl is not converted yet.
+    const CONVERTED: [(&str, &str); 7] = [
+        ("common.wgsl", COMMON),
+        ("merge.wgsl", MERGE),
+        ("attention.wgsl", ATTENTION),
+        ("far_chain.wgsl", FAR_CHAIN),
+        ("downsample.wgsl", DOWNSAMPLE),
+        ("attention_backward.wgsl", ATTENTION_BACKWARD),
+        ("downsample_backward.wgsl", DOWNSAMPLE_BACKWARD),
+    ];
+
+    /// Byte offsets of `@binding(` or `@workgroup_size(` followed by a literal number.
+    fn bare_numbers(text: &str) -> Vec<usize> {
+        ["@binding(", "@workgroup_size("]
+            .iter()
+            .flat_map(|attr| text.match_indices(attr).map(|(at, _)| at + attr.len()))
+            .filter(|&at| {
+                text[at..]
+                    .trim_start()
+                    .starts_with(|c: char| c.is_ascii_digit())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn converted_shaders_name_their_bindings_and_workgroup_sizes() {
+        for (file, text) in CONVERTED {
+            let bare = bare_numbers(text);
+            assert!(
+                bare.is_empty(),
+                "{file} has a bare number at bytes {bare:?}: use a constant from shaders.rs"
+            );
+        }
+    }
+
+    #[test]
+    fn the_scan_catches_a_bare_number() {
+        let old = "@group(0) @binding( 3) var k: u32;\n@compute @workgroup_size(64)\nfn f() {}";
+        assert_eq!(bare_numbers(old).len(), 2);
+        let new = "@group(0) @binding(B_K) var k: u32;\n@compute @workgroup_size(WG_ELEMENTS)";
+        assert!(bare_numbers(new).is_empty());
+    }
+
+    #[test]
+    fn each_buffer_role_has_its_own_binding() {
+        let mut indices: Vec<u32> = BINDINGS.iter().map(|&(_, i)| i).collect();
+        indices.sort_unstable();
+        indices.dedup();
+        assert_eq!(indices.len(), BINDINGS.len(), "{BINDINGS:?}");
+        assert_eq!(binding::Q, 2);
+        assert_eq!(BINDINGS[0], ("B_PARAMS", 0));
+    }
+
+    #[test]
+    fn the_header_declares_the_shared_constants() {
+        let spec = Spec::for_shape(64, 64).unwrap();
+        let text = source(Family::AttentionBackward, spec);
+        for line in [
+            "const MAX_LEVELS: u32 = 32u;",
+            "const LEVEL_WORDS: u32 = 12u;",
+            "const FAR_LANES: u32 = 64u;",
+            "const WG_ELEMENTS: u32 = 64u;",
+            "const B_D_O: u32 = 10u;",
+            "const HEAD_TILE: u32 = 64u;",
+        ] {
+            assert_eq!(text.matches(line).count(), 1, "{line}");
+        }
+    }
 }
