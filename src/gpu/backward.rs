@@ -90,6 +90,13 @@ impl FmaPlan {
         if let Some(b) = self.backward.get() {
             return Ok(b);
         }
+        let parts = ctx.scoped(|| self.build_backward(ctx))?;
+        ctx.take_error()?;
+        Ok(self.backward.get_or_init(|| parts))
+    }
+
+    /// The backward's kernels and buffers (in the caller's error scopes).
+    fn build_backward(&self, ctx: &GpuContext) -> Result<Backward> {
         let far = self.coarse.is_some();
         let attention = AttentionBackwardKernel::new(ctx, self.spec, far)?;
         let downsample = if far {
@@ -114,8 +121,7 @@ impl FmaPlan {
                 .map(|c| storage(ctx, "fma coarse gradients", c.size(), false)),
             host: HostSlot::default(),
         };
-        ctx.take_error()?;
-        Ok(self.backward.get_or_init(|| parts))
+        Ok(parts)
     }
 
     /// Bytes of GPU memory the backward adds to the plan's own (`extra_bytes`): (LSE, D) per

@@ -26,6 +26,13 @@ impl DensePlan {
     /// Softmax attention over `shape` with score scale `scale` (1/sqrt(d) is usual), causal
     /// or bidirectional.
     pub fn new(ctx: &GpuContext, shape: Shape, causal: bool, scale: f32) -> Result<DensePlan> {
+        // In error scopes, like `FmaPlan::new`.
+        let plan = ctx.scoped(|| Self::build(ctx, shape, causal, scale))?;
+        ctx.take_error()?;
+        Ok(plan)
+    }
+
+    fn build(ctx: &GpuContext, shape: Shape, causal: bool, scale: f32) -> Result<DensePlan> {
         shape.validate()?;
         if !scale.is_finite() {
             return Err(FmaError::InvalidConfig(format!(

@@ -114,27 +114,21 @@ impl<const N: usize, const M: usize> HostSlot<Staging<N, M>> {
         for (name, extent, data) in &inputs {
             extent.check(shape, name, data.len())?;
         }
+        // Device calls run in error scopes (`GpuContext::scoped`): on a shared device their
+        // errors come back from the readback, not from the owner's handler.
         let (host, _busy) = self.acquire(|| {
             let bytes = |e: Extent| (e.span(shape, 0, chunks.per_chunk()).len() * 4) as u64;
-            Staging {
+            ctx.scoped(|| Staging {
                 inputs: inputs.map(|(name, e, _)| storage(ctx, name, bytes(e), true)),
                 outputs: outputs.map(|(name, e)| {
                     (storage(ctx, name, bytes(e), false), readback(ctx, bytes(e)))
                 }),
-            }
+            })
         })?;
         let mut out: [Vec<f32>; M] =
             outputs.map(|(_, e)| Vec::with_capacity(e.span(shape, 0, shape.bh()).len()));
         for chunk in chunks.iter() {
             let last = chunk.first + chunk.heads == shape.bh();
-            for ((_, extent, data), buf) in inputs.iter().zip(&host.inputs) {
-                let span = extent.span(shape, chunk.first, chunk.heads);
-                let part = data.get(span).unwrap_or_default();
-                ctx.queue.write_buffer(buf, 0, bytemuck::cast_slice(part));
-            }
-            let mut encoder = ctx.device.create_command_encoder(&Default::default());
-            let gpu_outputs = host.outputs.each_ref().map(|(b, _)| b);
-            encode(chunk, &mut encoder, host.inputs.each_ref(), gpu_outputs)?;
             // (output, readback, words) for what this chunk reads back.
             let reads: Vec<_> = outputs
                 .iter()
@@ -146,10 +140,21 @@ impl<const N: usize, const M: usize> HostSlot<Staging<N, M>> {
                     (due && words > 0).then_some((buf, read, words, out))
                 })
                 .collect();
-            for (buf, read, words, _) in &reads {
-                encoder.copy_buffer_to_buffer(buf, 0, read, 0, (*words * 4) as u64);
-            }
-            ctx.queue.submit([encoder.finish()]);
+            ctx.scoped(|| -> Result<()> {
+                for ((_, extent, data), buf) in inputs.iter().zip(&host.inputs) {
+                    let span = extent.span(shape, chunk.first, chunk.heads);
+                    let part = data.get(span).unwrap_or_default();
+                    ctx.queue.write_buffer(buf, 0, bytemuck::cast_slice(part));
+                }
+                let mut encoder = ctx.device.create_command_encoder(&Default::default());
+                let gpu_outputs = host.outputs.each_ref().map(|(b, _)| b);
+                encode(chunk, &mut encoder, host.inputs.each_ref(), gpu_outputs)?;
+                for (buf, read, words, _) in &reads {
+                    encoder.copy_buffer_to_buffer(buf, 0, read, 0, (*words * 4) as u64);
+                }
+                ctx.queue.submit([encoder.finish()]);
+                Ok(())
+            })?;
             for (_, read, words, out) in reads {
                 out.extend(ctx.read_f32(read, words).await?);
             }

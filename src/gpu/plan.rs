@@ -81,6 +81,19 @@ impl FmaPlan {
         config: &FmaConfig,
         weights: Option<&DownsampleWeights>,
     ) -> Result<FmaPlan> {
+        // In error scopes, so that a device shared through `from_device` reports the plan's
+        // errors (out of memory, most likely) here rather than to its owner's handler.
+        let plan = ctx.scoped(|| Self::build(ctx, shape, config, weights))?;
+        ctx.take_error()?;
+        Ok(plan)
+    }
+
+    fn build(
+        ctx: &GpuContext,
+        shape: Shape,
+        config: &FmaConfig,
+        weights: Option<&DownsampleWeights>,
+    ) -> Result<FmaPlan> {
         shape.validate()?;
         let geometry = Geometry::new(shape.n, config)?;
         let d = shape.d;
