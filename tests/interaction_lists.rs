@@ -9,6 +9,28 @@
 
 use multipole::{FmaConfig, Geometry};
 
+/// The cell and rank the hierarchy uses for an input `extent` tokens long (or wide): a cell
+/// larger than the smallest power of two m' with 2m' >= extent only adds padding (two cells
+/// cover the input, so FMA is dense either way), so m' replaces it, and p (or sqrt(p) on an
+/// image) is clipped to fit (FmaConfig's documented rule).
+fn effective(extent: usize, m: usize, p: usize, image: bool) -> (usize, usize) {
+    let mut cover = 1;
+    while 2 * cover < extent {
+        cover *= 2;
+    }
+    let m = m.min(cover);
+    let p = if image {
+        let mut root = 1;
+        while (root + 1) * (root + 1) <= p {
+            root += 1;
+        }
+        root.min(m).pow(2)
+    } else {
+        p.min(m)
+    };
+    (m, p)
+}
+
 /// n' = m * 2^k, the smallest with k >= 1 and n' >= n, and k.
 fn padded(n: usize, m: usize) -> (usize, u32) {
     let mut k = 1;
@@ -32,6 +54,8 @@ fn check_line(n: usize, m: usize, p: usize, causal: bool) {
     };
     let g = Geometry::new(n, &cfg).unwrap();
     let what = format!("n={n} m={m} p={p} causal={causal}");
+    let (m, p) = effective(n, m, p, false);
+    assert_eq!((g.cell_w, g.p), (m, p), "{what}: effective cell and rank");
     let (np, k) = padded(n, m);
     assert_eq!(g.n_pad(), np, "{what}: padded length");
     let levels = k as usize - 1;
@@ -101,6 +125,8 @@ fn chebyshev(a: (usize, usize), b: (usize, usize)) -> usize {
 fn check_grid(h: usize, w: usize, m: usize, p: usize) {
     let g = Geometry::new(h * w, &FmaConfig::new(m, p).image(h, w)).unwrap();
     let what = format!("{h}x{w} m={m} p={p}");
+    let (m, p) = effective(h.max(w), m, p, true);
+    assert_eq!((g.cell_w, g.p), (m, p), "{what}: effective cell and rank");
     let (side, k) = padded(h.max(w), m);
     assert_eq!((g.pad_h, g.pad_w), (side, side), "{what}: padded square");
     let levels = k as usize - 1;
