@@ -136,7 +136,7 @@ impl Spec {
 /// The complete WGSL text of a family for one specialisation.
 pub fn source(family: Family, spec: Spec) -> String {
     if family == Family::Layers {
-        return LAYERS.to_string();
+        return format!("{}{LAYERS}", super::layers::wgsl_header());
     }
     let header = format!(
         "const HEAD_TILE: u32 = {h}u;\nconst HEAD_VEC: u32 = {hv}u;\nconst KEY_TILE: u32 = {k}u;\n\
