@@ -39,18 +39,49 @@ fn flat(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
 }
 
 // y[rows, out] = x[rows, in] w[in, out] + b[out]. in0 = x, in1 = w, in2 = b, out0 = y.
+// Each invocation computes a block of 4 rows x 4 columns (LINEAR_TILE = 4, the width of a
+// vec4), so each loaded x value serves 4 outputs and each w row 4 rows: a quarter of the loads
+// of one output per invocation, which is what a CPU-emulated GPU (SwiftShader) pays for. The
+// sum order (bias, then k ascending) is unchanged. Indices past the matrix are clamped so the
+// loop has no branches; those lanes are never stored.
 @compute @workgroup_size(LAYER_WG)
 fn linear_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                   @builtin(local_invocation_index) lid: u32) {
     let i = flat(wg, nwg, lid);
     if (i >= P.len) { return; }
-    let r = i / P.out;
-    let j = i % P.out;
-    var acc = in2[j];
+    let col_blocks = (P.out + LINEAR_TILE - 1u) / LINEAR_TILE;
+    let r0 = (i / col_blocks) * LINEAR_TILE;
+    let c0 = (i % col_blocks) * LINEAR_TILE;
+    let lanes = vec4<u32>(0u, 1u, 2u, 3u);
+    let rr = min(vec4<u32>(r0) + lanes, vec4<u32>(P.rows - 1u)) * P.inp;
+    let cc = min(vec4<u32>(c0) + lanes, vec4<u32>(P.out - 1u));
+    let bias = vec4<f32>(in2[cc.x], in2[cc.y], in2[cc.z], in2[cc.w]);
+    var a0 = bias;
+    var a1 = bias;
+    var a2 = bias;
+    var a3 = bias;
     for (var k = 0u; k < P.inp; k++) {
-        acc += in0[r * P.inp + k] * in1[k * P.out + j];
+        let wk = k * P.out;
+        let w = vec4<f32>(in1[wk + cc.x], in1[wk + cc.y], in1[wk + cc.z], in1[wk + cc.w]);
+        a0 += in0[rr.x + k] * w;
+        a1 += in0[rr.y + k] * w;
+        a2 += in0[rr.z + k] * w;
+        a3 += in0[rr.w + k] * w;
     }
-    out0[i] = acc;
+    store_linear_row(r0, c0, a0);
+    store_linear_row(r0 + 1u, c0, a1);
+    store_linear_row(r0 + 2u, c0, a2);
+    store_linear_row(r0 + 3u, c0, a3);
+}
+
+// The columns c0 .. c0 + 3 of output row r that lie inside the matrix.
+fn store_linear_row(r: u32, c0: u32, a: vec4<f32>) {
+    if (r >= P.rows) { return; }
+    for (var c = 0u; c < LINEAR_TILE; c++) {
+        if (c0 + c < P.out) {
+            out0[r * P.out + c0 + c] = a[c];
+        }
+    }
 }
 
 // dx[rows, in] = dy w^T. in0 = dy, in1 = w, out0 = dx.

@@ -11,6 +11,11 @@ use crate::error::{FmaError, Result};
 /// Invocations per workgroup of every layer kernel (`LAYER_WG` in layers.wgsl).
 pub const LAYER_WG: u32 = 64;
 
+/// Rows and columns of the output block one `linear_forward` invocation computes
+/// (`LINEAR_TILE` in layers.wgsl). The shader holds the block as four vec4 accumulators, so
+/// this is 4.
+pub const LINEAR_TILE: usize = 4;
+
 /// The binding indices of layers.wgsl: the uniform, up to four inputs (read-only) and up to
 /// three outputs (read-write). Injected into the shader as `const`s.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,7 +47,8 @@ impl Bind {
 
 /// The `const` declarations layers.wgsl is compiled with: its workgroup size and bindings.
 pub(crate) fn wgsl_header() -> String {
-    let mut s = format!("const LAYER_WG: u32 = {LAYER_WG}u;\n");
+    let mut s =
+        format!("const LAYER_WG: u32 = {LAYER_WG}u;\nconst LINEAR_TILE: u32 = {LINEAR_TILE}u;\n");
     for (b, name) in Bind::ALL {
         s.push_str(&format!("const {name}: u32 = {}u;\n", b as u32));
     }
@@ -251,7 +257,8 @@ impl LayerKernels {
         })
     }
 
-    /// `y[rows, out] = x[rows, inp] w[inp, out] + b[out]`; inputs `[x, w, b]`.
+    /// `y[rows, out] = x[rows, inp] w[inp, out] + b[out]`; inputs `[x, w, b]`. One invocation
+    /// per `LINEAR_TILE x LINEAR_TILE` block of y.
     pub fn linear(
         &self,
         ctx: &GpuContext,
@@ -265,7 +272,8 @@ impl LayerKernels {
             (Bind::In2, b, d.out),
             (Bind::Out0, y, d.rows * d.out),
         ];
-        self.prepare(ctx, "linear_forward", d.into(), d.rows * d.out, &slots)
+        let blocks = d.rows.div_ceil(LINEAR_TILE) * d.out.div_ceil(LINEAR_TILE);
+        self.prepare(ctx, "linear_forward", d.into(), blocks, &slots)
     }
 
     /// `dx[rows, inp] = dy[rows, out] w^T`; inputs `[dy, w]`.
