@@ -4,6 +4,7 @@
 // One invocation owns one output element (or one row) and sums in a fixed order, so every
 // kernel is deterministic and needs no atomics. Shapes live in the uniform, so a new batch
 // size never recompiles. Workgroups are laid out on a 2D grid (65,535 per axis) and flattened.
+// LAYER_WG and the BIND_* indices are declared by the Rust twin (layers.rs, wgsl_header).
 
 struct LayerParams {
     rows: u32,      // matrix rows (images x tokens, or images)
@@ -20,41 +21,71 @@ struct LayerParams {
     len: u32,       // elements (or rows) this dispatch covers
 }
 
-@group(0) @binding(0) var<uniform> P: LayerParams;
-@group(0) @binding(1) var<storage, read> in0: array<f32>;
-@group(0) @binding(2) var<storage, read> in1: array<f32>;
-@group(0) @binding(3) var<storage, read> in2: array<f32>;
-@group(0) @binding(7) var<storage, read> in3: array<f32>;
-@group(0) @binding(4) var<storage, read_write> out0: array<f32>;
-@group(0) @binding(5) var<storage, read_write> out1: array<f32>;
-@group(0) @binding(6) var<storage, read_write> out2: array<f32>;
+@group(0) @binding(BIND_PARAMS) var<uniform> P: LayerParams;
+@group(0) @binding(BIND_IN0) var<storage, read> in0: array<f32>;
+@group(0) @binding(BIND_IN1) var<storage, read> in1: array<f32>;
+@group(0) @binding(BIND_IN2) var<storage, read> in2: array<f32>;
+@group(0) @binding(BIND_IN3) var<storage, read> in3: array<f32>;
+@group(0) @binding(BIND_OUT0) var<storage, read_write> out0: array<f32>;
+@group(0) @binding(BIND_OUT1) var<storage, read_write> out1: array<f32>;
+@group(0) @binding(BIND_OUT2) var<storage, read_write> out2: array<f32>;
 
-const WG: u32 = 64u;
 const LN_EPS: f32 = 1e-5;
 const GELU_K: f32 = 0.7978845608028654;
 const GELU_A: f32 = 0.044715;
 
 fn flat(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
-    return (wg.y * nwg.x + wg.x) * WG + lid;
+    return (wg.y * nwg.x + wg.x) * LAYER_WG + lid;
 }
 
 // y[rows, out] = x[rows, in] w[in, out] + b[out]. in0 = x, in1 = w, in2 = b, out0 = y.
-@compute @workgroup_size(64)
+// Each invocation computes a block of 4 rows x 4 columns (LINEAR_TILE = 4, the width of a
+// vec4), so each loaded x value serves 4 outputs and each w row 4 rows: a quarter of the loads
+// of one output per invocation, which is what a CPU-emulated GPU (SwiftShader) pays for. The
+// sum order (bias, then k ascending) is unchanged. Indices past the matrix are clamped so the
+// loop has no branches; those lanes are never stored.
+@compute @workgroup_size(LAYER_WG)
 fn linear_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                   @builtin(local_invocation_index) lid: u32) {
     let i = flat(wg, nwg, lid);
     if (i >= P.len) { return; }
-    let r = i / P.out;
-    let j = i % P.out;
-    var acc = in2[j];
+    let col_blocks = (P.out + LINEAR_TILE - 1u) / LINEAR_TILE;
+    let r0 = (i / col_blocks) * LINEAR_TILE;
+    let c0 = (i % col_blocks) * LINEAR_TILE;
+    let lanes = vec4<u32>(0u, 1u, 2u, 3u);
+    let rr = min(vec4<u32>(r0) + lanes, vec4<u32>(P.rows - 1u)) * P.inp;
+    let cc = min(vec4<u32>(c0) + lanes, vec4<u32>(P.out - 1u));
+    let bias = vec4<f32>(in2[cc.x], in2[cc.y], in2[cc.z], in2[cc.w]);
+    var a0 = bias;
+    var a1 = bias;
+    var a2 = bias;
+    var a3 = bias;
     for (var k = 0u; k < P.inp; k++) {
-        acc += in0[r * P.inp + k] * in1[k * P.out + j];
+        let wk = k * P.out;
+        let w = vec4<f32>(in1[wk + cc.x], in1[wk + cc.y], in1[wk + cc.z], in1[wk + cc.w]);
+        a0 += in0[rr.x + k] * w;
+        a1 += in0[rr.y + k] * w;
+        a2 += in0[rr.z + k] * w;
+        a3 += in0[rr.w + k] * w;
     }
-    out0[i] = acc;
+    store_linear_row(r0, c0, a0);
+    store_linear_row(r0 + 1u, c0, a1);
+    store_linear_row(r0 + 2u, c0, a2);
+    store_linear_row(r0 + 3u, c0, a3);
+}
+
+// The columns c0 .. c0 + 3 of output row r that lie inside the matrix.
+fn store_linear_row(r: u32, c0: u32, a: vec4<f32>) {
+    if (r >= P.rows) { return; }
+    for (var c = 0u; c < LINEAR_TILE; c++) {
+        if (c0 + c < P.out) {
+            out0[r * P.out + c0 + c] = a[c];
+        }
+    }
 }
 
 // dx[rows, in] = dy w^T. in0 = dy, in1 = w, out0 = dx.
-@compute @workgroup_size(64)
+@compute @workgroup_size(LAYER_WG)
 fn linear_backward_input(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                          @builtin(local_invocation_index) lid: u32) {
     let i = flat(wg, nwg, lid);
@@ -70,7 +101,7 @@ fn linear_backward_input(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_work
 
 // dw[in, out] += x^T dy (elements 0..in*out) and db[out] += column sums of dy (the next out
 // elements). in0 = x, in1 = dy, out0 = dw, out1 = db.
-@compute @workgroup_size(64)
+@compute @workgroup_size(LAYER_WG)
 fn linear_backward_weight(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                           @builtin(local_invocation_index) lid: u32) {
     let i = flat(wg, nwg, lid);
@@ -95,7 +126,7 @@ fn linear_backward_weight(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_wor
 }
 
 // One row per invocation. in0 = x, in1 = g, in2 = b; out0 = y, out1 = [mean, rstd] per row.
-@compute @workgroup_size(64)
+@compute @workgroup_size(LAYER_WG)
 fn layer_norm_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                       @builtin(local_invocation_index) lid: u32) {
     let r = flat(wg, nwg, lid);
@@ -118,7 +149,7 @@ fn layer_norm_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgro
 }
 
 // dx per row. in0 = x, in1 = g, in2 = dy, in3 = stats; out0 = dx.
-@compute @workgroup_size(64)
+@compute @workgroup_size(LAYER_WG)
 fn layer_norm_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                        @builtin(local_invocation_index) lid: u32) {
     let r = flat(wg, nwg, lid);
@@ -143,7 +174,7 @@ fn layer_norm_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgr
 
 // dg[dim] += sum over rows of dy * xhat, db[dim] += sum of dy. in0 = x, in2 = dy, in3 = stats;
 // out0 = dg, out1 = db. One channel per invocation.
-@compute @workgroup_size(64)
+@compute @workgroup_size(LAYER_WG)
 fn layer_norm_param_grads(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                           @builtin(local_invocation_index) lid: u32) {
     let i = flat(wg, nwg, lid);
@@ -161,7 +192,7 @@ fn layer_norm_param_grads(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_wor
 }
 
 // in0 = x, out0 = gelu(x) (tanh form, as the CPU twin).
-@compute @workgroup_size(64)
+@compute @workgroup_size(LAYER_WG)
 fn gelu_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                 @builtin(local_invocation_index) lid: u32) {
     let i = flat(wg, nwg, lid);
@@ -172,7 +203,7 @@ fn gelu_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) n
 }
 
 // in0 = x, in1 = dy, out0 = dx.
-@compute @workgroup_size(64)
+@compute @workgroup_size(LAYER_WG)
 fn gelu_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                  @builtin(local_invocation_index) lid: u32) {
     let i = flat(wg, nwg, lid);
@@ -184,7 +215,7 @@ fn gelu_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) 
 }
 
 // One row of width dim per invocation, max-subtracted. in0 = x, out0 = y.
-@compute @workgroup_size(64)
+@compute @workgroup_size(LAYER_WG)
 fn softmax_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                    @builtin(local_invocation_index) lid: u32) {
     let r = flat(wg, nwg, lid);
@@ -198,7 +229,7 @@ fn softmax_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups
 }
 
 // dx = y (dy - sum(dy y)) per row. in0 = y, in1 = dy, out0 = dx.
-@compute @workgroup_size(64)
+@compute @workgroup_size(LAYER_WG)
 fn softmax_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                     @builtin(local_invocation_index) lid: u32) {
     let r = flat(wg, nwg, lid);
@@ -211,7 +242,7 @@ fn softmax_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroup
 
 // Images [count, side, side] to one window x window row per token of the (side/stride)^2 grid;
 // windows centred on their stride x stride block, zero outside. in0 = images, out0 = rows.
-@compute @workgroup_size(64)
+@compute @workgroup_size(LAYER_WG)
 fn patches(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
            @builtin(local_invocation_index) lid: u32) {
     let i = flat(wg, nwg, lid);
@@ -233,7 +264,7 @@ fn patches(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: v
 }
 
 // out0 [count * tokens, dim] += in0 [tokens, dim] (position embeddings).
-@compute @workgroup_size(64)
+@compute @workgroup_size(LAYER_WG)
 fn add_position(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                 @builtin(local_invocation_index) lid: u32) {
     let i = flat(wg, nwg, lid);
@@ -242,7 +273,7 @@ fn add_position(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) n
 }
 
 // out0 += in0 (residual connections, gradient accumulation).
-@compute @workgroup_size(64)
+@compute @workgroup_size(LAYER_WG)
 fn add_into(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
             @builtin(local_invocation_index) lid: u32) {
     let i = flat(wg, nwg, lid);
@@ -251,7 +282,7 @@ fn add_into(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: 
 }
 
 // Mean over each image's tokens: in0 [count * tokens, dim] to out0 [count, dim].
-@compute @workgroup_size(64)
+@compute @workgroup_size(LAYER_WG)
 fn mean_pool(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
              @builtin(local_invocation_index) lid: u32) {
     let i = flat(wg, nwg, lid);
@@ -266,7 +297,7 @@ fn mean_pool(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg:
 }
 
 // Each token row receives dy / tokens: in0 [count, dim] to out0 [count * tokens, dim].
-@compute @workgroup_size(64)
+@compute @workgroup_size(LAYER_WG)
 fn mean_pool_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                       @builtin(local_invocation_index) lid: u32) {
     let i = flat(wg, nwg, lid);
@@ -277,7 +308,7 @@ fn mean_pool_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgro
 
 // Fused qkv [count, tokens, 3 * heads * hd] (columns q | k | v) to q, k, v of
 // [count, heads, tokens, hd] in out0, out1, out2. One element of the fused tensor each.
-@compute @workgroup_size(64)
+@compute @workgroup_size(LAYER_WG)
 fn split_heads(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                @builtin(local_invocation_index) lid: u32) {
     let i = flat(wg, nwg, lid);
@@ -296,7 +327,7 @@ fn split_heads(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
 }
 
 // Backward of split_heads: in0, in1, in2 = dq, dk, dv to the fused layout in out0.
-@compute @workgroup_size(64)
+@compute @workgroup_size(LAYER_WG)
 fn split_heads_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                         @builtin(local_invocation_index) lid: u32) {
     let i = flat(wg, nwg, lid);
@@ -316,7 +347,7 @@ fn split_heads_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workg
 }
 
 // [count, heads, tokens, hd] to [count, tokens, heads * hd]: one output element each.
-@compute @workgroup_size(64)
+@compute @workgroup_size(LAYER_WG)
 fn merge_heads(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                @builtin(local_invocation_index) lid: u32) {
     let i = flat(wg, nwg, lid);
@@ -332,7 +363,7 @@ fn merge_heads(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
 }
 
 // Backward of merge_heads: [count, tokens, heads * hd] back to [count, heads, tokens, hd].
-@compute @workgroup_size(64)
+@compute @workgroup_size(LAYER_WG)
 fn merge_heads_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                         @builtin(local_invocation_index) lid: u32) {
     let i = flat(wg, nwg, lid);

@@ -6,6 +6,7 @@ mod common;
 use common::{gpu, random};
 use multipole::GpuContext;
 use multipole::gpu::LayerKernels;
+use multipole::gpu::layers::{HeadDims, LinearDims, PatchDims, RowDims, TokenDims};
 use multipole::model::layers as cpu;
 
 fn upload(ctx: &GpuContext, data: &[f32]) -> multipole::wgpu::Buffer {
@@ -90,13 +91,14 @@ fn linear_forward_and_backward() {
         let bufs = [&x, &w, &b, &dy, &dw0, &db0].map(|t| upload(ctx, t));
         let [bx, bw, bb, bdy, bdw, bdb] = &bufs;
         let (by, bdx) = (zeros(ctx, rows * out), zeros(ctx, rows * inp));
-        run(ctx, |e| {
-            k.linear(ctx, e, bx, bw, bb, &by, rows, inp, out).unwrap();
-            k.linear_backward_input(ctx, e, bdy, bw, &bdx, rows, inp, out)
-                .unwrap();
-            k.linear_backward_weight(ctx, e, bx, bdy, bdw, bdb, rows, inp, out)
-                .unwrap();
-        });
+        let dims = LinearDims { rows, inp, out };
+        let dispatches = [
+            k.linear(ctx, [bx, bw, bb], &by, dims),
+            k.linear_backward_input(ctx, [bdy, bw], &bdx, dims),
+            k.linear_backward_weight(ctx, [bx, bdy], [bdw, bdb], dims),
+        ]
+        .map(Result::unwrap);
+        run(ctx, |e| dispatches.iter().for_each(|d| d.encode(e)));
         let (x64, w64, dy64) = (f64s(&x), f64s(&w), f64s(&dy));
         let shape = format!("{rows}x{inp}x{out}");
         close(
@@ -140,16 +142,20 @@ fn norm_gelu_softmax_forward_and_backward() {
         let [bx, bg, bb, bdy, bdg, bdb] = [&x, &g, &b, &dy, &dg0, &db0].map(|t| upload(ctx, t));
         let outs: Vec<_> = (0..6).map(|_| zeros(ctx, n)).collect();
         let stats = zeros(ctx, 2 * rows);
+        let dims = RowDims { rows, dim };
+        // All six recorded in one compute pass, as the model records its layers.
+        let dispatches = [
+            k.layer_norm(ctx, [&bx, &bg, &bb], [&outs[0], &stats], dims),
+            k.layer_norm_backward(ctx, [&bx, &bg, &bdy, &stats], &outs[1], dims),
+            k.layer_norm_param_grads(ctx, [&bx, &bdy, &stats], [&bdg, &bdb], dims),
+            k.gelu(ctx, &bx, &outs[2], n),
+            k.gelu_backward(ctx, [&bx, &bdy], &outs[3], n),
+            k.softmax(ctx, &bx, &outs[4], dims),
+        ]
+        .map(Result::unwrap);
         run(ctx, |e| {
-            k.layer_norm(ctx, e, &bx, &bg, &bb, &outs[0], &stats, rows, dim)
-                .unwrap();
-            k.layer_norm_backward(ctx, e, &bx, &bg, &bdy, &stats, &outs[1], rows, dim)
-                .unwrap();
-            k.layer_norm_param_grads(ctx, e, &bx, &bdy, &stats, &bdg, &bdb, rows, dim)
-                .unwrap();
-            k.gelu(ctx, e, &bx, &outs[2], n).unwrap();
-            k.gelu_backward(ctx, e, &bx, &bdy, &outs[3], n).unwrap();
-            k.softmax(ctx, e, &bx, &outs[4], rows, dim).unwrap();
+            let mut pass = e.begin_compute_pass(&Default::default());
+            dispatches.iter().for_each(|d| d.record(&mut pass));
         });
         let (x64, g64, dy64) = (f64s(&x), f64s(&g), f64s(&dy));
         let (y, st) = cpu::layer_norm(&x64, &g64, &f64s(&b), dim);
@@ -196,10 +202,10 @@ fn norm_gelu_softmax_forward_and_backward() {
         // The softmax backward from the GPU's own forward output.
         let y_gpu = read(ctx, &outs[4], n);
         let by = upload(ctx, &y_gpu);
-        run(ctx, |e| {
-            k.softmax_backward(ctx, e, &by, &bdy, &outs[5], rows, dim)
-                .unwrap()
-        });
+        let back = k
+            .softmax_backward(ctx, [&by, &bdy], &outs[5], dims)
+            .unwrap();
+        run(ctx, |e| back.encode(e));
         close(
             &format!("softmax backward {at}"),
             &read(ctx, &outs[5], n),
@@ -220,10 +226,14 @@ fn patches_position_pooling_and_heads() {
         let g = side / stride;
         let n = count * g * g * window * window;
         let (bi, bo) = (upload(ctx, &img), zeros(ctx, n));
-        run(ctx, |e| {
-            k.patches(ctx, e, &bi, &bo, count, side, stride, window)
-                .unwrap()
-        });
+        let dims = PatchDims {
+            count,
+            side,
+            stride,
+            window,
+        };
+        let d = k.patches(ctx, &bi, &bo, dims).unwrap();
+        run(ctx, |e| d.encode(e));
         close(
             &format!("patches {side}/{stride}/{window}"),
             &read(ctx, &bo, n),
@@ -241,14 +251,14 @@ fn patches_position_pooling_and_heads() {
     );
     let [bx, bpos, bdy] = [&x, &pos, &dy].map(|t| upload(ctx, t));
     let (pooled, dpool) = (zeros(ctx, count * dim), zeros(ctx, n));
-    run(ctx, |e| {
-        k.add_position(ctx, e, &bx, &bpos, count, tokens, dim)
-            .unwrap();
-        k.mean_pool(ctx, e, &bx, &pooled, count, tokens, dim)
-            .unwrap();
-        k.mean_pool_backward(ctx, e, &bdy, &dpool, count, tokens, dim)
-            .unwrap();
-    });
+    let dims = TokenDims { count, tokens, dim };
+    let dispatches = [
+        k.add_position(ctx, &bx, &bpos, dims),
+        k.mean_pool(ctx, &bx, &pooled, dims),
+        k.mean_pool_backward(ctx, &bdy, &dpool, dims),
+    ]
+    .map(Result::unwrap);
+    run(ctx, |e| dispatches.iter().for_each(|d| d.encode(e)));
     let mut x64 = f64s(&x);
     cpu::add_position(&mut x64, &f64s(&pos));
     close("add_position", &read(ctx, &bx, n), &x64, 1e-6);
@@ -268,16 +278,20 @@ fn patches_position_pooling_and_heads() {
     let qkv = random(9, 3 * n);
     let bqkv = upload(ctx, &qkv);
     let [q, kk, v, merged, back, fused] = [n, n, n, n, n, 3 * n].map(|len| zeros(ctx, len));
-    run(ctx, |e| {
-        k.split_heads(ctx, e, &bqkv, [&q, &kk, &v], count, tokens, heads, hd)
-            .unwrap();
-        k.merge_heads(ctx, e, &q, &merged, count, tokens, heads, hd)
-            .unwrap();
-        k.merge_heads_backward(ctx, e, &merged, &back, count, tokens, heads, hd)
-            .unwrap();
-        k.split_heads_backward(ctx, e, [&q, &kk, &v], &fused, count, tokens, heads, hd)
-            .unwrap();
-    });
+    let dims = HeadDims {
+        count,
+        tokens,
+        heads,
+        hd,
+    };
+    let dispatches = [
+        k.split_heads(ctx, &bqkv, [&q, &kk, &v], dims),
+        k.merge_heads(ctx, &q, &merged, dims),
+        k.merge_heads_backward(ctx, &merged, &back, dims),
+        k.split_heads_backward(ctx, [&q, &kk, &v], &fused, dims),
+    ]
+    .map(Result::unwrap);
+    run(ctx, |e| dispatches.iter().for_each(|d| d.encode(e)));
     let [cq, ck, cv] = cpu::split_heads(&f64s(&qkv), tokens, heads, hd);
     close("split q", &read(ctx, &q, n), &cq, 0.0);
     close("split k", &read(ctx, &kk, n), &ck, 0.0);
@@ -299,7 +313,8 @@ fn patches_position_pooling_and_heads() {
     // add_into
     let (a, b) = (random(20, 77), random(21, 77));
     let (ba, bb) = (upload(ctx, &a), upload(ctx, &b));
-    run(ctx, |e| k.add_into(ctx, e, &ba, &bb, 77).unwrap());
+    let add = k.add_into(ctx, &ba, &bb, 77).unwrap();
+    run(ctx, |e| add.encode(e));
     let mut want = f64s(&a);
     cpu::add_into(&mut want, &f64s(&b));
     close("add_into", &read(ctx, &ba, 77), &want, 1e-7);
@@ -315,13 +330,14 @@ fn weight_gradients_are_deterministic() {
         upload(ctx, &random(1, rows * inp)),
         upload(ctx, &random(2, rows * out)),
     );
+    let dims = LinearDims { rows, inp, out };
     let results: Vec<Vec<f32>> = (0..2)
         .map(|_| {
             let (dw, db) = (zeros(ctx, inp * out), zeros(ctx, out));
-            run(ctx, |e| {
-                k.linear_backward_weight(ctx, e, &x, &dy, &dw, &db, rows, inp, out)
-                    .unwrap()
-            });
+            let d = k
+                .linear_backward_weight(ctx, [&x, &dy], [&dw, &db], dims)
+                .unwrap();
+            run(ctx, |e| d.encode(e));
             let mut r = read(ctx, &dw, inp * out);
             r.extend(read(ctx, &db, out));
             r
@@ -343,15 +359,25 @@ fn bad_buffers_are_errors() {
     let small = zeros(ctx, 3);
     let big = zeros(ctx, 1000);
     let other = zeros(ctx, 1000);
-    let mut enc = ctx.device.create_command_encoder(&Default::default());
+    let dims = LinearDims {
+        rows: 10,
+        inp: 4,
+        out: 4,
+    };
     let err = k
-        .linear(ctx, &mut enc, &big, &big, &big, &small, 10, 4, 4)
-        .unwrap_err();
+        .linear(ctx, [&big, &big, &big], &small, dims)
+        .err()
+        .unwrap();
     assert!(err.to_string().contains("at least 160 bytes"), "{err}");
-    let err = k.add_into(ctx, &mut enc, &big, &big, 10).unwrap_err();
+    let err = k.add_into(ctx, &big, &big, 10).err().unwrap();
     assert!(err.to_string().contains("used twice"), "{err}");
-    assert!(k.patches(ctx, &mut enc, &big, &other, 1, 10, 3, 3).is_err());
-    assert!(k.patches(ctx, &mut enc, &big, &other, 1, 8, 4, 2).is_err());
-    drop(enc);
+    let patches = |side, stride, window| PatchDims {
+        count: 1,
+        side,
+        stride,
+        window,
+    };
+    assert!(k.patches(ctx, &big, &other, patches(10, 3, 3)).is_err());
+    assert!(k.patches(ctx, &big, &other, patches(8, 4, 2)).is_err());
     ctx.take_error().unwrap();
 }

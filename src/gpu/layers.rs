@@ -1,11 +1,59 @@
 //! Rust twin of shaders/layers.wgsl: the vision transformer's layers, forward and backward,
-//! encoded over GPU-resident f32 buffers. Each call checks its buffers' sizes and records one
-//! compute pass; nothing is submitted.
+//! over GPU-resident f32 buffers. Each kernel call checks its buffers' sizes and returns a
+//! `LayerDispatch` (pipeline, bind group with its own uniform, grid) made once and recorded as
+//! often as wanted; nothing is submitted.
 
 use super::context::GpuContext;
-use super::params::{bind, dispatch};
+use super::params::{bind, grid};
 use super::shaders::{Family, Spec};
 use crate::error::{FmaError, Result};
+
+/// Invocations per workgroup of every layer kernel (`LAYER_WG` in layers.wgsl).
+pub const LAYER_WG: u32 = 64;
+
+/// Rows and columns of the output block one `linear_forward` invocation computes
+/// (`LINEAR_TILE` in layers.wgsl). The shader holds the block as four vec4 accumulators, so
+/// this is 4.
+pub const LINEAR_TILE: usize = 4;
+
+/// The binding indices of layers.wgsl: the uniform, up to four inputs (read-only) and up to
+/// three outputs (read-write). Injected into the shader as `const`s.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+enum Bind {
+    Params = 0,
+    In0 = 1,
+    In1 = 2,
+    In2 = 3,
+    Out0 = 4,
+    Out1 = 5,
+    Out2 = 6,
+    In3 = 7,
+}
+
+impl Bind {
+    const ALL: [(Bind, &'static str); 8] = [
+        (Bind::Params, "BIND_PARAMS"),
+        (Bind::In0, "BIND_IN0"),
+        (Bind::In1, "BIND_IN1"),
+        (Bind::In2, "BIND_IN2"),
+        (Bind::In3, "BIND_IN3"),
+        (Bind::Out0, "BIND_OUT0"),
+        (Bind::Out1, "BIND_OUT1"),
+        (Bind::Out2, "BIND_OUT2"),
+    ];
+    const OUTPUTS: [Bind; 3] = [Bind::Out0, Bind::Out1, Bind::Out2];
+}
+
+/// The `const` declarations layers.wgsl is compiled with: its workgroup size and bindings.
+pub(crate) fn wgsl_header() -> String {
+    let mut s =
+        format!("const LAYER_WG: u32 = {LAYER_WG}u;\nconst LINEAR_TILE: u32 = {LINEAR_TILE}u;\n");
+    for (b, name) in Bind::ALL {
+        s.push_str(&format!("const {name}: u32 = {}u;\n", b as u32));
+    }
+    s
+}
 
 /// The `LayerParams` uniform of layers.wgsl (same fields, same order).
 #[repr(C)]
@@ -25,16 +73,102 @@ struct LayerParams {
     len: u32,
 }
 
-/// Invocations per workgroup (WG in the shader).
-const WG: u64 = 64;
+/// A linear layer's shape: `rows` rows of `inp` values to rows of `out`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LinearDims {
+    pub rows: usize,
+    pub inp: usize,
+    pub out: usize,
+}
+
+/// `rows` rows of `dim` values (layer norm, softmax).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RowDims {
+    pub rows: usize,
+    pub dim: usize,
+}
+
+/// `count` images of `tokens` tokens of `dim` values (position, pooling).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TokenDims {
+    pub count: usize,
+    pub tokens: usize,
+    pub dim: usize,
+}
+
+/// `count` images of `tokens` tokens in `heads` heads of `hd` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeadDims {
+    pub count: usize,
+    pub tokens: usize,
+    pub heads: usize,
+    pub hd: usize,
+}
+
+impl HeadDims {
+    /// Values of one of q, k, v.
+    fn len(&self) -> usize {
+        self.count * self.tokens * self.heads * self.hd
+    }
+
+    fn params(&self) -> LayerParams {
+        LayerParams {
+            tokens: self.tokens as u32,
+            heads: self.heads as u32,
+            hd: self.hd as u32,
+            ..Default::default()
+        }
+    }
+}
+
+/// `count` images of `side x side` pixels cut into tokens every `stride` pixels, each reading
+/// a `window x window` pixel window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PatchDims {
+    pub count: usize,
+    pub side: usize,
+    pub stride: usize,
+    pub window: usize,
+}
+
+/// One layer kernel bound to its buffers and shape: record it into any number of passes.
+pub struct LayerDispatch {
+    entry: &'static str,
+    pipeline: wgpu::ComputePipeline,
+    /// None when the kernel has nothing to do (zero elements).
+    group: Option<wgpu::BindGroup>,
+    grid: (u32, u32),
+    /// The uniform the bind group reads, held as long as the dispatch.
+    _params: Option<wgpu::Buffer>,
+}
+
+impl LayerDispatch {
+    /// Records the dispatch into an open compute pass.
+    pub fn record(&self, pass: &mut wgpu::ComputePass<'_>) {
+        if let Some(group) = &self.group {
+            pass.set_pipeline(&self.pipeline);
+            pass.set_bind_group(0, group, &[]);
+            pass.dispatch_workgroups(self.grid.0, self.grid.1, 1);
+        }
+    }
+
+    /// Records the dispatch in a compute pass of its own.
+    pub fn encode(&self, enc: &mut wgpu::CommandEncoder) {
+        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some(self.entry),
+            timestamp_writes: None,
+        });
+        self.record(&mut pass);
+    }
+}
+
+/// One buffer of a dispatch: its binding, the buffer and how many f32 it must hold.
+type Slot<'a> = (Bind, &'a wgpu::Buffer, usize);
 
 /// Handle to the layer kernels; pipelines are cached in the context.
 pub struct LayerKernels {
     spec: Spec,
 }
-
-/// One buffer of a dispatch: its binding, the buffer and how many f32 it must hold.
-type Slot<'a> = (u32, &'a wgpu::Buffer, usize);
 
 impl LayerKernels {
     /// Builds the inference kernels now (so a device that refuses them fails here); the
@@ -57,27 +191,26 @@ impl LayerKernels {
         Ok(k)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn run(
+    /// Checks the buffers and makes the dispatch of `entry` over `len` invocations.
+    fn prepare(
         &self,
         ctx: &GpuContext,
-        enc: &mut wgpu::CommandEncoder,
         entry: &'static str,
         mut p: LayerParams,
         len: usize,
         slots: &[Slot<'_>],
-    ) -> Result<()> {
+    ) -> Result<LayerDispatch> {
         for &(binding, buf, need) in slots {
             if buf.size() < (need * 4) as u64 {
                 return Err(FmaError::BadShape {
-                    what: format!("{entry} buffer at binding {binding}"),
+                    what: format!("{entry} buffer at binding {}", binding as u32),
                     expected: format!("at least {} bytes ({need} f32)", need * 4),
                     got: format!("{} bytes", buf.size()),
                 });
             }
         }
         // WebGPU forbids a buffer bound as read-only and writable in one dispatch.
-        let writes = slots.iter().filter(|s| (4..=6).contains(&s.0));
+        let writes = slots.iter().filter(|s| Bind::OUTPUTS.contains(&s.0));
         for w in writes {
             if slots.iter().any(|s| s.0 != w.0 && s.1 == w.1) {
                 return Err(FmaError::BadShape {
@@ -87,8 +220,15 @@ impl LayerKernels {
                 });
             }
         }
+        let pipeline = ctx.pipeline(Family::Layers, entry, self.spec)?;
         if len == 0 {
-            return Ok(());
+            return Ok(LayerDispatch {
+                entry,
+                pipeline,
+                group: None,
+                grid: (0, 0),
+                _params: None,
+            });
         }
         p.len = u32::try_from(len).map_err(|_| FmaError::LimitExceeded {
             what: format!("{entry} elements"),
@@ -96,303 +236,212 @@ impl LayerKernels {
             limit: u32::MAX as u64,
             hint: "use a smaller batch".into(),
         })?;
-        let pipeline = ctx.pipeline(Family::Layers, entry, self.spec)?;
+        let grid = grid(
+            (len as u64).div_ceil(LAYER_WG as u64),
+            ctx.limits().max_compute_workgroups_per_dimension,
+        )?;
         let uniform = ctx.buffer_with(
             "layer params",
             bytemuck::bytes_of(&p),
             wgpu::BufferUsages::UNIFORM,
         );
-        let mut buffers: Vec<(u32, &wgpu::Buffer)> = vec![(0, &uniform)];
-        buffers.extend(slots.iter().map(|&(b, buf, _)| (b, buf)));
+        let mut buffers: Vec<(u32, &wgpu::Buffer)> = vec![(Bind::Params as u32, &uniform)];
+        buffers.extend(slots.iter().map(|&(b, buf, _)| (b as u32, buf)));
         let group = bind(ctx, entry, &pipeline, &buffers);
-        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-            label: Some(entry),
-            timestamp_writes: None,
-        });
-        dispatch(ctx, &mut pass, &pipeline, &group, (len as u64).div_ceil(WG))
+        Ok(LayerDispatch {
+            entry,
+            pipeline,
+            group: Some(group),
+            grid,
+            _params: Some(uniform),
+        })
     }
 
-    /// `y[rows, out] = x[rows, inp] w[inp, out] + b[out]`.
-    #[allow(clippy::too_many_arguments)]
+    /// `y[rows, out] = x[rows, inp] w[inp, out] + b[out]`; inputs `[x, w, b]`. One invocation
+    /// per `LINEAR_TILE x LINEAR_TILE` block of y.
     pub fn linear(
         &self,
         ctx: &GpuContext,
-        enc: &mut wgpu::CommandEncoder,
-        x: &wgpu::Buffer,
-        w: &wgpu::Buffer,
-        b: &wgpu::Buffer,
+        [x, w, b]: [&wgpu::Buffer; 3],
         y: &wgpu::Buffer,
-        rows: usize,
-        inp: usize,
-        out: usize,
-    ) -> Result<()> {
-        let p = LayerParams {
-            rows: rows as u32,
-            inp: inp as u32,
-            out: out as u32,
-            ..Default::default()
-        };
+        d: LinearDims,
+    ) -> Result<LayerDispatch> {
         let slots = [
-            (1, x, rows * inp),
-            (2, w, inp * out),
-            (3, b, out),
-            (4, y, rows * out),
+            (Bind::In0, x, d.rows * d.inp),
+            (Bind::In1, w, d.inp * d.out),
+            (Bind::In2, b, d.out),
+            (Bind::Out0, y, d.rows * d.out),
         ];
-        self.run(ctx, enc, "linear_forward", p, rows * out, &slots)
+        let blocks = d.rows.div_ceil(LINEAR_TILE) * d.out.div_ceil(LINEAR_TILE);
+        self.prepare(ctx, "linear_forward", d.into(), blocks, &slots)
     }
 
-    /// `dx[rows, inp] = dy[rows, out] w^T`.
-    #[allow(clippy::too_many_arguments)]
+    /// `dx[rows, inp] = dy[rows, out] w^T`; inputs `[dy, w]`.
     pub fn linear_backward_input(
         &self,
         ctx: &GpuContext,
-        enc: &mut wgpu::CommandEncoder,
-        dy: &wgpu::Buffer,
-        w: &wgpu::Buffer,
+        [dy, w]: [&wgpu::Buffer; 2],
         dx: &wgpu::Buffer,
-        rows: usize,
-        inp: usize,
-        out: usize,
-    ) -> Result<()> {
-        let p = LayerParams {
-            rows: rows as u32,
-            inp: inp as u32,
-            out: out as u32,
-            ..Default::default()
-        };
-        let slots = [(1, dy, rows * out), (2, w, inp * out), (4, dx, rows * inp)];
-        self.run(ctx, enc, "linear_backward_input", p, rows * inp, &slots)
+        d: LinearDims,
+    ) -> Result<LayerDispatch> {
+        let slots = [
+            (Bind::In0, dy, d.rows * d.out),
+            (Bind::In1, w, d.inp * d.out),
+            (Bind::Out0, dx, d.rows * d.inp),
+        ];
+        let len = d.rows * d.inp;
+        self.prepare(ctx, "linear_backward_input", d.into(), len, &slots)
     }
 
-    /// `dw += x^T dy`, `db += column sums of dy` (adds to what the buffers hold).
-    #[allow(clippy::too_many_arguments)]
+    /// `dw += x^T dy`, `db += column sums of dy` (adds to what the buffers hold); inputs
+    /// `[x, dy]`, outputs `[dw, db]`.
     pub fn linear_backward_weight(
         &self,
         ctx: &GpuContext,
-        enc: &mut wgpu::CommandEncoder,
-        x: &wgpu::Buffer,
-        dy: &wgpu::Buffer,
-        dw: &wgpu::Buffer,
-        db: &wgpu::Buffer,
-        rows: usize,
-        inp: usize,
-        out: usize,
-    ) -> Result<()> {
-        let p = LayerParams {
-            rows: rows as u32,
-            inp: inp as u32,
-            out: out as u32,
-            ..Default::default()
-        };
+        [x, dy]: [&wgpu::Buffer; 2],
+        [dw, db]: [&wgpu::Buffer; 2],
+        d: LinearDims,
+    ) -> Result<LayerDispatch> {
         let slots = [
-            (1, x, rows * inp),
-            (2, dy, rows * out),
-            (4, dw, inp * out),
-            (5, db, out),
+            (Bind::In0, x, d.rows * d.inp),
+            (Bind::In1, dy, d.rows * d.out),
+            (Bind::Out0, dw, d.inp * d.out),
+            (Bind::Out1, db, d.out),
         ];
-        self.run(
-            ctx,
-            enc,
-            "linear_backward_weight",
-            p,
-            inp * out + out,
-            &slots,
-        )
+        let len = d.inp * d.out + d.out;
+        self.prepare(ctx, "linear_backward_weight", d.into(), len, &slots)
     }
 
-    /// Layer norm over rows of `dim`: y, and `stats` = (mean, 1/std) per row.
-    #[allow(clippy::too_many_arguments)]
+    /// Layer norm over rows: inputs `[x, gain, bias]`, outputs `[y, stats]` with `stats` =
+    /// (mean, 1/std) per row.
     pub fn layer_norm(
         &self,
         ctx: &GpuContext,
-        enc: &mut wgpu::CommandEncoder,
-        x: &wgpu::Buffer,
-        g: &wgpu::Buffer,
-        b: &wgpu::Buffer,
-        y: &wgpu::Buffer,
-        stats: &wgpu::Buffer,
-        rows: usize,
-        dim: usize,
-    ) -> Result<()> {
-        let p = LayerParams {
-            dim: dim as u32,
-            ..Default::default()
-        };
-        let n = rows * dim;
+        [x, g, b]: [&wgpu::Buffer; 3],
+        [y, stats]: [&wgpu::Buffer; 2],
+        d: RowDims,
+    ) -> Result<LayerDispatch> {
+        let n = d.rows * d.dim;
         let slots = [
-            (1, x, n),
-            (2, g, dim),
-            (3, b, dim),
-            (4, y, n),
-            (5, stats, 2 * rows),
+            (Bind::In0, x, n),
+            (Bind::In1, g, d.dim),
+            (Bind::In2, b, d.dim),
+            (Bind::Out0, y, n),
+            (Bind::Out1, stats, 2 * d.rows),
         ];
-        self.run(ctx, enc, "layer_norm_forward", p, rows, &slots)
+        self.prepare(ctx, "layer_norm_forward", d.into(), d.rows, &slots)
     }
 
-    /// Layer norm's input gradient.
-    #[allow(clippy::too_many_arguments)]
+    /// Layer norm's input gradient `dx`; inputs `[x, gain, dy, stats]`.
     pub fn layer_norm_backward(
         &self,
         ctx: &GpuContext,
-        enc: &mut wgpu::CommandEncoder,
-        x: &wgpu::Buffer,
-        g: &wgpu::Buffer,
-        dy: &wgpu::Buffer,
-        stats: &wgpu::Buffer,
+        [x, g, dy, stats]: [&wgpu::Buffer; 4],
         dx: &wgpu::Buffer,
-        rows: usize,
-        dim: usize,
-    ) -> Result<()> {
-        let p = LayerParams {
-            dim: dim as u32,
-            ..Default::default()
-        };
-        let n = rows * dim;
+        d: RowDims,
+    ) -> Result<LayerDispatch> {
+        let n = d.rows * d.dim;
         let slots = [
-            (1, x, n),
-            (2, g, dim),
-            (3, dy, n),
-            (7, stats, 2 * rows),
-            (4, dx, n),
+            (Bind::In0, x, n),
+            (Bind::In1, g, d.dim),
+            (Bind::In2, dy, n),
+            (Bind::In3, stats, 2 * d.rows),
+            (Bind::Out0, dx, n),
         ];
-        self.run(ctx, enc, "layer_norm_backward", p, rows, &slots)
+        self.prepare(ctx, "layer_norm_backward", d.into(), d.rows, &slots)
     }
 
-    /// Layer norm's gain and bias gradients, added to `dg` and `db`.
-    #[allow(clippy::too_many_arguments)]
+    /// Layer norm's gain and bias gradients, added to `[dg, db]`; inputs `[x, dy, stats]`.
     pub fn layer_norm_param_grads(
         &self,
         ctx: &GpuContext,
-        enc: &mut wgpu::CommandEncoder,
-        x: &wgpu::Buffer,
-        dy: &wgpu::Buffer,
-        stats: &wgpu::Buffer,
-        dg: &wgpu::Buffer,
-        db: &wgpu::Buffer,
-        rows: usize,
-        dim: usize,
-    ) -> Result<()> {
-        let p = LayerParams {
-            rows: rows as u32,
-            dim: dim as u32,
-            ..Default::default()
-        };
-        let n = rows * dim;
+        [x, dy, stats]: [&wgpu::Buffer; 3],
+        [dg, db]: [&wgpu::Buffer; 2],
+        d: RowDims,
+    ) -> Result<LayerDispatch> {
+        let n = d.rows * d.dim;
         let slots = [
-            (1, x, n),
-            (3, dy, n),
-            (7, stats, 2 * rows),
-            (4, dg, dim),
-            (5, db, dim),
+            (Bind::In0, x, n),
+            (Bind::In2, dy, n),
+            (Bind::In3, stats, 2 * d.rows),
+            (Bind::Out0, dg, d.dim),
+            (Bind::Out1, db, d.dim),
         ];
-        self.run(ctx, enc, "layer_norm_param_grads", p, dim, &slots)
+        let p = LayerParams {
+            rows: d.rows as u32,
+            ..d.into()
+        };
+        self.prepare(ctx, "layer_norm_param_grads", p, d.dim, &slots)
     }
 
     /// GELU (tanh form) of `len` values.
     pub fn gelu(
         &self,
         ctx: &GpuContext,
-        enc: &mut wgpu::CommandEncoder,
         x: &wgpu::Buffer,
         y: &wgpu::Buffer,
         len: usize,
-    ) -> Result<()> {
-        self.run(
-            ctx,
-            enc,
-            "gelu_forward",
-            LayerParams::default(),
-            len,
-            &[(1, x, len), (4, y, len)],
-        )
+    ) -> Result<LayerDispatch> {
+        let slots = [(Bind::In0, x, len), (Bind::Out0, y, len)];
+        self.prepare(ctx, "gelu_forward", LayerParams::default(), len, &slots)
     }
 
-    /// GELU's input gradient.
+    /// GELU's input gradient; inputs `[x, dy]`.
     pub fn gelu_backward(
         &self,
         ctx: &GpuContext,
-        enc: &mut wgpu::CommandEncoder,
-        x: &wgpu::Buffer,
-        dy: &wgpu::Buffer,
+        [x, dy]: [&wgpu::Buffer; 2],
         dx: &wgpu::Buffer,
         len: usize,
-    ) -> Result<()> {
-        let slots = [(1, x, len), (2, dy, len), (4, dx, len)];
-        self.run(
-            ctx,
-            enc,
-            "gelu_backward",
-            LayerParams::default(),
-            len,
-            &slots,
-        )
+    ) -> Result<LayerDispatch> {
+        let slots = [
+            (Bind::In0, x, len),
+            (Bind::In1, dy, len),
+            (Bind::Out0, dx, len),
+        ];
+        self.prepare(ctx, "gelu_backward", LayerParams::default(), len, &slots)
     }
 
-    /// Row-wise softmax over rows of `dim`.
-    #[allow(clippy::too_many_arguments)]
+    /// Row-wise softmax.
     pub fn softmax(
         &self,
         ctx: &GpuContext,
-        enc: &mut wgpu::CommandEncoder,
         x: &wgpu::Buffer,
         y: &wgpu::Buffer,
-        rows: usize,
-        dim: usize,
-    ) -> Result<()> {
-        let p = LayerParams {
-            dim: dim as u32,
-            ..Default::default()
-        };
-        self.run(
-            ctx,
-            enc,
-            "softmax_forward",
-            p,
-            rows,
-            &[(1, x, rows * dim), (4, y, rows * dim)],
-        )
+        d: RowDims,
+    ) -> Result<LayerDispatch> {
+        let n = d.rows * d.dim;
+        let slots = [(Bind::In0, x, n), (Bind::Out0, y, n)];
+        self.prepare(ctx, "softmax_forward", d.into(), d.rows, &slots)
     }
 
-    /// Softmax's input gradient from its output `y`.
-    #[allow(clippy::too_many_arguments)]
+    /// Softmax's input gradient from its output; inputs `[y, dy]`.
     pub fn softmax_backward(
         &self,
         ctx: &GpuContext,
-        enc: &mut wgpu::CommandEncoder,
-        y: &wgpu::Buffer,
-        dy: &wgpu::Buffer,
+        [y, dy]: [&wgpu::Buffer; 2],
         dx: &wgpu::Buffer,
-        rows: usize,
-        dim: usize,
-    ) -> Result<()> {
-        let p = LayerParams {
-            dim: dim as u32,
-            ..Default::default()
-        };
-        let n = rows * dim;
-        self.run(
-            ctx,
-            enc,
-            "softmax_backward",
-            p,
-            rows,
-            &[(1, y, n), (2, dy, n), (4, dx, n)],
-        )
+        d: RowDims,
+    ) -> Result<LayerDispatch> {
+        let n = d.rows * d.dim;
+        let slots = [(Bind::In0, y, n), (Bind::In1, dy, n), (Bind::Out0, dx, n)];
+        self.prepare(ctx, "softmax_backward", d.into(), d.rows, &slots)
     }
 
-    /// One `window x window` pixel row per token of `count` images of `side x side`.
-    #[allow(clippy::too_many_arguments)]
+    /// One `window x window` pixel row per token.
     pub fn patches(
         &self,
         ctx: &GpuContext,
-        enc: &mut wgpu::CommandEncoder,
         images: &wgpu::Buffer,
         out: &wgpu::Buffer,
-        count: usize,
-        side: usize,
-        stride: usize,
-        window: usize,
-    ) -> Result<()> {
+        d: PatchDims,
+    ) -> Result<LayerDispatch> {
+        let PatchDims {
+            count,
+            side,
+            stride,
+            window,
+        } = d;
         if stride == 0 || window < stride || !side.is_multiple_of(stride) {
             return Err(FmaError::InvalidConfig(format!(
                 "patches: stride {stride} must divide side {side} and be at most window {window}"
@@ -406,200 +455,156 @@ impl LayerKernels {
         };
         let g = side / stride;
         let n = count * g * g * window * window;
-        self.run(
-            ctx,
-            enc,
-            "patches",
-            p,
-            n,
-            &[(1, images, count * side * side), (4, out, n)],
-        )
+        let slots = [
+            (Bind::In0, images, count * side * side),
+            (Bind::Out0, out, n),
+        ];
+        self.prepare(ctx, "patches", p, n, &slots)
     }
 
     /// `x[count * tokens, dim] += pos[tokens, dim]`.
-    #[allow(clippy::too_many_arguments)]
     pub fn add_position(
         &self,
         ctx: &GpuContext,
-        enc: &mut wgpu::CommandEncoder,
         x: &wgpu::Buffer,
         pos: &wgpu::Buffer,
-        count: usize,
-        tokens: usize,
-        dim: usize,
-    ) -> Result<()> {
-        let p = LayerParams {
-            tokens: tokens as u32,
-            dim: dim as u32,
-            ..Default::default()
-        };
-        let n = count * tokens * dim;
-        self.run(
-            ctx,
-            enc,
-            "add_position",
-            p,
-            n,
-            &[(1, pos, tokens * dim), (4, x, n)],
-        )
+        d: TokenDims,
+    ) -> Result<LayerDispatch> {
+        let n = d.count * d.tokens * d.dim;
+        let slots = [(Bind::In0, pos, d.tokens * d.dim), (Bind::Out0, x, n)];
+        self.prepare(ctx, "add_position", d.into(), n, &slots)
     }
 
     /// `a += b` over `len` values.
     pub fn add_into(
         &self,
         ctx: &GpuContext,
-        enc: &mut wgpu::CommandEncoder,
         a: &wgpu::Buffer,
         b: &wgpu::Buffer,
         len: usize,
-    ) -> Result<()> {
-        self.run(
-            ctx,
-            enc,
-            "add_into",
-            LayerParams::default(),
-            len,
-            &[(1, b, len), (4, a, len)],
-        )
+    ) -> Result<LayerDispatch> {
+        let slots = [(Bind::In0, b, len), (Bind::Out0, a, len)];
+        self.prepare(ctx, "add_into", LayerParams::default(), len, &slots)
     }
 
     /// Mean over each image's tokens: `[count * tokens, dim]` to `[count, dim]`.
-    #[allow(clippy::too_many_arguments)]
     pub fn mean_pool(
         &self,
         ctx: &GpuContext,
-        enc: &mut wgpu::CommandEncoder,
         x: &wgpu::Buffer,
         out: &wgpu::Buffer,
-        count: usize,
-        tokens: usize,
-        dim: usize,
-    ) -> Result<()> {
-        let p = LayerParams {
-            tokens: tokens as u32,
-            dim: dim as u32,
-            ..Default::default()
-        };
-        let slots = [(1, x, count * tokens * dim), (4, out, count * dim)];
-        self.run(ctx, enc, "mean_pool", p, count * dim, &slots)
+        d: TokenDims,
+    ) -> Result<LayerDispatch> {
+        let slots = [
+            (Bind::In0, x, d.count * d.tokens * d.dim),
+            (Bind::Out0, out, d.count * d.dim),
+        ];
+        self.prepare(ctx, "mean_pool", d.into(), d.count * d.dim, &slots)
     }
 
     /// `mean_pool`'s input gradient.
-    #[allow(clippy::too_many_arguments)]
     pub fn mean_pool_backward(
         &self,
         ctx: &GpuContext,
-        enc: &mut wgpu::CommandEncoder,
         dy: &wgpu::Buffer,
         dx: &wgpu::Buffer,
-        count: usize,
-        tokens: usize,
-        dim: usize,
-    ) -> Result<()> {
-        let p = LayerParams {
-            tokens: tokens as u32,
-            dim: dim as u32,
-            ..Default::default()
-        };
-        let n = count * tokens * dim;
-        self.run(
-            ctx,
-            enc,
-            "mean_pool_backward",
-            p,
-            n,
-            &[(1, dy, count * dim), (4, dx, n)],
-        )
-    }
-
-    fn heads_params(tokens: usize, heads: usize, hd: usize) -> LayerParams {
-        LayerParams {
-            tokens: tokens as u32,
-            heads: heads as u32,
-            hd: hd as u32,
-            ..Default::default()
-        }
+        d: TokenDims,
+    ) -> Result<LayerDispatch> {
+        let n = d.count * d.tokens * d.dim;
+        let slots = [(Bind::In0, dy, d.count * d.dim), (Bind::Out0, dx, n)];
+        self.prepare(ctx, "mean_pool_backward", d.into(), n, &slots)
     }
 
     /// Fused `qkv [count, tokens, 3 * heads * hd]` to q, k, v of `[count, heads, tokens, hd]`.
-    #[allow(clippy::too_many_arguments)]
     pub fn split_heads(
         &self,
         ctx: &GpuContext,
-        enc: &mut wgpu::CommandEncoder,
         qkv: &wgpu::Buffer,
         [q, k, v]: [&wgpu::Buffer; 3],
-        count: usize,
-        tokens: usize,
-        heads: usize,
-        hd: usize,
-    ) -> Result<()> {
-        let n = count * tokens * heads * hd;
-        let slots = [(1, qkv, 3 * n), (4, q, n), (5, k, n), (6, v, n)];
-        let p = Self::heads_params(tokens, heads, hd);
-        self.run(ctx, enc, "split_heads", p, 3 * n, &slots)
+        d: HeadDims,
+    ) -> Result<LayerDispatch> {
+        let n = d.len();
+        let slots = [
+            (Bind::In0, qkv, 3 * n),
+            (Bind::Out0, q, n),
+            (Bind::Out1, k, n),
+            (Bind::Out2, v, n),
+        ];
+        self.prepare(ctx, "split_heads", d.params(), 3 * n, &slots)
     }
 
-    /// `split_heads`' backward: dq, dk, dv into the fused layout.
-    #[allow(clippy::too_many_arguments)]
+    /// `split_heads`' backward: inputs `[dq, dk, dv]` into the fused layout.
     pub fn split_heads_backward(
         &self,
         ctx: &GpuContext,
-        enc: &mut wgpu::CommandEncoder,
         [dq, dk, dv]: [&wgpu::Buffer; 3],
         dqkv: &wgpu::Buffer,
-        count: usize,
-        tokens: usize,
-        heads: usize,
-        hd: usize,
-    ) -> Result<()> {
-        let n = count * tokens * heads * hd;
-        let slots = [(1, dq, n), (2, dk, n), (3, dv, n), (4, dqkv, 3 * n)];
-        let p = Self::heads_params(tokens, heads, hd);
-        self.run(ctx, enc, "split_heads_backward", p, 3 * n, &slots)
+        d: HeadDims,
+    ) -> Result<LayerDispatch> {
+        let n = d.len();
+        let slots = [
+            (Bind::In0, dq, n),
+            (Bind::In1, dk, n),
+            (Bind::In2, dv, n),
+            (Bind::Out0, dqkv, 3 * n),
+        ];
+        self.prepare(ctx, "split_heads_backward", d.params(), 3 * n, &slots)
     }
 
     /// `[count, heads, tokens, hd]` to `[count, tokens, heads * hd]`.
-    #[allow(clippy::too_many_arguments)]
     pub fn merge_heads(
         &self,
         ctx: &GpuContext,
-        enc: &mut wgpu::CommandEncoder,
         x: &wgpu::Buffer,
         out: &wgpu::Buffer,
-        count: usize,
-        tokens: usize,
-        heads: usize,
-        hd: usize,
-    ) -> Result<()> {
-        let n = count * tokens * heads * hd;
-        let p = Self::heads_params(tokens, heads, hd);
-        self.run(ctx, enc, "merge_heads", p, n, &[(1, x, n), (4, out, n)])
+        d: HeadDims,
+    ) -> Result<LayerDispatch> {
+        let n = d.len();
+        let slots = [(Bind::In0, x, n), (Bind::Out0, out, n)];
+        self.prepare(ctx, "merge_heads", d.params(), n, &slots)
     }
 
     /// `merge_heads`' backward.
-    #[allow(clippy::too_many_arguments)]
     pub fn merge_heads_backward(
         &self,
         ctx: &GpuContext,
-        enc: &mut wgpu::CommandEncoder,
         dy: &wgpu::Buffer,
         dx: &wgpu::Buffer,
-        count: usize,
-        tokens: usize,
-        heads: usize,
-        hd: usize,
-    ) -> Result<()> {
-        let n = count * tokens * heads * hd;
-        let p = Self::heads_params(tokens, heads, hd);
-        self.run(
-            ctx,
-            enc,
-            "merge_heads_backward",
-            p,
-            n,
-            &[(1, dy, n), (4, dx, n)],
-        )
+        d: HeadDims,
+    ) -> Result<LayerDispatch> {
+        let n = d.len();
+        let slots = [(Bind::In0, dy, n), (Bind::Out0, dx, n)];
+        self.prepare(ctx, "merge_heads_backward", d.params(), n, &slots)
+    }
+}
+
+impl From<LinearDims> for LayerParams {
+    fn from(d: LinearDims) -> Self {
+        LayerParams {
+            rows: d.rows as u32,
+            inp: d.inp as u32,
+            out: d.out as u32,
+            ..Default::default()
+        }
+    }
+}
+
+impl From<RowDims> for LayerParams {
+    fn from(d: RowDims) -> Self {
+        LayerParams {
+            dim: d.dim as u32,
+            ..Default::default()
+        }
+    }
+}
+
+impl From<TokenDims> for LayerParams {
+    fn from(d: TokenDims) -> Self {
+        LayerParams {
+            tokens: d.tokens as u32,
+            dim: d.dim as u32,
+            ..Default::default()
+        }
     }
 }
 
@@ -625,3 +630,24 @@ pub const LAYER_ENTRIES: [&str; 19] = [
     "merge_heads",
     "merge_heads_backward",
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layer_params_match_the_wgsl_struct_size() {
+        // 12 u32 fields; a uniform struct must be a multiple of 16 bytes.
+        assert_eq!(std::mem::size_of::<LayerParams>(), 48);
+    }
+
+    #[test]
+    fn the_header_declares_every_binding_once() {
+        let h = wgsl_header();
+        let mut seen: Vec<u32> = Bind::ALL.iter().map(|&(b, _)| b as u32).collect();
+        seen.sort_unstable();
+        assert_eq!(seen, (0..8).collect::<Vec<u32>>());
+        assert!(h.contains("const LAYER_WG: u32 = 64u;"));
+        assert!(h.contains("const BIND_IN3: u32 = 7u;"));
+    }
+}

@@ -197,7 +197,7 @@ impl Spec {
 pub fn source(family: Family, spec: Spec) -> String {
     #[cfg(feature = "vit")]
     if family == Family::Layers {
-        return LAYERS.to_string();
+        return format!("{}{LAYERS}", super::layers::wgsl_header());
     }
     let key_tile = spec.key_tile();
     let back_tile = spec.back_tile();

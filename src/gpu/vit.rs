@@ -1,9 +1,13 @@
 //! The FMA vision transformer on the GPU: the layers of shaders/layers.wgsl around one FMA
-//! plan per block, encoded into one command buffer per batch of images.
+//! plan per block. Every layer dispatch (its uniform and bind group) is prepared in `new`; a
+//! forward writes the images, records the prepared work into one command buffer and reads
+//! back the logits.
 
 use super::context::GpuContext;
 use super::host::{readback, storage};
-use super::layers::LayerKernels;
+use super::layers::{
+    HeadDims, LayerDispatch, LayerKernels, LinearDims, PatchDims, RowDims, TokenDims,
+};
 use super::plan::{AttentionIo, FmaPlan};
 use crate::config::Shape;
 use crate::error::{FmaError, Result};
@@ -13,12 +17,13 @@ use crate::model::{VitConfig, VitWeights};
 /// A model on the GPU for batches of up to `batch` images.
 pub struct VitGpu {
     config: VitConfig,
-    index: ParamIndex,
     batch: usize,
-    layers: LayerKernels,
-    params: Vec<wgpu::Buffer>,
+    /// The weights, bound by `steps`.
+    _params: Vec<wgpu::Buffer>,
     plans: Vec<FmaPlan>,
     act: Activations,
+    /// The forward's layer dispatches and attention, prepared once.
+    steps: Vec<Step>,
     /// Staging for the logits.
     read: wgpu::Buffer,
 }
@@ -64,7 +69,7 @@ impl VitGpu {
         if batch == 0 {
             return Err(FmaError::Model("batch must be at least 1".into()));
         }
-        let params = weights
+        let params: Vec<wgpu::Buffer> = weights
             .params
             .tensors
             .iter()
@@ -114,15 +119,16 @@ impl VitGpu {
             pooled: buf("vit pooled", batch * d),
             logits: buf("vit logits", batch * config.classes),
         };
+        let index = config.index()?;
+        let steps = prepare_steps(ctx, &config, &index, &params, &act, batch)?;
         Ok(VitGpu {
-            index: config.index()?,
             read: readback(ctx, f(batch * config.classes)),
             config,
             batch,
-            layers: LayerKernels::new(ctx)?,
-            params,
+            _params: params,
             plans,
             act,
+            steps,
         })
     }
 
@@ -176,133 +182,166 @@ impl VitGpu {
         pollster::block_on(self.logits(ctx, images))
     }
 
-    /// Records the forward of one full batch from `images` to `logits`.
+    /// Records the forward of one full batch from `images` to `logits`: each run of layer
+    /// kernels in one compute pass, each block's attention as its plan records it.
     fn encode(&self, ctx: &GpuContext, enc: &mut wgpu::CommandEncoder) -> Result<()> {
-        let cfg = &self.config;
-        let (b, t, d, h, hd) = (self.batch, cfg.tokens(), cfg.dim, cfg.heads, cfg.head_dim());
-        let rows = b * t;
-        let (a, p, ix, l) = (&self.act, &self.params, &self.index, &self.layers);
+        let a = &self.act;
+        let io = AttentionIo {
+            q: &a.q,
+            k: &a.k,
+            v: &a.v,
+            o: &a.o,
+            lse: &a.lse,
+        };
+        for step in &self.steps {
+            match step {
+                Step::Layers(dispatches) => {
+                    let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                        label: Some("vit layers"),
+                        timestamp_writes: None,
+                    });
+                    for d in dispatches {
+                        d.record(&mut pass);
+                    }
+                }
+                Step::Attention(block) => {
+                    let plan = self.plans.get(*block).ok_or_else(|| {
+                        FmaError::Model(format!("no attention plan for block {block}"))
+                    })?;
+                    plan.encode(ctx, enc, &io)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The forward of one batch as prepared work: runs of layer dispatches (one compute pass each)
+/// between the blocks' attention.
+enum Step {
+    Layers(Vec<LayerDispatch>),
+    Attention(usize),
+}
+
+/// Prepares every layer dispatch of the forward (uniforms and bind groups made here, once).
+fn prepare_steps(
+    ctx: &GpuContext,
+    config: &VitConfig,
+    index: &ParamIndex,
+    params: &[wgpu::Buffer],
+    a: &Activations,
+    batch: usize,
+) -> Result<Vec<Step>> {
+    let l = LayerKernels::new(ctx)?;
+    let (t, d) = (config.tokens(), config.dim);
+    let rows = batch * t;
+    let p = |i: usize| {
+        params
+            .get(i)
+            .ok_or_else(|| FmaError::Model(format!("weights have no tensor {i}")))
+    };
+    let linear = |inp, out| LinearDims { rows, inp, out };
+    let norm = RowDims { rows, dim: d };
+    let heads = HeadDims {
+        count: batch,
+        tokens: t,
+        heads: config.heads,
+        hd: config.head_dim(),
+    };
+    let tokens = TokenDims {
+        count: batch,
+        tokens: t,
+        dim: d,
+    };
+    let mut steps = Vec::new();
+    let mut run = vec![
         l.patches(
-            ctx, enc, &a.images, &a.patches, b, cfg.canvas, cfg.patch, cfg.window,
-        )?;
+            ctx,
+            &a.images,
+            &a.patches,
+            PatchDims {
+                count: batch,
+                side: config.canvas,
+                stride: config.patch,
+                window: config.window,
+            },
+        )?,
         l.linear(
             ctx,
-            enc,
-            &a.patches,
-            &p[ix.patch[0]],
-            &p[ix.patch[1]],
+            [&a.patches, p(index.patch[0])?, p(index.patch[1])?],
             &a.x,
-            rows,
-            cfg.patch_pixels(),
-            d,
-        )?;
-        l.add_position(ctx, enc, &a.x, &p[ix.pos], b, t, d)?;
-        for (bi, blk) in ix.blocks.iter().enumerate() {
+            linear(config.patch_pixels(), d),
+        )?,
+        l.add_position(ctx, &a.x, p(index.pos)?, tokens)?,
+    ];
+    for (bi, blk) in index.blocks.iter().enumerate() {
+        run.extend([
             l.layer_norm(
                 ctx,
-                enc,
-                &a.x,
-                &p[blk.ln1[0]],
-                &p[blk.ln1[1]],
-                &a.a,
-                &a.stats,
-                rows,
-                d,
-            )?;
+                [&a.x, p(blk.ln1[0])?, p(blk.ln1[1])?],
+                [&a.a, &a.stats],
+                norm,
+            )?,
             l.linear(
                 ctx,
-                enc,
-                &a.a,
-                &p[blk.qkv[0]],
-                &p[blk.qkv[1]],
+                [&a.a, p(blk.qkv[0])?, p(blk.qkv[1])?],
                 &a.qkv,
-                rows,
-                d,
-                3 * d,
-            )?;
-            l.split_heads(ctx, enc, &a.qkv, [&a.q, &a.k, &a.v], b, t, h, hd)?;
-            self.plans[bi].encode(
-                ctx,
-                enc,
-                &AttentionIo {
-                    q: &a.q,
-                    k: &a.k,
-                    v: &a.v,
-                    o: &a.o,
-                    lse: &a.lse,
-                },
-            )?;
-            l.merge_heads(ctx, enc, &a.o, &a.merged, b, t, h, hd)?;
+                linear(d, 3 * d),
+            )?,
+            l.split_heads(ctx, &a.qkv, [&a.q, &a.k, &a.v], heads)?,
+        ]);
+        steps.push(Step::Layers(std::mem::take(&mut run)));
+        steps.push(Step::Attention(bi));
+        run.extend([
+            l.merge_heads(ctx, &a.o, &a.merged, heads)?,
             l.linear(
                 ctx,
-                enc,
-                &a.merged,
-                &p[blk.proj[0]],
-                &p[blk.proj[1]],
+                [&a.merged, p(blk.proj[0])?, p(blk.proj[1])?],
                 &a.y,
-                rows,
-                d,
-                d,
-            )?;
-            l.add_into(ctx, enc, &a.x, &a.y, rows * d)?;
+                linear(d, d),
+            )?,
+            l.add_into(ctx, &a.x, &a.y, rows * d)?,
             l.layer_norm(
                 ctx,
-                enc,
-                &a.x,
-                &p[blk.ln2[0]],
-                &p[blk.ln2[1]],
-                &a.a,
-                &a.stats,
-                rows,
-                d,
-            )?;
+                [&a.x, p(blk.ln2[0])?, p(blk.ln2[1])?],
+                [&a.a, &a.stats],
+                norm,
+            )?,
             l.linear(
                 ctx,
-                enc,
-                &a.a,
-                &p[blk.fc1[0]],
-                &p[blk.fc1[1]],
+                [&a.a, p(blk.fc1[0])?, p(blk.fc1[1])?],
                 &a.hidden,
-                rows,
-                d,
-                cfg.mlp,
-            )?;
-            l.gelu(ctx, enc, &a.hidden, &a.hidden_act, rows * cfg.mlp)?;
+                linear(d, config.mlp),
+            )?,
+            l.gelu(ctx, &a.hidden, &a.hidden_act, rows * config.mlp)?,
             l.linear(
                 ctx,
-                enc,
-                &a.hidden_act,
-                &p[blk.fc2[0]],
-                &p[blk.fc2[1]],
+                [&a.hidden_act, p(blk.fc2[0])?, p(blk.fc2[1])?],
                 &a.y,
-                rows,
-                cfg.mlp,
-                d,
-            )?;
-            l.add_into(ctx, enc, &a.x, &a.y, rows * d)?;
-        }
+                linear(config.mlp, d),
+            )?,
+            l.add_into(ctx, &a.x, &a.y, rows * d)?,
+        ]);
+    }
+    run.extend([
         l.layer_norm(
             ctx,
-            enc,
-            &a.x,
-            &p[ix.norm[0]],
-            &p[ix.norm[1]],
-            &a.a,
-            &a.stats,
-            rows,
-            d,
-        )?;
-        l.mean_pool(ctx, enc, &a.a, &a.pooled, b, t, d)?;
+            [&a.x, p(index.norm[0])?, p(index.norm[1])?],
+            [&a.a, &a.stats],
+            norm,
+        )?,
+        l.mean_pool(ctx, &a.a, &a.pooled, tokens)?,
         l.linear(
             ctx,
-            enc,
-            &a.pooled,
-            &p[ix.head[0]],
-            &p[ix.head[1]],
+            [&a.pooled, p(index.head[0])?, p(index.head[1])?],
             &a.logits,
-            b,
-            d,
-            cfg.classes,
-        )
-    }
+            LinearDims {
+                rows: batch,
+                inp: d,
+                out: config.classes,
+            },
+        )?,
+    ]);
+    steps.push(Step::Layers(run));
+    Ok(steps)
 }
