@@ -4,8 +4,8 @@
 // From tokens: `downsample_mean` for level 1, one workgroup per (head, coarse row); and
 // `downsample_basis` and `downsample_depthwise` for all levels, one workgroup per (head, cell,
 // block of up to ROW_BLOCK rows), reading the cell's tokens once for the whole block. The
-// REDUCE_THREADS invocations split as HEAD_TILE channels x LANES lanes; each lane sums a
-// strided share of the tokens for its channel, and the lanes are reduced in workgroup memory.
+// DS_THREADS invocations split as HEAD_TILE channels x LANES lanes; each lane sums a strided
+// share of the tokens for its channel, and the lanes are reduced in workgroup memory.
 // Reads of K and V are contiguous across channels.
 // From the finer level (`downsample_mean_merge`, levels >= 2, one dispatch per level): the
 // mean of a segment is the count-weighted mean of the 2 (1D) or 4 (2D) finer segments that
@@ -22,10 +22,11 @@ struct RowRange {
 }
 @group(0) @binding(B_ROW_RANGE) var<uniform> range: RowRange;
 
-const LANES: u32 = REDUCE_THREADS / HEAD_TILE;
+const LANES: u32 = DOWNSAMPLE_LANES;
+const DS_THREADS: u32 = HEAD_TILE * LANES;
 
-var<workgroup> red_k: array<f32, REDUCE_THREADS>;
-var<workgroup> red_v: array<f32, REDUCE_THREADS>;
+var<workgroup> red_k: array<f32, DS_THREADS>;
+var<workgroup> red_v: array<f32, DS_THREADS>;
 
 struct Group {
     head: u32,
@@ -165,7 +166,7 @@ fn learned_entry(w: u32, lid: u32, depthwise: bool) {
     learned_rows(w / range.count, item / blocks, (item % blocks) * ROW_BLOCK, lid, depthwise);
 }
 
-@compute @workgroup_size(REDUCE_THREADS)
+@compute @workgroup_size(DS_THREADS)
 fn downsample_mean(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
@@ -177,7 +178,7 @@ fn downsample_mean(
     }
 }
 
-@compute @workgroup_size(REDUCE_THREADS)
+@compute @workgroup_size(DS_THREADS)
 fn downsample_basis(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
@@ -189,7 +190,7 @@ fn downsample_basis(
     }
 }
 
-@compute @workgroup_size(REDUCE_THREADS)
+@compute @workgroup_size(DS_THREADS)
 fn downsample_depthwise(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,

@@ -36,6 +36,12 @@ pub(crate) const WG_ELEMENTS: u32 = 64;
 pub(crate) const REDUCE_THREADS: u32 = 256;
 /// Rows of one cell that a learned-downsampling workgroup computes together.
 pub(crate) const ROW_BLOCK: u32 = 4;
+/// Lanes per channel of a downsampling workgroup (HEAD_TILE x DOWNSAMPLE_LANES invocations).
+/// One lane: no reduction across lanes, so no barrier. With 256 invocations (1 to 16 lanes)
+/// barriers made downsampling 70% of the ViT's time on SwiftShader (75 ms of 106 per digit,
+/// 4.3 ms with one lane) and it was no faster on lavapipe. A GPU with long learned groups
+/// may want more lanes: measure there (`multipole bench`) before raising it.
+pub(crate) const DOWNSAMPLE_LANES: u32 = 1;
 
 /// Declares the binding indices of group 0 once: as Rust constants in `binding`, and as the
 /// `B_<NAME>` list written into every attention family's header. Each buffer role has its own
@@ -218,6 +224,7 @@ pub fn source(family: Family, spec: Spec) -> String {
         ("WG_ELEMENTS", WG_ELEMENTS),
         ("REDUCE_THREADS", REDUCE_THREADS),
         ("ROW_BLOCK", ROW_BLOCK),
+        ("DOWNSAMPLE_LANES", DOWNSAMPLE_LANES),
     ];
     let mut header = String::new();
     for (name, value) in consts.iter().chain(BINDINGS) {
