@@ -370,7 +370,7 @@ fn bad_buffers_are_errors() {
         .unwrap();
     assert!(err.to_string().contains("at least 160 bytes"), "{err}");
     let err = k.add_into(ctx, &big, &big, 10).err().unwrap();
-    assert!(err.to_string().contains("used twice"), "{err}");
+    assert!(err.to_string().contains("bound twice"), "{err}");
     let patches = |side, stride, window| PatchDims {
         count: 1,
         side,

@@ -3,6 +3,7 @@
 //! `LayerDispatch` (pipeline, bind group with its own uniform, grid) made once and recorded as
 //! often as wanted; nothing is submitted.
 
+use super::buffers;
 use super::context::GpuContext;
 use super::params::{bind, grid};
 use super::shaders::{Family, Spec};
@@ -200,26 +201,24 @@ impl LayerKernels {
         len: usize,
         slots: &[Slot<'_>],
     ) -> Result<LayerDispatch> {
-        for &(binding, buf, need) in slots {
-            if buf.size() < (need * 4) as u64 {
-                return Err(FmaError::BadShape {
-                    what: format!("{entry} buffer at binding {}", binding as u32),
-                    expected: format!("at least {} bytes ({need} f32)", need * 4),
-                    got: format!("{} bytes", buf.size()),
-                });
-            }
-        }
-        // WebGPU forbids a buffer bound as read-only and writable in one dispatch.
-        let writes = slots.iter().filter(|s| Bind::OUTPUTS.contains(&s.0));
-        for w in writes {
-            if slots.iter().any(|s| s.0 != w.0 && s.1 == w.1) {
-                return Err(FmaError::BadShape {
-                    what: format!("{entry} buffers"),
-                    expected: "outputs distinct from inputs and from each other".into(),
-                    got: "a buffer used twice".into(),
-                });
-            }
-        }
+        // The one check of bound buffers (sizes, STORAGE usage, a written buffer bound once).
+        let names: Vec<String> = slots
+            .iter()
+            .map(|&(binding, _, _)| format!("{entry} binding {}", binding as u32))
+            .collect();
+        let checked: Vec<buffers::Slot<'_>> = slots
+            .iter()
+            .zip(&names)
+            .map(|(&(binding, buf, need), name)| {
+                let bytes = (need as u64).saturating_mul(4);
+                if Bind::OUTPUTS.contains(&binding) {
+                    buffers::Slot::written(name, buf, bytes)
+                } else {
+                    buffers::Slot::read(name, buf, bytes)
+                }
+            })
+            .collect();
+        buffers::check(&checked)?;
         let pipeline = ctx.pipeline(Family::Layers, entry, self.spec)?;
         if len == 0 {
             return Ok(LayerDispatch {

@@ -73,19 +73,14 @@ fn compare(extra: &[String]) -> Result {
     )
 }
 
+/// `cargo run` of the release CLI (the binary needs the `cli` feature); its arguments follow.
+const RUN_CLI: [&str; 6] = ["run", "--release", "--quiet", "--features", "cli", "--"];
+
 /// The full sweep (FMA 1K..256K and images to 256x256, dense where it fits) into target/bench/.
 fn bench(extra: &[String]) -> Result {
     ensure_vulkan()?;
     std::fs::create_dir_all("target/bench").map_err(|e| format!("target/bench: {e}"))?;
-    let mut args = vec![
-        "run",
-        "--release",
-        "--quiet",
-        "--features",
-        "cli",
-        "--",
-        "bench",
-    ];
+    let mut args = [&RUN_CLI[..], &["bench"]].concat();
     if extra.is_empty() {
         args.extend([
             "--json",
@@ -255,17 +250,7 @@ fn train() -> Result {
     ensure_mnist()?;
     for (name, extra) in [("fma", None), ("dense", Some("--dense"))] {
         let out = format!("web/models/{name}-vit-mnist.safetensors");
-        let mut args = vec![
-            "run",
-            "--release",
-            "--quiet",
-            "--features",
-            "cli",
-            "--",
-            "train-mnist",
-            "--out",
-            &out,
-        ];
+        let mut args = [&RUN_CLI[..], &["train-mnist", "--out", &out]].concat();
         args.extend(extra);
         cargo(&args)?;
     }
