@@ -45,6 +45,11 @@ pub fn check() -> Result {
             target,
         ])?;
     }
+    // Each library feature builds on its own, not only as part of --all-features (cli is
+    // all of them but web, which only wasm32 compiles).
+    for feature in ["safetensors", "vit"] {
+        cargo(&["check", "--all-targets", "--features", feature])?;
+    }
     // The browser demo's bindings build for wasm32 (the page itself is built later).
     cargo(&[
         "check",
