@@ -78,6 +78,11 @@ try {
   const perDigit = timings.map((t) => t.toFixed(1));
   console.log(`demo: inference ${median(timings).toFixed(1)} ms per digit (median of 10 on ${status.replace(/^Ready: /, '')}; runs ${perDigit.join(', ')})`);
 
+  step = 'clear';
+  // A blank pad is no digit: the page says so instead of naming a class.
+  await page.click('#clear');
+  await page.waitForFunction(() => document.getElementById('prediction').textContent === 'no digit found', null, { timeout: 60_000 });
+
   step = 'draw a 7';
   const seven = await draw([[[70, 60], [210, 60], [120, 240]]]);
   check(seven === '7', `a drawn 7 was classified as ${seven}`);
