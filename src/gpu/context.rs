@@ -336,13 +336,16 @@ impl GpuContext {
         rx.await
             .map_err(|_| FmaError::Gpu("the device was lost before the readback finished".into()))?
             .map_err(|e| FmaError::Gpu(e.to_string()))?;
-        self.settle().await?;
-        self.take_error()?;
+        // Copy and unmap before anything can return early: the readback buffers are reused,
+        // and one left mapped would fail every later call on the plan.
         let out = buffer
             .get_mapped_range(0..bytes)
-            .map_err(|e| FmaError::Gpu(e.to_string()))?
-            .to_vec();
+            .map(|range| range.to_vec())
+            .map_err(|e| FmaError::Gpu(e.to_string()));
         buffer.unmap();
+        self.settle().await?;
+        self.take_error()?;
+        let out = out?;
         Ok(out)
     }
 }

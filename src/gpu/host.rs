@@ -39,12 +39,18 @@ impl Drop for BusyGuard<'_> {
 
 impl<B> HostSlot<B> {
     /// The buffers (made by `make` on first use), or `Busy` while another call holds them.
-    pub fn acquire(&self, make: impl FnOnce() -> B) -> Result<(&B, BusyGuard<'_>)> {
+    /// Buffers that `make` fails to create are not kept: the next call tries again.
+    pub fn acquire(&self, make: impl FnOnce() -> Result<B>) -> Result<(&B, BusyGuard<'_>)> {
         if self.busy.swap(true, Ordering::Acquire) {
             return Err(FmaError::Busy);
         }
         let guard = BusyGuard(&self.busy);
-        Ok((self.buffers.get_or_init(make), guard))
+        if let Some(b) = self.buffers.get() {
+            return Ok((b, guard));
+        }
+        // The busy flag keeps a second caller out, so nothing else can fill the cell here.
+        let made = make()?;
+        Ok((self.buffers.get_or_init(|| made), guard))
     }
 }
 
@@ -118,12 +124,14 @@ impl<const N: usize, const M: usize> HostSlot<Staging<N, M>> {
         // errors come back from the readback, not from the owner's handler.
         let (host, _busy) = self.acquire(|| {
             let bytes = |e: Extent| (e.span(shape, 0, chunks.per_chunk()).len() * 4) as u64;
-            ctx.scoped(|| Staging {
+            let staging = ctx.scoped(|| Staging {
                 inputs: inputs.map(|(name, e, _)| storage(ctx, name, bytes(e), true)),
                 outputs: outputs.map(|(name, e)| {
                     (storage(ctx, name, bytes(e), false), readback(ctx, bytes(e)))
                 }),
-            })
+            });
+            ctx.take_error()?;
+            Ok(staging)
         })?;
         let mut out: [Vec<f32>; M] =
             outputs.map(|(_, e)| Vec::with_capacity(e.span(shape, 0, shape.bh()).len()));

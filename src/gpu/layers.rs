@@ -132,6 +132,71 @@ pub struct PatchDims {
     pub window: usize,
 }
 
+/// The product of `factors`, or `LimitExceeded` when it (or a factor) does not fit the
+/// kernels' 32-bit indices: the sizes below are multiplied without further checks.
+fn fits(what: &str, factors: &[usize]) -> Result<usize> {
+    let product = factors
+        .iter()
+        .try_fold(1usize, |a, &f| a.checked_mul(f))
+        .filter(|&p| p <= u32::MAX as usize && factors.iter().all(|&f| f <= u32::MAX as usize));
+    product.ok_or_else(|| FmaError::LimitExceeded {
+        what: format!("{what} {factors:?} (32-bit indices on the GPU)"),
+        needed: factors
+            .iter()
+            .fold(1u64, |a, &f| a.saturating_mul(f as u64)),
+        limit: u32::MAX as u64,
+        hint: "use a smaller batch or smaller layers".into(),
+    })
+}
+
+impl LinearDims {
+    fn check(&self) -> Result<()> {
+        fits("linear rows x inputs", &[self.rows, self.inp])?;
+        fits("linear inputs x outputs", &[self.inp, self.out])?;
+        fits("linear rows x outputs", &[self.rows, self.out]).map(drop)
+    }
+}
+
+impl RowDims {
+    fn check(&self) -> Result<()> {
+        fits("rows x values", &[self.rows, self.dim])?;
+        fits("rows x 2 statistics", &[self.rows, 2]).map(drop)
+    }
+}
+
+impl TokenDims {
+    fn check(&self) -> Result<()> {
+        fits(
+            "images x tokens x values",
+            &[self.count, self.tokens, self.dim],
+        )
+        .map(drop)
+    }
+}
+
+impl HeadDims {
+    fn check(&self) -> Result<()> {
+        // q, k and v side by side: 3 x what one of them holds.
+        fits(
+            "images x tokens x heads x head values x 3",
+            &[self.count, self.tokens, self.heads, self.hd, 3],
+        )
+        .map(drop)
+    }
+}
+
+impl PatchDims {
+    fn check(&self) -> Result<()> {
+        fits("images x side x side", &[self.count, self.side, self.side])?;
+        let grid = self.side / self.stride.max(1);
+        fits(
+            "images x tokens x window pixels",
+            &[self.count, grid, grid, self.window, self.window],
+        )
+        .map(drop)
+    }
+}
+
 /// One layer kernel bound to its buffers and shape: record it into any number of passes.
 pub struct LayerDispatch {
     entry: &'static str,
@@ -239,14 +304,18 @@ impl LayerKernels {
             (len as u64).div_ceil(LAYER_WG as u64),
             ctx.limits().max_compute_workgroups_per_dimension,
         )?;
-        let uniform = ctx.buffer_with(
-            "layer params",
-            bytemuck::bytes_of(&p),
-            wgpu::BufferUsages::UNIFORM,
-        );
-        let mut buffers: Vec<(u32, &wgpu::Buffer)> = vec![(Bind::Params as u32, &uniform)];
-        buffers.extend(slots.iter().map(|&(b, buf, _)| (b as u32, buf)));
-        let group = bind(ctx, entry, &pipeline, &buffers);
+        // In error scopes, so that a shared device's errors come back from `take_error`.
+        let (uniform, group) = ctx.scoped(|| {
+            let uniform = ctx.buffer_with(
+                "layer params",
+                bytemuck::bytes_of(&p),
+                wgpu::BufferUsages::UNIFORM,
+            );
+            let mut buffers: Vec<(u32, &wgpu::Buffer)> = vec![(Bind::Params as u32, &uniform)];
+            buffers.extend(slots.iter().map(|&(b, buf, _)| (b as u32, buf)));
+            let group = bind(ctx, entry, &pipeline, &buffers);
+            (uniform, group)
+        });
         Ok(LayerDispatch {
             entry,
             pipeline,
@@ -265,6 +334,7 @@ impl LayerKernels {
         y: &wgpu::Buffer,
         d: LinearDims,
     ) -> Result<LayerDispatch> {
+        d.check()?;
         let slots = [
             (Bind::In0, x, d.rows * d.inp),
             (Bind::In1, w, d.inp * d.out),
@@ -283,6 +353,7 @@ impl LayerKernels {
         dx: &wgpu::Buffer,
         d: LinearDims,
     ) -> Result<LayerDispatch> {
+        d.check()?;
         let slots = [
             (Bind::In0, dy, d.rows * d.out),
             (Bind::In1, w, d.inp * d.out),
@@ -301,6 +372,7 @@ impl LayerKernels {
         [dw, db]: [&wgpu::Buffer; 2],
         d: LinearDims,
     ) -> Result<LayerDispatch> {
+        d.check()?;
         let slots = [
             (Bind::In0, x, d.rows * d.inp),
             (Bind::In1, dy, d.rows * d.out),
@@ -320,6 +392,7 @@ impl LayerKernels {
         [y, stats]: [&wgpu::Buffer; 2],
         d: RowDims,
     ) -> Result<LayerDispatch> {
+        d.check()?;
         let n = d.rows * d.dim;
         let slots = [
             (Bind::In0, x, n),
@@ -339,6 +412,7 @@ impl LayerKernels {
         dx: &wgpu::Buffer,
         d: RowDims,
     ) -> Result<LayerDispatch> {
+        d.check()?;
         let n = d.rows * d.dim;
         let slots = [
             (Bind::In0, x, n),
@@ -358,6 +432,7 @@ impl LayerKernels {
         [dg, db]: [&wgpu::Buffer; 2],
         d: RowDims,
     ) -> Result<LayerDispatch> {
+        d.check()?;
         let n = d.rows * d.dim;
         let slots = [
             (Bind::In0, x, n),
@@ -409,6 +484,7 @@ impl LayerKernels {
         y: &wgpu::Buffer,
         d: RowDims,
     ) -> Result<LayerDispatch> {
+        d.check()?;
         let n = d.rows * d.dim;
         let slots = [(Bind::In0, x, n), (Bind::Out0, y, n)];
         self.prepare(ctx, "softmax_forward", d.into(), d.rows, &slots)
@@ -422,6 +498,7 @@ impl LayerKernels {
         dx: &wgpu::Buffer,
         d: RowDims,
     ) -> Result<LayerDispatch> {
+        d.check()?;
         let n = d.rows * d.dim;
         let slots = [(Bind::In0, y, n), (Bind::In1, dy, n), (Bind::Out0, dx, n)];
         self.prepare(ctx, "softmax_backward", d.into(), d.rows, &slots)
@@ -435,6 +512,7 @@ impl LayerKernels {
         out: &wgpu::Buffer,
         d: PatchDims,
     ) -> Result<LayerDispatch> {
+        d.check()?;
         let PatchDims {
             count,
             side,
@@ -469,6 +547,7 @@ impl LayerKernels {
         pos: &wgpu::Buffer,
         d: TokenDims,
     ) -> Result<LayerDispatch> {
+        d.check()?;
         let n = d.count * d.tokens * d.dim;
         let slots = [(Bind::In0, pos, d.tokens * d.dim), (Bind::Out0, x, n)];
         self.prepare(ctx, "add_position", d.into(), n, &slots)
@@ -494,6 +573,7 @@ impl LayerKernels {
         out: &wgpu::Buffer,
         d: TokenDims,
     ) -> Result<LayerDispatch> {
+        d.check()?;
         let slots = [
             (Bind::In0, x, d.count * d.tokens * d.dim),
             (Bind::Out0, out, d.count * d.dim),
@@ -509,6 +589,7 @@ impl LayerKernels {
         dx: &wgpu::Buffer,
         d: TokenDims,
     ) -> Result<LayerDispatch> {
+        d.check()?;
         let n = d.count * d.tokens * d.dim;
         let slots = [(Bind::In0, dy, d.count * d.dim), (Bind::Out0, dx, n)];
         self.prepare(ctx, "mean_pool_backward", d.into(), n, &slots)
@@ -522,6 +603,7 @@ impl LayerKernels {
         [q, k, v]: [&wgpu::Buffer; 3],
         d: HeadDims,
     ) -> Result<LayerDispatch> {
+        d.check()?;
         let n = d.len();
         let slots = [
             (Bind::In0, qkv, 3 * n),
@@ -540,6 +622,7 @@ impl LayerKernels {
         dqkv: &wgpu::Buffer,
         d: HeadDims,
     ) -> Result<LayerDispatch> {
+        d.check()?;
         let n = d.len();
         let slots = [
             (Bind::In0, dq, n),
@@ -558,6 +641,7 @@ impl LayerKernels {
         out: &wgpu::Buffer,
         d: HeadDims,
     ) -> Result<LayerDispatch> {
+        d.check()?;
         let n = d.len();
         let slots = [(Bind::In0, x, n), (Bind::Out0, out, n)];
         self.prepare(ctx, "merge_heads", d.params(), n, &slots)
@@ -571,6 +655,7 @@ impl LayerKernels {
         dx: &wgpu::Buffer,
         d: HeadDims,
     ) -> Result<LayerDispatch> {
+        d.check()?;
         let n = d.len();
         let slots = [(Bind::In0, dy, n), (Bind::Out0, dx, n)];
         self.prepare(ctx, "merge_heads_backward", d.params(), n, &slots)

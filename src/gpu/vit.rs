@@ -52,6 +52,14 @@ struct Activations {
 impl VitGpu {
     /// Uploads `weights` and prepares every kernel for batches of up to `batch` images.
     pub fn new(ctx: &GpuContext, weights: &VitWeights, batch: usize) -> Result<VitGpu> {
+        // In error scopes, so that a device shared through `from_device` reports the model's
+        // errors (out of memory, most likely) here rather than to its owner's handler.
+        let model = ctx.scoped(|| Self::build(ctx, weights, batch))?;
+        ctx.take_error()?;
+        Ok(model)
+    }
+
+    fn build(ctx: &GpuContext, weights: &VitWeights, batch: usize) -> Result<VitGpu> {
         let config = weights.config.clone();
         let infos = config.params()?;
         if weights.params.tensors.len() != infos.len()
@@ -156,17 +164,20 @@ impl VitGpu {
             let mut padded = chunk.to_vec();
             // The plans are built for whole batches; the padding images are ignored.
             padded.resize(self.batch * px, 0.0);
-            ctx.queue
-                .write_buffer(&self.act.images, 0, bytemuck::cast_slice(&padded));
-            let mut encoder = ctx
-                .device
-                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                    label: Some("vit forward"),
-                });
-            self.encode(ctx, &mut encoder)?;
-            let bytes = (count * self.config.classes * 4) as u64;
-            encoder.copy_buffer_to_buffer(&self.act.logits, 0, &self.read, 0, bytes);
-            ctx.queue.submit([encoder.finish()]);
+            ctx.scoped(|| -> Result<()> {
+                ctx.queue
+                    .write_buffer(&self.act.images, 0, bytemuck::cast_slice(&padded));
+                let mut encoder =
+                    ctx.device
+                        .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                            label: Some("vit forward"),
+                        });
+                self.encode(ctx, &mut encoder)?;
+                let bytes = (count * self.config.classes * 4) as u64;
+                encoder.copy_buffer_to_buffer(&self.act.logits, 0, &self.read, 0, bytes);
+                ctx.queue.submit([encoder.finish()]);
+                Ok(())
+            })?;
             ctx.take_error()?;
             out.extend(
                 ctx.read_f32(&self.read, count * self.config.classes)
