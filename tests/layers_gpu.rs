@@ -4,10 +4,10 @@
 mod common;
 
 use common::{gpu, random};
-use multipole::GpuContext;
 use multipole::gpu::LayerKernels;
 use multipole::gpu::layers::{HeadDims, LinearDims, PatchDims, RowDims, TokenDims};
 use multipole::model::layers as cpu;
+use multipole::{FmaError, GpuContext};
 
 fn upload(ctx: &GpuContext, data: &[f32]) -> multipole::wgpu::Buffer {
     let buf = ctx
@@ -369,6 +369,29 @@ fn bad_buffers_are_errors() {
         .err()
         .unwrap();
     assert!(err.to_string().contains("at least 160 bytes"), "{err}");
+    // Sizes whose products overflow (or pass the kernels' 32-bit indices) are refused before
+    // anything is multiplied unchecked.
+    for dims in [
+        LinearDims {
+            rows: usize::MAX,
+            inp: 2,
+            out: 2,
+        },
+        LinearDims {
+            rows: 1 << 20,
+            inp: 1 << 12,
+            out: 1,
+        },
+    ] {
+        let err = k
+            .linear(ctx, [&big, &big, &big], &other, dims)
+            .err()
+            .unwrap();
+        assert!(
+            matches!(err, FmaError::LimitExceeded { .. }),
+            "{dims:?}: {err}"
+        );
+    }
     let err = k.add_into(ctx, &big, &big, 10).err().unwrap();
     assert!(err.to_string().contains("bound twice"), "{err}");
     let patches = |side, stride, window| PatchDims {

@@ -5,7 +5,7 @@
 use super::chunks::{Chunk, Chunks, fits_binding};
 use super::context::GpuContext;
 use super::host::{ForwardStaging, HostSlot};
-use super::params::{Params, bind, dispatch, grid};
+use super::params::{Params, bind, dispatch, grid, word};
 use super::plan::{AttentionIo, begin_pass};
 use super::shaders::{Family, MAX_QUERY_TILE, Spec, binding as B};
 use super::timing::GpuTimer;
@@ -19,6 +19,8 @@ pub struct DensePlan {
     /// Heads per dispatch: all of them unless a tensor exceeds one storage binding.
     chunks: Chunks,
     pipeline: wgpu::ComputePipeline,
+    /// Query tiles (workgroups) per head.
+    tiles: usize,
     host: HostSlot<ForwardStaging>,
 }
 
@@ -42,7 +44,7 @@ impl DensePlan {
         let spec = Spec::for_shape(shape.d, MAX_QUERY_TILE as usize)
             .ok_or(FmaError::UnsupportedHeadDim(shape.d))?;
         let limits = ctx.limits();
-        let head_bytes = (shape.n * shape.d * 4) as u64;
+        let head_bytes = (shape.n as u64).saturating_mul(shape.d as u64 * 4);
         fits_binding(
             ctx,
             "one head of Q, K, V or O",
@@ -56,8 +58,8 @@ impl DensePlan {
             limits.max_compute_workgroups_per_dimension,
         )?;
         let base = Params {
-            n: shape.n as u32,
-            d: shape.d as u32,
+            n: word("n", shape.n)?,
+            d: word("d", shape.d)?,
             causal: causal as u32,
             scale,
             ..Default::default()
@@ -69,6 +71,7 @@ impl DensePlan {
             shape,
             chunks,
             pipeline,
+            tiles,
             host: HostSlot::default(),
         })
     }
@@ -112,7 +115,7 @@ impl DensePlan {
                 (B::LSE, io.lse),
             ],
         );
-        let tiles = self.shape.n.div_ceil(MAX_QUERY_TILE as usize);
+        let tiles = self.tiles;
         let mut pass = begin_pass(encoder, "dense attention", timer, &mut 0);
         dispatch(
             ctx,

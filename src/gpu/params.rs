@@ -53,6 +53,16 @@ pub(crate) struct RowRange {
     pub _pad1: u32,
 }
 
+/// `v` as a 32-bit word of the kernels' uniform, or `LimitExceeded` (never a silent wrap).
+pub(crate) fn word(what: &str, v: usize) -> Result<u32> {
+    u32::try_from(v).map_err(|_| FmaError::LimitExceeded {
+        what: format!("{what} (a 32-bit word on the GPU)"),
+        needed: v as u64,
+        limit: u32::MAX as u64,
+        hint: "shorten the input".into(),
+    })
+}
+
 /// Splits `total` workgroups over x and y so that neither exceeds the device's per-axis limit;
 /// the shaders flatten (x, y) back and skip the surplus of the last row.
 pub(crate) fn grid(total: u64, max_per_dim: u32) -> Result<(u32, u32)> {

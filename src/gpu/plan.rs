@@ -11,7 +11,7 @@ use super::chunks::{Chunk, Chunks, fits_binding};
 use super::context::GpuContext;
 use super::downsample::{DownsampleBindings, DownsampleKernel};
 use super::host::{self, ForwardStaging, HostSlot};
-use super::params::{Params, grid};
+use super::params::{Params, grid, word};
 use super::shaders::{MAX_LEVELS, Spec};
 use super::timing::GpuTimer;
 use crate::config::{DownsampleWeights, FmaConfig, Shape};
@@ -130,9 +130,11 @@ impl FmaPlan {
         let total_rows = geometry.total_cells() * geometry.p;
         let head_bytes = (shape.n as u64) * (d as u64) * 4;
         let coarse_head_bytes = 2 * (total_rows as u64) * (d as u64) * 4;
-        let per_head = head_bytes.max(coarse_head_bytes);
+        // The backward's (LSE, D) per query is 8 n bytes a head: more than Q's when d = 1.
+        let stats_head_bytes = (shape.n as u64) * 8;
+        let per_head = head_bytes.max(coarse_head_bytes).max(stats_head_bytes);
         check(
-            "one head of Q, K, V, O or of the coarse keys and values",
+            "one head of Q, K, V, O, of the coarse keys and values or of the backward's statistics",
             per_head,
             "shorten the input, or use a smaller p",
         )?;
@@ -421,16 +423,6 @@ pub(crate) fn begin_pass<'e>(
     encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
         label: Some(label),
         timestamp_writes,
-    })
-}
-
-/// `v` as a 32-bit word of the kernels' uniform, or `LimitExceeded` (never a silent wrap).
-fn word(what: &str, v: usize) -> Result<u32> {
-    u32::try_from(v).map_err(|_| FmaError::LimitExceeded {
-        what: format!("{what} (a 32-bit word on the GPU)"),
-        needed: v as u64,
-        limit: u32::MAX as u64,
-        hint: "shorten the input".into(),
     })
 }
 

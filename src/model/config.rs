@@ -198,9 +198,19 @@ impl VitConfig {
             return Err(FmaError::UnsupportedHeadDim(self.head_dim()));
         }
         self.geometry()?;
-        // The sizes above are bounded, so these products cannot overflow.
-        let total: usize = self.param_shapes()?.iter().map(ParamInfo::len).sum();
-        if total > MAX_PARAMS {
+        // Counted in u64 and saturating: a product of bounded sizes can still pass usize on a
+        // 32-bit target (wasm32 reads weight files too). Under the limit every tensor's
+        // length fits any usize.
+        let total = self
+            .param_shapes()?
+            .iter()
+            .map(|t| {
+                t.shape
+                    .iter()
+                    .fold(1u64, |a, &x| a.saturating_mul(x as u64))
+            })
+            .fold(0u64, u64::saturating_add);
+        if total > MAX_PARAMS as u64 {
             return bad(format!(
                 "{total} parameters is over the limit of {MAX_PARAMS}: use smaller dim, mlp, depth, window or canvas"
             ));
