@@ -89,11 +89,9 @@ fn ms(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1e3
 }
 
+/// The largest difference; a NaN, an infinity or a length mismatch shows as infinite.
 fn max_err(a: &[f32], b: &[f32]) -> f32 {
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
+    multipole::compare::max_abs_diff(a, b).map_or(f32::INFINITY, |w| w.error)
 }
 
 /// Median wall time of the GPU forward alone (tensors already on the GPU).

@@ -4,8 +4,9 @@
 // From tokens: `downsample_mean` for level 1, one workgroup per (head, coarse row); and
 // `downsample_basis` and `downsample_depthwise` for all levels, one workgroup per (head, cell,
 // block of up to ROW_BLOCK rows), reading the cell's tokens once for the whole block. The
-// DS_THREADS invocations split as HEAD_TILE channels x LANES lanes; each lane sums a strided
-// share of the tokens for its channel, and the lanes are reduced in workgroup memory.
+// DS_THREADS invocations split as HEAD_TILE channels x LANES lanes (DOWNSAMPLE_LANES, 1 today:
+// a workgroup of HEAD_TILE invocations); each lane sums a strided share of the tokens for its
+// channel, and the lanes are reduced in workgroup memory.
 // Reads of K and V are contiguous across channels.
 // From the finer level (`downsample_mean_merge`, levels >= 2, one dispatch per level): the
 // mean of a segment is the count-weighted mean of the 2 (1D) or 4 (2D) finer segments that

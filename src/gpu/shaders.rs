@@ -37,9 +37,10 @@ pub(crate) const REDUCE_THREADS: u32 = 256;
 /// Rows of one cell that a learned-downsampling workgroup computes together.
 pub(crate) const ROW_BLOCK: u32 = 4;
 /// Lanes per channel of a downsampling workgroup (HEAD_TILE x DOWNSAMPLE_LANES invocations).
-/// One lane: no reduction across lanes, so no barrier. With 256 invocations (1 to 16 lanes)
-/// barriers made downsampling 70% of the ViT's time on SwiftShader (75 ms of 106 per digit,
-/// 4.3 ms with one lane) and it was no faster on lavapipe. A GPU with long learned groups
+/// One lane: workgroups of HEAD_TILE invocations instead of 256 (1 to 16 lanes reduced
+/// through workgroup memory). The large workgroups' barriers made downsampling 70% of the
+/// ViT's time on SwiftShader (75 ms of 106 per digit, 4.3 ms with one lane), and they were no
+/// faster on lavapipe. A GPU with long learned groups
 /// may want more lanes: measure there (`multipole bench`) before raising it.
 pub(crate) const DOWNSAMPLE_LANES: u32 = 1;
 
@@ -201,10 +202,6 @@ impl Spec {
 
 /// The complete WGSL text of a family for one specialisation.
 pub fn source(family: Family, spec: Spec) -> String {
-    #[cfg(feature = "vit")]
-    if family == Family::Layers {
-        return format!("{}{LAYERS}", super::layers::wgsl_header());
-    }
     let key_tile = spec.key_tile();
     let back_tile = spec.back_tile();
     let vecs = |rows: u32| rows * spec.head_tile / 4;
@@ -235,8 +232,9 @@ pub fn source(family: Family, spec: Spec) -> String {
         Family::Attention => &[COMMON, FAR_CHAIN, MERGE, ATTENTION],
         Family::AttentionBackward => &[COMMON, FAR_CHAIN, ATTENTION_BACKWARD],
         Family::DownsampleBackward => &[COMMON, DOWNSAMPLE_BACKWARD],
+        // The layers have a header of their own (layers::wgsl_header).
         #[cfg(feature = "vit")]
-        Family::Layers => &[LAYERS],
+        Family::Layers => return format!("{}{LAYERS}", super::layers::wgsl_header()),
     };
     let mut s = header;
     for p in parts {
@@ -250,7 +248,7 @@ pub fn source(family: Family, spec: Spec) -> String {
 mod tests {
     use super::*;
 
-    /// The files whose numbers come from the header; layers.wgsl is not converted yet.
+    /// The files whose numbers come from a header (layers.wgsl: with the vit feature).
     const CONVERTED: [(&str, &str); 7] = [
         ("common.wgsl", COMMON),
         ("merge.wgsl", MERGE),
@@ -276,7 +274,11 @@ mod tests {
 
     #[test]
     fn converted_shaders_name_their_bindings_and_workgroup_sizes() {
-        for (file, text) in CONVERTED {
+        #[cfg(feature = "vit")]
+        let layers = [("layers.wgsl", LAYERS)];
+        #[cfg(not(feature = "vit"))]
+        let layers: [(&str, &str); 0] = [];
+        for (file, text) in CONVERTED.into_iter().chain(layers) {
             let bare = bare_numbers(text);
             assert!(
                 bare.is_empty(),
