@@ -8,8 +8,8 @@
 // near_field writes a normalised partial (O, LSE); far_field merges its own triple into it,
 // so no intermediate beyond O and LSE is stored.
 
-@group(0) @binding(B_COARSE) var<storage, read> coarse: array<f32>;
-@group(0) @binding(B_O) var<storage, read_write> o_out: array<f32>;
+@group(0) @binding(B_COARSE) var<storage, read> coarse: array<STORE>;
+@group(0) @binding(B_O) var<storage, read_write> o_out: array<STORE>;
 @group(0) @binding(B_LSE) var<storage, read_write> lse_out: array<f32>;
 
 
@@ -19,7 +19,7 @@ fn load_query(head: u32, token: i32) -> array<vec4<f32>, HEAD_VEC> {
     for (var c = 0u; c < HEAD_TILE; c++) {
         var x = 0.0;
         if (token >= 0 && c < params.d) {
-            x = q_in[(head * params.n + u32(token)) * params.d + c] * params.scale;
+            x = f32(q_in[(head * params.n + u32(token)) * params.d + c]) * params.scale;
         }
         q[c / 4u][c % 4u] = x;
     }
@@ -77,8 +77,8 @@ fn stage_token(kk: u32, j: i32, head_base: u32, lid: u32) {
         var vx = 0.0;
         if (j >= 0 && c < params.d) {
             let at = (head_base + u32(j)) * params.d + c;
-            kx = k_in[at];
-            vx = v_in[at];
+            kx = f32(k_in[at]);
+            vx = f32(v_in[at]);
         }
         tile_store(kk, c, kx, vx);
     }
@@ -100,7 +100,7 @@ fn token_mask(token: i32) -> u32 {
 fn store_normalised(row: u32, t: Triple) {
     let inv = 1.0 / t.sum;
     for (var c = 0u; c < params.d; c++) {
-        o_out[row * params.d + c] = t.acc[c / 4u][c % 4u] * inv;
+        o_out[row * params.d + c] = STORE(t.acc[c / 4u][c % 4u] * inv);
     }
     lse_out[row] = t.max + log(t.sum);
 }
@@ -189,8 +189,8 @@ fn far_field(
                 var vx = 0.0;
                 if (row >= 0 && c < params.d) {
                     let at = (coarse_base + u32(row)) * params.d + c;
-                    kx = coarse[at];
-                    vx = coarse[params.coarse_v_base + at];
+                    kx = f32(coarse[at]);
+                    vx = f32(coarse[params.coarse_v_base + at]);
                 }
                 tile_store(kk, c, kx, vx);
             }
@@ -212,11 +212,11 @@ fn far_field(
     let row = qt.head * params.n + u32(token);
     var near: array<vec4<f32>, HEAD_VEC>;
     for (var c = 0u; c < params.d; c++) {
-        near[c / 4u][c % 4u] = o_out[row * params.d + c];
+        near[c / 4u][c % 4u] = f32(o_out[row * params.d + c]);
     }
     let lse = triple_merge_normalised(&t, &near, lse_out[row]);
     for (var c = 0u; c < params.d; c++) {
-        o_out[row * params.d + c] = t.acc[c / 4u][c % 4u];
+        o_out[row * params.d + c] = STORE(t.acc[c / 4u][c % 4u]);
     }
     lse_out[row] = lse;
 }

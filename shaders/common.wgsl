@@ -41,10 +41,11 @@ struct Params {
 
 @group(0) @binding(B_PARAMS) var<uniform> params: Params;
 @group(0) @binding(B_GEOM) var<storage, read> geom: array<u32>;
-// Q, K and V of [heads, n, d]; a kernel binds only those it reads.
-@group(0) @binding(B_Q) var<storage, read> q_in: array<f32>;
-@group(0) @binding(B_K) var<storage, read> k_in: array<f32>;
-@group(0) @binding(B_V) var<storage, read> v_in: array<f32>;
+// Q, K and V of [heads, n, d]; a kernel binds only those it reads. STORE (from the header) is
+// f32, or f16 in the forward's f16 builds: reads convert with f32(...), writes with STORE(...).
+@group(0) @binding(B_Q) var<storage, read> q_in: array<STORE>;
+@group(0) @binding(B_K) var<storage, read> k_in: array<STORE>;
+@group(0) @binding(B_V) var<storage, read> v_in: array<STORE>;
 
 // Token index at padded grid position (y, x), or -1 for padding.
 fn token_at(y: u32, x: u32) -> i32 {

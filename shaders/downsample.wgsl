@@ -13,7 +13,7 @@
 // tile it, so `Mean` reads each token once instead of once per level.
 
 @group(0) @binding(B_WEIGHTS) var<storage, read> weights: array<f32>;
-@group(0) @binding(B_COARSE) var<storage, read_write> coarse: array<f32>;
+@group(0) @binding(B_COARSE) var<storage, read_write> coarse: array<STORE>;
 
 struct RowRange {
     first: u32,
@@ -86,8 +86,8 @@ fn finish(g: Group, lid: u32, sk: f32, sv: f32, factor: f32, bk: f32, bv: f32) {
             tv += red_v[lane * HEAD_TILE + c];
         }
         let at = (g.head * params.total_rows + g.row) * params.d + c;
-        coarse[at] = tk * factor + bk;
-        coarse[params.coarse_v_base + at] = tv * factor + bv;
+        coarse[at] = STORE(tk * factor + bk);
+        coarse[params.coarse_v_base + at] = STORE(tv * factor + bv);
     }
 }
 
@@ -104,8 +104,8 @@ fn mean_row(g: Group, lid: u32) {
             let j = token_at(g.y0 + sy + t / g.seg_w, g.x0 + sx + t % g.seg_w);
             if (j >= 0) {
                 let at = (g.head * params.n + u32(j)) * params.d + c;
-                sk += k_in[at];
-                sv += v_in[at];
+                sk += f32(k_in[at]);
+                sv += f32(v_in[at]);
             }
         }
     }
@@ -132,8 +132,8 @@ fn learned_rows(head: u32, cell: u32, r0: u32, lid: u32, depthwise: bool) {
             let j = group_token(g, t);
             if (j >= 0) {
                 let at = (head * params.n + u32(j)) * params.d + c;
-                let kx = k_in[at];
-                let vx = v_in[at];
+                let kx = f32(k_in[at]);
+                let vx = f32(v_in[at]);
                 for (var i = 0u; i < rows; i++) {
                     var wi = g.w_off + (r0 + i) * s + t;
                     if (depthwise) {
@@ -223,11 +223,11 @@ fn downsample_mean_merge(
         let child = geom[params.children + row * params.children_per_row + e];
         let weight = f32(geom[params.rows + 2u * child]); // its real tokens
         let at = (head * params.total_rows + child) * params.d + c;
-        sk += weight * coarse[at];
-        sv += weight * coarse[params.coarse_v_base + at];
+        sk += weight * f32(coarse[at]);
+        sv += weight * f32(coarse[params.coarse_v_base + at]);
     }
     let inv = 1.0 / f32(max(geom[params.rows + 2u * row], 1u));
     let at = (head * params.total_rows + row) * params.d + c;
-    coarse[at] = sk * inv;
-    coarse[params.coarse_v_base + at] = sv * inv;
+    coarse[at] = STORE(sk * inv);
+    coarse[params.coarse_v_base + at] = STORE(sv * inv);
 }

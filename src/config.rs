@@ -68,6 +68,43 @@ impl std::str::FromStr for Layout {
     }
 }
 
+/// How the GPU stores Q, K, V, O and the coarse keys and values (spec: the same math at either
+/// precision). Scores, softmax statistics (max, sum, LSE) and accumulators are f32 in both.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Precision {
+    /// 4 bytes a value: works on every adapter.
+    #[default]
+    F32,
+    /// 2 bytes a value (IEEE half): half the memory and bandwidth of the tensors, about three
+    /// significant decimal digits per stored value, values beyond 65504 become infinite. Needs
+    /// the adapter's `SHADER_F16` feature (`FmaError::MissingFeature` otherwise); GPU buffers
+    /// given to `encode` hold f16, host calls convert. Forward only: the backward runs in f32.
+    F16,
+}
+
+impl Precision {
+    /// Bytes of one stored value.
+    pub fn bytes(self) -> usize {
+        match self {
+            Precision::F32 => 4,
+            Precision::F16 => 2,
+        }
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = FmaError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "f32" => Ok(Precision::F32),
+            "f16" => Ok(Precision::F16),
+            other => Err(FmaError::InvalidConfig(format!(
+                "unknown precision '{other}': use f32 or f16"
+            ))),
+        }
+    }
+}
+
 /// Options of one FMA attention call.
 ///
 /// A fine cell larger than the input: where two fine cells cover the whole input (the
@@ -95,6 +132,8 @@ pub struct FmaConfig {
     pub multiplicity: bool,
     /// Score scale; `None` means 1/sqrt(d).
     pub scale: Option<f32>,
+    /// Storage precision of the tensors on the GPU (the CPU reference ignores it).
+    pub precision: Precision,
 }
 
 impl FmaConfig {
@@ -108,6 +147,7 @@ impl FmaConfig {
             downsampling: Downsampling::Mean,
             multiplicity: true,
             scale: None,
+            precision: Precision::F32,
         }
     }
 

@@ -36,6 +36,14 @@ pub enum FmaError {
         hint: String,
     },
 
+    /// The adapter lacks an optional feature that the chosen option needs.
+    #[error("the GPU adapter lacks {feature}, which {needed_by} needs ({hint})")]
+    MissingFeature {
+        feature: String,
+        needed_by: String,
+        hint: String,
+    },
+
     /// No GPU adapter was found.
     #[error(
         "no GPU adapter found: install a Vulkan, Metal or DX12 driver (on Linux without a GPU, Mesa's lavapipe: apt-get install mesa-vulkan-drivers); in a browser, WebGPU must be enabled"

@@ -45,7 +45,9 @@ pub mod reference;
 #[cfg(feature = "safetensors")]
 pub mod tensor_file;
 
-pub use config::{DownsampleWeights, Downsampling, FmaConfig, Layout, LevelWeights, Shape};
+pub use config::{
+    DownsampleWeights, Downsampling, FmaConfig, Layout, LevelWeights, Precision, Shape,
+};
 pub use error::{FmaError, Result};
 pub use geometry::Geometry;
 pub mod gpu;

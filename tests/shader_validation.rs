@@ -6,12 +6,15 @@ use multipole::gpu::shaders::{Family, Spec, source};
 fn validate(family: Family, spec: Spec) -> Result<(), String> {
     let text = source(family, spec);
     let module = naga::front::wgsl::parse_str(&text).map_err(|e| e.emit_to_string(&text))?;
-    naga::valid::Validator::new(
-        naga::valid::ValidationFlags::all(),
-        naga::valid::Capabilities::default(),
-    )
-    .validate(&module)
-    .map_err(|e| e.emit_to_string(&text))?;
+    // f16 builds need WebGPU's optional shader-f16, nothing else.
+    let capabilities = if spec.f16 {
+        naga::valid::Capabilities::SHADER_FLOAT16
+    } else {
+        naga::valid::Capabilities::default()
+    };
+    naga::valid::Validator::new(naga::valid::ValidationFlags::all(), capabilities)
+        .validate(&module)
+        .map_err(|e| e.emit_to_string(&text))?;
     Ok(())
 }
 
@@ -19,12 +22,33 @@ fn validate(family: Family, spec: Spec) -> Result<(), String> {
 fn every_specialisation_validates() {
     let specs = Spec::all();
     assert_eq!(specs.len(), 4 * 7, "head tiles x query tiles");
-    for family in Family::ALL {
-        for &spec in &specs {
-            if let Err(e) = validate(family, spec) {
-                panic!("{family:?} {spec:?} does not validate:\n{e}");
-            }
+    let builds = Spec::builds();
+    assert_eq!(
+        builds.len(),
+        specs.len() * (Family::ALL.len() + Family::STORES_F16.len()),
+        "every family in f32, and the forward families in f16 too"
+    );
+    for (family, spec) in builds {
+        if let Err(e) = validate(family, spec) {
+            panic!("{family:?} {spec:?} does not validate:\n{e}");
         }
+    }
+}
+
+/// An f16 build really stores f16 (and only there): its tensors are declared through STORE.
+#[test]
+fn f16_builds_store_f16() {
+    let spec = Spec::for_shape(64, 32).unwrap();
+    for family in Family::ALL {
+        let f32_text = source(family, spec);
+        assert!(f32_text.contains("alias STORE = f32;"), "{family:?}");
+        assert!(!f32_text.contains("enable f16;"), "{family:?}");
+        let f16_text = source(family, spec.with_f16(true));
+        assert_eq!(
+            f16_text.starts_with("enable f16;\nalias STORE = f16;"),
+            family.stores_f16(),
+            "{family:?}"
+        );
     }
 }
 

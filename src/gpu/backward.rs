@@ -87,6 +87,7 @@ pub(super) struct Backward {
 
 impl FmaPlan {
     fn backward_parts(&self, ctx: &GpuContext) -> Result<&Backward> {
+        self.require_f32_for_backward()?;
         if let Some(b) = self.backward.get() {
             return Ok(b);
         }

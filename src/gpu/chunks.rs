@@ -4,7 +4,7 @@
 
 use super::context::GpuContext;
 use super::params::Params;
-use crate::config::Shape;
+use crate::config::{Precision, Shape};
 use crate::error::{FmaError, Result};
 
 /// One dispatch's share of batch x heads, with its uniform (`Params::bh` = `heads`).
@@ -32,6 +32,8 @@ pub(crate) fn fits_binding(ctx: &GpuContext, what: &str, bytes: u64, hint: &str)
 pub(crate) struct Chunks {
     shape: Shape,
     per_chunk: usize,
+    /// How Q, K, V and O are stored on the GPU (host calls convert to and from f32).
+    precision: Precision,
     list: Vec<Chunk>,
 }
 
@@ -73,8 +75,18 @@ impl Chunks {
         Chunks {
             shape,
             per_chunk,
+            precision: Precision::F32,
             list,
         }
+    }
+
+    /// The same chunks over tensors stored at `precision`.
+    pub fn with_precision(self, precision: Precision) -> Self {
+        Chunks { precision, ..self }
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     pub fn shape(&self) -> Shape {
@@ -95,7 +107,7 @@ impl Chunks {
         match self.list.as_slice() {
             [chunk] => Ok(chunk),
             _ => {
-                let head_bytes = (self.shape.n * self.shape.d * 4) as u64;
+                let head_bytes = (self.shape.n * self.shape.d * self.precision.bytes()) as u64;
                 Err(FmaError::LimitExceeded {
                     what: "Q, K, V or O in one storage binding".into(),
                     needed: self.shape.bh() as u64 * head_bytes,

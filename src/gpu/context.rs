@@ -48,7 +48,7 @@ pub struct GpuContext {
 impl GpuContext {
     /// Finds an adapter (high-performance preferred; `WGPU_BACKEND` and friends are honoured
     /// natively) and opens a device with the adapter's own limits, so long sequences fit.
-    /// Of the optional features only timestamp queries are enabled, where offered.
+    /// Of the optional features timestamp queries and SHADER_F16 are enabled, where offered.
     /// The context owns the device and its error handlers (see the type's documentation).
     pub async fn new() -> Result<GpuContext> {
         Self::with_limits(|adapter_limits| adapter_limits).await
@@ -73,8 +73,10 @@ impl GpuContext {
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("multipole"),
-                // Timestamps only time the passes (GpuTimer); nothing else needs a feature.
-                required_features: adapter.features() & wgpu::Features::TIMESTAMP_QUERY,
+                // Timestamps time the passes (GpuTimer); SHADER_F16 lets plans store f16
+                // (Precision::F16). Neither is required: each is enabled where offered.
+                required_features: adapter.features()
+                    & (wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SHADER_F16),
                 required_limits: limits(adapter.limits()),
                 ..Default::default()
             })
@@ -314,7 +316,9 @@ impl GpuContext {
         Ok(pipeline)
     }
 
-    /// Waits for `buffer` (MAP_READ) to map and returns its first `len` values as f32.
+    /// Waits for `buffer` (MAP_READ) to map and returns its first `len` values as f32 (the
+    /// ViT's logits; the attention plans read through `host::decode_values`).
+    #[cfg(feature = "vit")]
     pub(crate) async fn read_f32(&self, buffer: &wgpu::Buffer, len: usize) -> Result<Vec<f32>> {
         let bytes = self.read_bytes(buffer, (len * 4) as u64).await?;
         Ok(bytemuck::pod_collect_to_vec(&bytes))

@@ -90,7 +90,7 @@ impl DensePlan {
         timer: Option<&GpuTimer>,
     ) -> Result<()> {
         let chunk = self.chunks.single("DensePlan::forward")?;
-        io.check(self.shape)?;
+        io.check(self.shape, crate::config::Precision::F32)?;
         self.encode_chunk(ctx, encoder, chunk, io, timer)
     }
 

@@ -9,7 +9,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use super::chunks::{Chunk, Chunks};
 use super::context::GpuContext;
 use super::plan::AttentionIo;
-use crate::config::Shape;
+use super::plan::tensor_bytes;
+use crate::config::{Precision, Shape};
 use crate::error::{FmaError, Result};
 use crate::reference::Output;
 
@@ -77,6 +78,15 @@ impl Extent {
         first * per_head..(first + heads) * per_head
     }
 
+    /// How this tensor is stored on the GPU: Q, K, V, O and their gradients at the chunks'
+    /// precision, LSE and weight gradients always f32.
+    fn precision(self, chunks: &Chunks) -> Precision {
+        match self {
+            Extent::Rows => chunks.precision(),
+            _ => Precision::F32,
+        }
+    }
+
     /// The host tensor's length, checked: a wrong length is the caller's error, not a panic.
     fn check(self, shape: Shape, name: &str, len: usize) -> Result<()> {
         let want = self.span(shape, 0, shape.bh()).len();
@@ -123,7 +133,12 @@ impl<const N: usize, const M: usize> HostSlot<Staging<N, M>> {
         // Device calls run in error scopes (`GpuContext::scoped`): on a shared device their
         // errors come back from the readback, not from the owner's handler.
         let (host, _busy) = self.acquire(|| {
-            let bytes = |e: Extent| (e.span(shape, 0, chunks.per_chunk()).len() * 4) as u64;
+            let bytes = |e: Extent| {
+                tensor_bytes(
+                    e.span(shape, 0, chunks.per_chunk()).len(),
+                    e.precision(chunks),
+                )
+            };
             let staging = ctx.scoped(|| Staging {
                 inputs: inputs.map(|(name, e, _)| storage(ctx, name, bytes(e), true)),
                 outputs: outputs.map(|(name, e)| {
@@ -137,7 +152,7 @@ impl<const N: usize, const M: usize> HostSlot<Staging<N, M>> {
             outputs.map(|(_, e)| Vec::with_capacity(e.span(shape, 0, shape.bh()).len()));
         for chunk in chunks.iter() {
             let last = chunk.first + chunk.heads == shape.bh();
-            // (output, readback, words) for what this chunk reads back.
+            // (output, readback, values, precision) for what this chunk reads back.
             let reads: Vec<_> = outputs
                 .iter()
                 .zip(&host.outputs)
@@ -145,29 +160,68 @@ impl<const N: usize, const M: usize> HostSlot<Staging<N, M>> {
                 .filter_map(|(((_, extent), (buf, read)), out)| {
                     let words = extent.span(shape, chunk.first, chunk.heads).len();
                     let due = !matches!(extent, Extent::Whole(_)) || last;
-                    (due && words > 0).then_some((buf, read, words, out))
+                    (due && words > 0).then_some((buf, read, words, extent.precision(chunks), out))
                 })
                 .collect();
             ctx.scoped(|| -> Result<()> {
                 for ((_, extent, data), buf) in inputs.iter().zip(&host.inputs) {
                     let span = extent.span(shape, chunk.first, chunk.heads);
                     let part = data.get(span).unwrap_or_default();
-                    ctx.queue.write_buffer(buf, 0, bytemuck::cast_slice(part));
+                    ctx.queue
+                        .write_buffer(buf, 0, &encode_values(part, extent.precision(chunks)));
                 }
                 let mut encoder = ctx.device.create_command_encoder(&Default::default());
                 let gpu_outputs = host.outputs.each_ref().map(|(b, _)| b);
                 encode(chunk, &mut encoder, host.inputs.each_ref(), gpu_outputs)?;
-                for (buf, read, words, _) in &reads {
-                    encoder.copy_buffer_to_buffer(buf, 0, read, 0, (*words * 4) as u64);
+                for (buf, read, words, precision, _) in &reads {
+                    encoder.copy_buffer_to_buffer(
+                        buf,
+                        0,
+                        read,
+                        0,
+                        tensor_bytes(*words, *precision),
+                    );
                 }
                 ctx.queue.submit([encoder.finish()]);
                 Ok(())
             })?;
-            for (_, read, words, out) in reads {
-                out.extend(ctx.read_f32(read, words).await?);
+            for (_, read, words, precision, out) in reads {
+                let bytes = ctx.read_bytes(read, tensor_bytes(words, precision)).await?;
+                out.extend(decode_values(&bytes, words, precision));
             }
         }
         Ok(out)
+    }
+}
+
+/// The bytes of `values` stored at `precision` (f16: rounded to nearest, padded to whole
+/// 4-byte words, as wgpu writes and copies them).
+pub(crate) fn encode_values(values: &[f32], precision: Precision) -> Vec<u8> {
+    match precision {
+        Precision::F32 => bytemuck::cast_slice(values).to_vec(),
+        Precision::F16 => {
+            let mut half: Vec<half::f16> = values.iter().map(|&x| half::f16::from_f32(x)).collect();
+            if half.len() % 2 == 1 {
+                half.push(half::f16::ZERO);
+            }
+            bytemuck::cast_slice(&half).to_vec()
+        }
+    }
+}
+
+/// The first `values` values of `bytes` (stored at `precision`) as f32.
+pub(crate) fn decode_values(bytes: &[u8], values: usize, precision: Precision) -> Vec<f32> {
+    match precision {
+        Precision::F32 => bytes
+            .chunks_exact(4)
+            .take(values)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+        Precision::F16 => bytes
+            .chunks_exact(2)
+            .take(values)
+            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
     }
 }
 

@@ -14,7 +14,7 @@ use super::host::{self, ForwardStaging, HostSlot};
 use super::params::{Params, grid, word};
 use super::shaders::{MAX_LEVELS, Spec};
 use super::timing::GpuTimer;
-use crate::config::{DownsampleWeights, FmaConfig, Shape};
+use crate::config::{DownsampleWeights, FmaConfig, Precision, Shape};
 use crate::error::{FmaError, Result};
 use crate::geometry::Geometry;
 use crate::geometry::tables::GeomTables;
@@ -22,6 +22,8 @@ use crate::reference::Output;
 
 /// GPU buffers of one forward pass over the plan's whole shape: q, k, v of [batch, heads, n, d]
 /// (STORAGE usage), o of the same shape and lse of [batch, heads, n] (STORAGE, written).
+/// Q, K, V and O hold the plan's precision (f32, or f16 with `Precision::F16`: 2 bytes a
+/// value, the buffer's size rounded up to 4 bytes); LSE is always f32.
 pub struct AttentionIo<'a> {
     pub q: &'a wgpu::Buffer,
     pub k: &'a wgpu::Buffer,
@@ -33,9 +35,9 @@ pub struct AttentionIo<'a> {
 impl AttentionIo<'_> {
     /// Checks the buffers against a plan's whole shape: sizes, STORAGE usage, and outputs
     /// distinct from the inputs.
-    pub(crate) fn check(&self, shape: Shape) -> Result<()> {
+    pub(crate) fn check(&self, shape: Shape, precision: Precision) -> Result<()> {
         let (e, n) = (
-            (shape.elements() * 4) as u64,
+            tensor_bytes(shape.elements(), precision),
             (shape.bh() * shape.n * 4) as u64,
         );
         buffers::check(&[
@@ -46,6 +48,12 @@ impl AttentionIo<'_> {
             Slot::written("lse", self.lse, n),
         ])
     }
+}
+
+/// Bytes of a GPU tensor of `values` values at `precision`: rounded up to 4, wgpu's copy
+/// granularity, so an odd count of f16 values still copies whole.
+pub(crate) fn tensor_bytes(values: usize, precision: Precision) -> u64 {
+    ((values * precision.bytes()) as u64).next_multiple_of(4)
 }
 
 /// A prepared FMA forward (and backward) pass for one shape and configuration. Build it once,
@@ -97,8 +105,18 @@ impl FmaPlan {
         shape.validate()?;
         let geometry = Geometry::new(shape.n, config)?;
         let d = shape.d;
-        let spec =
-            Spec::for_shape(d, geometry.cell_tokens()).ok_or(FmaError::UnsupportedHeadDim(d))?;
+        let f16 = config.precision == Precision::F16;
+        if f16 && !ctx.device.features().contains(wgpu::Features::SHADER_F16) {
+            return Err(FmaError::MissingFeature {
+                feature: "SHADER_F16".into(),
+                needed_by: "Precision::F16".into(),
+                hint: "use Precision::F32, which every adapter runs".into(),
+            });
+        }
+        let spec = Spec::for_shape(d, geometry.cell_tokens())
+            .ok_or(FmaError::UnsupportedHeadDim(d))?
+            .with_f16(f16);
+        let value_bytes = config.precision.bytes() as u64;
         let kind = config.downsampling;
         // Weights given are always checked; they are needed once there is a coarse level.
         let packed_weights = match (kind.is_learned(), weights) {
@@ -128,8 +146,10 @@ impl FmaPlan {
         let limits = ctx.limits();
         let check = |what: &str, bytes: u64, hint: &str| fits_binding(ctx, what, bytes, hint);
         let total_rows = geometry.total_cells() * geometry.p;
-        let head_bytes = (shape.n as u64) * (d as u64) * 4;
-        let coarse_head_bytes = 2 * (total_rows as u64) * (d as u64) * 4;
+        let head_bytes = (shape.n as u64) * (d as u64) * value_bytes;
+        // Storage bindings are sized in whole 4-byte words.
+        let coarse_head_bytes =
+            (2 * (total_rows as u64) * (d as u64) * value_bytes).next_multiple_of(4);
         // The backward's (LSE, D) per query is 8 n bytes a head: more than Q's when d = 1.
         let stats_head_bytes = (shape.n as u64) * 8;
         let per_head = head_bytes.max(coarse_head_bytes).max(stats_head_bytes);
@@ -200,7 +220,8 @@ impl FmaPlan {
             far_t_offsets: tables.far_t_offsets,
             far_t_entries: tables.far_t_entries,
         };
-        let chunks = Chunks::new(ctx, "fma params", shape, chunk_heads, base);
+        let chunks = Chunks::new(ctx, "fma params", shape, chunk_heads, base)
+            .with_precision(config.precision);
         let geom = ctx.buffer_with(
             "fma geometry",
             bytemuck::cast_slice(&tables.data),
@@ -255,6 +276,16 @@ impl FmaPlan {
         self.shape
     }
 
+    /// An error unless the plan stores f32: the backward kernels read and write f32 only.
+    pub(super) fn require_f32_for_backward(&self) -> Result<()> {
+        match self.config.precision {
+            Precision::F32 => Ok(()),
+            Precision::F16 => Err(FmaError::InvalidConfig(
+                "the backward runs in f32: build the plan with Precision::F32 to train (Precision::F16 is for inference)".into(),
+            )),
+        }
+    }
+
     pub fn geometry(&self) -> &Geometry {
         &self.geometry
     }
@@ -292,7 +323,7 @@ impl FmaPlan {
         timer: Option<&GpuTimer>,
     ) -> Result<()> {
         let chunk = self.chunks.single("FmaPlan::forward")?;
-        io.check(self.shape)?;
+        io.check(self.shape, self.config.precision)?;
         self.encode_chunk(ctx, encoder, chunk, io, timer)
     }
 

@@ -108,6 +108,14 @@ impl Family {
         Family::AttentionBackward,
         Family::DownsampleBackward,
     ];
+
+    /// The families with f16 builds: the forward pass. The backward reads and writes f32.
+    pub const STORES_F16: [Family; 2] = [Family::Downsample, Family::Attention];
+
+    /// Whether `spec.f16` changes this family's build.
+    pub fn stores_f16(self) -> bool {
+        Self::STORES_F16.contains(&self)
+    }
 }
 
 /// Coarse rows per backward_dkv_far workgroup.
@@ -122,6 +130,9 @@ pub struct Spec {
     pub head_tile: u32,
     /// Queries per attention workgroup: min(tokens per fine cell, 64).
     pub query_tile: u32,
+    /// Q, K, V, O and the coarse rows stored as f16 (`STORE` in WGSL; needs `SHADER_F16`).
+    /// Only the forward families (`Family::STORES_F16`) have f16 builds.
+    pub f16: bool,
 }
 
 impl Spec {
@@ -132,7 +143,13 @@ impl Spec {
         Some(Spec {
             head_tile,
             query_tile,
+            f16: false,
         })
+    }
+
+    /// The same build with the tensors stored as f16 (`f16 = true`) or f32.
+    pub fn with_f16(self, f16: bool) -> Spec {
+        Spec { f16, ..self }
     }
 
     /// Keys staged per tile: as many as fit, at most 32 (one bit each in a u32 mask). A key
@@ -184,9 +201,11 @@ impl Spec {
     pub const LAYERS: Spec = Spec {
         head_tile: 16,
         query_tile: 1,
+        f16: false,
     };
 
-    /// Every specialisation the crate can build (for validation tests).
+    /// Every f32 specialisation the crate can build (for validation tests); each has an f16
+    /// twin for the families in `Family::STORES_F16`.
     pub fn all() -> Vec<Spec> {
         let query_tiles = (0..=MAX_QUERY_TILE.trailing_zeros()).map(|s| 1u32 << s);
         query_tiles
@@ -194,9 +213,24 @@ impl Spec {
                 HEAD_TILES.map(|head_tile| Spec {
                     head_tile,
                     query_tile,
+                    f16: false,
                 })
             })
             .collect()
+    }
+
+    /// Every (family, specialisation) build the crate can make, f16 twins included.
+    pub fn builds() -> Vec<(Family, Spec)> {
+        let mut out = Vec::new();
+        for spec in Self::all() {
+            for family in Family::ALL {
+                out.push((family, spec));
+            }
+            for family in Family::STORES_F16 {
+                out.push((family, spec.with_f16(true)));
+            }
+        }
+        out
     }
 }
 
@@ -223,7 +257,14 @@ pub fn source(family: Family, spec: Spec) -> String {
         ("ROW_BLOCK", ROW_BLOCK),
         ("DOWNSAMPLE_LANES", DOWNSAMPLE_LANES),
     ];
-    let mut header = String::new();
+    // `enable` must come before every declaration. STORE is the element type of the tensors
+    // (Q, K, V, O, coarse rows); the kernels convert to f32 on every read.
+    let f16 = spec.f16 && family.stores_f16();
+    let mut header = String::from(if f16 {
+        "enable f16;\nalias STORE = f16;\n"
+    } else {
+        "alias STORE = f32;\n"
+    });
     for (name, value) in consts.iter().chain(BINDINGS) {
         header.push_str(&format!("const {name}: u32 = {value}u;\n"));
     }

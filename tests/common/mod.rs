@@ -3,7 +3,9 @@
 
 use std::sync::OnceLock;
 
-use multipole::{DownsampleWeights, Downsampling, FmaConfig, Geometry, GpuContext, Layout, Shape};
+use multipole::{
+    DownsampleWeights, Downsampling, FmaConfig, Geometry, GpuContext, Layout, Precision, Shape,
+};
 
 /// Seeded uniform values in [-1, 1) (splitmix64), so failures reproduce.
 pub fn random(seed: u64, len: usize) -> Vec<f32> {
@@ -119,6 +121,7 @@ pub fn config(
         downsampling: kind,
         multiplicity,
         scale: None,
+        precision: Precision::F32,
     }
 }
 

@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand};
 use multipole::tensor_file::{Tensor, TensorFile, write_tensors};
 use multipole::{
     DownsampleWeights, Downsampling, FmaConfig, FmaPlan, Geometry, GpuContext, Layout,
-    LevelWeights, Shape, reference,
+    LevelWeights, Precision, Shape, reference,
 };
 
 #[derive(Parser)]
@@ -68,6 +68,10 @@ struct AttendArgs {
     /// Score scale (default 1/sqrt(d)).
     #[arg(long)]
     scale: Option<f32>,
+    /// Storage precision on the GPU: f32, or f16 (needs the adapter's SHADER_F16; forward
+    /// only). Scores and sums stay f32; the output file holds f32 either way.
+    #[arg(long, default_value = "f32")]
+    precision: Precision,
     /// Run the f64 CPU reference instead of the GPU.
     #[arg(long)]
     reference: bool,
@@ -116,6 +120,7 @@ fn attend(args: &AttendArgs) -> multipole::Result<()> {
         downsampling: args.downsampling,
         multiplicity: !args.no_multiplicity,
         scale: args.scale,
+        precision: args.precision,
     };
     shape.validate()?;
     let geometry = Geometry::new(n, &config)?;
