@@ -52,6 +52,18 @@ test('an export whose totals disagree with its list is refused', () => {
   assert.throws(() => expectedPipelines({ ...twice, pipelines: 4 }), /distinct/);
 });
 
+test('f16 modules are left out only for an adapter without shader-f16', () => {
+  const withF16 = {
+    modules: 3,
+    pipelines: 4,
+    shaders: [...exported.shaders, { name: 'Attention A f16', f16: true, entries: ['near_field'], code: '' }],
+  };
+  assert.deepEqual(expectedPipelines(withF16), [...all, 'Attention A f16 / near_field']);
+  assert.deepEqual(expectedPipelines(withF16, { f16: false }), all);
+  // Leaving them out does not relax the totals.
+  assert.throws(() => expectedPipelines({ ...withF16, pipelines: 3 }, { f16: false }), /4 pipelines/);
+});
+
 test('the old format (a bare list of modules) and an empty export are refused', () => {
   assert.throws(() => expectedPipelines(exported.shaders), /export_shaders/);
   assert.throws(() => expectedPipelines({ modules: 0, pipelines: 0, shaders: [] }), /no pipeline/);
