@@ -116,4 +116,6 @@ fn bench_refuses_bad_arguments() {
     assert!(!ok && err.contains("HEIGHTxWIDTH"), "{err}");
     let (ok, _, err) = bench(&["--n", "256", "--m", "3"]);
     assert!(!ok && err.contains("power of two"), "{err}");
+    let (ok, _, err) = bench(&["--n", "256", "--matmul-size", "100"]);
+    assert!(!ok && err.contains("multiples of 64"), "{err}");
 }

@@ -201,49 +201,58 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             "wall clock (no timestamp queries)"
         }
     );
-    let size = args
-        .matmul_size
-        .unwrap_or(if args.quick { 1024 } else { 2048 });
-    let mut records = calibration(&ctx, timer.as_ref(), size, runs.min(3))?;
     let image_inputs = images.iter().filter_map(|&l| match l {
         // Saturates: an image too large for usize is then refused by the shape checks.
         Layout::Image { height, width } => Some((height.saturating_mul(width), l)),
         Layout::Sequence => None,
     });
-    let inputs = ns
+    let inputs: Vec<(usize, FmaConfig)> = ns
         .iter()
         .map(|&n| (n, Layout::Sequence))
-        .chain(image_inputs);
-    for (n, layout) in inputs {
-        let image = layout != Layout::Sequence;
-        let (m, p) = if image {
-            (args.image_m, args.image_p)
-        } else {
-            (args.m, args.p)
-        };
-        let cfg = FmaConfig {
-            causal: args.causal && !image,
-            layout,
-            downsampling: args.downsampling,
-            ..FmaConfig::new(m, p)
-        };
-        let shape = Shape::new(1, args.heads, n, args.d);
+        .chain(image_inputs)
+        .map(|(n, layout)| {
+            let image = layout != Layout::Sequence;
+            let (m, p) = if image {
+                (args.image_m, args.image_p)
+            } else {
+                (args.m, args.p)
+            };
+            let cfg = FmaConfig {
+                causal: args.causal && !image,
+                layout,
+                downsampling: args.downsampling,
+                ..FmaConfig::new(m, p)
+            };
+            (n, cfg)
+        })
+        .collect();
+    // Refuse a bad input before the calibration's minute, not after it.
+    for (n, cfg) in &inputs {
+        Shape::new(1, args.heads, *n, args.d).validate()?;
+        Geometry::new(*n, cfg)?;
+    }
+    let size = args
+        .matmul_size
+        .unwrap_or(if args.quick { 1024 } else { 2048 });
+    matmul::check_dims(size, size, size)?;
+    let mut records = calibration(&ctx, timer.as_ref(), size, runs.min(3))?;
+    for (n, cfg) in &inputs {
         let bench = Bench {
             ctx: &ctx,
             timer: timer.as_ref(),
-            shape,
+            shape: Shape::new(1, args.heads, *n, args.d),
             runs,
         };
-        let fma = bench.measure(&Kernel::Fma(&cfg))?;
+        let fma = bench.measure(&Kernel::Fma(cfg))?;
         print_progress(&fma);
         records.push(fma);
         if args.backward {
-            let back = bench.measure(&Kernel::FmaBackward(&cfg))?;
+            let back = bench.measure(&Kernel::FmaBackward(cfg))?;
             print_progress(&back);
             records.push(back);
         }
-        if n <= dense_max {
-            let dense = bench.measure(&Kernel::Dense(&cfg))?;
+        if *n <= dense_max {
+            let dense = bench.measure(&Kernel::Dense(cfg))?;
             print_progress(&dense);
             records.push(dense);
         }

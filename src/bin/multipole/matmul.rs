@@ -94,7 +94,13 @@ impl Variant {
 /// An M x K by K x N product the kernels accept: M and N multiples of TILE (which the register
 /// blocks divide too), K a multiple of TILE_K, all positive.
 pub fn check_dims(m: usize, n: usize, k: usize) -> Result<()> {
-    if m == 0 || n == 0 || k == 0 || m % TILE != 0 || n % TILE != 0 || k % TILE_K != 0 {
+    if m == 0
+        || n == 0
+        || k == 0
+        || !m.is_multiple_of(TILE)
+        || !n.is_multiple_of(TILE)
+        || !k.is_multiple_of(TILE_K)
+    {
         return Err(FmaError::InvalidConfig(format!(
             "matmul {m}x{k} by {k}x{n}: M and N must be positive multiples of {TILE}, K of {TILE_K}"
         )));
@@ -463,17 +469,16 @@ mod tests {
         for v in VARIANTS {
             let c = product(&ctx, v, (m, n, k), &a, &b).unwrap();
             assert_eq!(c.len(), m * n);
-            for at in 0..m * n {
+            for (at, &got) in c.iter().enumerate() {
                 let (want, abs) = entry(&a, &b, n, k, at / n, at % n);
                 let bound = 4.0 * (k as f64).sqrt() * f32::EPSILON as f64 * abs + 1e-30;
-                let err = (c[at] as f64 - want).abs();
+                let err = (got as f64 - want).abs();
                 assert!(
                     err <= bound,
-                    "{} at ({}, {}): got {}, want {want}",
+                    "{} at ({}, {}): got {got}, want {want}",
                     v.name(),
                     at / n,
-                    at % n,
-                    c[at]
+                    at % n
                 );
             }
         }

@@ -61,7 +61,8 @@ pub struct ReportArgs {
 /// One GPU-vs-CPU check.
 #[derive(Serialize)]
 struct CheckResult {
-    /// "browser" (the page's checks) or "random" (the sweep).
+    /// "browser" (the page's checks), "random" (the sweep) or "calibration" (only when the
+    /// matmul failed).
     group: &'static str,
     name: String,
     passed: bool,
@@ -207,12 +208,27 @@ pub fn run(args: &ReportArgs) -> Result<()> {
 
     // 2. The calibration, at the largest size that fits a share of the budget.
     println!("\ncalibration (f32 matmul):");
-    let size = if args.quick {
-        256
+    let calibrated = if args.quick {
+        Ok(256)
     } else {
-        calibration_size(&ctx, timer.as_ref(), args.budget_s * 0.15)?
+        calibration_size(&ctx, timer.as_ref(), args.budget_s * 0.15)
+    }
+    .and_then(|size| bench::calibration(&ctx, timer.as_ref(), size, args.runs));
+    // A failed calibration (a wrong product, a refused size) is a failed check; the sweep
+    // still runs, without fractions.
+    let mut records = match calibrated {
+        Ok(records) => records,
+        Err(e) => {
+            checks.push(check_result(
+                "calibration",
+                "f32 matmul".into(),
+                Err(e.to_string()),
+                0.0,
+            ));
+            Vec::new()
+        }
     };
-    let mut records = bench::calibration(&ctx, timer.as_ref(), size, args.runs)?;
+    let failed = checks.iter().filter(|c| !c.passed).count();
 
     // 3. The sweep, every kernel one size at a time.
     println!("\nsweep (d = 64; sequences m = 32, p = 4; images m = 4, p = 4):");
