@@ -263,7 +263,15 @@ pub fn run(args: &ReportArgs) -> Result<()> {
     let step_cap = 0.2 * args.budget_s;
     let longest = series.iter().map(|s| s.sizes.len()).max().unwrap_or(0);
     for step in 0..longest {
-        for s in series.iter_mut() {
+        for i in 0..series.len() {
+            // The time left is shared by the kernels still growing, so that a slow one (dense)
+            // cannot spend what the others' next sizes need.
+            let active = series
+                .iter()
+                .filter(|s| s.stopped.is_none() && s.sizes.len() > step)
+                .count()
+                .max(1);
+            let s = &mut series[i];
             let Some(&size) = s.sizes.get(step) else {
                 continue;
             };
@@ -283,25 +291,14 @@ pub fn run(args: &ReportArgs) -> Result<()> {
             } else {
                 "1d".into()
             };
-            let left = args.budget_s - elapsed() - reserve;
-            if s.stopped.is_none()
-                && let Some((prev, secs)) = s.last
-            {
-                let predicted = secs * s.growth;
-                if secs > step_cap {
-                    s.stopped = Some(format!(
-                        "n = {prev} took {secs:.1} s, more than the {step_cap:.0} s a size may take"
-                    ));
-                } else if predicted > left {
-                    s.stopped = Some(format!(
-                        "n = {prev} took {secs:.1} s; n = {n} would take about {predicted:.0} s ({}x), more than the {:.0} s left of the {:.0} s budget",
-                        s.growth,
-                        left.max(0.0),
-                        args.budget_s
-                    ));
-                }
-            } else if s.stopped.is_none() && left <= 0.0 {
-                s.stopped = Some(format!("the {:.0} s budget is spent", args.budget_s));
+            if s.stopped.is_none() {
+                let budget = Budget {
+                    total: args.budget_s,
+                    left: args.budget_s - elapsed() - reserve,
+                    active,
+                    step_cap,
+                };
+                s.stopped = budget.stop(s.last, s.growth, n);
             }
             if let Some(reason) = &s.stopped {
                 println!("  skipped {} {layout_name} n={n}: {reason}", s.kernel);
@@ -383,6 +380,42 @@ pub fn run(args: &ReportArgs) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// What a series may still spend.
+struct Budget {
+    /// The whole report's seconds.
+    total: f64,
+    /// Seconds left (less what writing the files needs).
+    left: f64,
+    /// Series still growing, among which `left` is shared.
+    active: usize,
+    /// Seconds one measurement may take at most.
+    step_cap: f64,
+}
+
+impl Budget {
+    /// Why a series whose last measurement (n, seconds) was `last` must not measure `n`
+    /// next, if it must not: that one took too long, the next one (predicted as `growth`
+    /// times longer) would not fit in the series' share of what is left, or nothing is left.
+    fn stop(&self, last: Option<(usize, f64)>, growth: f64, n: usize) -> Option<String> {
+        let share = self.left / self.active.max(1) as f64;
+        match last {
+            Some((prev, secs)) if secs > self.step_cap => Some(format!(
+                "n = {prev} took {secs:.1} s, more than the {:.0} s a size may take",
+                self.step_cap
+            )),
+            Some((prev, secs)) if secs * growth > share => Some(format!(
+                "n = {prev} took {secs:.1} s; n = {n} would take about {:.0} s ({growth}x), more than its share ({:.0} s) of the {:.0} s left of the {:.0} s budget",
+                secs * growth,
+                share.max(0.0),
+                self.left.max(0.0),
+                self.total
+            )),
+            None if self.left <= 0.0 => Some(format!("the {:.0} s budget is spent", self.total)),
+            _ => None,
+        }
+    }
 }
 
 fn check_result(
@@ -699,6 +732,35 @@ mod tests {
             assert!(cases.iter().any(|c| c.0.contains(kind)), "{kind}");
         }
         assert!(cases.iter().any(|c| c.0.contains("causal")));
+    }
+
+    #[test]
+    fn the_budget_stops_a_series_that_would_not_fit() {
+        let b = Budget {
+            total: 420.0,
+            left: 300.0,
+            active: 3,
+            step_cap: 84.0,
+        };
+        // The first size runs while anything is left; 10 s x 5 = 50 s fits a 100 s share.
+        assert_eq!(b.stop(None, 5.0, 1024), None);
+        assert_eq!(b.stop(Some((1024, 10.0)), 5.0, 4096), None);
+        // 10 s x 16 = 160 s does not.
+        let why = b.stop(Some((1024, 10.0)), 16.0, 4096).unwrap();
+        assert!(
+            why.contains("would take about 160 s") && why.contains("share (100 s)"),
+            "{why}"
+        );
+        // A size over the cap stops the series whatever is left.
+        let why = b.stop(Some((1024, 90.0)), 1.0, 4096).unwrap();
+        assert!(why.contains("more than the 84 s a size may take"), "{why}");
+        let spent = Budget { left: -1.0, ..b };
+        assert!(
+            spent
+                .stop(None, 5.0, 1024)
+                .unwrap()
+                .contains("budget is spent")
+        );
     }
 
     #[test]
