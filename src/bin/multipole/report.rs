@@ -291,22 +291,27 @@ pub fn run(args: &ReportArgs) -> Result<()> {
             } else {
                 "1d".into()
             };
-            if s.stopped.is_none() {
-                let budget = Budget {
-                    total: args.budget_s,
-                    left: args.budget_s - elapsed() - reserve,
-                    active,
-                    step_cap,
-                };
-                s.stopped = budget.stop(s.last, s.growth, n);
-            }
-            if let Some(reason) = &s.stopped {
+            let reason = match &s.stopped {
+                // Larger sizes of a stopped series name where and why it stopped.
+                Some(why) => Some(format!("stopped growing before: {why}")),
+                None => {
+                    let budget = Budget {
+                        total: args.budget_s,
+                        left: args.budget_s - elapsed() - reserve,
+                        active,
+                        step_cap,
+                    };
+                    s.stopped = budget.stop(s.last, s.growth, n);
+                    s.stopped.clone()
+                }
+            };
+            if let Some(reason) = reason {
                 println!("  skipped {} {layout_name} n={n}: {reason}", s.kernel);
                 skipped.push(Skipped {
                     kernel: s.kernel.into(),
                     layout: layout_name,
                     n,
-                    reason: reason.clone(),
+                    reason,
                 });
                 continue;
             }
