@@ -36,6 +36,8 @@ fn bench_writes_one_record_per_measurement_and_plots() {
         "2",
         "--runs",
         "2",
+        "--matmul-size",
+        "256",
         "--json",
         json.to_str().unwrap(),
         "--plot",
@@ -45,10 +47,37 @@ fn bench_writes_one_record_per_measurement_and_plots() {
     assert!(stdout.contains("fma 1d time grows as n^"), "{stdout}");
     let records: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-    let records = records.as_array().unwrap();
+    let all = records.as_array().unwrap();
+    // The calibration first: one record per matmul variant, the best one's rate the yardstick
+    // of every record's fraction.
+    let (matmul, records): (Vec<&serde_json::Value>, Vec<&serde_json::Value>) =
+        all.iter().partition(|r| r["kernel"] == "matmul");
+    assert!(matmul.len() >= 2, "{matmul:#?}");
+    let best = matmul
+        .iter()
+        .map(|r| r["gflops"].as_f64().unwrap())
+        .fold(0.0, f64::max);
+    assert!(best > 0.0);
+    for r in &matmul {
+        assert_eq!(r["n"], 256);
+        assert_eq!(r["flops"].as_f64().unwrap(), 2.0 * 256f64.powi(3));
+        assert!(r["variant"].as_str().is_some_and(|v| !v.is_empty()), "{r}");
+    }
+    for r in all {
+        let f = r["fraction_of_matmul"].as_f64().unwrap();
+        let want = r["gflops"].as_f64().unwrap() / best;
+        assert!((f - want).abs() <= 1e-9 * want.abs().max(1.0), "{r}");
+        assert_eq!(r["matmul_gflops"].as_f64().unwrap(), best);
+        assert!(r["matmul_variant"].as_str().is_some(), "{r}");
+    }
+    assert!(
+        stdout.contains("calibration: f32 matmul 256x256x256"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("fma/mm"), "{stdout}");
     // FMA and dense for each of the three inputs (all under the default dense limit).
     assert_eq!(records.len(), 6, "{records:#?}");
-    for r in records {
+    for r in &records {
         let kernel = r["kernel"].as_str().unwrap();
         assert!(kernel == "fma" || kernel == "dense");
         let n = r["n"].as_u64().unwrap();
@@ -64,7 +93,7 @@ fn bench_writes_one_record_per_measurement_and_plots() {
     }
     let dense_1k = records
         .iter()
-        .find(|r| r["kernel"] == "dense" && r["n"] == 1024)
+        .find(|r| r["kernel"] == "dense" && r["n"] == 1024 && r["layout"] == "1d")
         .unwrap();
     assert_eq!(
         dense_1k["flops"].as_f64().unwrap(),
@@ -87,4 +116,6 @@ fn bench_refuses_bad_arguments() {
     assert!(!ok && err.contains("HEIGHTxWIDTH"), "{err}");
     let (ok, _, err) = bench(&["--n", "256", "--m", "3"]);
     assert!(!ok && err.contains("power of two"), "{err}");
+    let (ok, _, err) = bench(&["--n", "256", "--matmul-size", "100"]);
+    assert!(!ok && err.contains("multiples of 64"), "{err}");
 }

@@ -47,8 +47,11 @@ fn perturbed(kind: Downsampling, g: &Geometry, d: usize, rng: &mut Rng) -> Downs
     w
 }
 
-/// FMA forward and backward on the GPU against the reference for one configuration.
-async fn fma_check(
+/// FMA forward and backward on the GPU against the reference for one configuration (inputs
+/// and learned weights drawn from `seed`), with the native tests' tolerances: O and LSE within
+/// 1e-4 of max(max |want|, 1), the gradients within 1e-4 of max(max |want|, 1e-2). The
+/// checks below and `multipole gpu-report`'s random sweep run it.
+pub async fn fma_check(
     ctx: &GpuContext,
     shape: Shape,
     config: &FmaConfig,

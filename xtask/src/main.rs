@@ -1,7 +1,9 @@
 //! `cargo xtask demo` and `cargo xtask test`: the two commands a newcomer runs. Each installs
 //! what a fresh Debian machine lacks (a Vulkan driver: Mesa's lavapipe when there is no GPU;
 //! the wasm32 target; Chromium and playwright-core for the browser checks), then runs the demo
-//! or the whole test suite. `cargo xtask bench` runs the full benchmark sweep.
+//! or the whole test suite. `cargo xtask bench` runs the full benchmark sweep;
+//! `cargo xtask gpu-report` builds the release CLI and runs `multipole gpu-report` (checks,
+//! calibration and sweep of this machine's GPU in at most 8 minutes).
 
 use std::path::Path;
 use std::process::{Command, ExitCode};
@@ -17,10 +19,11 @@ fn main() -> ExitCode {
         Some("web") => build_web(),
         Some("test") => test(),
         Some("bench") => bench(&args[1..]),
+        Some("gpu-report") => gpu_report(&args[1..]),
         Some("mnist") => ensure_mnist(),
         Some("train") => train(),
         _ => Err(
-            "usage: cargo xtask demo [--port N] | cargo xtask test | cargo xtask compare [-- example args] | cargo xtask bench [-- bench args] | cargo xtask web | cargo xtask mnist | cargo xtask train"
+            "usage: cargo xtask demo [--port N] | cargo xtask test | cargo xtask compare [-- example args] | cargo xtask bench [-- bench args] | cargo xtask gpu-report [-- report args] | cargo xtask web | cargo xtask mnist | cargo xtask train"
                 .into(),
         ),
     };
@@ -89,6 +92,15 @@ fn bench(extra: &[String]) -> Result {
             "target/bench/bench",
         ]);
     }
+    args.extend(extra.iter().map(String::as_str));
+    cargo(&args)
+}
+
+/// The release CLI (built here if needed), then its GPU report into examples/results/. The
+/// binary alone runs the report too: copy target/release/multipole to a machine without Rust.
+fn gpu_report(extra: &[String]) -> Result {
+    ensure_vulkan()?;
+    let mut args = [&RUN_CLI[..], &["gpu-report"]].concat();
     args.extend(extra.iter().map(String::as_str));
     cargo(&args)
 }

@@ -5,6 +5,10 @@
 //! median. GPU time comes from timestamp queries around each stage's pass where the adapter
 //! has them (wall time, submit to finish, is recorded too). Memory is what the GPU allocator
 //! reports for the measurement's buffers (Q, K, V, O, LSE and the plan's own).
+//!
+//! Every run first times the calibration (`matmul.rs`: an f32 matrix product, the best of a
+//! few variants), and every record carries `fraction_of_matmul`, its rate over the
+//! calibration's in the same run.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -17,6 +21,7 @@ use multipole::{
 };
 use serde::{Deserialize, Serialize};
 
+use super::matmul;
 use super::plot;
 
 #[derive(clap::Args)]
@@ -71,9 +76,14 @@ pub struct BenchArgs {
     #[arg(long)]
     backward: bool,
     /// A sweep that finishes in well under a minute on a 2-core software GPU (CI runs it):
-    /// n = 1024, 4096, a 32x32 image, 3 runs, unless --n or --image say otherwise.
+    /// n = 1024, 4096, a 32x32 image, 3 runs, a 1024^3 calibration, unless --n, --image or
+    /// --matmul-size say otherwise.
     #[arg(long)]
     quick: bool,
+    /// Side of the calibration's square f32 matrix product (a multiple of 64; default 2048,
+    /// 1024 with --quick).
+    #[arg(long)]
+    matmul_size: Option<usize>,
 }
 
 /// One measurement: the fields anyone needs to recompute the ratios.
@@ -97,11 +107,30 @@ pub struct Record {
     /// Median GPU time of each stage (FMA: downsample, near_field, far_field; its backward:
     /// downsample, stats, dq, dkv_near, dkv_far, downsample_backward).
     pub stage_ms: BTreeMap<String, f64>,
-    /// FLOPs executed: dense 4 n^2 d per head (halved when causal); FMA 4 d per score it
-    /// evaluates plus its downsampling; FMA's backward 10 d per score (recomputed score, dP,
-    /// dq, dk, dv) plus twice the downsampling (recomputed, and its adjoint).
+    /// FLOPs the definition needs, never the padding or masked scores a kernel's tiling may
+    /// evaluate, so a faster kernel is one that finishes sooner: 4 d per required score (a real
+    /// query against a real key, or a coarse row holding a real token, that it must see),
+    /// i.e. dense n^2 per head and exactly n (n + 1) / 2 when causal, FMA its near and coarse
+    /// scores (`Geometry::score_pairs`), plus FMA's downsampling over the real tokens (Mean:
+    /// 2 d per token and level; learned kinds: 4 p d). FMA's backward: 10 d per required score
+    /// (recomputed score, dP, dq, dk, dv: the flash convention) plus the downsampling twice
+    /// (recomputed and its adjoint; learned kinds three times: the weight gradient too).
+    /// The calibration ("matmul"): 2 n^3.
     pub flops: f64,
     pub gflops: f64,
+    /// This record's GFLOP/s over the calibration's (the best matmul variant of the same run):
+    /// the share of the adapter's attainable f32 rate the kernel uses. Absent in records
+    /// written before the calibration existed.
+    #[serde(default)]
+    pub fraction_of_matmul: Option<f64>,
+    /// The calibration's GFLOP/s and variant that `fraction_of_matmul` divides by.
+    #[serde(default)]
+    pub matmul_gflops: Option<f64>,
+    #[serde(default)]
+    pub matmul_variant: Option<String>,
+    /// Calibration records only (kernel "matmul", one per variant): the variant measured.
+    #[serde(default)]
+    pub variant: Option<String>,
     /// Dense attention's FLOPs over this kernel's time: the rate dense would need to match it.
     pub dense_equivalent_gflops: f64,
     pub peak_bytes: u64,
@@ -172,51 +201,171 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             "wall clock (no timestamp queries)"
         }
     );
-    let mut records = Vec::new();
     let image_inputs = images.iter().filter_map(|&l| match l {
         // Saturates: an image too large for usize is then refused by the shape checks.
         Layout::Image { height, width } => Some((height.saturating_mul(width), l)),
         Layout::Sequence => None,
     });
-    let inputs = ns
+    let inputs: Vec<(usize, FmaConfig)> = ns
         .iter()
         .map(|&n| (n, Layout::Sequence))
-        .chain(image_inputs);
-    for (n, layout) in inputs {
-        let image = layout != Layout::Sequence;
-        let (m, p) = if image {
-            (args.image_m, args.image_p)
-        } else {
-            (args.m, args.p)
-        };
-        let cfg = FmaConfig {
-            causal: args.causal && !image,
-            layout,
-            downsampling: args.downsampling,
-            ..FmaConfig::new(m, p)
-        };
-        let shape = Shape::new(1, args.heads, n, args.d);
+        .chain(image_inputs)
+        .map(|(n, layout)| {
+            let image = layout != Layout::Sequence;
+            let (m, p) = if image {
+                (args.image_m, args.image_p)
+            } else {
+                (args.m, args.p)
+            };
+            let cfg = FmaConfig {
+                causal: args.causal && !image,
+                layout,
+                downsampling: args.downsampling,
+                ..FmaConfig::new(m, p)
+            };
+            (n, cfg)
+        })
+        .collect();
+    // Refuse a bad input before the calibration's minute, not after it.
+    for (n, cfg) in &inputs {
+        Shape::new(1, args.heads, *n, args.d).validate()?;
+        Geometry::new(*n, cfg)?;
+    }
+    let size = args
+        .matmul_size
+        .unwrap_or(if args.quick { 1024 } else { 2048 });
+    matmul::check_dims(size, size, size)?;
+    let mut records = calibration(&ctx, timer.as_ref(), size, runs.min(3))?;
+    for (n, cfg) in &inputs {
         let bench = Bench {
             ctx: &ctx,
             timer: timer.as_ref(),
-            shape,
+            shape: Shape::new(1, args.heads, *n, args.d),
             runs,
         };
-        let fma = bench.measure(&Kernel::Fma(&cfg))?;
+        let fma = bench.measure(&Kernel::Fma(cfg))?;
         print_progress(&fma);
         records.push(fma);
         if args.backward {
-            let back = bench.measure(&Kernel::FmaBackward(&cfg))?;
+            let back = bench.measure(&Kernel::FmaBackward(cfg))?;
             print_progress(&back);
             records.push(back);
         }
-        if n <= dense_max {
-            let dense = bench.measure(&Kernel::Dense(&cfg))?;
+        if *n <= dense_max {
+            let dense = bench.measure(&Kernel::Dense(cfg))?;
             print_progress(&dense);
             records.push(dense);
         }
     }
+    apply_calibration(&mut records);
     report(args, &records)
+}
+
+/// The calibration: one record (kernel "matmul") per variant of a `size`^3 f32 product.
+pub fn calibration(
+    ctx: &GpuContext,
+    timer: Option<&GpuTimer>,
+    size: usize,
+    runs: usize,
+) -> Result<Vec<Record>> {
+    let measured = matmul::measure(ctx, timer, size, runs)?;
+    let flops = 2.0 * (size as f64).powi(3);
+    let bytes = 3 * (size * size * 4) as u64;
+    let records: Vec<Record> = measured
+        .iter()
+        .map(|m| Record {
+            kernel: "matmul".into(),
+            layout: "matmul".into(),
+            n: size,
+            d: size,
+            variant: Some(m.variant.name()),
+            runs,
+            median_ms: m.median_ms,
+            min_ms: m.min_ms,
+            wall_median_ms: m.wall_median_ms,
+            timing: m.timing.into(),
+            stage_ms: BTreeMap::from([("matmul".to_string(), m.median_ms)]),
+            flops,
+            gflops: flops / m.median_ms / 1e6,
+            dense_equivalent_gflops: flops / m.median_ms / 1e6,
+            peak_bytes: bytes,
+            peak_source: "computed".into(),
+            qkvo_bytes: bytes,
+            extra_ratio: 0.0,
+            ..adapter_record(ctx)
+        })
+        .collect();
+    for (r, m) in records.iter().zip(&measured) {
+        println!(
+            "matmul {:>12} {}^3 {:>10.2} ms ({}) {:>8.1} GFLOP/s  (spot check: {:.2} of the rounding bound)",
+            r.variant.as_deref().unwrap_or("?"),
+            size,
+            r.median_ms,
+            r.timing,
+            r.gflops,
+            m.error
+        );
+    }
+    Ok(records)
+}
+
+/// The best matmul record (the calibration), if the records hold one.
+pub fn best_matmul(records: &[Record]) -> Option<&Record> {
+    records
+        .iter()
+        .filter(|r| r.kernel == "matmul" && r.gflops.is_finite())
+        .max_by(|a, b| a.gflops.total_cmp(&b.gflops))
+}
+
+/// Sets every record's `fraction_of_matmul` against the best matmul variant among them.
+pub fn apply_calibration(records: &mut [Record]) {
+    let Some((gflops, variant)) = best_matmul(records).map(|b| (b.gflops, b.variant.clone()))
+    else {
+        return;
+    };
+    for r in records.iter_mut() {
+        r.fraction_of_matmul = Some(r.gflops / gflops);
+        r.matmul_gflops = Some(gflops);
+        r.matmul_variant = variant.clone();
+    }
+}
+
+/// A record with the adapter's fields filled in and the measurement's left empty.
+pub fn adapter_record(ctx: &GpuContext) -> Record {
+    let info = &ctx.info;
+    Record {
+        kernel: String::new(),
+        layout: String::new(),
+        n: 0,
+        d: 0,
+        heads: 1,
+        m: None,
+        p: None,
+        causal: false,
+        downsampling: None,
+        runs: 0,
+        median_ms: f64::NAN,
+        min_ms: f64::NAN,
+        wall_median_ms: f64::NAN,
+        timing: String::new(),
+        stage_ms: BTreeMap::new(),
+        flops: 0.0,
+        gflops: f64::NAN,
+        fraction_of_matmul: None,
+        matmul_gflops: None,
+        matmul_variant: None,
+        variant: None,
+        dense_equivalent_gflops: f64::NAN,
+        peak_bytes: 0,
+        peak_source: String::new(),
+        qkvo_bytes: 0,
+        extra_ratio: 0.0,
+        adapter: info.name.clone(),
+        backend: format!("{:?}", info.backend),
+        device_type: format!("{:?}", info.device_type),
+        driver: format!("{} {}", info.driver, info.driver_info),
+        features: format!("{:?}", ctx.device.features()),
+    }
 }
 
 /// Prints the summary, then writes the JSON and the plots where asked.
@@ -241,7 +390,7 @@ fn report(args: &BenchArgs, records: &[Record]) -> Result<()> {
     Ok(())
 }
 
-enum Kernel<'a> {
+pub enum Kernel<'a> {
     Fma(&'a FmaConfig),
     FmaBackward(&'a FmaConfig),
     Dense(&'a FmaConfig),
@@ -253,15 +402,15 @@ enum Plan {
     Dense(Box<DensePlan>),
 }
 
-struct Bench<'a> {
-    ctx: &'a GpuContext,
-    timer: Option<&'a GpuTimer>,
-    shape: Shape,
-    runs: usize,
+pub struct Bench<'a> {
+    pub ctx: &'a GpuContext,
+    pub timer: Option<&'a GpuTimer>,
+    pub shape: Shape,
+    pub runs: usize,
 }
 
 impl Bench<'_> {
-    fn measure(&self, kernel: &Kernel<'_>) -> Result<Record> {
+    pub fn measure(&self, kernel: &Kernel<'_>) -> Result<Record> {
         let (ctx, shape) = (self.ctx, self.shape);
         settle(ctx)?;
         let before = allocated(ctx);
@@ -414,7 +563,6 @@ impl Bench<'_> {
             Plan::FmaBackward(p) => ("fma_backward", fma_backward_flops(p.geometry(), cfg, shape)),
             Plan::Dense(_) => ("dense", dense_flops),
         };
-        let info = &ctx.info;
         let is_fma = name != "dense";
         Ok(Record {
             kernel: name.into(),
@@ -445,11 +593,7 @@ impl Bench<'_> {
             peak_source: peak_source.into(),
             qkvo_bytes: io_bytes,
             extra_ratio: (peak_bytes as f64 - io_bytes as f64) / io_bytes as f64,
-            adapter: info.name.clone(),
-            backend: format!("{:?}", info.backend),
-            device_type: format!("{:?}", info.device_type),
-            driver: format!("{} {}", info.driver, info.driver_info),
-            features: format!("{:?}", ctx.device.features()),
+            ..adapter_record(ctx)
         })
     }
 }
@@ -499,37 +643,52 @@ fn median(xs: &[f64]) -> f64 {
     v[v.len() / 2]
 }
 
-/// The convention of the literature: 4 n^2 d per head (q.k and p.v), halved for causal.
+/// Dense attention's required FLOPs: 4 d per score (q.k and p.v), n^2 scores per head, and
+/// exactly the n (n + 1) / 2 of the lower triangle when causal (not the tiles a kernel
+/// evaluates and masks).
 pub fn dense_flops(shape: Shape, causal: bool) -> f64 {
-    let f = 4.0 * shape.bh() as f64 * (shape.n as f64).powi(2) * shape.d as f64;
-    if causal { f / 2.0 } else { f }
+    let n = shape.n as f64;
+    let scores = if causal { n * (n + 1.0) / 2.0 } else { n * n };
+    4.0 * shape.bh() as f64 * scores * shape.d as f64
 }
 
-/// FMA's executed FLOPs: 4d per evaluated score, plus downsampling (Mean: one add per token,
-/// channel and level for K and V; learned kinds: p x S multiply-adds per cell and channel).
+/// FMA's downsampling FLOPs over the real tokens (padding is not the definition's work): Mean
+/// adds each token into its row of every level for K and V (2 d per token and level; the
+/// division per row is left out, one per s tokens); learned kinds multiply-add each token into
+/// the p rows of its cell (4 p d per token and level for K and V).
+fn downsample_flops(g: &Geometry, cfg: &FmaConfig, shape: Shape) -> f64 {
+    let per_token = match cfg.downsampling {
+        Downsampling::Mean => 2.0,
+        _ => 4.0 * g.p as f64,
+    };
+    shape.bh() as f64 * per_token * shape.d as f64 * g.n() as f64 * g.num_levels() as f64
+}
+
+/// FMA's required FLOPs: 4 d per required score (`Geometry::score_pairs`: real queries
+/// against the real, allowed near keys and the coarse rows holding a real token), plus the
+/// downsampling.
 pub fn fma_flops(g: &Geometry, cfg: &FmaConfig, shape: Shape) -> f64 {
     let (near, far) = g.score_pairs();
-    let d = shape.d as f64;
-    let attention = 4.0 * d * (near + far) as f64;
-    let levels = g.num_levels() as f64;
-    let down = match cfg.downsampling {
-        Downsampling::Mean => 2.0 * d * g.n_pad() as f64 * levels,
-        _ => 2.0 * 2.0 * (g.p as f64) * d * g.n_pad() as f64 * levels,
-    };
-    shape.bh() as f64 * (attention + down)
+    let attention = 4.0 * shape.d as f64 * (near + far) as f64;
+    shape.bh() as f64 * attention + downsample_flops(g, cfg, shape)
 }
 
-/// FMA backward's executed FLOPs: 10d per score (the recomputed score, dP, and the dq, dk, dv
-/// updates: 2.5 times the forward's 4d, the flash convention), plus the downsampling twice
-/// (recomputed, then its adjoint).
+/// FMA backward's required FLOPs: 10 d per required score (the recomputed score, dP, and the
+/// dq, dk, dv updates: 2.5 times the forward's 4 d, the flash convention), plus the
+/// downsampling recomputed and its adjoint (learned kinds: and the weight gradient, as many
+/// FLOPs again).
 pub fn fma_backward_flops(g: &Geometry, cfg: &FmaConfig, shape: Shape) -> f64 {
     let (near, far) = g.score_pairs();
-    let forward = fma_flops(g, cfg, shape);
-    let scores = shape.bh() as f64 * 4.0 * shape.d as f64 * (near + far) as f64;
-    2.5 * scores + 2.0 * (forward - scores)
+    let scores = shape.bh() as f64 * 10.0 * shape.d as f64 * (near + far) as f64;
+    let passes = if cfg.downsampling.is_learned() {
+        3.0
+    } else {
+        2.0
+    };
+    scores + passes * downsample_flops(g, cfg, shape)
 }
 
-fn print_progress(r: &Record) {
+pub fn print_progress(r: &Record) {
     let stages: Vec<String> = r
         .stage_ms
         .iter()
@@ -548,18 +707,41 @@ fn print_progress(r: &Record) {
     );
 }
 
+/// A fraction of the calibration, or "-" where the run had none.
+fn fraction(r: &Record) -> String {
+    r.fraction_of_matmul
+        .map_or("-".into(), |f| format!("{f:.2}"))
+}
+
 /// The table of ratios (FMA next to dense at the same input) and the growth exponents.
-fn summarise(records: &[Record]) {
+pub fn summarise(records: &[Record]) {
     println!();
+    if let Some(best) = best_matmul(records) {
+        let others: Vec<String> = records
+            .iter()
+            .filter(|r| r.kernel == "matmul")
+            .map(|r| format!("{} {:.1}", r.variant.as_deref().unwrap_or("?"), r.gflops))
+            .collect();
+        println!(
+            "calibration: f32 matmul {n}x{n}x{n}, best {} at {:.1} GFLOP/s (variants: {}); \
+             fractions below are of that rate",
+            best.variant.as_deref().unwrap_or("?"),
+            best.gflops,
+            others.join(", "),
+            n = best.n
+        );
+    }
     println!(
-        "{:>12} {:>9} {:>11} {:>11} {:>8} {:>11} {:>11} {:>13} {:>10}",
+        "{:>12} {:>9} {:>11} {:>11} {:>8} {:>11} {:>8} {:>11} {:>8} {:>13} {:>10}",
         "input",
         "n",
         "fma ms",
         "dense ms",
         "speedup",
         "fma GF/s",
+        "fma/mm",
         "dense GF/s",
+        "dense/mm",
         "fma dense-eq",
         "fma extra"
     );
@@ -567,23 +749,26 @@ fn summarise(records: &[Record]) {
         let dense = records
             .iter()
             .find(|r| r.kernel == "dense" && r.layout == f.layout && r.n == f.n);
-        let (dms, speed, dgf) = match dense {
+        let (dms, speed, dgf, dfrac) = match dense {
             Some(d) => (
                 format!("{:.2}", d.median_ms),
                 format!("{:.1}x", d.median_ms / f.median_ms),
                 format!("{:.1}", d.gflops),
+                fraction(d),
             ),
-            None => ("-".into(), "-".into(), "-".into()),
+            None => ("-".into(), "-".into(), "-".into(), "-".into()),
         };
         println!(
-            "{:>12} {:>9} {:>11.2} {:>11} {:>8} {:>11.1} {:>11} {:>13.1} {:>9.2}x",
+            "{:>12} {:>9} {:>11.2} {:>11} {:>8} {:>11.1} {:>8} {:>11} {:>8} {:>13.1} {:>9.2}x",
             f.layout,
             f.n,
             f.median_ms,
             dms,
             speed,
             f.gflops,
+            fraction(f),
             dgf,
+            dfrac,
             f.dense_equivalent_gflops,
             f.extra_ratio
         );
@@ -594,12 +779,14 @@ fn summarise(records: &[Record]) {
             .find(|r| r.kernel == "fma" && r.layout == b.layout && r.n == b.n)
         {
             println!(
-                "{:>12} n={:<8} backward {:.2} ms = {:.2}x forward ({:.2} ms); extra memory {:.2}x its tensors",
+                "{:>12} n={:<8} backward {:.2} ms = {:.2}x forward ({:.2} ms), {:.1} GFLOP/s = {} of matmul; extra memory {:.2}x its tensors",
                 b.layout,
                 b.n,
                 b.median_ms,
                 b.median_ms / f.median_ms,
                 f.median_ms,
+                b.gflops,
+                fraction(b),
                 b.extra_ratio
             );
         }
@@ -675,9 +862,57 @@ mod tests {
     }
 
     #[test]
+    fn fma_flops_count_required_scores_and_real_tokens() {
+        // n = 10, m = 8: n' = 2m, every query sees every key (causal: i + 1 of them).
+        let cfg = FmaConfig::new(8, 1);
+        let g = Geometry::new(10, &cfg).unwrap();
+        let s = Shape::new(1, 1, 10, 16);
+        let down = 2.0 * 16.0 * 10.0 * g.num_levels() as f64;
+        assert_eq!(fma_flops(&g, &cfg, s), 4.0 * 16.0 * 100.0 + down);
+        assert_eq!(
+            fma_backward_flops(&g, &cfg, s),
+            10.0 * 16.0 * 100.0 + 2.0 * down
+        );
+        let causal = FmaConfig {
+            causal: true,
+            ..cfg
+        };
+        let g = Geometry::new(10, &causal).unwrap();
+        assert_eq!(fma_flops(&g, &causal, s), 4.0 * 16.0 * 55.0 + down);
+        // n = 100 pads to 128 with m = 16: the downsampling counts the 100 real tokens, two
+        // heads, K and V.
+        let cfg = FmaConfig::new(16, 4);
+        let g = Geometry::new(100, &cfg).unwrap();
+        assert!(g.n_pad() > 100 && g.num_levels() >= 1);
+        let s = Shape::new(1, 2, 100, 8);
+        let (near, far) = g.score_pairs();
+        let scores = 2.0 * (near + far) as f64 * 8.0;
+        let levels = g.num_levels() as f64;
+        let mean = 2.0 * 2.0 * 8.0 * 100.0 * levels;
+        assert_eq!(fma_flops(&g, &cfg, s), 4.0 * scores + mean);
+        assert_eq!(fma_backward_flops(&g, &cfg, s), 10.0 * scores + 2.0 * mean);
+        // Learned kinds: each token into the p rows of its cell, 2 FLOPs each, K and V; the
+        // backward adds the weight gradient to the recomputation and the adjoint.
+        let basis = FmaConfig {
+            downsampling: Downsampling::Basis,
+            ..cfg
+        };
+        let learned = 2.0 * 2.0 * 4.0 * 8.0 * 100.0 * levels * 2.0;
+        assert_eq!(fma_flops(&g, &basis, s), 4.0 * scores + learned);
+        assert_eq!(
+            fma_backward_flops(&g, &basis, s),
+            10.0 * scores + 3.0 * learned
+        );
+    }
+
+    #[test]
     fn dense_flops_follow_the_convention() {
         let s = Shape::new(2, 3, 1000, 64);
         assert_eq!(dense_flops(s, false), 4.0 * 6.0 * 1e6 * 64.0);
-        assert_eq!(dense_flops(s, true), 2.0 * 6.0 * 1e6 * 64.0);
+        // Causal: exactly the lower triangle, diagonal included.
+        assert_eq!(
+            dense_flops(s, true),
+            4.0 * 6.0 * (1000.0 * 1001.0 / 2.0) * 64.0
+        );
     }
 }

@@ -2,7 +2,9 @@
 
 mod bench;
 mod classify;
+mod matmul;
 mod plot;
+mod report;
 mod train;
 
 use std::path::PathBuf;
@@ -32,6 +34,9 @@ enum Command {
     Attend(AttendArgs),
     /// FMA against dense attention on this machine's GPU: time, FLOP rates, memory, plots.
     Bench(bench::BenchArgs),
+    /// A machine's GPU in one command (at most 8 minutes): adapter, GPU-vs-CPU checks, the
+    /// calibration and the bench sweep, into OUT/<adapter>.json, .md and plots.
+    GpuReport(report::ReportArgs),
     /// Classify digit images (PNG, JPEG) with the FMA vision transformer on the GPU.
     Classify(classify::ClassifyArgs),
     /// Train the FMA vision transformer (or its dense twin) on MNIST digits, on the CPU.
@@ -87,6 +92,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Attend(args) => attend(&args),
         Command::Bench(args) => bench::run(&args),
+        Command::GpuReport(args) => report::run(&args),
         Command::TrainMnist(args) => train::run(&args),
         Command::Classify(args) => classify::run(&args),
     };

@@ -67,7 +67,8 @@ pub fn draw(records: &[Record], prefix: &Path) -> Result<Vec<String>, String> {
 /// Records grouped by kernel and dimension (`fma 1d`, `dense 2d`, ...), ordered by n.
 fn series(records: &[Record]) -> Vec<(String, Vec<&Record>)> {
     let mut out: Vec<(String, Vec<&Record>)> = Vec::new();
-    for r in records {
+    // The calibration is one size, not a curve against n.
+    for r in records.iter().filter(|r| r.kernel != "matmul") {
         let dims = if r.layout == "1d" { "1d" } else { "2d" };
         let name = format!("{} {dims}", r.kernel);
         match out.iter_mut().find(|(n, _)| *n == name) {
