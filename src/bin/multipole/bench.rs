@@ -17,7 +17,7 @@ use std::time::Instant;
 use multipole::wgpu;
 use multipole::{
     AttentionIo, BackwardIo, DensePlan, Downsampling, FmaConfig, FmaError, FmaPlan, Geometry,
-    GpuContext, GpuTimer, Layout, Result, Shape,
+    GpuContext, GpuTimer, Layout, Precision, Result, Shape,
 };
 use serde::{Deserialize, Serialize};
 
@@ -84,6 +84,10 @@ pub struct BenchArgs {
     /// 1024 with --quick).
     #[arg(long)]
     matmul_size: Option<usize>,
+    /// Storage precisions of FMA's forward, comma separated: f32, f16 (f16 needs the adapter's
+    /// SHADER_F16; its records are kernel "fma_f16"). The backward and dense run in f32.
+    #[arg(long, value_delimiter = ',', default_value = "f32")]
+    precision: Vec<Precision>,
 }
 
 /// One measurement: the fields anyone needs to recompute the ratios.
@@ -98,6 +102,10 @@ pub struct Record {
     pub p: Option<usize>,
     pub causal: bool,
     pub downsampling: Option<String>,
+    /// How Q, K, V, O and the coarse rows were stored ("f32" or "f16"; absent for the
+    /// calibration and in records written before f16 existed).
+    #[serde(default)]
+    pub precision: Option<String>,
     pub runs: usize,
     /// GPU time of one forward (timestamps), or wall time where there are none.
     pub median_ms: f64,
@@ -243,9 +251,14 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             shape: Shape::new(1, args.heads, *n, args.d),
             runs,
         };
-        let fma = bench.measure(&Kernel::Fma(cfg))?;
-        print_progress(&fma);
-        records.push(fma);
+        for &precision in &args.precision {
+            let fma = bench.measure(&Kernel::Fma(&FmaConfig {
+                precision,
+                ..cfg.clone()
+            }))?;
+            print_progress(&fma);
+            records.push(fma);
+        }
         if args.backward {
             let back = bench.measure(&Kernel::FmaBackward(cfg))?;
             print_progress(&back);
@@ -343,6 +356,7 @@ pub fn adapter_record(ctx: &GpuContext) -> Record {
         p: None,
         causal: false,
         downsampling: None,
+        precision: None,
         runs: 0,
         median_ms: f64::NAN,
         min_ms: f64::NAN,
@@ -436,9 +450,14 @@ impl Bench<'_> {
                 )
             }
         };
-        let bytes = (shape.elements() * 4) as u64;
+        // Q, K, V and O at the plan's precision (dense: f32); LSE and the backward's tensors f32.
+        let precision = match kernel {
+            Kernel::Fma(cfg) => cfg.precision,
+            _ => Precision::F32,
+        };
+        let bytes = ((shape.elements() * precision.bytes()) as u64).next_multiple_of(4);
         let qkv: Vec<wgpu::Buffer> = (0..3)
-            .map(|i| input(ctx, bytes, 7 + i as u64 * 1_000_003))
+            .map(|i| input(ctx, shape.elements(), precision, 7 + i as u64 * 1_000_003))
             .collect();
         let out = |b: u64| {
             ctx.device.create_buffer(&wgpu::BufferDescriptor {
@@ -465,7 +484,7 @@ impl Bench<'_> {
                 ctx.queue.submit([enc.finish()]);
                 let grads: Vec<wgpu::Buffer> = (0..3).map(|_| out(bytes)).collect();
                 let dw = (p.weight_grad_bytes() > 0).then(|| out(p.weight_grad_bytes()));
-                Some((input(ctx, bytes, 11), grads, dw))
+                Some((input(ctx, shape.elements(), precision, 11), grads, dw))
             }
             _ => None,
         };
@@ -559,6 +578,9 @@ impl Bench<'_> {
         let median_ms = median(&times);
         let dense_flops = dense_flops(shape, cfg.causal);
         let (name, flops) = match &plan {
+            Plan::Fma(p) if precision == Precision::F16 => {
+                ("fma_f16", fma_flops(p.geometry(), cfg, shape))
+            }
             Plan::Fma(p) => ("fma", fma_flops(p.geometry(), cfg, shape)),
             Plan::FmaBackward(p) => ("fma_backward", fma_backward_flops(p.geometry(), cfg, shape)),
             Plan::Dense(_) => ("dense", dense_flops),
@@ -577,6 +599,7 @@ impl Bench<'_> {
             p: is_fma.then_some(cfg.p),
             causal: cfg.causal,
             downsampling: is_fma.then(|| format!("{:?}", cfg.downsampling).to_lowercase()),
+            precision: Some(format!("{precision:?}").to_lowercase()),
             runs: self.runs,
             median_ms,
             min_ms: times.iter().copied().fold(f64::INFINITY, f64::min),
@@ -614,15 +637,10 @@ fn allocated(ctx: &GpuContext) -> Option<u64> {
 }
 
 /// A STORAGE buffer of `bytes` filled with values in [-1, 1) (seeded, so runs repeat).
-fn input(ctx: &GpuContext, bytes: u64, seed: u64) -> wgpu::Buffer {
-    let buf = ctx.device.create_buffer(&wgpu::BufferDescriptor {
-        label: Some("bench input"),
-        size: bytes.max(4),
-        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
-        mapped_at_creation: false,
-    });
+/// A STORAGE buffer of `values` seeded values in [-1, 1), stored at `precision`.
+fn input(ctx: &GpuContext, values: usize, precision: Precision, seed: u64) -> wgpu::Buffer {
     let mut s = seed;
-    let data: Vec<f32> = (0..bytes / 4)
+    let data: Vec<f32> = (0..values)
         .map(|_| {
             s = s
                 .wrapping_mul(6364136223846793005)
@@ -630,7 +648,21 @@ fn input(ctx: &GpuContext, bytes: u64, seed: u64) -> wgpu::Buffer {
             ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
         })
         .collect();
-    ctx.queue.write_buffer(&buf, 0, bytemuck::cast_slice(&data));
+    let mut bytes: Vec<u8> = match precision {
+        Precision::F32 => bytemuck::cast_slice(&data).to_vec(),
+        Precision::F16 => data
+            .iter()
+            .flat_map(|&x| half::f16::from_f32(x).to_le_bytes())
+            .collect(),
+    };
+    bytes.resize(bytes.len().next_multiple_of(4).max(4), 0);
+    let buf = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("bench input"),
+        size: bytes.len() as u64,
+        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    ctx.queue.write_buffer(&buf, 0, &bytes);
     buf
 }
 
@@ -788,6 +820,24 @@ pub fn summarise(records: &[Record]) {
                 b.gflops,
                 fraction(b),
                 b.extra_ratio
+            );
+        }
+    }
+    for h in records.iter().filter(|r| r.kernel == "fma_f16") {
+        if let Some(f) = records
+            .iter()
+            .find(|r| r.kernel == "fma" && r.layout == h.layout && r.n == h.n)
+        {
+            println!(
+                "{:>12} n={:<8} f16 storage {:.2} ms = {:.2}x f32 ({:.2} ms); peak {:.1} MiB = {:.2}x f32's {:.1} MiB",
+                h.layout,
+                h.n,
+                h.median_ms,
+                h.median_ms / f.median_ms,
+                f.median_ms,
+                h.peak_bytes as f64 / (1 << 20) as f64,
+                h.peak_bytes as f64 / f.peak_bytes as f64,
+                f.peak_bytes as f64 / (1 << 20) as f64,
             );
         }
     }

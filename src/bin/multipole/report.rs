@@ -23,7 +23,8 @@ use std::time::Instant;
 use multipole::gpu::browser_checks;
 use multipole::model::rng::Rng;
 use multipole::{
-    Downsampling, FmaConfig, FmaError, Geometry, GpuContext, GpuTimer, Layout, Result, Shape, wgpu,
+    Downsampling, FmaConfig, FmaError, Geometry, GpuContext, GpuTimer, Layout, Precision, Result,
+    Shape, wgpu,
 };
 use serde::Serialize;
 
@@ -235,15 +236,23 @@ pub fn run(args: &ReportArgs) -> Result<()> {
     // The last step of each series: FMA to n = 1M (4^5 x 1024), dense to 64K.
     let (fma_max, dense_max) = if args.quick { (1, 0) } else { (5, 3) };
     let steps = |last: usize| (0..=last).collect::<Vec<usize>>();
+    // f16 storage where the adapter has it (kernel "fma_f16"); a missing feature is said.
+    let f16 = ctx.device.features().contains(wgpu::Features::SHADER_F16);
+    if !f16 {
+        println!("  no SHADER_F16 on this adapter: the f16 series is left out");
+    }
     let mut series: Vec<Series> = [
         ("fma", false, fma_max, 5.0),
+        ("fma_f16", false, fma_max, 5.0),
         ("fma_backward", false, fma_max, 5.0),
         ("dense", false, dense_max, 16.0),
         ("fma", true, fma_max, 5.0),
+        ("fma_f16", true, fma_max, 5.0),
         ("fma_backward", true, fma_max, 5.0),
         ("dense", true, dense_max, 16.0),
     ]
     .into_iter()
+    .filter(|&(kernel, ..)| f16 || kernel != "fma_f16")
     .map(|(kernel, image, last, growth)| Series {
         kernel,
         image,
@@ -326,8 +335,13 @@ pub fn run(args: &ReportArgs) -> Result<()> {
                 shape: Shape::new(1, 1, n, 64),
                 runs: args.runs,
             };
+            let cfg16 = FmaConfig {
+                precision: Precision::F16,
+                ..cfg.clone()
+            };
             let kernel = match s.kernel {
                 "fma" => Kernel::Fma(&cfg),
+                "fma_f16" => Kernel::Fma(&cfg16),
                 "fma_backward" => Kernel::FmaBackward(&cfg),
                 _ => Kernel::Dense(&cfg),
             };
