@@ -339,7 +339,8 @@ fn backward_dkv_far(
         return;
     }
     let head = w / per_head;
-    let cell = (w % per_head) / blocks;
+    // Cells in reverse: the coarsest level's few long workgroups start first.
+    let cell = params.total_rows / params.p - 1u - (w % per_head) / blocks;
     let r0 = ((w % per_head) % blocks) * BACK_ROWS;
     let head_base = head * params.n;
     let coarse_base = head * params.total_rows;
@@ -432,6 +433,164 @@ fn backward_dkv_far(
                     dcoarse[params.coarse_v_base + at] = acc_v[slot * BACK_ROWS + r];
                 }
             }
+        }
+    }
+}
+
+// backward_dkv_far_rows, the row-major kernel for CPU adapters (lavapipe, SwiftShader), which
+// run a workgroup as SIMD loops over its lanes: there a load whose address differs per lane
+// costs a load per lane, and a barrier switches every lane's context. Here each of ROW_LANES
+// lanes owns one coarse row (its key and value in registers) of one of up to FAR_SIBLINGS
+// neighbouring cells of a level, and all lanes walk the same queries together, so every query
+// row is read at one address by all lanes: no workgroup memory, no barrier. The queries are
+// the union of the cells' transposed far lists (each source cell once); a lane whose cell does
+// not see a source adds exact zeros. Neighbouring cells share most of their lists (3 of 4
+// sources in 1D, 27 of 30 in 2D).
+
+// Rows per cell in one workgroup, cells per workgroup, row blocks per cell.
+struct RowBlocks {
+    rows: u32,
+    cells: u32,
+    blocks: u32,
+}
+
+fn row_blocks() -> RowBlocks {
+    let rows = min(params.p, ROW_LANES);
+    return RowBlocks(rows, min(ROW_LANES / rows, FAR_SIBLINGS), (params.p + rows - 1u) / rows);
+}
+
+// Workgroups of one level.
+fn level_workgroups(l: u32, rb: RowBlocks) -> u32 {
+    return (level(l).groups + rb.cells - 1u) / rb.cells * rb.blocks;
+}
+
+// Does cell `seen`'s transposed far list hold cell `source`?
+fn sees(seen: u32, source: u32) -> bool {
+    var found = false;
+    for (var e = geom[params.far_t_offsets + seen]; e < geom[params.far_t_offsets + seen + 1u]; e++) {
+        found = found || geom[params.far_t_entries + e] == source;
+    }
+    return found;
+}
+
+// Channels 4e .. 4e + 3 of row `row` of `buf`'s kind, zero past d (`which`: 0 q, 1 dO).
+fn row_vec(which: u32, row: u32, e: u32) -> vec4<f32> {
+    var r = vec4<f32>(0.0);
+    let c = 4u * e;
+    let at = row * params.d + c;
+    if (c + 3u < params.d) {
+        if (which == 0u) {
+            r = vec4<f32>(q_in[at], q_in[at + 1u], q_in[at + 2u], q_in[at + 3u]);
+        } else {
+            r = vec4<f32>(do_in[at], do_in[at + 1u], do_in[at + 2u], do_in[at + 3u]);
+        }
+    } else {
+        for (var j = 0u; j < 4u; j++) {
+            if (c + j < params.d) {
+                if (which == 0u) {
+                    r[j] = q_in[at + j];
+                } else {
+                    r[j] = do_in[at + j];
+                }
+            }
+        }
+    }
+    return r;
+}
+
+@compute @workgroup_size(ROW_LANES)
+fn backward_dkv_far_rows(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let rb = row_blocks();
+    var per_head = 0u;
+    for (var l = 0u; l < params.levels; l++) {
+        per_head += level_workgroups(l, rb);
+    }
+    let w = workgroup_index(wid, nwg);
+    if (w >= per_head * params.bh) {
+        return;
+    }
+    let head = w / per_head;
+    // Coarsest level first: its few long workgroups start early and the short ones fill in.
+    var rest = w % per_head;
+    var l = params.levels - 1u;
+    while (l > 0u && rest >= level_workgroups(l, rb)) {
+        rest -= level_workgroups(l, rb);
+        l -= 1u;
+    }
+    let lv = level(l);
+    let first = lv.first + (rest / rb.blocks) * rb.cells;
+    let cells = min(rb.cells, lv.first + lv.groups - first);
+    let g = lid / rb.rows;
+    let r = (rest % rb.blocks) * rb.rows + lid % rb.rows;
+    let cell = first + g;
+    let row = cell * params.p + r;
+    let mine = g < cells && r < params.p;
+    let used = mine && geom[params.rows + 2u * row] > 0u;
+    let head_base = head * params.n;
+    let coarse_at = head * params.total_rows + row;
+
+    var bias = 0.0;
+    var k: array<vec4<f32>, HEAD_VEC>;
+    var v: array<vec4<f32>, HEAD_VEC>;
+    if (used) {
+        bias = bitcast<f32>(geom[params.rows + 2u * row + 1u]);
+        for (var c = 0u; c < params.d; c++) {
+            k[c / 4u][c % 4u] = coarse[coarse_at * params.d + c];
+            v[c / 4u][c % 4u] = coarse[params.coarse_v_base + coarse_at * params.d + c];
+        }
+    }
+    var dk: array<vec4<f32>, HEAD_VEC>;
+    var dv: array<vec4<f32>, HEAD_VEC>;
+    let s = lv.h * lv.w;
+    for (var a = 0u; a < cells; a++) {
+        let seen = first + a;
+        for (var e = geom[params.far_t_offsets + seen]; e < geom[params.far_t_offsets + seen + 1u]; e++) {
+            let source = geom[params.far_t_entries + e];
+            // A source an earlier cell of the block sees was walked with that cell.
+            var walked = false;
+            for (var b = 0u; b < a; b++) {
+                walked = walked || sees(first + b, source);
+            }
+            if (walked) {
+                continue;
+            }
+            let on = used && g >= a && (g == a || sees(cell, source));
+            for (var t = 0u; t < s; t++) {
+                let i = cell_token(lv, source - lv.first, t);
+                if (i < 0) {
+                    continue;
+                }
+                let qrow = head_base + u32(i);
+                let st = stats[qrow];
+                var q: array<vec4<f32>, HEAD_VEC>;
+                var dout: array<vec4<f32>, HEAD_VEC>;
+                for (var x = 0u; x < HEAD_VEC; x++) {
+                    q[x] = row_vec(0u, qrow, x) * params.scale;
+                    dout[x] = row_vec(1u, qrow, x);
+                }
+                var z = bias;
+                var dp = 0.0;
+                for (var x = 0u; x < HEAD_VEC; x++) {
+                    z += dot(q[x], k[x]);
+                    dp += dot(dout[x], v[x]);
+                }
+                let pr = select(0.0, exp(z - st.x), on);
+                let ds = pr * (dp - st.y);
+                for (var x = 0u; x < HEAD_VEC; x++) {
+                    dk[x] += ds * q[x];
+                    dv[x] += pr * dout[x];
+                }
+            }
+        }
+    }
+    if (mine) {
+        for (var c = 0u; c < params.d; c++) {
+            dcoarse[coarse_at * params.d + c] = dk[c / 4u][c % 4u];
+            dcoarse[params.coarse_v_base + coarse_at * params.d + c] = dv[c / 4u][c % 4u];
         }
     }
 }

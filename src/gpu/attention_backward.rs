@@ -3,15 +3,39 @@
 
 use super::context::GpuContext;
 use super::params::{bind, dispatch};
-use super::shaders::{BACK_ROWS, Family, Spec, WG_ELEMENTS, binding as B};
+use super::shaders::{BACK_ROWS, FAR_SIBLINGS, Family, ROW_LANES, Spec, WG_ELEMENTS, binding as B};
 use crate::error::Result;
 
 pub(crate) struct AttentionBackwardKernel {
     stats: wgpu::ComputePipeline,
     dq_near: wgpu::ComputePipeline,
     dkv_near: wgpu::ComputePipeline,
-    /// `backward_dq_far` and `backward_dkv_far`, when there are coarse levels.
+    /// `backward_dq_far` and the coarse rows' kernel, when there are coarse levels.
     far: Option<(wgpu::ComputePipeline, wgpu::ComputePipeline)>,
+    /// Which coarse rows' kernel `far` holds.
+    far_rows: FarRows,
+}
+
+/// How the coarse rows' gradients are computed; the best differs between a GPU and a CPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum FarRows {
+    /// `backward_dkv_far`: 64 lanes per block of BACK_ROWS rows, the query tiles staged in
+    /// workgroup memory (scores one query per lane, gradients one channel per lane).
+    Tiled,
+    /// `backward_dkv_far_rows`: one lane per row, no workgroup memory and no barrier, every
+    /// query read at one address by all lanes (CPU adapters, whose lanes are SIMD loops).
+    Lanes,
+}
+
+impl FarRows {
+    /// `Lanes` on a CPU adapter (lavapipe, SwiftShader, WARP), `Tiled` on anything else.
+    pub fn for_adapter(info: &wgpu::AdapterInfo) -> FarRows {
+        if info.device_type == wgpu::DeviceType::Cpu {
+            FarRows::Lanes
+        } else {
+            FarRows::Tiled
+        }
+    }
 }
 
 /// Buffers of one backward dispatch over a chunk of heads. `coarse` and `dcoarse` are None
@@ -40,20 +64,28 @@ pub(crate) struct BackwardWork {
     pub query_tiles: u64,
     pub cells: u64,
     pub p: u64,
+    /// Cells of each coarse level.
+    pub level_cells: Vec<u64>,
 }
 
 impl AttentionBackwardKernel {
     pub fn new(ctx: &GpuContext, spec: Spec, far_field: bool) -> Result<Self> {
         let pipe = |entry| ctx.pipeline(Family::AttentionBackward, entry, spec);
+        let far_rows = FarRows::for_adapter(&ctx.info);
+        let rows_entry = match far_rows {
+            FarRows::Tiled => "backward_dkv_far",
+            FarRows::Lanes => "backward_dkv_far_rows",
+        };
         Ok(AttentionBackwardKernel {
             stats: pipe("backward_stats")?,
             dq_near: pipe("backward_dq_near")?,
             dkv_near: pipe("backward_dkv_near")?,
             far: if far_field {
-                Some((pipe("backward_dq_far")?, pipe("backward_dkv_far")?))
+                Some((pipe("backward_dq_far")?, pipe(rows_entry)?))
             } else {
                 None
             },
+            far_rows,
         })
     }
 
@@ -136,7 +168,8 @@ impl AttentionBackwardKernel {
         dispatch(ctx, pass, &self.dkv_near, &group, w.query_tiles * w.heads)
     }
 
-    /// Gradients of every coarse row (one workgroup per cell and block of BACK_ROWS rows).
+    /// Gradients of every coarse row: one workgroup per cell and block of BACK_ROWS rows
+    /// (`Tiled`), or per block of neighbouring cells' rows (`Lanes`, as the shader counts).
     pub fn encode_dkv_far(
         &self,
         ctx: &GpuContext,
@@ -162,7 +195,18 @@ impl AttentionBackwardKernel {
                 (B::DCOARSE, dcoarse),
             ],
         );
-        let blocks = w.p.div_ceil(BACK_ROWS as u64);
-        dispatch(ctx, pass, dkv_far, &group, w.cells * blocks * w.heads)
+        let per_head = match self.far_rows {
+            FarRows::Tiled => w.cells * w.p.div_ceil(BACK_ROWS as u64),
+            FarRows::Lanes => {
+                let rows = w.p.min(ROW_LANES as u64);
+                let cells = (ROW_LANES as u64 / rows).min(FAR_SIBLINGS as u64);
+                let blocks = w.p.div_ceil(rows);
+                w.level_cells
+                    .iter()
+                    .map(|c| c.div_ceil(cells) * blocks)
+                    .sum()
+            }
+        };
+        dispatch(ctx, pass, dkv_far, &group, per_head * w.heads)
     }
 }

@@ -231,6 +231,12 @@ impl FmaPlan {
             query_tiles: self.query_tiles as u64,
             cells: self.geometry.total_cells() as u64,
             p: self.geometry.p as u64,
+            level_cells: self
+                .geometry
+                .levels
+                .iter()
+                .map(|l| l.groups() as u64)
+                .collect(),
         };
         let attention = &parts.attention;
         let mut pass = begin_pass(encoder, "fma backward stats", timer, &mut slot);

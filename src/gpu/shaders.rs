@@ -115,6 +115,12 @@ pub const BACK_ROWS: u32 = 4;
 /// Lanes of a backward_dkv_far workgroup.
 const FAR_LANES: u32 = 64;
 
+/// backward_dkv_far_rows (the CPU adapters' dK~, dV~ kernel): lanes per workgroup, one coarse
+/// row each (a SIMD vector of llvmpipe on AVX2), and at most this many neighbouring cells of a
+/// level per workgroup (two share 3 of 4 sources in 1D, 27 of 30 in 2D; more share fewer).
+pub(crate) const ROW_LANES: u32 = 8;
+pub(crate) const FAR_SIBLINGS: u32 = 2;
+
 /// The compile-time shape of one shader build.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Spec {
@@ -216,6 +222,8 @@ pub fn source(family: Family, spec: Spec) -> String {
         ("BACK_ROWS", BACK_ROWS),
         ("BACK_ROW_VECS", vecs(BACK_ROWS)),
         ("FAR_LANES", FAR_LANES),
+        ("ROW_LANES", ROW_LANES),
+        ("FAR_SIBLINGS", FAR_SIBLINGS),
         ("MAX_LEVELS", MAX_LEVELS as u32),
         ("LEVEL_WORDS", LEVEL_WORDS as u32),
         ("WG_ELEMENTS", WG_ELEMENTS),
