@@ -48,23 +48,21 @@ var<workgroup> far_tag: array<i32, FAR_LANES>;
 var<workgroup> pair_p: array<f32, FAR_LANES * BACK_ROWS>;
 var<workgroup> pair_ds: array<f32, FAR_LANES * BACK_ROWS>;
 
-// Rows of the inputs (zero past d and for token < 0); `factor` scales q by tau.
+// Rows of the inputs (zero past d and for token < 0); `load_q` scales q by tau.
 fn load_q(head_base: u32, token: i32) -> array<vec4<f32>, HEAD_VEC> {
     var r: array<vec4<f32>, HEAD_VEC>;
-    for (var c = 0u; c < params.d; c++) {
-        if (token >= 0) {
-            r[c / 4u][c % 4u] = q_in[(head_base + u32(token)) * params.d + c] * params.scale;
-        }
+    let at = (head_base + u32(max(token, 0))) * params.d;
+    for (var e = 0u; e < HEAD_VEC; e++) {
+        r[e] = select(vec4<f32>(0.0), q_vec(at, e) * params.scale, token >= 0);
     }
     return r;
 }
 
 fn load_do(head_base: u32, token: i32) -> array<vec4<f32>, HEAD_VEC> {
     var r: array<vec4<f32>, HEAD_VEC>;
-    for (var c = 0u; c < params.d; c++) {
-        if (token >= 0) {
-            r[c / 4u][c % 4u] = do_in[(head_base + u32(token)) * params.d + c];
-        }
+    let at = (head_base + u32(max(token, 0))) * params.d;
+    for (var e = 0u; e < HEAD_VEC; e++) {
+        r[e] = select(vec4<f32>(0.0), do_vec(at, e), token >= 0);
     }
     return r;
 }
@@ -473,29 +471,38 @@ fn sees(seen: u32, source: u32) -> bool {
     return found;
 }
 
-// Channels 4e .. 4e + 3 of row `row` of `buf`'s kind, zero past d (`which`: 0 q, 1 dO).
-fn row_vec(which: u32, row: u32, e: u32) -> vec4<f32> {
-    var r = vec4<f32>(0.0);
-    let c = 4u * e;
-    let at = row * params.d + c;
-    if (c + 3u < params.d) {
-        if (which == 0u) {
-            r = vec4<f32>(q_in[at], q_in[at + 1u], q_in[at + 2u], q_in[at + 3u]);
-        } else {
-            r = vec4<f32>(do_in[at], do_in[at + 1u], do_in[at + 2u], do_in[at + 3u]);
-        }
-    } else {
-        for (var j = 0u; j < 4u; j++) {
-            if (c + j < params.d) {
-                if (which == 0u) {
-                    r[j] = q_in[at + j];
-                } else {
-                    r[j] = do_in[at + j];
-                }
-            }
-        }
-    }
-    return r;
+// Channels 4e .. 4e + 3 of the row that starts at word `at` of a buffer, zero past d (one
+// helper per buffer: a buffer a function names is bound by every kernel that calls it). The
+// loads are clamped into the row rather than guarded by a branch: llvmpipe reads an address
+// that all lanes share once only outside conditional blocks.
+fn q_vec(at: u32, e: u32) -> vec4<f32> {
+    let c = vec4<u32>(4u * e) + vec4<u32>(0u, 1u, 2u, 3u);
+    let x = min(vec4<u32>(at) + c, vec4<u32>(at + params.d - 1u));
+    return select(vec4<f32>(0.0), vec4<f32>(q_in[x.x], q_in[x.y], q_in[x.z], q_in[x.w]), c < vec4<u32>(params.d));
+}
+
+fn do_vec(at: u32, e: u32) -> vec4<f32> {
+    let c = vec4<u32>(4u * e) + vec4<u32>(0u, 1u, 2u, 3u);
+    let x = min(vec4<u32>(at) + c, vec4<u32>(at + params.d - 1u));
+    return select(vec4<f32>(0.0), vec4<f32>(do_in[x.x], do_in[x.y], do_in[x.z], do_in[x.w]), c < vec4<u32>(params.d));
+}
+
+fn k_vec(at: u32, e: u32) -> vec4<f32> {
+    let c = vec4<u32>(4u * e) + vec4<u32>(0u, 1u, 2u, 3u);
+    let x = min(vec4<u32>(at) + c, vec4<u32>(at + params.d - 1u));
+    return select(vec4<f32>(0.0), vec4<f32>(k_in[x.x], k_in[x.y], k_in[x.z], k_in[x.w]), c < vec4<u32>(params.d));
+}
+
+fn v_vec(at: u32, e: u32) -> vec4<f32> {
+    let c = vec4<u32>(4u * e) + vec4<u32>(0u, 1u, 2u, 3u);
+    let x = min(vec4<u32>(at) + c, vec4<u32>(at + params.d - 1u));
+    return select(vec4<f32>(0.0), vec4<f32>(v_in[x.x], v_in[x.y], v_in[x.z], v_in[x.w]), c < vec4<u32>(params.d));
+}
+
+fn coarse_vec(at: u32, e: u32) -> vec4<f32> {
+    let c = vec4<u32>(4u * e) + vec4<u32>(0u, 1u, 2u, 3u);
+    let x = min(vec4<u32>(at) + c, vec4<u32>(at + params.d - 1u));
+    return select(vec4<f32>(0.0), vec4<f32>(coarse[x.x], coarse[x.y], coarse[x.z], coarse[x.w]), c < vec4<u32>(params.d));
 }
 
 @compute @workgroup_size(ROW_LANES)
@@ -529,19 +536,18 @@ fn backward_dkv_far_rows(
     let cell = first + g;
     let row = cell * params.p + r;
     let mine = g < cells && r < params.p;
-    let used = mine && geom[params.rows + 2u * row] > 0u;
+    let used = mine && geom[params.rows + 2u * select(0u, row, mine)] > 0u;
     let head_base = head * params.n;
     let coarse_at = head * params.total_rows + row;
 
-    var bias = 0.0;
+    // Rows past the block read row 0 and stay unused.
+    let bias = select(0.0, bitcast<f32>(geom[params.rows + 2u * select(0u, row, mine) + 1u]), used);
+    let own_at = select(0u, coarse_at, mine) * params.d;
     var k: array<vec4<f32>, HEAD_VEC>;
     var v: array<vec4<f32>, HEAD_VEC>;
-    if (used) {
-        bias = bitcast<f32>(geom[params.rows + 2u * row + 1u]);
-        for (var c = 0u; c < params.d; c++) {
-            k[c / 4u][c % 4u] = coarse[coarse_at * params.d + c];
-            v[c / 4u][c % 4u] = coarse[params.coarse_v_base + coarse_at * params.d + c];
-        }
+    for (var x = 0u; x < HEAD_VEC; x++) {
+        k[x] = select(vec4<f32>(0.0), coarse_vec(own_at, x), used);
+        v[x] = select(vec4<f32>(0.0), coarse_vec(params.coarse_v_base + own_at, x), used);
     }
     var dk: array<vec4<f32>, HEAD_VEC>;
     var dv: array<vec4<f32>, HEAD_VEC>;
@@ -569,8 +575,8 @@ fn backward_dkv_far_rows(
                 var q: array<vec4<f32>, HEAD_VEC>;
                 var dout: array<vec4<f32>, HEAD_VEC>;
                 for (var x = 0u; x < HEAD_VEC; x++) {
-                    q[x] = row_vec(0u, qrow, x) * params.scale;
-                    dout[x] = row_vec(1u, qrow, x);
+                    q[x] = q_vec(qrow * params.d, x) * params.scale;
+                    dout[x] = do_vec(qrow * params.d, x);
                 }
                 var z = bias;
                 var dp = 0.0;
@@ -591,6 +597,151 @@ fn backward_dkv_far_rows(
         for (var c = 0u; c < params.d; c++) {
             dcoarse[coarse_at * params.d + c] = dk[c / 4u][c % 4u];
             dcoarse[params.coarse_v_base + coarse_at * params.d + c] = dv[c / 4u][c % 4u];
+        }
+    }
+}
+
+// The CPU adapters' dQ and near-field dK, dV: the same owners as backward_dq_near/_far and
+// backward_dkv_near (one lane per query, or per key), but every lane reads each key (or query)
+// from storage at one address instead of from a staged tile: no workgroup memory, no barrier.
+// dQ takes the near and the far keys in one pass.
+
+// dq += dS k for one key row (k at word `at` of k_in and v of v_in, or both of `coarse` when
+// `far`; the choice is made once per loop, outside any branch around the loads); `keep` masks
+// the pair (a causal or padded one adds exact zeros).
+fn dq_key(dq: ptr<function, array<vec4<f32>, HEAD_VEC>>, q: ptr<function, array<vec4<f32>, HEAD_VEC>>,
+          dout: ptr<function, array<vec4<f32>, HEAD_VEC>>, st: vec2<f32>, at: u32, far: bool,
+          bias: f32, keep: bool) {
+    var k: array<vec4<f32>, HEAD_VEC>;
+    var z = bias;
+    var dp = 0.0;
+    for (var x = 0u; x < HEAD_VEC; x++) {
+        var vx: vec4<f32>;
+        if (far) {
+            k[x] = coarse_vec(at, x);
+            vx = coarse_vec(params.coarse_v_base + at, x);
+        } else {
+            k[x] = k_vec(at, x);
+            vx = v_vec(at, x);
+        }
+        z += dot((*q)[x], k[x]);
+        dp += dot((*dout)[x], vx);
+    }
+    let ds = select(0.0, exp(z - st.x), keep) * (dp - st.y);
+    for (var x = 0u; x < HEAD_VEC; x++) {
+        (*dq)[x] += ds * k[x];
+    }
+}
+
+@compute @workgroup_size(QUERY_TILE)
+fn backward_dq_lanes(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    if (workgroup_index(wid, nwg) >= params.fine_cells * params.tiles_per_cell * params.bh) {
+        return;
+    }
+    let qt = query_tile(wid, nwg);
+    let token = fine_token(qt.cell, qt.first + lid);
+    let head_base = qt.head * params.n;
+    var q = load_q(head_base, token);
+    var dout = load_do(head_base, token);
+    let st = load_stats(head_base, token);
+    var dq: array<vec4<f32>, HEAD_VEC>;
+    let cell_tokens = params.cell_h * params.cell_w;
+    for (var x = geom[params.near_offsets + qt.cell]; x < geom[params.near_offsets + qt.cell + 1u]; x++) {
+        let f = geom[params.near_entries + x];
+        for (var t = 0u; t < cell_tokens; t++) {
+            let j = fine_token(f, t);
+            if (j < 0) {
+                continue;
+            }
+            let keep = token >= 0 && (params.causal == 0u || j <= token);
+            dq_key(&dq, &q, &dout, st, (head_base + u32(j)) * params.d, false, 0.0, keep);
+        }
+    }
+    // The far field: every level's interaction list of the cell's ancestors.
+    let coarse_base = qt.head * params.total_rows;
+    var c = qt.cell;
+    for (var l = 0u; l < params.levels; l++) {
+        for (var x = geom[params.far_offsets + c]; x < geom[params.far_offsets + c + 1u]; x++) {
+            let b = geom[params.far_entries + x];
+            for (var r = 0u; r < params.p; r++) {
+                let row = b * params.p + r;
+                if (geom[params.rows + 2u * row] == 0u) {
+                    continue;
+                }
+                let bias = bitcast<f32>(geom[params.rows + 2u * row + 1u]);
+                dq_key(&dq, &q, &dout, st, (coarse_base + row) * params.d, true, bias, token >= 0);
+            }
+        }
+        c = geom[params.parent + c];
+    }
+    if (token >= 0) {
+        let row = (head_base + u32(token)) * params.d;
+        for (var c = 0u; c < params.d; c++) {
+            dq_out[row + c] = dq[c / 4u][c % 4u] * params.scale;
+        }
+    }
+}
+
+@compute @workgroup_size(QUERY_TILE)
+fn backward_dkv_near_lanes(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    if (workgroup_index(wid, nwg) >= params.fine_cells * params.tiles_per_cell * params.bh) {
+        return;
+    }
+    let kt = query_tile(wid, nwg); // here a tile of keys
+    let token = fine_token(kt.cell, kt.first + lid);
+    let head_base = kt.head * params.n;
+    // A padded lane reads token 0 and keeps nothing.
+    let own_at = (head_base + u32(max(token, 0))) * params.d;
+    var k: array<vec4<f32>, HEAD_VEC>;
+    var v: array<vec4<f32>, HEAD_VEC>;
+    for (var e = 0u; e < HEAD_VEC; e++) {
+        k[e] = k_vec(own_at, e);
+        v[e] = v_vec(own_at, e);
+    }
+    var dk: array<vec4<f32>, HEAD_VEC>;
+    var dv: array<vec4<f32>, HEAD_VEC>;
+    let cell_tokens = params.cell_h * params.cell_w;
+    for (var x = geom[params.near_t_offsets + kt.cell]; x < geom[params.near_t_offsets + kt.cell + 1u]; x++) {
+        let f = geom[params.near_t_entries + x];
+        for (var t = 0u; t < cell_tokens; t++) {
+            let i = fine_token(f, t);
+            if (i < 0) {
+                continue;
+            }
+            let qrow = head_base + u32(i);
+            let st = stats[qrow];
+            var q: array<vec4<f32>, HEAD_VEC>;
+            var dout: array<vec4<f32>, HEAD_VEC>;
+            var z = 0.0;
+            var dp = 0.0;
+            for (var e = 0u; e < HEAD_VEC; e++) {
+                q[e] = q_vec(qrow * params.d, e) * params.scale;
+                dout[e] = do_vec(qrow * params.d, e);
+                z += dot(q[e], k[e]);
+                dp += dot(dout[e], v[e]);
+            }
+            let keep = token >= 0 && (params.causal == 0u || i >= token);
+            let pr = select(0.0, exp(z - st.x), keep);
+            let ds = pr * (dp - st.y);
+            for (var e = 0u; e < HEAD_VEC; e++) {
+                dk[e] += ds * q[e];
+                dv[e] += pr * dout[e];
+            }
+        }
+    }
+    if (token >= 0) {
+        let row = (head_base + u32(token)) * params.d;
+        for (var c = 0u; c < params.d; c++) {
+            dk_out[row + c] = dk[c / 4u][c % 4u];
+            dv_out[row + c] = dv[c / 4u][c % 4u];
         }
     }
 }

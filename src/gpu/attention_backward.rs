@@ -8,32 +8,40 @@ use crate::error::Result;
 
 pub(crate) struct AttentionBackwardKernel {
     stats: wgpu::ComputePipeline,
-    dq_near: wgpu::ComputePipeline,
+    /// dQ: `backward_dq_near` (Tiled, then `dq_far`) or `backward_dq_lanes` (both fields).
+    dq: wgpu::ComputePipeline,
+    /// `backward_dq_far`: Tiled with coarse levels.
+    dq_far: Option<wgpu::ComputePipeline>,
+    /// `backward_dkv_near` or `backward_dkv_near_lanes`.
     dkv_near: wgpu::ComputePipeline,
-    /// `backward_dq_far` and the coarse rows' kernel, when there are coarse levels.
-    far: Option<(wgpu::ComputePipeline, wgpu::ComputePipeline)>,
-    /// Which coarse rows' kernel `far` holds.
-    far_rows: FarRows,
+    /// `backward_dkv_far` or `backward_dkv_far_rows`, with coarse levels.
+    dkv_far: Option<wgpu::ComputePipeline>,
+    kernels: Kernels,
 }
 
-/// How the coarse rows' gradients are computed; the best differs between a GPU and a CPU.
+/// Which backward kernels a device runs: the best layout differs between a GPU and a CPU.
+/// Both give the same gradients (to rounding) and are deterministic.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum FarRows {
-    /// `backward_dkv_far`: 64 lanes per block of BACK_ROWS rows, the query tiles staged in
-    /// workgroup memory (scores one query per lane, gradients one channel per lane).
+pub(crate) enum Kernels {
+    /// GPUs: rows staged in workgroup memory and shared by the workgroup's lanes; the coarse
+    /// rows' gradients by 64 lanes per block of BACK_ROWS rows (scores one query per lane,
+    /// gradients one channel per lane).
     Tiled,
-    /// `backward_dkv_far_rows`: one lane per row, no workgroup memory and no barrier, every
-    /// query read at one address by all lanes (CPU adapters, whose lanes are SIMD loops).
+    /// CPU adapters, which run a workgroup's lanes as SIMD loops: there a load whose address
+    /// differs per lane costs one load per lane and a barrier switches every lane's context,
+    /// so each lane owns its query, key or coarse row, and all lanes read the other side at
+    /// one address from storage: no workgroup memory, no barrier.
     Lanes,
 }
 
-impl FarRows {
+impl Kernels {
     /// `Lanes` on a CPU adapter (lavapipe, SwiftShader, WARP), `Tiled` on anything else.
-    pub fn for_adapter(info: &wgpu::AdapterInfo) -> FarRows {
+    pub fn for_adapter(info: &wgpu::AdapterInfo) -> Kernels {
+        if std::env::var("MP_TILED").is_ok() { return Kernels::Tiled; } // TEMP
         if info.device_type == wgpu::DeviceType::Cpu {
-            FarRows::Lanes
+            Kernels::Lanes
         } else {
-            FarRows::Tiled
+            Kernels::Tiled
         }
     }
 }
@@ -71,21 +79,29 @@ pub(crate) struct BackwardWork {
 impl AttentionBackwardKernel {
     pub fn new(ctx: &GpuContext, spec: Spec, far_field: bool) -> Result<Self> {
         let pipe = |entry| ctx.pipeline(Family::AttentionBackward, entry, spec);
-        let far_rows = FarRows::for_adapter(&ctx.info);
-        let rows_entry = match far_rows {
-            FarRows::Tiled => "backward_dkv_far",
-            FarRows::Lanes => "backward_dkv_far_rows",
+        let kernels = Kernels::for_adapter(&ctx.info);
+        let far = |entry| far_field.then(|| pipe(entry)).transpose();
+        let (dq, dq_far, dkv_near, dkv_far) = match kernels {
+            Kernels::Tiled => (
+                pipe("backward_dq_near")?,
+                far("backward_dq_far")?,
+                pipe("backward_dkv_near")?,
+                far("backward_dkv_far")?,
+            ),
+            Kernels::Lanes => (
+                pipe("backward_dq_lanes")?,
+                None,
+                pipe("backward_dkv_near_lanes")?,
+                far("backward_dkv_far_rows")?,
+            ),
         };
         Ok(AttentionBackwardKernel {
             stats: pipe("backward_stats")?,
-            dq_near: pipe("backward_dq_near")?,
-            dkv_near: pipe("backward_dkv_near")?,
-            far: if far_field {
-                Some((pipe("backward_dq_far")?, pipe(rows_entry)?))
-            } else {
-                None
-            },
-            far_rows,
+            dq,
+            dq_far,
+            dkv_near,
+            dkv_far,
+            kernels,
         })
     }
 
@@ -113,7 +129,8 @@ impl AttentionBackwardKernel {
         dispatch(ctx, pass, &self.stats, &group, workgroups)
     }
 
-    /// dQ: the near keys' share, then the coarse keys' (one workgroup per query tile).
+    /// dQ: the near keys' share, then the coarse keys' (one workgroup per query tile; one
+    /// pass for both with `Lanes`).
     pub fn encode_dq(
         &self,
         ctx: &GpuContext,
@@ -131,9 +148,17 @@ impl AttentionBackwardKernel {
             (B::DQ, b.dq),
         ];
         let near = [&common[..], &[(B::K, b.k), (B::V, b.v)]].concat();
-        let group = bind(ctx, "backward_dq_near", &self.dq_near, &near);
-        dispatch(ctx, pass, &self.dq_near, &group, tiles)?;
-        if let (Some((dq_far, _)), Some(coarse)) = (&self.far, b.coarse) {
+        if self.kernels == Kernels::Lanes {
+            // Without coarse levels the kernel reads no coarse row (params.levels = 0), yet
+            // its layout has the binding: the geometry, read-only too, stands in.
+            let coarse = b.coarse.unwrap_or(b.geom);
+            let all = [&near[..], &[(B::COARSE, coarse)]].concat();
+            let group = bind(ctx, "backward_dq_lanes", &self.dq, &all);
+            return dispatch(ctx, pass, &self.dq, &group, tiles);
+        }
+        let group = bind(ctx, "backward_dq_near", &self.dq, &near);
+        dispatch(ctx, pass, &self.dq, &group, tiles)?;
+        if let (Some(dq_far), Some(coarse)) = (&self.dq_far, b.coarse) {
             let far = [&common[..], &[(B::COARSE, coarse)]].concat();
             let group = bind(ctx, "backward_dq_far", dq_far, &far);
             dispatch(ctx, pass, dq_far, &group, tiles)?;
@@ -177,7 +202,7 @@ impl AttentionBackwardKernel {
         b: &BackwardBindings<'_>,
         w: &BackwardWork,
     ) -> Result<()> {
-        let (Some((_, dkv_far)), Some(coarse), Some(dcoarse)) = (&self.far, b.coarse, b.dcoarse)
+        let (Some(dkv_far), Some(coarse), Some(dcoarse)) = (&self.dkv_far, b.coarse, b.dcoarse)
         else {
             return Ok(());
         };
@@ -195,9 +220,9 @@ impl AttentionBackwardKernel {
                 (B::DCOARSE, dcoarse),
             ],
         );
-        let per_head = match self.far_rows {
-            FarRows::Tiled => w.cells * w.p.div_ceil(BACK_ROWS as u64),
-            FarRows::Lanes => {
+        let per_head = match self.kernels {
+            Kernels::Tiled => w.cells * w.p.div_ceil(BACK_ROWS as u64),
+            Kernels::Lanes => {
                 let rows = w.p.min(ROW_LANES as u64);
                 let cells = (ROW_LANES as u64 / rows).min(FAR_SIBLINGS as u64);
                 let blocks = w.p.div_ceil(rows);

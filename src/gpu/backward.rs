@@ -265,8 +265,8 @@ impl FmaPlan {
                 dw: io.dw,
             };
             let mut pass = begin_pass(encoder, "fma downsample backward", timer, &mut slot);
-            let elements = (chunk.heads * self.shape.n * self.shape.d) as u64;
-            ds.encode_tokens(ctx, &mut pass, &b, elements)?;
+            let rows = (chunk.heads * self.shape.n) as u64;
+            ds.encode_tokens(ctx, &mut pass, &b, rows)?;
             ds.encode_weights(ctx, &mut pass, &b, chunk.first > 0)?;
         }
         Ok(())
