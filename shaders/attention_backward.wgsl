@@ -12,6 +12,9 @@
 //   transposed far list) in tiles: first one query per lane (scores, the rows broadcast), then
 //   one channel per lane (the rows' gradients, each pair's P and dS broadcast), so no lane
 //   gathers across rows. The coarse rows' gradients go on to downsample_backward.wgsl.
+// Those are the GPU kernels (`Tiled` in the Rust twin). CPU adapters (`Lanes`) run
+// `backward_dq_lanes`, `backward_dkv_near_lanes` and `backward_dkv_far_rows` (at the end):
+// the same owners without staged tiles or barriers.
 // Per (query i, key): P = exp(z - LSE_i), dS = P (dO_i . v - D_i); dq_i += tau dS k,
 // dk += tau dS q_i, dv += P dO_i.
 

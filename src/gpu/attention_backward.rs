@@ -1,5 +1,6 @@
 //! Rust twin of shaders/attention_backward.wgsl: per-query statistics, dQ (query-major), dK and
-//! dV of the near keys (key-major) and the gradients of the coarse rows (row-major).
+//! dV of the near keys (key-major) and the gradients of the coarse rows (row-major), in the
+//! layout that suits the adapter (`Kernels`).
 
 use super::context::GpuContext;
 use super::params::{bind, dispatch};
@@ -37,7 +38,6 @@ pub(crate) enum Kernels {
 impl Kernels {
     /// `Lanes` on a CPU adapter (lavapipe, SwiftShader, WARP), `Tiled` on anything else.
     pub fn for_adapter(info: &wgpu::AdapterInfo) -> Kernels {
-        if std::env::var("MP_TILED").is_ok() { return Kernels::Tiled; } // TEMP
         if info.device_type == wgpu::DeviceType::Cpu {
             Kernels::Lanes
         } else {
