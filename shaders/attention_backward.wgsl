@@ -12,6 +12,9 @@
 //   transposed far list) in tiles: first one query per lane (scores, the rows broadcast), then
 //   one channel per lane (the rows' gradients, each pair's P and dS broadcast), so no lane
 //   gathers across rows. The coarse rows' gradients go on to downsample_backward.wgsl.
+// Those are the GPU kernels (`Tiled` in the Rust twin). CPU adapters (`Lanes`) run
+// `backward_dq_lanes`, `backward_dkv_near_lanes` and `backward_dkv_far_rows` (at the end):
+// the same owners without staged tiles or barriers.
 // Per (query i, key): P = exp(z - LSE_i), dS = P (dO_i . v - D_i); dq_i += tau dS k,
 // dk += tau dS q_i, dv += P dO_i.
 
@@ -48,23 +51,21 @@ var<workgroup> far_tag: array<i32, FAR_LANES>;
 var<workgroup> pair_p: array<f32, FAR_LANES * BACK_ROWS>;
 var<workgroup> pair_ds: array<f32, FAR_LANES * BACK_ROWS>;
 
-// Rows of the inputs (zero past d and for token < 0); `factor` scales q by tau.
+// Rows of the inputs (zero past d and for token < 0); `load_q` scales q by tau.
 fn load_q(head_base: u32, token: i32) -> array<vec4<f32>, HEAD_VEC> {
     var r: array<vec4<f32>, HEAD_VEC>;
-    for (var c = 0u; c < params.d; c++) {
-        if (token >= 0) {
-            r[c / 4u][c % 4u] = q_in[(head_base + u32(token)) * params.d + c] * params.scale;
-        }
+    let at = (head_base + u32(max(token, 0))) * params.d;
+    for (var e = 0u; e < HEAD_VEC; e++) {
+        r[e] = select(vec4<f32>(0.0), q_vec(at, e) * params.scale, token >= 0);
     }
     return r;
 }
 
 fn load_do(head_base: u32, token: i32) -> array<vec4<f32>, HEAD_VEC> {
     var r: array<vec4<f32>, HEAD_VEC>;
-    for (var c = 0u; c < params.d; c++) {
-        if (token >= 0) {
-            r[c / 4u][c % 4u] = do_in[(head_base + u32(token)) * params.d + c];
-        }
+    let at = (head_base + u32(max(token, 0))) * params.d;
+    for (var e = 0u; e < HEAD_VEC; e++) {
+        r[e] = select(vec4<f32>(0.0), do_vec(at, e), token >= 0);
     }
     return r;
 }
@@ -339,7 +340,8 @@ fn backward_dkv_far(
         return;
     }
     let head = w / per_head;
-    let cell = (w % per_head) / blocks;
+    // Cells in reverse: the coarsest level's few long workgroups start first.
+    let cell = params.total_rows / params.p - 1u - (w % per_head) / blocks;
     let r0 = ((w % per_head) % blocks) * BACK_ROWS;
     let head_base = head * params.n;
     let coarse_base = head * params.total_rows;
@@ -432,6 +434,317 @@ fn backward_dkv_far(
                     dcoarse[params.coarse_v_base + at] = acc_v[slot * BACK_ROWS + r];
                 }
             }
+        }
+    }
+}
+
+// backward_dkv_far_rows, the row-major kernel for CPU adapters (lavapipe, SwiftShader), which
+// run a workgroup as SIMD loops over its lanes: there a load whose address differs per lane
+// costs a load per lane, and a barrier switches every lane's context. Here each of ROW_LANES
+// lanes owns one coarse row (its key and value in registers) of one of up to FAR_SIBLINGS
+// neighbouring cells of a level, and all lanes walk the same queries together, so every query
+// row is read at one address by all lanes: no workgroup memory, no barrier. The queries are
+// the union of the cells' transposed far lists (each source cell once); a lane whose cell does
+// not see a source adds exact zeros. Neighbouring cells share most of their lists (3 of 4
+// sources in 1D, 27 of 30 in 2D).
+
+// Rows per cell in one workgroup, cells per workgroup, row blocks per cell.
+struct RowBlocks {
+    rows: u32,
+    cells: u32,
+    blocks: u32,
+}
+
+fn row_blocks() -> RowBlocks {
+    let rows = min(params.p, ROW_LANES);
+    return RowBlocks(rows, min(ROW_LANES / rows, FAR_SIBLINGS), (params.p + rows - 1u) / rows);
+}
+
+// Workgroups of one level.
+fn level_workgroups(l: u32, rb: RowBlocks) -> u32 {
+    return (level(l).groups + rb.cells - 1u) / rb.cells * rb.blocks;
+}
+
+// Does cell `seen`'s transposed far list hold cell `source`?
+fn sees(seen: u32, source: u32) -> bool {
+    var found = false;
+    for (var e = geom[params.far_t_offsets + seen]; e < geom[params.far_t_offsets + seen + 1u]; e++) {
+        found = found || geom[params.far_t_entries + e] == source;
+    }
+    return found;
+}
+
+// Channels 4e .. 4e + 3 of the row that starts at word `at` of a buffer, zero past d (one
+// helper per buffer: a buffer a function names is bound by every kernel that calls it). The
+// loads are clamped into the row rather than guarded by a branch: llvmpipe reads an address
+// that all lanes share once only outside conditional blocks.
+fn q_vec(at: u32, e: u32) -> vec4<f32> {
+    let c = vec4<u32>(4u * e) + vec4<u32>(0u, 1u, 2u, 3u);
+    let x = min(vec4<u32>(at) + c, vec4<u32>(at + params.d - 1u));
+    return select(vec4<f32>(0.0), vec4<f32>(q_in[x.x], q_in[x.y], q_in[x.z], q_in[x.w]), c < vec4<u32>(params.d));
+}
+
+fn do_vec(at: u32, e: u32) -> vec4<f32> {
+    let c = vec4<u32>(4u * e) + vec4<u32>(0u, 1u, 2u, 3u);
+    let x = min(vec4<u32>(at) + c, vec4<u32>(at + params.d - 1u));
+    return select(vec4<f32>(0.0), vec4<f32>(do_in[x.x], do_in[x.y], do_in[x.z], do_in[x.w]), c < vec4<u32>(params.d));
+}
+
+fn k_vec(at: u32, e: u32) -> vec4<f32> {
+    let c = vec4<u32>(4u * e) + vec4<u32>(0u, 1u, 2u, 3u);
+    let x = min(vec4<u32>(at) + c, vec4<u32>(at + params.d - 1u));
+    return select(vec4<f32>(0.0), vec4<f32>(k_in[x.x], k_in[x.y], k_in[x.z], k_in[x.w]), c < vec4<u32>(params.d));
+}
+
+fn v_vec(at: u32, e: u32) -> vec4<f32> {
+    let c = vec4<u32>(4u * e) + vec4<u32>(0u, 1u, 2u, 3u);
+    let x = min(vec4<u32>(at) + c, vec4<u32>(at + params.d - 1u));
+    return select(vec4<f32>(0.0), vec4<f32>(v_in[x.x], v_in[x.y], v_in[x.z], v_in[x.w]), c < vec4<u32>(params.d));
+}
+
+fn coarse_vec(at: u32, e: u32) -> vec4<f32> {
+    let c = vec4<u32>(4u * e) + vec4<u32>(0u, 1u, 2u, 3u);
+    let x = min(vec4<u32>(at) + c, vec4<u32>(at + params.d - 1u));
+    return select(vec4<f32>(0.0), vec4<f32>(coarse[x.x], coarse[x.y], coarse[x.z], coarse[x.w]), c < vec4<u32>(params.d));
+}
+
+@compute @workgroup_size(ROW_LANES)
+fn backward_dkv_far_rows(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let rb = row_blocks();
+    var per_head = 0u;
+    for (var l = 0u; l < params.levels; l++) {
+        per_head += level_workgroups(l, rb);
+    }
+    let w = workgroup_index(wid, nwg);
+    if (w >= per_head * params.bh) {
+        return;
+    }
+    let head = w / per_head;
+    // Coarsest level first: its few long workgroups start early and the short ones fill in.
+    var rest = w % per_head;
+    var l = params.levels - 1u;
+    while (l > 0u && rest >= level_workgroups(l, rb)) {
+        rest -= level_workgroups(l, rb);
+        l -= 1u;
+    }
+    let lv = level(l);
+    let first = lv.first + (rest / rb.blocks) * rb.cells;
+    let cells = min(rb.cells, lv.first + lv.groups - first);
+    let g = lid / rb.rows;
+    let r = (rest % rb.blocks) * rb.rows + lid % rb.rows;
+    let cell = first + g;
+    let row = cell * params.p + r;
+    let mine = g < cells && r < params.p;
+    let used = mine && geom[params.rows + 2u * select(0u, row, mine)] > 0u;
+    let head_base = head * params.n;
+    let coarse_at = head * params.total_rows + row;
+
+    // Rows past the block read row 0 and stay unused.
+    let bias = select(0.0, bitcast<f32>(geom[params.rows + 2u * select(0u, row, mine) + 1u]), used);
+    let own_at = select(0u, coarse_at, mine) * params.d;
+    var k: array<vec4<f32>, HEAD_VEC>;
+    var v: array<vec4<f32>, HEAD_VEC>;
+    for (var x = 0u; x < HEAD_VEC; x++) {
+        k[x] = select(vec4<f32>(0.0), coarse_vec(own_at, x), used);
+        v[x] = select(vec4<f32>(0.0), coarse_vec(params.coarse_v_base + own_at, x), used);
+    }
+    var dk: array<vec4<f32>, HEAD_VEC>;
+    var dv: array<vec4<f32>, HEAD_VEC>;
+    let s = lv.h * lv.w;
+    for (var a = 0u; a < cells; a++) {
+        let seen = first + a;
+        for (var e = geom[params.far_t_offsets + seen]; e < geom[params.far_t_offsets + seen + 1u]; e++) {
+            let source = geom[params.far_t_entries + e];
+            // A source an earlier cell of the block sees was walked with that cell.
+            var walked = false;
+            for (var b = 0u; b < a; b++) {
+                walked = walked || sees(first + b, source);
+            }
+            if (walked) {
+                continue;
+            }
+            let on = used && g >= a && (g == a || sees(cell, source));
+            for (var t = 0u; t < s; t++) {
+                let i = cell_token(lv, source - lv.first, t);
+                if (i < 0) {
+                    continue;
+                }
+                let qrow = head_base + u32(i);
+                let st = stats[qrow];
+                var q: array<vec4<f32>, HEAD_VEC>;
+                var dout: array<vec4<f32>, HEAD_VEC>;
+                for (var x = 0u; x < HEAD_VEC; x++) {
+                    q[x] = q_vec(qrow * params.d, x) * params.scale;
+                    dout[x] = do_vec(qrow * params.d, x);
+                }
+                var z = bias;
+                var dp = 0.0;
+                for (var x = 0u; x < HEAD_VEC; x++) {
+                    z += dot(q[x], k[x]);
+                    dp += dot(dout[x], v[x]);
+                }
+                let pr = select(0.0, exp(z - st.x), on);
+                let ds = pr * (dp - st.y);
+                for (var x = 0u; x < HEAD_VEC; x++) {
+                    dk[x] += ds * q[x];
+                    dv[x] += pr * dout[x];
+                }
+            }
+        }
+    }
+    if (mine) {
+        for (var c = 0u; c < params.d; c++) {
+            dcoarse[coarse_at * params.d + c] = dk[c / 4u][c % 4u];
+            dcoarse[params.coarse_v_base + coarse_at * params.d + c] = dv[c / 4u][c % 4u];
+        }
+    }
+}
+
+// The CPU adapters' dQ and near-field dK, dV: the same owners as backward_dq_near/_far and
+// backward_dkv_near (one lane per query, or per key), but every lane reads each key (or query)
+// from storage at one address instead of from a staged tile: no workgroup memory, no barrier.
+// dQ takes the near and the far keys in one pass.
+
+// dq += dS k for one key row (k at word `at` of k_in and v of v_in, or both of `coarse` when
+// `far`; the choice is made once per loop, outside any branch around the loads); `keep` masks
+// the pair (a causal or padded one adds exact zeros).
+fn dq_key(dq: ptr<function, array<vec4<f32>, HEAD_VEC>>, q: ptr<function, array<vec4<f32>, HEAD_VEC>>,
+          dout: ptr<function, array<vec4<f32>, HEAD_VEC>>, st: vec2<f32>, at: u32, far: bool,
+          bias: f32, keep: bool) {
+    var k: array<vec4<f32>, HEAD_VEC>;
+    var z = bias;
+    var dp = 0.0;
+    for (var x = 0u; x < HEAD_VEC; x++) {
+        var vx: vec4<f32>;
+        if (far) {
+            k[x] = coarse_vec(at, x);
+            vx = coarse_vec(params.coarse_v_base + at, x);
+        } else {
+            k[x] = k_vec(at, x);
+            vx = v_vec(at, x);
+        }
+        z += dot((*q)[x], k[x]);
+        dp += dot((*dout)[x], vx);
+    }
+    let ds = select(0.0, exp(z - st.x), keep) * (dp - st.y);
+    for (var x = 0u; x < HEAD_VEC; x++) {
+        (*dq)[x] += ds * k[x];
+    }
+}
+
+@compute @workgroup_size(QUERY_TILE)
+fn backward_dq_lanes(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    if (workgroup_index(wid, nwg) >= params.fine_cells * params.tiles_per_cell * params.bh) {
+        return;
+    }
+    let qt = query_tile(wid, nwg);
+    let token = fine_token(qt.cell, qt.first + lid);
+    let head_base = qt.head * params.n;
+    var q = load_q(head_base, token);
+    var dout = load_do(head_base, token);
+    let st = load_stats(head_base, token);
+    var dq: array<vec4<f32>, HEAD_VEC>;
+    let cell_tokens = params.cell_h * params.cell_w;
+    for (var x = geom[params.near_offsets + qt.cell]; x < geom[params.near_offsets + qt.cell + 1u]; x++) {
+        let f = geom[params.near_entries + x];
+        for (var t = 0u; t < cell_tokens; t++) {
+            let j = fine_token(f, t);
+            if (j < 0) {
+                continue;
+            }
+            let keep = token >= 0 && (params.causal == 0u || j <= token);
+            dq_key(&dq, &q, &dout, st, (head_base + u32(j)) * params.d, false, 0.0, keep);
+        }
+    }
+    // The far field: every level's interaction list of the cell's ancestors.
+    let coarse_base = qt.head * params.total_rows;
+    var c = qt.cell;
+    for (var l = 0u; l < params.levels; l++) {
+        for (var x = geom[params.far_offsets + c]; x < geom[params.far_offsets + c + 1u]; x++) {
+            let b = geom[params.far_entries + x];
+            for (var r = 0u; r < params.p; r++) {
+                let row = b * params.p + r;
+                if (geom[params.rows + 2u * row] == 0u) {
+                    continue;
+                }
+                let bias = bitcast<f32>(geom[params.rows + 2u * row + 1u]);
+                dq_key(&dq, &q, &dout, st, (coarse_base + row) * params.d, true, bias, token >= 0);
+            }
+        }
+        c = geom[params.parent + c];
+    }
+    if (token >= 0) {
+        let row = (head_base + u32(token)) * params.d;
+        for (var c = 0u; c < params.d; c++) {
+            dq_out[row + c] = dq[c / 4u][c % 4u] * params.scale;
+        }
+    }
+}
+
+@compute @workgroup_size(QUERY_TILE)
+fn backward_dkv_near_lanes(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    if (workgroup_index(wid, nwg) >= params.fine_cells * params.tiles_per_cell * params.bh) {
+        return;
+    }
+    let kt = query_tile(wid, nwg); // here a tile of keys
+    let token = fine_token(kt.cell, kt.first + lid);
+    let head_base = kt.head * params.n;
+    // A padded lane reads token 0 and keeps nothing.
+    let own_at = (head_base + u32(max(token, 0))) * params.d;
+    var k: array<vec4<f32>, HEAD_VEC>;
+    var v: array<vec4<f32>, HEAD_VEC>;
+    for (var e = 0u; e < HEAD_VEC; e++) {
+        k[e] = k_vec(own_at, e);
+        v[e] = v_vec(own_at, e);
+    }
+    var dk: array<vec4<f32>, HEAD_VEC>;
+    var dv: array<vec4<f32>, HEAD_VEC>;
+    let cell_tokens = params.cell_h * params.cell_w;
+    for (var x = geom[params.near_t_offsets + kt.cell]; x < geom[params.near_t_offsets + kt.cell + 1u]; x++) {
+        let f = geom[params.near_t_entries + x];
+        for (var t = 0u; t < cell_tokens; t++) {
+            let i = fine_token(f, t);
+            if (i < 0) {
+                continue;
+            }
+            let qrow = head_base + u32(i);
+            let st = stats[qrow];
+            var q: array<vec4<f32>, HEAD_VEC>;
+            var dout: array<vec4<f32>, HEAD_VEC>;
+            var z = 0.0;
+            var dp = 0.0;
+            for (var e = 0u; e < HEAD_VEC; e++) {
+                q[e] = q_vec(qrow * params.d, e) * params.scale;
+                dout[e] = do_vec(qrow * params.d, e);
+                z += dot(q[e], k[e]);
+                dp += dot(dout[e], v[e]);
+            }
+            let keep = token >= 0 && (params.causal == 0u || i >= token);
+            let pr = select(0.0, exp(z - st.x), keep);
+            let ds = pr * (dp - st.y);
+            for (var e = 0u; e < HEAD_VEC; e++) {
+                dk[e] += ds * q[e];
+                dv[e] += pr * dout[e];
+            }
+        }
+    }
+    if (token >= 0) {
+        let row = (head_base + u32(token)) * params.d;
+        for (var c = 0u; c < params.d; c++) {
+            dk_out[row + c] = dk[c / 4u][c % 4u];
+            dv_out[row + c] = dv[c / 4u][c % 4u];
         }
     }
 }

@@ -1,8 +1,8 @@
 // Backward of the downsampling (spec sections 3 and 8): the gradients of the coarse keys and
 // values (written by backward_dkv_far) flow on to the tokens' dK and dV and to the weights.
 // - `tokens_mean`, `tokens_basis`, `tokens_depthwise`: one invocation per (head, token,
-//   channel) adds the token's share from every level (a token lies in one cell per level), so
-//   each dK and dV element has one owner.
+//   channel) adds the token's share from every level (a token lies in one cell per level),
+//   so each dK and dV element has one owner.
 // - `weight_grads_basis`, `weight_grads_depthwise`: one workgroup per weight (or bias) element
 //   sums over every cell and head that shares it; the REDUCE_THREADS lanes are reduced in
 //   workgroup memory in a fixed order, so the result is deterministic. `range.accumulate`
@@ -25,19 +25,25 @@ struct GradRange {
 var<workgroup> red_k: array<f32, REDUCE_THREADS>;
 var<workgroup> red_v: array<f32, REDUCE_THREADS>;
 
-// One element of dK and dV: its head, token, channel and grid position.
+// One element of dK and dV: its head, token, channel and grid position. A workgroup holds
+// TOKEN_ROWS rows (head, token) of dK and dV, a lane per channel; with one row (HEAD_TILE >= 32)
+// the row's index arithmetic (divisions by every level's sizes) is the same for all lanes, so
+// a CPU adapter computes it once per SIMD loop instead of once per lane.
 struct Element {
     at: u32,
     head: u32,
     c: u32,
     y: u32,
     x: u32,
+    real: bool, // inside the tensors (c < d, row < bh * n)
 }
 
 fn element(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> Element {
-    let at = workgroup_index(wid, nwg) * WG_ELEMENTS + lid;
-    let token = (at / params.d) % params.n;
-    return Element(at, at / (params.d * params.n), at % params.d, token / params.real_w, token % params.real_w);
+    let row = workgroup_index(wid, nwg) * TOKEN_ROWS + (lid / HEAD_TILE) % TOKEN_ROWS;
+    let c = lid % HEAD_TILE;
+    let token = row % params.n;
+    let real = c < params.d && row < params.bh * params.n;
+    return Element(row * params.d + c, row / params.n, c, token / params.real_w, token % params.real_w, real);
 }
 
 // Gradient of coarse row `row` (key part, or value part with `value`) at channel c.
@@ -49,14 +55,14 @@ fn dcoarse_at(head: u32, row: u32, c: u32, value: bool) -> f32 {
     return dcoarse[at];
 }
 
-@compute @workgroup_size(WG_ELEMENTS)
+@compute @workgroup_size(TOKEN_LANES)
 fn tokens_mean(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
     let e = element(wid, nwg, lid);
-    if (e.at >= params.bh * params.n * params.d) {
+    if (!e.real) {
         return;
     }
     var gk = 0.0;
@@ -102,26 +108,26 @@ fn tokens_learned(e: Element, depthwise: bool) {
     dv_out[e.at] += gv;
 }
 
-@compute @workgroup_size(WG_ELEMENTS)
+@compute @workgroup_size(TOKEN_LANES)
 fn tokens_basis(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
     let e = element(wid, nwg, lid);
-    if (e.at < params.bh * params.n * params.d) {
+    if (e.real) {
         tokens_learned(e, false);
     }
 }
 
-@compute @workgroup_size(WG_ELEMENTS)
+@compute @workgroup_size(TOKEN_LANES)
 fn tokens_depthwise(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
     let e = element(wid, nwg, lid);
-    if (e.at < params.bh * params.n * params.d) {
+    if (e.real) {
         tokens_learned(e, true);
     }
 }

@@ -179,6 +179,40 @@ fn gpu_backward_matches_reference_2d() {
     });
 }
 
+/// The shared device seen as the other kind of adapter, so that the backward takes the path
+/// the real adapter does not (lavapipe, a CPU, runs the GPUs' kernels here, and the other way
+/// round on a GPU): both stay tested on one machine.
+fn other_kind() -> &'static GpuContext {
+    static CTX: std::sync::OnceLock<GpuContext> = std::sync::OnceLock::new();
+    CTX.get_or_init(|| {
+        let ctx = gpu();
+        let device_type = if ctx.info.device_type == wgpu::DeviceType::Cpu {
+            wgpu::DeviceType::DiscreteGpu
+        } else {
+            wgpu::DeviceType::Cpu
+        };
+        let info = wgpu::AdapterInfo {
+            device_type,
+            ..ctx.info.clone()
+        };
+        GpuContext::from_device(ctx.device.clone(), ctx.queue.clone(), info)
+    })
+}
+
+#[test]
+fn gpu_backward_on_the_other_adapter_kinds_path_1d() {
+    sweep("backward 1D, other path (relative)", case_1d(), 24, |c| {
+        run_on(other_kind(), c)
+    });
+}
+
+#[test]
+fn gpu_backward_on_the_other_adapter_kinds_path_2d() {
+    sweep("backward 2D, other path (relative)", case_2d(), 16, |c| {
+        run_on(other_kind(), c)
+    });
+}
+
 /// Every head tile, kind and variant at least once.
 #[test]
 fn gpu_backward_on_every_tile_and_kind() {
@@ -213,7 +247,12 @@ fn gpu_backward_on_every_tile_and_kind() {
 /// Every gradient element has one owner that sums in a fixed order: two runs agree exactly.
 #[test]
 fn gpu_backward_is_deterministic() {
-    let ctx = gpu();
+    for ctx in [gpu(), other_kind()] {
+        deterministic_on(ctx);
+    }
+}
+
+fn deterministic_on(ctx: &GpuContext) {
     let shape = Shape::new(2, 2, 300, 32);
     let cfg = FmaConfig {
         downsampling: Downsampling::Depthwise,

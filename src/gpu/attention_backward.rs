@@ -1,17 +1,49 @@
 //! Rust twin of shaders/attention_backward.wgsl: per-query statistics, dQ (query-major), dK and
-//! dV of the near keys (key-major) and the gradients of the coarse rows (row-major).
+//! dV of the near keys (key-major) and the gradients of the coarse rows (row-major), in the
+//! layout that suits the adapter (`Kernels`).
 
 use super::context::GpuContext;
 use super::params::{bind, dispatch};
-use super::shaders::{BACK_ROWS, Family, Spec, WG_ELEMENTS, binding as B};
+use super::shaders::{BACK_ROWS, FAR_SIBLINGS, Family, ROW_LANES, Spec, WG_ELEMENTS, binding as B};
 use crate::error::Result;
 
 pub(crate) struct AttentionBackwardKernel {
     stats: wgpu::ComputePipeline,
-    dq_near: wgpu::ComputePipeline,
+    /// dQ: `backward_dq_near` (Tiled, then `dq_far`) or `backward_dq_lanes` (both fields).
+    dq: wgpu::ComputePipeline,
+    /// `backward_dq_far`: Tiled with coarse levels.
+    dq_far: Option<wgpu::ComputePipeline>,
+    /// `backward_dkv_near` or `backward_dkv_near_lanes`.
     dkv_near: wgpu::ComputePipeline,
-    /// `backward_dq_far` and `backward_dkv_far`, when there are coarse levels.
-    far: Option<(wgpu::ComputePipeline, wgpu::ComputePipeline)>,
+    /// `backward_dkv_far` or `backward_dkv_far_rows`, with coarse levels.
+    dkv_far: Option<wgpu::ComputePipeline>,
+    kernels: Kernels,
+}
+
+/// Which backward kernels a device runs: the best layout differs between a GPU and a CPU.
+/// Both give the same gradients (to rounding) and are deterministic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kernels {
+    /// GPUs: rows staged in workgroup memory and shared by the workgroup's lanes; the coarse
+    /// rows' gradients by 64 lanes per block of BACK_ROWS rows (scores one query per lane,
+    /// gradients one channel per lane).
+    Tiled,
+    /// CPU adapters, which run a workgroup's lanes as SIMD loops: there a load whose address
+    /// differs per lane costs one load per lane and a barrier switches every lane's context,
+    /// so each lane owns its query, key or coarse row, and all lanes read the other side at
+    /// one address from storage: no workgroup memory, no barrier.
+    Lanes,
+}
+
+impl Kernels {
+    /// `Lanes` on a CPU adapter (lavapipe, SwiftShader, WARP), `Tiled` on anything else.
+    pub fn for_adapter(info: &wgpu::AdapterInfo) -> Kernels {
+        if info.device_type == wgpu::DeviceType::Cpu {
+            Kernels::Lanes
+        } else {
+            Kernels::Tiled
+        }
+    }
 }
 
 /// Buffers of one backward dispatch over a chunk of heads. `coarse` and `dcoarse` are None
@@ -40,20 +72,36 @@ pub(crate) struct BackwardWork {
     pub query_tiles: u64,
     pub cells: u64,
     pub p: u64,
+    /// Cells of each coarse level.
+    pub level_cells: Vec<u64>,
 }
 
 impl AttentionBackwardKernel {
     pub fn new(ctx: &GpuContext, spec: Spec, far_field: bool) -> Result<Self> {
         let pipe = |entry| ctx.pipeline(Family::AttentionBackward, entry, spec);
+        let kernels = Kernels::for_adapter(&ctx.info);
+        let far = |entry| far_field.then(|| pipe(entry)).transpose();
+        let (dq, dq_far, dkv_near, dkv_far) = match kernels {
+            Kernels::Tiled => (
+                pipe("backward_dq_near")?,
+                far("backward_dq_far")?,
+                pipe("backward_dkv_near")?,
+                far("backward_dkv_far")?,
+            ),
+            Kernels::Lanes => (
+                pipe("backward_dq_lanes")?,
+                None,
+                pipe("backward_dkv_near_lanes")?,
+                far("backward_dkv_far_rows")?,
+            ),
+        };
         Ok(AttentionBackwardKernel {
             stats: pipe("backward_stats")?,
-            dq_near: pipe("backward_dq_near")?,
-            dkv_near: pipe("backward_dkv_near")?,
-            far: if far_field {
-                Some((pipe("backward_dq_far")?, pipe("backward_dkv_far")?))
-            } else {
-                None
-            },
+            dq,
+            dq_far,
+            dkv_near,
+            dkv_far,
+            kernels,
         })
     }
 
@@ -81,7 +129,8 @@ impl AttentionBackwardKernel {
         dispatch(ctx, pass, &self.stats, &group, workgroups)
     }
 
-    /// dQ: the near keys' share, then the coarse keys' (one workgroup per query tile).
+    /// dQ: the near keys' share, then the coarse keys' (one workgroup per query tile; one
+    /// pass for both with `Lanes`).
     pub fn encode_dq(
         &self,
         ctx: &GpuContext,
@@ -99,9 +148,17 @@ impl AttentionBackwardKernel {
             (B::DQ, b.dq),
         ];
         let near = [&common[..], &[(B::K, b.k), (B::V, b.v)]].concat();
-        let group = bind(ctx, "backward_dq_near", &self.dq_near, &near);
-        dispatch(ctx, pass, &self.dq_near, &group, tiles)?;
-        if let (Some((dq_far, _)), Some(coarse)) = (&self.far, b.coarse) {
+        if self.kernels == Kernels::Lanes {
+            // Without coarse levels the kernel reads no coarse row (params.levels = 0), yet
+            // its layout has the binding: the geometry, read-only too, stands in.
+            let coarse = b.coarse.unwrap_or(b.geom);
+            let all = [&near[..], &[(B::COARSE, coarse)]].concat();
+            let group = bind(ctx, "backward_dq_lanes", &self.dq, &all);
+            return dispatch(ctx, pass, &self.dq, &group, tiles);
+        }
+        let group = bind(ctx, "backward_dq_near", &self.dq, &near);
+        dispatch(ctx, pass, &self.dq, &group, tiles)?;
+        if let (Some(dq_far), Some(coarse)) = (&self.dq_far, b.coarse) {
             let far = [&common[..], &[(B::COARSE, coarse)]].concat();
             let group = bind(ctx, "backward_dq_far", dq_far, &far);
             dispatch(ctx, pass, dq_far, &group, tiles)?;
@@ -136,7 +193,8 @@ impl AttentionBackwardKernel {
         dispatch(ctx, pass, &self.dkv_near, &group, w.query_tiles * w.heads)
     }
 
-    /// Gradients of every coarse row (one workgroup per cell and block of BACK_ROWS rows).
+    /// Gradients of every coarse row: one workgroup per cell and block of BACK_ROWS rows
+    /// (`Tiled`), or per block of neighbouring cells' rows (`Lanes`, as the shader counts).
     pub fn encode_dkv_far(
         &self,
         ctx: &GpuContext,
@@ -144,7 +202,7 @@ impl AttentionBackwardKernel {
         b: &BackwardBindings<'_>,
         w: &BackwardWork,
     ) -> Result<()> {
-        let (Some((_, dkv_far)), Some(coarse), Some(dcoarse)) = (&self.far, b.coarse, b.dcoarse)
+        let (Some(dkv_far), Some(coarse), Some(dcoarse)) = (&self.dkv_far, b.coarse, b.dcoarse)
         else {
             return Ok(());
         };
@@ -162,7 +220,18 @@ impl AttentionBackwardKernel {
                 (B::DCOARSE, dcoarse),
             ],
         );
-        let blocks = w.p.div_ceil(BACK_ROWS as u64);
-        dispatch(ctx, pass, dkv_far, &group, w.cells * blocks * w.heads)
+        let per_head = match self.kernels {
+            Kernels::Tiled => w.cells * w.p.div_ceil(BACK_ROWS as u64),
+            Kernels::Lanes => {
+                let rows = w.p.min(ROW_LANES as u64);
+                let cells = (ROW_LANES as u64 / rows).min(FAR_SIBLINGS as u64);
+                let blocks = w.p.div_ceil(rows);
+                w.level_cells
+                    .iter()
+                    .map(|c| c.div_ceil(cells) * blocks)
+                    .sum()
+            }
+        };
+        dispatch(ctx, pass, dkv_far, &group, per_head * w.heads)
     }
 }

@@ -232,6 +232,12 @@ impl FmaPlan {
             query_tiles: self.query_tiles as u64,
             cells: self.geometry.total_cells() as u64,
             p: self.geometry.p as u64,
+            level_cells: self
+                .geometry
+                .levels
+                .iter()
+                .map(|l| l.groups() as u64)
+                .collect(),
         };
         let attention = &parts.attention;
         let mut pass = begin_pass(encoder, "fma backward stats", timer, &mut slot);
@@ -260,8 +266,8 @@ impl FmaPlan {
                 dw: io.dw,
             };
             let mut pass = begin_pass(encoder, "fma downsample backward", timer, &mut slot);
-            let elements = (chunk.heads * self.shape.n * self.shape.d) as u64;
-            ds.encode_tokens(ctx, &mut pass, &b, elements)?;
+            let rows = (chunk.heads * self.shape.n) as u64;
+            ds.encode_tokens(ctx, &mut pass, &b, rows)?;
             ds.encode_weights(ctx, &mut pass, &b, chunk.first > 0)?;
         }
         Ok(())

@@ -3,7 +3,7 @@
 
 use super::context::GpuContext;
 use super::params::{bind, dispatch};
-use super::shaders::{Family, Spec, WG_ELEMENTS, binding as B};
+use super::shaders::{Family, Spec, binding as B};
 use crate::config::Downsampling;
 use crate::error::Result;
 
@@ -19,6 +19,8 @@ struct GradRange {
 
 pub(crate) struct DownsampleBackwardKernel {
     tokens: wgpu::ComputePipeline,
+    /// Rows (head, token) per workgroup of `tokens`.
+    token_rows: u64,
     /// The weight-gradient pipeline, its element count (weights, then biases) and its range
     /// uniforms: [overwrite, accumulate].
     weights: Option<(wgpu::ComputePipeline, u64, [wgpu::Buffer; 2])>,
@@ -65,17 +67,19 @@ impl DownsampleBackwardKernel {
         };
         Ok(DownsampleBackwardKernel {
             tokens,
+            token_rows: spec.token_rows() as u64,
             weights: weights.map(|w| (w, elements as u64, [range(0), range(1)])),
         })
     }
 
-    /// Adds the coarse rows' share to dK and dV: one invocation per element of `elements`.
+    /// Adds the coarse rows' share to dK and dV: one invocation per element of `rows` rows
+    /// (head, token), `token_rows` rows per workgroup.
     pub fn encode_tokens(
         &self,
         ctx: &GpuContext,
         pass: &mut wgpu::ComputePass<'_>,
         b: &DownsampleBackwardBindings<'_>,
-        elements: u64,
+        rows: u64,
     ) -> Result<()> {
         let mut buffers = vec![
             (B::PARAMS, b.params),
@@ -93,7 +97,7 @@ impl DownsampleBackwardKernel {
             pass,
             &self.tokens,
             &group,
-            elements.div_ceil(WG_ELEMENTS as u64),
+            rows.div_ceil(self.token_rows),
         )
     }
 

@@ -123,6 +123,22 @@ pub const BACK_ROWS: u32 = 4;
 /// Lanes of a backward_dkv_far workgroup.
 const FAR_LANES: u32 = 64;
 
+/// backward_dkv_far_rows (the CPU adapters' dK~, dV~ kernel): lanes per workgroup, one coarse
+/// row each (a SIMD vector of llvmpipe on AVX2), and at most this many neighbouring cells of a
+/// level per workgroup (two share 3 of 4 sources in 1D, 27 of 30 in 2D; more share fewer).
+pub(crate) const ROW_LANES: u32 = 8;
+pub(crate) const FAR_SIBLINGS: u32 = 2;
+
+impl Spec {
+    /// Rows (head, token) per workgroup of downsample_backward.wgsl's `tokens_*` kernels, a
+    /// lane per channel: one from a 32-wide head tile up (the row's index arithmetic is then
+    /// the workgroup's, computed once per SIMD loop on a CPU adapter), two at 16 so that a
+    /// GPU's 32-lane warps stay full.
+    pub(crate) fn token_rows(&self) -> u32 {
+        (32 / self.head_tile).max(1)
+    }
+}
+
 /// The compile-time shape of one shader build.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Spec {
@@ -250,6 +266,10 @@ pub fn source(family: Family, spec: Spec) -> String {
         ("BACK_ROWS", BACK_ROWS),
         ("BACK_ROW_VECS", vecs(BACK_ROWS)),
         ("FAR_LANES", FAR_LANES),
+        ("ROW_LANES", ROW_LANES),
+        ("FAR_SIBLINGS", FAR_SIBLINGS),
+        ("TOKEN_ROWS", spec.token_rows()),
+        ("TOKEN_LANES", spec.token_rows() * spec.head_tile),
         ("MAX_LEVELS", MAX_LEVELS as u32),
         ("LEVEL_WORDS", LEVEL_WORDS as u32),
         ("WG_ELEMENTS", WG_ELEMENTS),
