@@ -165,7 +165,7 @@ impl Spec {
     /// Direct kernels read rows as vec4s, so they need d a multiple of 4 (else Tiled).
     pub fn with_forward(self, kernels: ForwardKernels, d: usize) -> Spec {
         let forward = match kernels {
-            ForwardKernels::Direct if d % 4 == 0 => ForwardKernels::Direct,
+            ForwardKernels::Direct if d.is_multiple_of(4) => ForwardKernels::Direct,
             _ => ForwardKernels::Tiled,
         };
         Spec { forward, ..self }
