@@ -1,32 +1,75 @@
-// Tiled FMA attention: `near_field` (full-resolution keys of the neighbouring fine cells) and
+// FMA attention: `near_field` (full-resolution keys of the neighbouring fine cells) and
 // `far_field` (coarse keys of every level's interaction list, merged into the near result);
-// and `dense_attention`, exact attention with the same tiles, the baseline FMA is measured by.
+// and `dense_attention`, exact attention, the baseline FMA is measured by.
 //
-// One workgroup serves QUERY_TILE queries of one fine cell, one query per invocation; every
-// query of a fine cell has the same near cells and the same interaction lists, so the
-// workgroup stages each key tile once in workgroup memory and all its queries read it.
-// near_field writes a normalised partial (O, LSE); far_field merges its own triple into it,
-// so no intermediate beyond O and LSE is stored.
+// One workgroup serves QUERY_TILE queries of one fine cell, QUERY_ROWS per invocation; every
+// query of a fine cell has the same near cells and the same interaction lists, so all its
+// invocations walk the same keys in the same order. How the keys reach them (`near_keys`,
+// `far_keys`, `dense_keys`) is in one of two files, chosen per adapter by the Rust twin
+// (ForwardKernels): attention_tiled.wgsl stages key tiles in workgroup memory (GPUs),
+// attention_direct.wgsl reads them straight from storage (CPU adapters). Both add keys four at
+// a time (triple_weights). near_field writes a normalised partial (O, LSE); far_field merges
+// its own triple into it, so no intermediate beyond O and LSE is stored.
 
-@group(0) @binding(B_COARSE) var<storage, read> coarse: array<STORE>;
 @group(0) @binding(B_O) var<storage, read_write> o_out: array<STORE>;
 @group(0) @binding(B_LSE) var<storage, read_write> lse_out: array<f32>;
 
 
-// The query row scaled by tau, zero past d.
+// Which of channels 4c..4c+3 exist (< d).
+fn channels(c: u32) -> vec4<bool> {
+    return vec4<u32>(4u * c) + LANES4 < vec4<u32>(params.d);
+}
+
+// The query row scaled by tau, zero past d (and all zero for padding, token < 0).
 fn load_query(head: u32, token: i32) -> array<vec4<f32>, HEAD_VEC> {
     var q: array<vec4<f32>, HEAD_VEC>;
-    for (var c = 0u; c < HEAD_TILE; c++) {
-        var x = 0.0;
-        if (token >= 0 && c < params.d) {
-            x = f32(q_in[(head * params.n + u32(token)) * params.d + c]) * params.scale;
-        }
-        q[c / 4u][c % 4u] = x;
+    let e0 = (head * params.n + u32(max(token, 0))) * params.d;
+    for (var c = 0u; c < HEAD_VEC; c++) { // unrolled
+        let e = e0 + 4u * c;
+        let x = vec4<f32>(vec4<STORE>(q_in[e], q_in[e + 1u], q_in[e + 2u], q_in[e + 3u])) * params.scale;
+        q[c] = select(vec4<f32>(0.0), x, channels(c) & vec4<bool>(token >= 0));
     }
     return q;
 }
 
-@compute @workgroup_size(QUERY_TILE)
+// Channels 4c..4c+3 of output row `row` (those < d).
+fn load_output(row: u32, c: u32) -> vec4<f32> {
+    let e = row * params.d + 4u * c;
+    return select(vec4<f32>(0.0), vec4<f32>(vec4<STORE>(o_out[e], o_out[e + 1u], o_out[e + 2u], o_out[e + 3u])), channels(c));
+}
+
+fn store_output(row: u32, c: u32, x: vec4<f32>) {
+    let e = row * params.d + 4u * c;
+    let live = channels(c);
+    if (live.x) {
+        o_out[e] = STORE(x.x);
+    }
+    if (live.y) {
+        o_out[e + 1u] = STORE(x.y);
+    }
+    if (live.z) {
+        o_out[e + 2u] = STORE(x.z);
+    }
+    if (live.w) {
+        o_out[e + 3u] = STORE(x.w);
+    }
+}
+
+const LANES4: vec4<u32> = vec4<u32>(0u, 1u, 2u, 3u);
+
+// The QUERY_ROWS queries of invocation `lid` in a tile of QUERY_TILE (query lid + r x
+// QUERY_LANES): loads their q rows and empties their triples; returns their tokens.
+fn load_rows(q: ptr<function, Rows>, t: ptr<function, Triples>, head: u32, cell: u32, first: u32, lid: u32) -> Tokens {
+    var tokens: Tokens;
+    for (var r = 0u; r < QUERY_ROWS; r++) { // unrolled
+        tokens[r] = fine_token(cell, first + lid + r * QUERY_LANES);
+        (*q)[r] = load_query(head, tokens[r]);
+        (*t)[r] = triple_empty();
+    }
+    return tokens;
+}
+
+@compute @workgroup_size(QUERY_LANES)
 fn near_field(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
@@ -36,80 +79,40 @@ fn near_field(
         return;
     }
     let qt = query_tile(wid, nwg);
-    let token = fine_token(qt.cell, qt.first + lid);
-    var q = load_query(qt.head, token);
-    var t = triple_empty();
-    let cell_tokens = params.cell_h * params.cell_w;
-    let head_base = qt.head * params.n;
-
-    // The near keys, flattened over the near cells so that tiles are full.
-    let lo = geom[params.near_offsets + qt.cell];
-    let keys = (geom[params.near_offsets + qt.cell + 1u] - lo) * cell_tokens;
-    for (var k0 = 0u; k0 < keys; k0 += KEY_TILE) {
-        workgroupBarrier(); // every query has read the previous tile
-        for (var kk = lid / ROW_THREADS; kk < KEY_TILE; kk += ROWS_PER_PASS) {
-            let x = k0 + kk;
-            var j = -1;
-            if (x < keys) {
-                j = fine_token(geom[params.near_entries + lo + x / cell_tokens], x % cell_tokens);
-            }
-            stage_token(kk, j, head_base, lid);
+    var q: Rows;
+    var t: Triples;
+    let tokens = load_rows(&q, &t, qt.head, qt.cell, qt.first, lid);
+    near_keys(&t, &q, qt, tokens, lid);
+    for (var r = 0u; r < QUERY_ROWS; r++) { // unrolled
+        if (tokens[r] >= 0) {
+            store_normalised(qt.head * params.n + u32(tokens[r]), t[r]);
         }
-        workgroupBarrier();
-        if (token >= 0) {
-            triple_add_tile(&t, &q, token_mask(token));
-        }
-    }
-    if (token >= 0) {
-        store_normalised(head_base + u32(token), t);
     }
 }
 
-// Stages token j's key and value (zeros for j < 0) as row kk of the tiles; the ROW_THREADS
-// invocations that share a row split its channels.
-fn stage_token(kk: u32, j: i32, head_base: u32, lid: u32) {
-    if (lid % ROW_THREADS == 0u) {
-        tile_tag[kk] = j;
-        tile_bias[kk] = 0.0;
-    }
-    for (var c = lid % ROW_THREADS; c < HEAD_TILE; c += ROW_THREADS) {
-        var kx = 0.0;
-        var vx = 0.0;
-        if (j >= 0 && c < params.d) {
-            let at = (head_base + u32(j)) * params.d + c;
-            kx = f32(k_in[at]);
-            vx = f32(v_in[at]);
-        }
-        tile_store(kk, c, kx, vx);
-    }
-}
-
-// The staged token keys query `token` may see: padding never; causal keeps j <= token.
-fn token_mask(token: i32) -> u32 {
-    var valid = 0u;
-    for (var kk = 0u; kk < KEY_TILE; kk++) {
-        let j = tile_tag[kk];
-        if (j >= 0 && (params.causal == 0u || j <= token)) {
-            valid |= 1u << kk;
-        }
-    }
-    return valid;
+// The largest token any query of the tile can have (an upper bound): causal masking hides
+// every key past it from the whole workgroup.
+fn tile_last_token(qt: QueryTile) -> i32 {
+    let li = qt.first + QUERY_TILE - 1u;
+    let y = (qt.cell / params.cells_x) * params.cell_h + li / params.cell_w;
+    let x = (qt.cell % params.cells_x) * params.cell_w + params.cell_w - 1u;
+    return i32(min(y, params.real_h - 1u) * params.real_w + min(x, params.real_w - 1u));
 }
 
 // Writes the normalised output and log-sum-exp of one query row.
 fn store_normalised(row: u32, t: Triple) {
     let inv = 1.0 / t.sum;
-    for (var c = 0u; c < params.d; c++) {
-        o_out[row * params.d + c] = STORE(t.acc[c / 4u][c % 4u] * inv);
+    for (var c = 0u; c < HEAD_VEC; c++) { // unrolled
+        store_output(row, c, t.acc[c] * inv);
     }
     lse_out[row] = t.max + log(t.sum);
 }
 
-// Exact softmax attention over all keys: the benchmarks' baseline. It runs the same tiles,
-// staging and triple as the FMA kernels, so a comparison measures the algorithm, not the
+// Exact softmax attention over all keys: the benchmarks' baseline. It runs the same key
+// feeding and triple as the FMA kernels, so a comparison measures the algorithm, not the
 // code. One workgroup per QUERY_TILE consecutive queries of one head; causal stops at the
 // tile's last query. Only n, d, bh, causal and scale of `params` are read.
-@compute @workgroup_size(QUERY_TILE)
+@compute @workgroup_size(QUERY_LANES)
 fn dense_attention(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
@@ -122,37 +125,29 @@ fn dense_attention(
     }
     let head = w / tiles;
     let first = (w % tiles) * QUERY_TILE;
-    var token = -1;
-    if (first + lid < params.n) {
-        token = i32(first + lid);
+    var q: Rows;
+    var t: Triples;
+    var tokens: Tokens;
+    for (var r = 0u; r < QUERY_ROWS; r++) { // unrolled
+        let x = first + lid + r * QUERY_LANES;
+        tokens[r] = select(-1, i32(x), x < params.n);
+        q[r] = load_query(head, tokens[r]);
+        t[r] = triple_empty();
     }
-    var q = load_query(head, token);
-    var t = triple_empty();
     let head_base = head * params.n;
     var keys = params.n;
     if (params.causal != 0u) {
         keys = min(params.n, first + QUERY_TILE);
     }
-    for (var k0 = 0u; k0 < keys; k0 += KEY_TILE) {
-        workgroupBarrier(); // every query has read the previous tile
-        for (var kk = lid / ROW_THREADS; kk < KEY_TILE; kk += ROWS_PER_PASS) {
-            var j = -1;
-            if (k0 + kk < keys) {
-                j = i32(k0 + kk);
-            }
-            stage_token(kk, j, head_base, lid);
+    dense_keys(&t, &q, head_base, keys, tokens, lid);
+    for (var r = 0u; r < QUERY_ROWS; r++) { // unrolled
+        if (tokens[r] >= 0) {
+            store_normalised(head_base + u32(tokens[r]), t[r]);
         }
-        workgroupBarrier();
-        if (token >= 0) {
-            triple_add_tile(&t, &q, token_mask(token));
-        }
-    }
-    if (token >= 0) {
-        store_normalised(head_base + u32(token), t);
     }
 }
 
-@compute @workgroup_size(QUERY_TILE)
+@compute @workgroup_size(QUERY_LANES)
 fn far_field(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
@@ -162,61 +157,23 @@ fn far_field(
         return;
     }
     let qt = query_tile(wid, nwg);
-    let token = fine_token(qt.cell, qt.first + lid);
-    var q = load_query(qt.head, token);
-    var t = triple_empty();
-    let coarse_base = qt.head * params.total_rows;
-
-    let keys = far_chain(qt.cell, lid);
-    var level = 0u;
-    for (var k0 = 0u; k0 < keys; k0 += KEY_TILE) {
-        workgroupBarrier();
-        // The first KEY_TILE invocations find the coarse row of one key each...
-        for (var kk = lid; kk < KEY_TILE; kk += QUERY_TILE) {
-            var key = FarKey(-1, 0.0);
-            if (k0 + kk < keys) {
-                key = far_key(k0 + kk, &level);
+    var q: Rows;
+    var t: Triples;
+    let tokens = load_rows(&q, &t, qt.head, qt.cell, qt.first, lid);
+    far_keys(&t, &q, qt, lid);
+    for (var r = 0u; r < QUERY_ROWS; r++) { // unrolled
+        if (tokens[r] >= 0) {
+            let row = qt.head * params.n + u32(tokens[r]);
+            var near: array<vec4<f32>, HEAD_VEC>;
+            for (var c = 0u; c < HEAD_VEC; c++) { // unrolled
+                near[c] = load_output(row, c);
             }
-            tile_tag[kk] = key.row;
-            tile_bias[kk] = key.bias;
-        }
-        workgroupBarrier();
-        // ...then all of them stage the rows.
-        for (var kk = lid / ROW_THREADS; kk < KEY_TILE; kk += ROWS_PER_PASS) {
-            let row = tile_tag[kk];
-            for (var c = lid % ROW_THREADS; c < HEAD_TILE; c += ROW_THREADS) {
-                var kx = 0.0;
-                var vx = 0.0;
-                if (row >= 0 && c < params.d) {
-                    let at = (coarse_base + u32(row)) * params.d + c;
-                    kx = f32(coarse[at]);
-                    vx = f32(coarse[params.coarse_v_base + at]);
-                }
-                tile_store(kk, c, kx, vx);
+            let lse = triple_merge_normalised(&t, r, &near, lse_out[row]);
+            for (var c = 0u; c < HEAD_VEC; c++) { // unrolled
+                store_output(row, c, t[r].acc[c]);
             }
-        }
-        workgroupBarrier();
-        var valid = 0u;
-        for (var kk = 0u; kk < KEY_TILE; kk++) {
-            if (tile_tag[kk] >= 0) {
-                valid |= 1u << kk;
-            }
-        }
-        if (token >= 0) {
-            triple_add_tile(&t, &q, valid);
+            lse_out[row] = lse;
         }
     }
-    if (token < 0) {
-        return;
-    }
-    let row = qt.head * params.n + u32(token);
-    var near: array<vec4<f32>, HEAD_VEC>;
-    for (var c = 0u; c < params.d; c++) {
-        near[c / 4u][c % 4u] = f32(o_out[row * params.d + c]);
-    }
-    let lse = triple_merge_normalised(&t, &near, lse_out[row]);
-    for (var c = 0u; c < params.d; c++) {
-        o_out[row * params.d + c] = STORE(t.acc[c / 4u][c % 4u]);
-    }
-    lse_out[row] = lse;
 }
+

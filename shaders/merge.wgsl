@@ -1,4 +1,5 @@
-// The running softmax triple (max, sum, accumulator) of spec section 4 and its merge.
+// The running softmax triple (max, sum, accumulator) of spec section 4, its merge, and the
+// weights of four keys at a time (their scores in one vec4).
 // Scores are kept relative to the running max, so |scores| up to 1e4 (and beyond) never overflow.
 
 const NEG_BIG: f32 = -3.0e38; // max of an empty triple; exp(NEG_BIG - x) underflows to 0
@@ -9,86 +10,56 @@ struct Triple {
     acc: array<vec4<f32>, HEAD_VEC>,
 }
 
+// An invocation's QUERY_ROWS queries (the Direct kernels block several per invocation so that
+// every key element read serves all of them): scaled q rows, triples, tokens (-1: none).
+alias Rows = array<array<vec4<f32>, HEAD_VEC>, QUERY_ROWS>;
+alias Triples = array<Triple, QUERY_ROWS>;
+alias Tokens = array<i32, QUERY_ROWS>;
+alias Valid = array<vec4<bool>, QUERY_ROWS>;
+
 fn triple_empty() -> Triple {
     var t: Triple;
     t.max = NEG_BIG;
     t.sum = 0.0;
-    for (var c = 0u; c < HEAD_VEC; c++) {
+    for (var c = 0u; c < HEAD_VEC; c++) { // unrolled
         t.acc[c] = vec4<f32>(0.0);
     }
     return t;
 }
 
-// Rescales the triple to a new (larger) max before more keys are added.
-fn triple_rescale(t: ptr<function, Triple>, new_max: f32) {
-    let f = exp((*t).max - new_max);
-    (*t).sum *= f;
-    for (var c = 0u; c < HEAD_VEC; c++) {
-        (*t).acc[c] *= f;
+// Rescales triple r to a new (larger) max before more keys are added.
+fn triple_rescale(t: ptr<function, Triples>, r: u32, new_max: f32) {
+    let f = exp((*t)[r].max - new_max);
+    (*t)[r].sum *= f;
+    for (var c = 0u; c < HEAD_VEC; c++) { // unrolled
+        (*t)[r].acc[c] *= f;
     }
-    (*t).max = new_max;
+    (*t)[r].max = new_max;
 }
 
-// Merges a normalised partial result (output o and log-sum-exp l) into a triple and returns
-// the normalised output in t.acc and the merged log-sum-exp.
-fn triple_merge_normalised(t: ptr<function, Triple>, o: ptr<function, array<vec4<f32>, HEAD_VEC>>, l: f32) -> f32 {
-    let m = max((*t).max, l);
-    let a = exp((*t).max - m);
+// Merges a normalised partial result (output o and log-sum-exp l) into triple r and returns
+// the normalised output in its acc and the merged log-sum-exp.
+fn triple_merge_normalised(t: ptr<function, Triples>, r: u32, o: ptr<function, array<vec4<f32>, HEAD_VEC>>, l: f32) -> f32 {
+    let m = max((*t)[r].max, l);
+    let a = exp((*t)[r].max - m);
     let b = exp(l - m);
-    let s = (*t).sum * a + b;
-    for (var c = 0u; c < HEAD_VEC; c++) {
-        (*t).acc[c] = ((*t).acc[c] * a + (*o)[c] * b) / s;
+    let s = (*t)[r].sum * a + b;
+    for (var c = 0u; c < HEAD_VEC; c++) { // unrolled
+        (*t)[r].acc[c] = ((*t)[r].acc[c] * a + (*o)[c] * b) / s;
     }
     return m + log(s);
 }
 
-// Key and value tiles staged in workgroup memory, KEY_TILE rows of HEAD_VEC vec4s each, with
-// per row a tag (near: the key's token, far: its coarse row; -1 for no key) and a score offset
-// (far: log-multiplicity). Tags are found once per key, not once per query.
-var<workgroup> k_tile: array<vec4<f32>, TILE_VECS>;
-var<workgroup> v_tile: array<vec4<f32>, TILE_VECS>;
-var<workgroup> tile_tag: array<i32, KEY_TILE>;
-var<workgroup> tile_bias: array<f32, KEY_TILE>;
-
-// Invocations that load one key row together, and key rows loaded per pass.
-const ROW_THREADS: u32 = min(QUERY_TILE, HEAD_TILE);
-const ROWS_PER_PASS: u32 = QUERY_TILE / ROW_THREADS;
-
-// Writes element c of row kk of both tiles (zero past d or for a missing row).
-fn tile_store(kk: u32, c: u32, kx: f32, vx: f32) {
-    let at = kk * HEAD_VEC + c / 4u;
-    k_tile[at][c % 4u] = kx;
-    v_tile[at][c % 4u] = vx;
-}
-
-// Adds the tile rows whose bit is set in `valid` to the triple: score q . k + tile_bias[kk]
-// (q already scaled by tau). Scores are computed first so the triple rescales once a tile.
-fn triple_add_tile(t: ptr<function, Triple>, q: ptr<function, array<vec4<f32>, HEAD_VEC>>, valid: u32) {
-    if (valid == 0u) {
-        return;
+// The softmax weights of four keys with scores z for triple r (only those set in `valid`
+// count): rescales the triple if one of them raises its max, adds them to its sum and returns
+// them (0 for the others), ready for the caller to add w . v to the accumulator.
+fn triple_weights(t: ptr<function, Triples>, r: u32, z: vec4<f32>, valid: vec4<bool>) -> vec4<f32> {
+    let zv = select(vec4<f32>(NEG_BIG), z, valid);
+    let m = max(max(zv.x, zv.y), max(zv.z, zv.w));
+    if (m > (*t)[r].max) {
+        triple_rescale(t, r, m);
     }
-    var s: array<f32, KEY_TILE>;
-    var tile_max = NEG_BIG;
-    for (var kk = 0u; kk < KEY_TILE; kk++) {
-        if (((valid >> kk) & 1u) != 0u) {
-            var z = tile_bias[kk];
-            for (var c = 0u; c < HEAD_VEC; c++) {
-                z += dot((*q)[c], k_tile[kk * HEAD_VEC + c]);
-            }
-            s[kk] = z;
-            tile_max = max(tile_max, z);
-        }
-    }
-    if (tile_max > (*t).max) {
-        triple_rescale(t, tile_max);
-    }
-    for (var kk = 0u; kk < KEY_TILE; kk++) {
-        if (((valid >> kk) & 1u) != 0u) {
-            let w = exp(s[kk] - (*t).max);
-            (*t).sum += w;
-            for (var c = 0u; c < HEAD_VEC; c++) {
-                (*t).acc[c] += w * v_tile[kk * HEAD_VEC + c];
-            }
-        }
-    }
+    let w = select(vec4<f32>(0.0), exp(zv - (*t)[r].max), valid);
+    (*t)[r].sum += (w.x + w.y) + (w.z + w.w);
+    return w;
 }

@@ -52,7 +52,9 @@ pub use error::{FmaError, Result};
 pub use geometry::Geometry;
 pub mod gpu;
 
-pub use gpu::{AttentionIo, BackwardIo, DensePlan, FmaPlan, GpuContext, GpuTimer, Tape};
+pub use gpu::{
+    AttentionIo, BackwardIo, DensePlan, FmaPlan, ForwardKernels, GpuContext, GpuTimer, Tape,
+};
 pub use reference::{Gradients, Output};
 #[cfg(all(feature = "web", target_arch = "wasm32"))]
 pub mod web;

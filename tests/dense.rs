@@ -7,7 +7,12 @@ use multipole::{AttentionIo, DensePlan, FmaConfig, FmaPlan, GpuTimer, Shape, ref
 
 #[test]
 fn dense_kernel_matches_reference() {
-    let ctx = gpu();
+    for kernels in FORWARD_KERNELS {
+        dense_matches_reference(gpu_with(kernels));
+    }
+}
+
+fn dense_matches_reference(ctx: &multipole::GpuContext) {
     let mut worst = 0f32;
     for (i, (batch, heads, n, d, causal)) in [
         (1, 1, 1, 1, false),
@@ -35,7 +40,10 @@ fn dense_kernel_matches_reference() {
             .unwrap()
             .forward_blocking(ctx, &q, &k, &v)
             .unwrap();
-        let what = format!("dense {shape:?} causal={causal}");
+        let what = format!(
+            "dense {shape:?} causal={causal} {:?}",
+            ctx.forward_kernels()
+        );
         assert_close(&what, &got.o, &want.o, &v, 1e-4);
         assert_close(&what, &got.lse, &want.lse, &[1.0], 1e-4);
         worst = worst.max(max_abs_diff(&got.o, &want.o).0);
@@ -47,7 +55,12 @@ fn dense_kernel_matches_reference() {
 /// own rounding (about eps * zmax) is added to the tolerance, as in gpu_vs_reference.
 #[test]
 fn dense_kernel_survives_large_scores() {
-    let ctx = gpu();
+    for kernels in FORWARD_KERNELS {
+        dense_survives_large_scores(gpu_with(kernels));
+    }
+}
+
+fn dense_survives_large_scores(ctx: &multipole::GpuContext) {
     let shape = Shape::new(1, 1, 300, 16);
     let (q, k, v) = qkv(5, shape);
     let (q, k): (Vec<f32>, Vec<f32>) = (

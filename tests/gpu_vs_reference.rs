@@ -4,7 +4,7 @@
 
 mod common;
 use common::*;
-use multipole::{Downsampling, FmaPlan, Geometry, Shape, reference};
+use multipole::{Downsampling, FmaPlan, ForwardKernels, Geometry, Shape, reference};
 use proptest::prelude::*;
 
 #[derive(Debug, Clone)]
@@ -20,7 +20,17 @@ struct Case {
     multiplicity: bool,
     /// Image height and width (2D; n = h * w), or None for a sequence.
     image: Option<(usize, usize)>,
+    /// The forward kernels (both run on every adapter; Direct needs d a multiple of 4).
+    kernels: ForwardKernels,
     seed: u64,
+}
+
+fn kernels(direct: bool) -> ForwardKernels {
+    if direct {
+        ForwardKernels::Direct
+    } else {
+        ForwardKernels::Tiled
+    }
 }
 
 fn case() -> impl Strategy<Value = Case> {
@@ -41,12 +51,11 @@ fn case() -> impl Strategy<Value = Case> {
         n,
         any::<bool>(),
         any::<bool>(),
-        1usize..3,
-        1usize..3,
-        any::<u64>(),
+        (1usize..3, 1usize..3),
+        (any::<u64>(), any::<bool>()),
     )
         .prop_map(
-            |(m, p_log, d, kind, n, causal, multiplicity, batch, heads, seed)| {
+            |(m, p_log, d, kind, n, causal, multiplicity, (batch, heads), (seed, direct))| {
                 let p = 1usize << p_log.min(m.trailing_zeros());
                 Case {
                     batch,
@@ -59,6 +68,7 @@ fn case() -> impl Strategy<Value = Case> {
                     kind,
                     multiplicity,
                     image: None,
+                    kernels: kernels(direct),
                     seed,
                 }
             },
@@ -80,10 +90,10 @@ fn case_2d() -> impl Strategy<Value = Case> {
         (1usize..=64, 1usize..=64),
         any::<bool>(),
         (1usize..3, 1usize..3),
-        any::<u64>(),
+        (any::<u64>(), any::<bool>()),
     )
         .prop_map(
-            |((m, p, d, kind), (h, w), multiplicity, (batch, heads), seed)| Case {
+            |((m, p, d, kind), (h, w), multiplicity, (batch, heads), (seed, direct))| Case {
                 batch,
                 heads,
                 n: h * w,
@@ -94,6 +104,7 @@ fn case_2d() -> impl Strategy<Value = Case> {
                 kind,
                 multiplicity,
                 image: Some((h, w)),
+                kernels: kernels(direct),
                 seed,
             },
         )
@@ -101,7 +112,7 @@ fn case_2d() -> impl Strategy<Value = Case> {
 
 /// Runs one case, asserts the tolerance and returns the error relative to max |V|.
 fn run(c: &Case) -> f32 {
-    let ctx = gpu();
+    let ctx = gpu_with(c.kernels);
     let shape = Shape::new(c.batch, c.heads, c.n, c.d);
     let mut cfg = config(c.m, c.p, c.causal, c.kind, c.multiplicity);
     if let Some((h, w)) = c.image {
@@ -142,7 +153,11 @@ fn gpu_matches_reference_on_every_tile_and_kind() {
             Downsampling::Basis,
             Downsampling::Depthwise,
         ] {
-            for causal in [false, true] {
+            for (causal, kernels) in [false, true].into_iter().zip(FORWARD_KERNELS).chain(
+                [false, true]
+                    .into_iter()
+                    .zip(FORWARD_KERNELS.into_iter().rev()),
+            ) {
                 let c = Case {
                     batch: 2,
                     heads: 1,
@@ -154,6 +169,7 @@ fn gpu_matches_reference_on_every_tile_and_kind() {
                     kind,
                     multiplicity: i % 2 == 0,
                     image: None,
+                    kernels,
                     seed: i as u64,
                 };
                 worst = worst.max(run(&c));
@@ -169,8 +185,10 @@ fn gpu_matches_reference_on_every_tile_and_kind() {
 /// error (times 8) on top of the usual 1e-4, relative to max |V|.
 #[test]
 fn large_scores_stay_finite_and_correct() {
-    let ctx = gpu();
-    for causal in [false, true] {
+    let runs = FORWARD_KERNELS
+        .into_iter()
+        .flat_map(|k| [(gpu_with(k), false), (gpu_with(k), true)]);
+    for (ctx, causal) in runs {
         let shape = Shape::new(1, 1, 500, 16);
         let (q, k, v) = qkv(99, shape);
         let (q, k): (Vec<f32>, Vec<f32>) = (

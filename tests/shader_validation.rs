@@ -33,6 +33,14 @@ fn every_specialisation_validates() {
             panic!("{family:?} {spec:?} does not validate:\n{e}");
         }
     }
+    // The Direct forward kernels (CPU adapters) are native only, but validated the same way.
+    let forward = Spec::all_forward();
+    assert_eq!(forward.len(), 2 * specs.len(), "Tiled and Direct");
+    for spec in forward {
+        if let Err(e) = validate(Family::Attention, spec) {
+            panic!("Attention {spec:?} does not validate:\n{e}");
+        }
+    }
 }
 
 /// An f16 build really stores f16 (and only there): its tensors are declared through STORE.
@@ -66,6 +74,15 @@ fn workgroup_bytes(family: Family, spec: Spec) -> u32 {
 }
 
 #[test]
+fn direct_forward_kernels_count_their_workgroup_memory() {
+    for spec in Spec::all_forward() {
+        let bytes = workgroup_bytes(Family::Attention, spec);
+        assert_eq!(bytes, spec.attention_workgroup_bytes(), "{spec:?}");
+        assert!(bytes <= 16384, "{spec:?}: {bytes} bytes");
+    }
+}
+
+#[test]
 fn workgroup_memory_fits_webgpu_default() {
     for spec in Spec::all() {
         let bytes = workgroup_bytes(Family::Attention, spec);
@@ -79,6 +96,11 @@ fn workgroup_memory_fits_webgpu_default() {
             "{spec:?}: attention uses {bytes} bytes of workgroup memory"
         );
         assert!(spec.key_tile() >= 8 && spec.key_tile() <= 32, "{spec:?}");
+        assert_eq!(
+            spec.key_tile() % 4,
+            0,
+            "{spec:?}: keys are added four at a time"
+        );
         let bytes = workgroup_bytes(Family::AttentionBackward, spec);
         assert_eq!(bytes, spec.backward_workgroup_bytes(), "{spec:?}: backward");
         assert!(bytes <= 16384, "{spec:?}: backward uses {bytes} bytes");

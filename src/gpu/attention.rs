@@ -3,12 +3,14 @@
 
 use super::context::GpuContext;
 use super::params::{bind, dispatch};
-use super::shaders::{Family, Spec, binding as B};
+use super::shaders::{Family, ForwardKernels, Spec, binding as B};
 use crate::error::Result;
 
 pub(crate) struct AttentionKernel {
     near: wgpu::ComputePipeline,
     far: Option<wgpu::ComputePipeline>,
+    /// Direct kernels bind K, V and the coarse rows as vec4 rows instead.
+    direct: bool,
 }
 
 /// Buffers of one attention dispatch. `coarse` is None when there are no coarse levels.
@@ -24,8 +26,12 @@ pub(crate) struct AttentionBindings<'a> {
 }
 
 impl AttentionKernel {
-    pub fn new(ctx: &GpuContext, spec: Spec, far_field: bool) -> Result<Self> {
+    /// The kernels of `spec`'s shape for head dim `d`, with the forward kernels the context
+    /// chooses.
+    pub fn new(ctx: &GpuContext, spec: Spec, d: usize, far_field: bool) -> Result<Self> {
+        let spec = spec.with_forward(ctx.forward_kernels(), d);
         Ok(AttentionKernel {
+            direct: spec.forward == ForwardKernels::Direct,
             near: ctx.pipeline(Family::Attention, "near_field", spec)?,
             far: if far_field {
                 Some(ctx.pipeline(Family::Attention, "far_field", spec)?)
@@ -43,6 +49,11 @@ impl AttentionKernel {
         b: &AttentionBindings<'_>,
         workgroups: u64,
     ) -> Result<()> {
+        let (k, v) = if self.direct {
+            (B::K4, B::V4)
+        } else {
+            (B::K, B::V)
+        };
         let group = bind(
             ctx,
             "near_field",
@@ -51,8 +62,8 @@ impl AttentionKernel {
                 (B::PARAMS, b.params),
                 (B::GEOM, b.geom),
                 (B::Q, b.q),
-                (B::K, b.k),
-                (B::V, b.v),
+                (k, b.k),
+                (v, b.v),
                 (B::O, b.o),
                 (B::LSE, b.lse),
             ],
@@ -80,7 +91,7 @@ impl AttentionKernel {
                 (B::PARAMS, b.params),
                 (B::GEOM, b.geom),
                 (B::Q, b.q),
-                (B::COARSE, coarse),
+                (if self.direct { B::COARSE4 } else { B::COARSE }, coarse),
                 (B::O, b.o),
                 (B::LSE, b.lse),
             ],

@@ -3,10 +3,11 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
-use super::shaders::{self, Family, Spec};
+use super::shaders::{self, Family, ForwardKernels, Spec};
 use crate::error::{FmaError, Result};
 
 /// The result of one popped error scope: ready at once natively, later on the web.
@@ -43,6 +44,8 @@ pub struct GpuContext {
     errors: Arc<Mutex<Vec<String>>>,
     /// Popped error scopes whose result has not been read yet.
     pending: Mutex<Vec<ScopeResult>>,
+    /// Whether plans made from now on get the Direct forward kernels (see `forward_kernels`).
+    direct_forward: AtomicBool,
 }
 
 impl GpuContext {
@@ -116,11 +119,12 @@ impl GpuContext {
         GpuContext {
             device,
             queue,
-            info,
             modules: Mutex::new(HashMap::new()),
             pipelines: Mutex::new(HashMap::new()),
             errors: Arc::new(Mutex::new(Vec::new())),
             pending: Mutex::new(Vec::new()),
+            direct_forward: AtomicBool::new(info.device_type == wgpu::DeviceType::Cpu),
+            info,
         }
     }
 
@@ -128,6 +132,24 @@ impl GpuContext {
     #[cfg(not(target_arch = "wasm32"))]
     pub fn new_blocking() -> Result<GpuContext> {
         pollster::block_on(Self::new())
+    }
+
+    /// The forward kernels that plans made from now on use: `Direct` on a CPU adapter
+    /// (lavapipe, where reading keys straight from storage beats staging them), `Tiled`
+    /// elsewhere (GPUs, and browsers, which do not say what the adapter is).
+    pub fn forward_kernels(&self) -> ForwardKernels {
+        if self.direct_forward.load(Ordering::Relaxed) {
+            ForwardKernels::Direct
+        } else {
+            ForwardKernels::Tiled
+        }
+    }
+
+    /// Overrides the adapter's choice of forward kernels for plans made from now on (plans
+    /// already made keep theirs): to test or measure both on one adapter.
+    pub fn set_forward_kernels(&self, kernels: ForwardKernels) {
+        self.direct_forward
+            .store(kernels == ForwardKernels::Direct, Ordering::Relaxed);
     }
 
     /// The device's limits.

@@ -7,7 +7,7 @@ use super::context::GpuContext;
 use super::host::{ForwardStaging, HostSlot};
 use super::params::{Params, bind, dispatch, grid, word};
 use super::plan::{AttentionIo, begin_pass};
-use super::shaders::{Family, MAX_QUERY_TILE, Spec, binding as B};
+use super::shaders::{Family, ForwardKernels, MAX_QUERY_TILE, Spec, binding as B};
 use super::timing::GpuTimer;
 use crate::config::Shape;
 use crate::error::{FmaError, Result};
@@ -19,6 +19,8 @@ pub struct DensePlan {
     /// Heads per dispatch: all of them unless a tensor exceeds one storage binding.
     chunks: Chunks,
     pipeline: wgpu::ComputePipeline,
+    /// The Direct kernel binds K and V as vec4 rows.
+    direct: bool,
     /// Query tiles (workgroups) per head.
     tiles: usize,
     host: HostSlot<ForwardStaging>,
@@ -42,7 +44,8 @@ impl DensePlan {
             )));
         }
         let spec = Spec::for_shape(shape.d, MAX_QUERY_TILE as usize)
-            .ok_or(FmaError::UnsupportedHeadDim(shape.d))?;
+            .ok_or(FmaError::UnsupportedHeadDim(shape.d))?
+            .with_forward(ctx.forward_kernels(), shape.d);
         let limits = ctx.limits();
         let head_bytes = (shape.n as u64).saturating_mul(shape.d as u64 * 4);
         fits_binding(
@@ -71,6 +74,7 @@ impl DensePlan {
             shape,
             chunks,
             pipeline,
+            direct: spec.forward == ForwardKernels::Direct,
             tiles,
             host: HostSlot::default(),
         })
@@ -109,8 +113,8 @@ impl DensePlan {
             &[
                 (B::PARAMS, &chunk.params),
                 (B::Q, io.q),
-                (B::K, io.k),
-                (B::V, io.v),
+                (if self.direct { B::K4 } else { B::K }, io.k),
+                (if self.direct { B::V4 } else { B::V }, io.v),
                 (B::O, io.o),
                 (B::LSE, io.lse),
             ],

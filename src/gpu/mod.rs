@@ -27,6 +27,7 @@ pub use dense::DensePlan;
 #[cfg(feature = "vit")]
 pub use layers::LayerKernels;
 pub use plan::{AttentionIo, FmaPlan};
+pub use shaders::ForwardKernels;
 pub use timing::GpuTimer;
 #[cfg(feature = "vit")]
 pub use vit::VitGpu;

@@ -251,7 +251,7 @@ impl FmaPlan {
         } else {
             None
         };
-        let attention = AttentionKernel::new(ctx, spec, has_far)?;
+        let attention = AttentionKernel::new(ctx, spec, d, has_far)?;
         ctx.take_error()?;
         Ok(FmaPlan {
             shape,

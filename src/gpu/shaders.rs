@@ -11,6 +11,8 @@ use crate::geometry::tables::LEVEL_WORDS;
 pub(crate) const COMMON: &str = include_str!("../../shaders/common.wgsl");
 pub(crate) const MERGE: &str = include_str!("../../shaders/merge.wgsl");
 pub(crate) const ATTENTION: &str = include_str!("../../shaders/attention.wgsl");
+pub(crate) const ATTENTION_TILED: &str = include_str!("../../shaders/attention_tiled.wgsl");
+pub(crate) const ATTENTION_DIRECT: &str = include_str!("../../shaders/attention_direct.wgsl");
 pub(crate) const FAR_CHAIN: &str = include_str!("../../shaders/far_chain.wgsl");
 pub(crate) const DOWNSAMPLE: &str = include_str!("../../shaders/downsample.wgsl");
 pub(crate) const ATTENTION_BACKWARD: &str = include_str!("../../shaders/attention_backward.wgsl");
@@ -86,6 +88,10 @@ bindings! {
     DW = 17,
     /// The weight elements one gradient dispatch writes (`GradRange`, uniform).
     GRAD_RANGE = 18,
+    /// K, V and the coarse rows bound again as rows of vec4s, for the Direct forward kernels.
+    K4 = 19,
+    V4 = 20,
+    COARSE4 = 21,
 }
 
 /// A kernel family: one `.wgsl` file and its Rust twin.
@@ -139,6 +145,23 @@ impl Spec {
     }
 }
 
+/// How the forward kernels (`near_field`, `far_field`, `dense_attention`) feed keys to their
+/// queries. Both compute the same thing; `GpuContext` picks one per adapter
+/// ([`GpuContext::forward_kernels`](super::GpuContext::forward_kernels)).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum ForwardKernels {
+    /// A workgroup stages tiles of keys and values in workgroup memory, loaded by all its
+    /// invocations together, and every query reads them from there: for GPUs, where barriers
+    /// are cheap and coalesced loads matter.
+    #[default]
+    Tiled,
+    /// Every invocation reads the keys straight from storage, in the same order as the rest of
+    /// its workgroup, with no staging and no barriers: for CPU adapters (lavapipe), which run a
+    /// workgroup as SIMD loops over its invocations, so a load shared by all of them is one
+    /// broadcast while a barrier switches between the loops.
+    Direct,
+}
+
 /// The compile-time shape of one shader build.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Spec {
@@ -149,6 +172,8 @@ pub struct Spec {
     /// Q, K, V, O and the coarse rows stored as f16 (`STORE` in WGSL; needs `SHADER_F16`).
     /// Only the forward families (`Family::STORES_F16`) have f16 builds.
     pub f16: bool,
+    /// How the forward kernels read keys (only `Family::Attention` depends on it).
+    pub forward: ForwardKernels,
 }
 
 impl Spec {
@@ -160,6 +185,7 @@ impl Spec {
             head_tile,
             query_tile,
             f16: false,
+            forward: ForwardKernels::Tiled,
         })
     }
 
@@ -168,19 +194,47 @@ impl Spec {
         Spec { f16, ..self }
     }
 
-    /// Keys staged per tile: as many as fit, at most 32 (one bit each in a u32 mask). A key
-    /// takes a K row, a V row, a tag and a score offset.
+    /// This shape with the forward kernels `kernels`, where they can serve head dim `d`: the
+    /// Direct kernels read rows as vec4s, so they need d a multiple of 4 (else Tiled).
+    pub fn with_forward(self, kernels: ForwardKernels, d: usize) -> Spec {
+        let forward = match kernels {
+            ForwardKernels::Direct if d.is_multiple_of(4) => ForwardKernels::Direct,
+            _ => ForwardKernels::Tiled,
+        };
+        Spec { forward, ..self }
+    }
+
+    /// Queries per invocation of the forward kernels. Direct: enough that a workgroup is one
+    /// SIMD row of a CPU (8 lanes) where the tile allows, with at most 128 channels of q rows
+    /// (each key element read then serves up to 4 queries per lane; more rows made the
+    /// unrolled shader too large for the CPU's compiler at d = 128). Tiled: 1, so that a
+    /// GPU's workgroup keeps its invocations and its registers hold one q row and one
+    /// accumulator.
+    pub fn query_rows(&self) -> u32 {
+        match self.forward {
+            ForwardKernels::Tiled => 1,
+            ForwardKernels::Direct => (self.query_tile / 8).clamp(1, 128 / self.head_tile),
+        }
+    }
+
+    /// Keys staged per tile (Tiled): a multiple of 4 (the kernels add keys four at a time), as
+    /// many as fit, at most 32. A key takes a K row, a V row, a tag and a score offset.
     pub fn key_tile(&self) -> u32 {
-        (1..=32)
+        (1..=8)
             .rev()
+            .map(|b| 4 * b)
             .find(|&k| Self::attention_bytes(self.head_tile, k) <= WORKGROUP_BYTES)
-            .unwrap_or(1)
+            .unwrap_or(4)
     }
 
     /// Workgroup memory of the attention kernels for this specialisation, counted as WebGPU
-    /// does: K and V tiles, tags and offsets, each rounded up to 16 bytes, and the chain.
+    /// does: K and V tiles, tags and offsets, each rounded up to 16 bytes, and the chain (the
+    /// Direct kernels use none).
     pub fn attention_workgroup_bytes(&self) -> u32 {
-        Self::attention_bytes(self.head_tile, self.key_tile())
+        match self.forward {
+            ForwardKernels::Tiled => Self::attention_bytes(self.head_tile, self.key_tile()),
+            ForwardKernels::Direct => 0,
+        }
     }
 
     fn attention_bytes(head_tile: u32, key_tile: u32) -> u32 {
@@ -218,10 +272,11 @@ impl Spec {
         head_tile: 16,
         query_tile: 1,
         f16: false,
+        forward: ForwardKernels::Tiled,
     };
 
-    /// Every f32 specialisation the crate can build (for validation tests); each has an f16
-    /// twin for the families in `Family::STORES_F16`.
+    /// Every f32 specialisation with the Tiled forward (the one WebGPU adapters get); each
+    /// has an f16 twin for the families in `Family::STORES_F16` (see `builds`).
     pub fn all() -> Vec<Spec> {
         let query_tiles = (0..=MAX_QUERY_TILE.trailing_zeros()).map(|s| 1u32 << s);
         query_tiles
@@ -230,12 +285,26 @@ impl Spec {
                     head_tile,
                     query_tile,
                     f16: false,
+                    forward: ForwardKernels::Tiled,
                 })
             })
             .collect()
     }
 
-    /// Every (family, specialisation) build the crate can make, f16 twins included.
+    /// `all()` with the Direct forward as well: every build of `Family::Attention` a native
+    /// program can make.
+    pub fn all_forward() -> Vec<Spec> {
+        let tiled = Self::all();
+        let direct = tiled.iter().map(|&s| Spec {
+            forward: ForwardKernels::Direct,
+            ..s
+        });
+        tiled.iter().copied().chain(direct).collect()
+    }
+
+    /// Every (family, specialisation) build the crate can make: every family in f32, the
+    /// forward families in f16 too, and the Direct attention kernels (CPU adapters) in both.
+    /// Tests validate each, and the browser check compiles each.
     pub fn builds() -> Vec<(Family, Spec)> {
         let mut out = Vec::new();
         for spec in Self::all() {
@@ -245,6 +314,12 @@ impl Spec {
             for family in Family::STORES_F16 {
                 out.push((family, spec.with_f16(true)));
             }
+            let direct = Spec {
+                forward: ForwardKernels::Direct,
+                ..spec
+            };
+            out.push((Family::Attention, direct));
+            out.push((Family::Attention, direct.with_f16(true)));
         }
         out
     }
@@ -261,6 +336,8 @@ pub fn source(family: Family, spec: Spec) -> String {
         ("KEY_TILE", key_tile),
         ("TILE_VECS", vecs(key_tile)),
         ("QUERY_TILE", spec.query_tile),
+        ("QUERY_ROWS", spec.query_rows()),
+        ("QUERY_LANES", spec.query_tile / spec.query_rows()),
         ("BACK_TILE", back_tile),
         ("BACK_VECS", vecs(back_tile)),
         ("BACK_ROWS", BACK_ROWS),
@@ -290,7 +367,10 @@ pub fn source(family: Family, spec: Spec) -> String {
     }
     let parts: &[&str] = match family {
         Family::Downsample => &[COMMON, DOWNSAMPLE],
-        Family::Attention => &[COMMON, FAR_CHAIN, MERGE, ATTENTION],
+        Family::Attention => match spec.forward {
+            ForwardKernels::Tiled => &[COMMON, FAR_CHAIN, MERGE, ATTENTION, ATTENTION_TILED],
+            ForwardKernels::Direct => &[COMMON, MERGE, ATTENTION, ATTENTION_DIRECT],
+        },
         Family::AttentionBackward => &[COMMON, FAR_CHAIN, ATTENTION_BACKWARD],
         Family::DownsampleBackward => &[COMMON, DOWNSAMPLE_BACKWARD],
         // The layers have a header of their own (layers::wgsl_header).
@@ -299,10 +379,72 @@ pub fn source(family: Family, spec: Spec) -> String {
     };
     let mut s = header;
     for p in parts {
-        s.push_str(p);
+        // Nested loops: each pass writes out one level.
+        let mut text = unroll(p, &consts);
+        while text.contains("// unrolled") {
+            let next = unroll(&text, &consts);
+            if next == text {
+                break;
+            }
+            text = next;
+        }
+        s.push_str(&text);
         s.push('\n');
     }
     s
+}
+
+/// Longest loop `unroll` writes out: at d = 128 (32 vec4s) the written-out kernels took the
+/// CPU adapter's compiler minutes, so those loops stay rolled.
+const MAX_UNROLL: u32 = 16;
+
+/// Writes out every loop whose first line is `for (var c = 0u; c < N; c++) { // unrolled`,
+/// with N a header constant and the loop closed by a `}` at that line's indentation, as N
+/// copies of its body, each in its own scope with `const c = Ku;`. A CPU adapter (lavapipe)
+/// keeps a private array such as the accumulator in registers only when every index into it
+/// is a constant, and its compiler leaves loops of this size rolled; a GPU's compiler unrolls
+/// them anyway. A loop not in that form, or longer than MAX_UNROLL, stays as written (still
+/// valid WGSL).
+fn unroll(text: &str, consts: &[(&str, u32)]) -> String {
+    let mut out = String::with_capacity(text.len() * 2);
+    let mut lines = text.lines();
+    while let Some(line) = lines.next() {
+        let head = line.trim();
+        let parsed = head
+            .strip_suffix("// unrolled")
+            .and_then(|h| h.trim_end().strip_prefix("for (var "))
+            .and_then(|h| {
+                let (var, rest) = h.split_once(" = 0u; ")?;
+                let bound = rest.strip_prefix(var)?.strip_prefix(" < ")?;
+                let (bound, rest) = bound.split_once("; ")?;
+                (rest == format!("{var}++) {{")).then_some((var, bound))
+            })
+            .and_then(|(var, bound)| {
+                let n = consts.iter().find(|&&(k, _)| k == bound)?.1;
+                (n <= MAX_UNROLL).then_some((var, n))
+            });
+        let Some((var, n)) = parsed else {
+            out.push_str(line);
+            out.push('\n');
+            continue;
+        };
+        let indent = &line[..line.len() - line.trim_start().len()];
+        let close = format!("{indent}}}");
+        let body: Vec<&str> = lines
+            .by_ref()
+            .take_while(|l| l.trim_end() != close)
+            .collect();
+        for k in 0..n {
+            out.push_str(&format!("{indent}{{\n{indent}    const {var} = {k}u;\n"));
+            for b in &body {
+                out.push_str(b);
+                out.push('\n');
+            }
+            out.push_str(&close);
+            out.push('\n');
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -310,10 +452,12 @@ mod tests {
     use super::*;
 
     /// The files whose numbers come from a header (layers.wgsl: with the vit feature).
-    const CONVERTED: [(&str, &str); 7] = [
+    const CONVERTED: [(&str, &str); 9] = [
         ("common.wgsl", COMMON),
         ("merge.wgsl", MERGE),
         ("attention.wgsl", ATTENTION),
+        ("attention_tiled.wgsl", ATTENTION_TILED),
+        ("attention_direct.wgsl", ATTENTION_DIRECT),
         ("far_chain.wgsl", FAR_CHAIN),
         ("downsample.wgsl", DOWNSAMPLE),
         ("attention_backward.wgsl", ATTENTION_BACKWARD),
@@ -354,6 +498,29 @@ mod tests {
         assert_eq!(bare_numbers(old).len(), 2);
         let new = "@group(0) @binding(B_K) var k: u32;\n@compute @workgroup_size(WG_ELEMENTS)";
         assert!(bare_numbers(new).is_empty());
+    }
+
+    #[test]
+    fn marked_loops_are_written_out() {
+        let text = "fn f() {\n    for (var c = 0u; c < N; c++) { // unrolled\n        a[c] = 1.0;\n    }\n    for (var c = 0u; c < M; c++) { // unrolled\n    }\n}\n";
+        let out = unroll(text, &[("N", 3)]);
+        for k in 0..3 {
+            assert_eq!(out.matches(&format!("const c = {k}u;")).count(), 1, "{out}");
+        }
+        assert_eq!(out.matches("a[c] = 1.0;").count(), 3, "{out}");
+        assert!(!out.contains("c < N"), "{out}");
+        // An unknown bound leaves the loop as it was, and so does a long one.
+        assert!(
+            out.contains("for (var c = 0u; c < M; c++) { // unrolled"),
+            "{out}"
+        );
+        let long = unroll(text, &[("N", MAX_UNROLL + 1)]);
+        assert!(long.contains("c < N"), "{long}");
+        // The attention family has no rolled marked loop left (d = 64).
+        let spec = Spec::for_shape(64, 32).unwrap();
+        assert!(!source(Family::Attention, spec).contains("// unrolled"));
+        let direct = spec.with_forward(ForwardKernels::Direct, 64);
+        assert!(!source(Family::Attention, direct).contains("// unrolled"));
     }
 
     #[test]

@@ -4,7 +4,8 @@
 use std::sync::OnceLock;
 
 use multipole::{
-    DownsampleWeights, Downsampling, FmaConfig, Geometry, GpuContext, Layout, Precision, Shape,
+    DownsampleWeights, Downsampling, FmaConfig, ForwardKernels, Geometry, GpuContext, Layout,
+    Precision, Shape,
 };
 
 /// Seeded uniform values in [-1, 1) (splitmix64), so failures reproduce.
@@ -47,6 +48,26 @@ pub fn gpu() -> &'static GpuContext {
         ),
     })
 }
+
+/// A GPU context (its own, besides `gpu()`'s) whose plans use the forward kernels `kernels`
+/// whatever the adapter would choose, so both are tested on one adapter.
+pub fn gpu_with(kernels: ForwardKernels) -> &'static GpuContext {
+    static TILED: OnceLock<GpuContext> = OnceLock::new();
+    static DIRECT: OnceLock<GpuContext> = OnceLock::new();
+    let cell = match kernels {
+        ForwardKernels::Tiled => &TILED,
+        ForwardKernels::Direct => &DIRECT,
+    };
+    cell.get_or_init(|| {
+        let ctx = GpuContext::new_blocking().expect("a GPU adapter (see gpu())");
+        ctx.set_forward_kernels(kernels);
+        assert_eq!(ctx.forward_kernels(), kernels);
+        ctx
+    })
+}
+
+/// Both kinds of forward kernels.
+pub const FORWARD_KERNELS: [ForwardKernels; 2] = [ForwardKernels::Tiled, ForwardKernels::Direct];
 
 /// Random weights near the `Mean` initialisation (perturbed so the kinds differ from Mean).
 pub fn weights(seed: u64, kind: Downsampling, g: &Geometry, d: usize) -> DownsampleWeights {
