@@ -24,7 +24,7 @@ fn channels(c: u32) -> vec4<bool> {
 fn load_query(head: u32, token: i32) -> array<vec4<f32>, HEAD_VEC> {
     var q: array<vec4<f32>, HEAD_VEC>;
     let e0 = (head * params.n + u32(max(token, 0))) * params.d;
-    for (var c = 0u; c < HEAD_VEC; c++) { // unrolled
+    for (var c = 0u; c < HEAD_VEC; c++) {
         let e = e0 + 4u * c;
         let x = vec4<f32>(vec4<STORE>(q_in[e], q_in[e + 1u], q_in[e + 2u], q_in[e + 3u])) * params.scale;
         q[c] = select(vec4<f32>(0.0), x, channels(c) & vec4<bool>(token >= 0));
@@ -61,7 +61,7 @@ const LANES4: vec4<u32> = vec4<u32>(0u, 1u, 2u, 3u);
 // QUERY_LANES): loads their q rows and empties their triples; returns their tokens.
 fn load_rows(q: ptr<function, Rows>, t: ptr<function, Triples>, head: u32, cell: u32, first: u32, lid: u32) -> Tokens {
     var tokens: Tokens;
-    for (var r = 0u; r < QUERY_ROWS; r++) { // unrolled
+    for (var r = 0u; r < QUERY_ROWS; r++) {
         tokens[r] = fine_token(cell, first + lid + r * QUERY_LANES);
         (*q)[r] = load_query(head, tokens[r]);
         (*t)[r] = triple_empty();
@@ -83,7 +83,7 @@ fn near_field(
     var t: Triples;
     let tokens = load_rows(&q, &t, qt.head, qt.cell, qt.first, lid);
     near_keys(&t, &q, qt, tokens, lid);
-    for (var r = 0u; r < QUERY_ROWS; r++) { // unrolled
+    for (var r = 0u; r < QUERY_ROWS; r++) {
         if (tokens[r] >= 0) {
             store_normalised(qt.head * params.n + u32(tokens[r]), t[r]);
         }
@@ -102,7 +102,7 @@ fn tile_last_token(qt: QueryTile) -> i32 {
 // Writes the normalised output and log-sum-exp of one query row.
 fn store_normalised(row: u32, t: Triple) {
     let inv = 1.0 / t.sum;
-    for (var c = 0u; c < HEAD_VEC; c++) { // unrolled
+    for (var c = 0u; c < HEAD_VEC; c++) {
         store_output(row, c, t.acc[c] * inv);
     }
     lse_out[row] = t.max + log(t.sum);
@@ -128,7 +128,7 @@ fn dense_attention(
     var q: Rows;
     var t: Triples;
     var tokens: Tokens;
-    for (var r = 0u; r < QUERY_ROWS; r++) { // unrolled
+    for (var r = 0u; r < QUERY_ROWS; r++) {
         let x = first + lid + r * QUERY_LANES;
         tokens[r] = select(-1, i32(x), x < params.n);
         q[r] = load_query(head, tokens[r]);
@@ -140,7 +140,7 @@ fn dense_attention(
         keys = min(params.n, first + QUERY_TILE);
     }
     dense_keys(&t, &q, head_base, keys, tokens, lid);
-    for (var r = 0u; r < QUERY_ROWS; r++) { // unrolled
+    for (var r = 0u; r < QUERY_ROWS; r++) {
         if (tokens[r] >= 0) {
             store_normalised(head_base + u32(tokens[r]), t[r]);
         }
@@ -161,15 +161,15 @@ fn far_field(
     var t: Triples;
     let tokens = load_rows(&q, &t, qt.head, qt.cell, qt.first, lid);
     far_keys(&t, &q, qt, lid);
-    for (var r = 0u; r < QUERY_ROWS; r++) { // unrolled
+    for (var r = 0u; r < QUERY_ROWS; r++) {
         if (tokens[r] >= 0) {
             let row = qt.head * params.n + u32(tokens[r]);
             var near: array<vec4<f32>, HEAD_VEC>;
-            for (var c = 0u; c < HEAD_VEC; c++) { // unrolled
+            for (var c = 0u; c < HEAD_VEC; c++) {
                 near[c] = load_output(row, c);
             }
             let lse = triple_merge_normalised(&t, r, &near, lse_out[row]);
-            for (var c = 0u; c < HEAD_VEC; c++) { // unrolled
+            for (var c = 0u; c < HEAD_VEC; c++) {
                 store_output(row, c, t[r].acc[c]);
             }
             lse_out[row] = lse;

@@ -26,26 +26,26 @@ fn live(c: u32, x: vec4<f32>) -> vec4<f32> {
 // read serves the QUERY_ROWS queries.
 fn triple_add_tokens(t: ptr<function, Triples>, q: ptr<function, Rows>, at: vec4<u32>, valid: Valid) {
     var z: array<vec4<f32>, QUERY_ROWS>;
-    for (var c = 0u; c < HEAD_VEC; c++) { // unrolled
+    for (var c = 0u; c < HEAD_VEC; c++) {
         let k0 = live(c, vec4<f32>(k4[at.x + c]));
         let k1 = live(c, vec4<f32>(k4[at.y + c]));
         let k2 = live(c, vec4<f32>(k4[at.z + c]));
         let k3 = live(c, vec4<f32>(k4[at.w + c]));
-        for (var r = 0u; r < QUERY_ROWS; r++) { // unrolled
+        for (var r = 0u; r < QUERY_ROWS; r++) {
             let x = (*q)[r][c];
             z[r] += vec4<f32>(dot(x, k0), dot(x, k1), dot(x, k2), dot(x, k3));
         }
     }
     var w: array<vec4<f32>, QUERY_ROWS>;
-    for (var r = 0u; r < QUERY_ROWS; r++) { // unrolled
+    for (var r = 0u; r < QUERY_ROWS; r++) {
         w[r] = triple_weights(t, r, z[r], valid[r]);
     }
-    for (var c = 0u; c < HEAD_VEC; c++) { // unrolled
+    for (var c = 0u; c < HEAD_VEC; c++) {
         let v0 = vec4<f32>(v4[at.x + c]);
         let v1 = vec4<f32>(v4[at.y + c]);
         let v2 = vec4<f32>(v4[at.z + c]);
         let v3 = vec4<f32>(v4[at.w + c]);
-        for (var r = 0u; r < QUERY_ROWS; r++) { // unrolled
+        for (var r = 0u; r < QUERY_ROWS; r++) {
             (*t)[r].acc[c] += w[r].x * v0 + w[r].y * v1 + w[r].z * v2 + w[r].w * v3;
         }
     }
@@ -55,27 +55,27 @@ fn triple_add_tokens(t: ptr<function, Triples>, q: ptr<function, Rows>, at: vec4
 // coarse_v_base / 4 further), score offsets `bias`, the same for every query.
 fn triple_add_coarse(t: ptr<function, Triples>, q: ptr<function, Rows>, at: vec4<u32>, bias: vec4<f32>, valid: vec4<bool>) {
     var z: array<vec4<f32>, QUERY_ROWS>;
-    for (var c = 0u; c < HEAD_VEC; c++) { // unrolled
+    for (var c = 0u; c < HEAD_VEC; c++) {
         let k0 = live(c, vec4<f32>(coarse4[at.x + c]));
         let k1 = live(c, vec4<f32>(coarse4[at.y + c]));
         let k2 = live(c, vec4<f32>(coarse4[at.z + c]));
         let k3 = live(c, vec4<f32>(coarse4[at.w + c]));
-        for (var r = 0u; r < QUERY_ROWS; r++) { // unrolled
+        for (var r = 0u; r < QUERY_ROWS; r++) {
             let x = (*q)[r][c];
             z[r] += vec4<f32>(dot(x, k0), dot(x, k1), dot(x, k2), dot(x, k3));
         }
     }
     var w: array<vec4<f32>, QUERY_ROWS>;
-    for (var r = 0u; r < QUERY_ROWS; r++) { // unrolled
+    for (var r = 0u; r < QUERY_ROWS; r++) {
         w[r] = triple_weights(t, r, z[r] + bias, valid);
     }
     let vt = at + vec4<u32>(params.coarse_v_base / 4u);
-    for (var c = 0u; c < HEAD_VEC; c++) { // unrolled
+    for (var c = 0u; c < HEAD_VEC; c++) {
         let v0 = vec4<f32>(coarse4[vt.x + c]);
         let v1 = vec4<f32>(coarse4[vt.y + c]);
         let v2 = vec4<f32>(coarse4[vt.z + c]);
         let v3 = vec4<f32>(coarse4[vt.w + c]);
-        for (var r = 0u; r < QUERY_ROWS; r++) { // unrolled
+        for (var r = 0u; r < QUERY_ROWS; r++) {
             (*t)[r].acc[c] += w[r].x * v0 + w[r].y * v1 + w[r].z * v2 + w[r].w * v3;
         }
     }
@@ -85,7 +85,7 @@ fn triple_add_coarse(t: ptr<function, Triples>, q: ptr<function, Rows>, at: vec4
 // masking those j <= its token.
 fn visible(in_range: vec4<bool>, j: vec4<u32>, tokens: Tokens, causal: bool) -> Valid {
     var valid: Valid;
-    for (var r = 0u; r < QUERY_ROWS; r++) { // unrolled
+    for (var r = 0u; r < QUERY_ROWS; r++) {
         valid[r] = in_range & ((vec4<i32>(j) <= vec4<i32>(tokens[r])) | vec4<bool>(!causal));
     }
     return valid;

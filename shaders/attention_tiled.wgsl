@@ -32,16 +32,16 @@ fn triple_add_staged(t: ptr<function, Triples>, q: ptr<function, Rows>, kk: u32,
     let row = kk * HEAD_VEC;
     let tag = vec4<i32>(tile_tag[kk], tile_tag[kk + 1u], tile_tag[kk + 2u], tile_tag[kk + 3u]);
     let bias = vec4<f32>(tile_bias[kk], tile_bias[kk + 1u], tile_bias[kk + 2u], tile_bias[kk + 3u]);
-    for (var r = 0u; r < QUERY_ROWS; r++) { // unrolled
+    for (var r = 0u; r < QUERY_ROWS; r++) {
         var z = bias;
-        for (var c = 0u; c < HEAD_VEC; c++) { // unrolled
+        for (var c = 0u; c < HEAD_VEC; c++) {
             let x = (*q)[r][c];
             z += vec4<f32>(dot(x, k_tile[row + c]), dot(x, k_tile[row + HEAD_VEC + c]),
                 dot(x, k_tile[row + 2u * HEAD_VEC + c]), dot(x, k_tile[row + 3u * HEAD_VEC + c]));
         }
         let valid = (tag >= vec4<i32>(0)) & ((tag <= vec4<i32>(tokens[r])) | vec4<bool>(!causal));
         let w = triple_weights(t, r, z, valid);
-        for (var c = 0u; c < HEAD_VEC; c++) { // unrolled
+        for (var c = 0u; c < HEAD_VEC; c++) {
             (*t)[r].acc[c] += w.x * v_tile[row + c] + w.y * v_tile[row + HEAD_VEC + c]
                 + w.z * v_tile[row + 2u * HEAD_VEC + c] + w.w * v_tile[row + 3u * HEAD_VEC + c];
         }

@@ -21,7 +21,7 @@ fn triple_empty() -> Triple {
     var t: Triple;
     t.max = NEG_BIG;
     t.sum = 0.0;
-    for (var c = 0u; c < HEAD_VEC; c++) { // unrolled
+    for (var c = 0u; c < HEAD_VEC; c++) {
         t.acc[c] = vec4<f32>(0.0);
     }
     return t;
@@ -31,7 +31,7 @@ fn triple_empty() -> Triple {
 fn triple_rescale(t: ptr<function, Triples>, r: u32, new_max: f32) {
     let f = exp((*t)[r].max - new_max);
     (*t)[r].sum *= f;
-    for (var c = 0u; c < HEAD_VEC; c++) { // unrolled
+    for (var c = 0u; c < HEAD_VEC; c++) {
         (*t)[r].acc[c] *= f;
     }
     (*t)[r].max = new_max;
@@ -44,7 +44,7 @@ fn triple_merge_normalised(t: ptr<function, Triples>, r: u32, o: ptr<function, a
     let a = exp((*t)[r].max - m);
     let b = exp(l - m);
     let s = (*t)[r].sum * a + b;
-    for (var c = 0u; c < HEAD_VEC; c++) { // unrolled
+    for (var c = 0u; c < HEAD_VEC; c++) {
         (*t)[r].acc[c] = ((*t)[r].acc[c] * a + (*o)[c] * b) / s;
     }
     return m + log(s);

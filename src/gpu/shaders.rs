@@ -379,72 +379,10 @@ pub fn source(family: Family, spec: Spec) -> String {
     };
     let mut s = header;
     for p in parts {
-        // Nested loops: each pass writes out one level.
-        let mut text = unroll(p, &consts);
-        while text.contains("// unrolled") {
-            let next = unroll(&text, &consts);
-            if next == text {
-                break;
-            }
-            text = next;
-        }
-        s.push_str(&text);
+        s.push_str(p);
         s.push('\n');
     }
     s
-}
-
-/// Longest loop `unroll` writes out: at d = 128 (32 vec4s) the written-out kernels took the
-/// CPU adapter's compiler minutes, so those loops stay rolled.
-const MAX_UNROLL: u32 = 16;
-
-/// Writes out every loop whose first line is `for (var c = 0u; c < N; c++) { // unrolled`,
-/// with N a header constant and the loop closed by a `}` at that line's indentation, as N
-/// copies of its body, each in its own scope with `const c = Ku;`. A CPU adapter (lavapipe)
-/// keeps a private array such as the accumulator in registers only when every index into it
-/// is a constant, and its compiler leaves loops of this size rolled; a GPU's compiler unrolls
-/// them anyway. A loop not in that form, or longer than MAX_UNROLL, stays as written (still
-/// valid WGSL).
-fn unroll(text: &str, consts: &[(&str, u32)]) -> String {
-    let mut out = String::with_capacity(text.len() * 2);
-    let mut lines = text.lines();
-    while let Some(line) = lines.next() {
-        let head = line.trim();
-        let parsed = head
-            .strip_suffix("// unrolled")
-            .and_then(|h| h.trim_end().strip_prefix("for (var "))
-            .and_then(|h| {
-                let (var, rest) = h.split_once(" = 0u; ")?;
-                let bound = rest.strip_prefix(var)?.strip_prefix(" < ")?;
-                let (bound, rest) = bound.split_once("; ")?;
-                (rest == format!("{var}++) {{")).then_some((var, bound))
-            })
-            .and_then(|(var, bound)| {
-                let n = consts.iter().find(|&&(k, _)| k == bound)?.1;
-                (n <= MAX_UNROLL).then_some((var, n))
-            });
-        let Some((var, n)) = parsed else {
-            out.push_str(line);
-            out.push('\n');
-            continue;
-        };
-        let indent = &line[..line.len() - line.trim_start().len()];
-        let close = format!("{indent}}}");
-        let body: Vec<&str> = lines
-            .by_ref()
-            .take_while(|l| l.trim_end() != close)
-            .collect();
-        for k in 0..n {
-            out.push_str(&format!("{indent}{{\n{indent}    const {var} = {k}u;\n"));
-            for b in &body {
-                out.push_str(b);
-                out.push('\n');
-            }
-            out.push_str(&close);
-            out.push('\n');
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -498,29 +436,6 @@ mod tests {
         assert_eq!(bare_numbers(old).len(), 2);
         let new = "@group(0) @binding(B_K) var k: u32;\n@compute @workgroup_size(WG_ELEMENTS)";
         assert!(bare_numbers(new).is_empty());
-    }
-
-    #[test]
-    fn marked_loops_are_written_out() {
-        let text = "fn f() {\n    for (var c = 0u; c < N; c++) { // unrolled\n        a[c] = 1.0;\n    }\n    for (var c = 0u; c < M; c++) { // unrolled\n    }\n}\n";
-        let out = unroll(text, &[("N", 3)]);
-        for k in 0..3 {
-            assert_eq!(out.matches(&format!("const c = {k}u;")).count(), 1, "{out}");
-        }
-        assert_eq!(out.matches("a[c] = 1.0;").count(), 3, "{out}");
-        assert!(!out.contains("c < N"), "{out}");
-        // An unknown bound leaves the loop as it was, and so does a long one.
-        assert!(
-            out.contains("for (var c = 0u; c < M; c++) { // unrolled"),
-            "{out}"
-        );
-        let long = unroll(text, &[("N", MAX_UNROLL + 1)]);
-        assert!(long.contains("c < N"), "{long}");
-        // The attention family has no rolled marked loop left (d = 64).
-        let spec = Spec::for_shape(64, 32).unwrap();
-        assert!(!source(Family::Attention, spec).contains("// unrolled"));
-        let direct = spec.with_forward(ForwardKernels::Direct, 64);
-        assert!(!source(Family::Attention, direct).contains("// unrolled"));
     }
 
     #[test]
