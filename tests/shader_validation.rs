@@ -25,8 +25,9 @@ fn every_specialisation_validates() {
     let builds = Spec::builds();
     assert_eq!(
         builds.len(),
-        specs.len() * (Family::ALL.len() + Family::STORES_F16.len()),
-        "every family in f32, and the forward families in f16 too"
+        specs.len() * (Family::ALL.len() + Family::STORES_F16.len() + 2),
+        "every family in f32, the forward families in f16 too, and the Direct attention \
+         kernels in both"
     );
     for (family, spec) in builds {
         if let Err(e) = validate(family, spec) {
