@@ -3,9 +3,10 @@
 
 use std::process::Command;
 
-#[test]
-fn gpu_report_writes_its_files_and_its_checks_pass() {
-    let dir = std::env::temp_dir().join(format!("multipole-report-{}", std::process::id()));
+/// Runs `gpu-report --quick --cases 2 --runs 1 --name NAME --out DIR` with `extra` flags,
+/// asserts it neither panicked nor failed, and returns its stdout and the folder.
+fn report(name: &str, extra: &[&str]) -> (String, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("multipole-report-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let out = Command::new(env!("CARGO_BIN_EXE_multipole"))
         .args([
@@ -16,9 +17,10 @@ fn gpu_report_writes_its_files_and_its_checks_pass() {
             "--runs",
             "1",
             "--name",
-            "test-adapter",
-            "--out",
+            name,
         ])
+        .args(extra)
+        .arg("--out")
         .arg(&dir)
         .output()
         .unwrap();
@@ -32,6 +34,12 @@ fn gpu_report_writes_its_files_and_its_checks_pass() {
         out.status.success(),
         "gpu-report failed: {stderr}\n{stdout}"
     );
+    (stdout, dir)
+}
+
+#[test]
+fn gpu_report_writes_its_files_and_its_checks_pass() {
+    let (stdout, dir) = report("test-adapter", &[]);
     assert!(stdout.contains("adapter: "), "{stdout}");
     assert!(stdout.contains("checks passed"), "{stdout}");
 
@@ -96,31 +104,7 @@ fn gpu_report_writes_its_files_and_its_checks_pass() {
 
 #[test]
 fn a_tiny_budget_skips_and_says_why() {
-    let dir = std::env::temp_dir().join(format!("multipole-report-b-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let out = Command::new(env!("CARGO_BIN_EXE_multipole"))
-        .args([
-            "gpu-report",
-            "--quick",
-            "--cases",
-            "2",
-            "--runs",
-            "1",
-            "--budget-s",
-            "0.001",
-            "--name",
-            "tiny",
-            "--out",
-        ])
-        .arg(&dir)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(
-        out.status.success(),
-        "gpu-report failed: {stderr}\n{stdout}"
-    );
+    let (stdout, dir) = report("tiny", &["--budget-s", "0.001"]);
     let r: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("tiny.json")).unwrap()).unwrap();
     // The budget is spent before the random cases and the sweep: both are skipped, and said.

@@ -639,15 +639,7 @@ fn allocated(ctx: &GpuContext) -> Option<u64> {
 /// A STORAGE buffer of `bytes` filled with values in [-1, 1) (seeded, so runs repeat).
 /// A STORAGE buffer of `values` seeded values in [-1, 1), stored at `precision`.
 fn input(ctx: &GpuContext, values: usize, precision: Precision, seed: u64) -> wgpu::Buffer {
-    let mut s = seed;
-    let data: Vec<f32> = (0..values)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect();
+    let data = matmul::values(values, seed);
     let mut bytes: Vec<u8> = match precision {
         Precision::F32 => bytemuck::cast_slice(&data).to_vec(),
         Precision::F16 => data
