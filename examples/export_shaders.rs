@@ -1,7 +1,8 @@
 //! Writes every shader specialisation the crate can build as JSON, for compiling them in a
 //! browser (web/tests/shader_compile.mjs, run by `cargo xtask test`): each module with its
 //! WGSL and every compute entry point in it (read with naga, so a new kernel cannot be left
-//! out), whether it needs WebGPU's shader-f16, and the totals the page must reach:
+//! out), whether it needs WebGPU's shader-f16 or subgroups (those modules get the `enable
+//! subgroups;` browsers require and naga refuses), and the totals the page must reach:
 //! `{"modules": M, "pipelines": P, "shaders": [...]}`.
 //!
 //!   cargo run --example export_shaders -- OUT.json
@@ -41,22 +42,29 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = std::env::args()
         .nth(1)
         .ok_or("usage: export_shaders OUT.json")?;
-    // (name, code, needs shader-f16)
-    let mut modules: Vec<(String, String, bool)> = Vec::new();
+    // (name, code, needs shader-f16, needs subgroups)
+    let mut modules: Vec<(String, String, bool, bool)> = Vec::new();
     for (family, spec) in Spec::builds() {
         modules.push((
             format!("{family:?} {spec:?}"),
             source(family, spec),
             spec.f16,
+            spec.subgroups,
         ));
     }
     // The layers have no specialisation: one module.
-    modules.push(("Layers".into(), source(Family::Layers, Spec::LAYERS), false));
+    let layers = source(Family::Layers, Spec::LAYERS);
+    modules.push(("Layers".into(), layers, false, false));
 
     let mut items = Vec::new();
     let mut pipelines = 0;
-    for (name, code, f16) in &modules {
+    for (name, code, f16, subgroups) in &modules {
         let entries = entry_points(name, code)?;
+        let code = if *subgroups {
+            format!("enable subgroups;\n{code}")
+        } else {
+            code.clone()
+        };
         if entries.is_empty() {
             return Err(format!("{name} declares no compute entry point").into());
         }
@@ -71,10 +79,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         pipelines += entries.len();
         let names: Vec<String> = entries.iter().map(|e| json_string(e)).collect();
         items.push(format!(
-            "{{\"name\":{},\"f16\":{f16},\"entries\":[{}],\"code\":{}}}",
+            "{{\"name\":{},\"f16\":{f16},\"subgroups\":{subgroups},\"entries\":[{}],\"code\":{}}}",
             json_string(name),
             names.join(","),
-            json_string(code)
+            json_string(&code)
         ));
     }
     std::fs::write(

@@ -55,8 +55,6 @@ fn store_output(row: u32, c: u32, x: vec4<f32>) {
     }
 }
 
-const LANES4: vec4<u32> = vec4<u32>(0u, 1u, 2u, 3u);
-
 // The QUERY_ROWS queries of invocation `lid` in a tile of QUERY_TILE (query lid + r x
 // QUERY_LANES): loads their q rows and empties their triples; returns their tokens.
 fn load_rows(q: ptr<function, Rows>, t: ptr<function, Triples>, head: u32, cell: u32, first: u32, lid: u32) -> Tokens {

@@ -47,6 +47,9 @@ struct Params {
 @group(0) @binding(B_K) var<storage, read> k_in: array<STORE>;
 @group(0) @binding(B_V) var<storage, read> v_in: array<STORE>;
 
+// Offsets of four consecutive elements (kernels that take rows or channels four at a time).
+const LANES4: vec4<u32> = vec4<u32>(0u, 1u, 2u, 3u);
+
 // Token index at padded grid position (y, x), or -1 for padding.
 fn token_at(y: u32, x: u32) -> i32 {
     if (y < params.real_h && x < params.real_w) {

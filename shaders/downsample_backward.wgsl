@@ -4,9 +4,11 @@
 //   channel) adds the token's share from every level (a token lies in one cell per level),
 //   so each dK and dV element has one owner.
 // - `weight_grads_basis`, `weight_grads_depthwise`: one workgroup per weight (or bias) element
-//   sums over every cell and head that shares it; the REDUCE_THREADS lanes are reduced in
-//   workgroup memory in a fixed order, so the result is deterministic. `range.accumulate`
-//   adds to the previous chunk of heads instead of overwriting.
+//   sums over every cell and head that shares it (`basis_sums`, `depthwise_sums` here); the
+//   REDUCE_THREADS lanes' sums are reduced in a fixed order, so the result is deterministic:
+//   in workgroup memory (downsample_backward_reduce.wgsl), or with subgroup sums where the
+//   device has subgroups (downsample_backward_subgroups.wgsl). `range.accumulate` adds to the
+//   previous chunk of heads instead of overwriting.
 
 @group(0) @binding(B_WEIGHTS) var<storage, read> weights: array<f32>;
 @group(0) @binding(B_DCOARSE) var<storage, read> dcoarse: array<f32>;
@@ -21,9 +23,6 @@ struct GradRange {
     _pad: u32,
 }
 @group(0) @binding(B_GRAD_RANGE) var<uniform> range: GradRange;
-
-var<workgroup> red_k: array<f32, REDUCE_THREADS>;
-var<workgroup> red_v: array<f32, REDUCE_THREADS>;
 
 // One element of dK and dV: its head, token, channel and grid position. A workgroup holds
 // TOKEN_ROWS rows (head, token) of dK and dV, a lane per channel; with one row (HEAD_TILE >= 32)
@@ -132,27 +131,25 @@ fn tokens_depthwise(
     }
 }
 
-// Sums the lanes' partial sums in a fixed tree order and writes (or adds) the element.
-fn reduce_store(lid: u32, sk: f32, sv: f32, dk_at: u32, dv_at: u32) {
-    red_k[lid] = sk;
-    red_v[lid] = sv;
-    for (var half = REDUCE_THREADS / 2u; half > 0u; half /= 2u) {
-        workgroupBarrier();
-        if (lid < half) {
-            red_k[lid] += red_k[lid + half];
-            red_v[lid] += red_v[lid + half];
-        }
+// One lane's partial sums for one weight element (key and value parts) and where the two
+// gradients go in `dw_out`.
+struct WeightSums {
+    sk: f32,
+    sv: f32,
+    k_at: u32,
+    v_at: u32,
+}
+
+// Writes (or, for a later chunk of heads, adds) one element's reduced gradients.
+fn store_weight(s: WeightSums, tk: f32, tv: f32) {
+    var old_k = 0.0;
+    var old_v = 0.0;
+    if (range.accumulate != 0u) {
+        old_k = dw_out[s.k_at];
+        old_v = dw_out[s.v_at];
     }
-    if (lid == 0u) {
-        var old_k = 0.0;
-        var old_v = 0.0;
-        if (range.accumulate != 0u) {
-            old_k = dw_out[dk_at];
-            old_v = dw_out[dv_at];
-        }
-        dw_out[dk_at] = old_k + red_k[0];
-        dw_out[dv_at] = old_v + red_v[0];
-    }
+    dw_out[s.k_at] = old_k + tk;
+    dw_out[s.v_at] = old_v + tv;
 }
 
 // The level (0-based) whose block of `weights` (or biases) holds element `local`.
@@ -171,16 +168,8 @@ fn level_of_element(local: u32, bias: bool) -> u32 {
     return found;
 }
 
-@compute @workgroup_size(REDUCE_THREADS)
-fn weight_grads_basis(
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) lid: u32,
-) {
-    let w = workgroup_index(wid, nwg);
-    if (w >= range.count) {
-        return;
-    }
+// Lane `lid`'s share of weight element `w` of this dispatch (Basis).
+fn basis_sums(w: u32, lid: u32) -> WeightSums {
     // dW[l][r][t] = sum over heads, cells g and channels c of dKc[g, r][c] * K[token(g, t)][c]
     let local = range.first + w;
     let lv = level(level_of_element(local, false));
@@ -202,19 +191,11 @@ fn weight_grads_basis(
             sv += dcoarse_at(head, row, c, true) * v_in[at];
         }
     }
-    reduce_store(lid, sk, sv, local, params.wv_base + local);
+    return WeightSums(sk, sv, local, params.wv_base + local);
 }
 
-@compute @workgroup_size(REDUCE_THREADS)
-fn weight_grads_depthwise(
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) lid: u32,
-) {
-    let w = workgroup_index(wid, nwg);
-    if (w >= range.count) {
-        return;
-    }
+// Lane `lid`'s share of weight (or bias) element `w` of this dispatch (Depthwise).
+fn depthwise_sums(w: u32, lid: u32) -> WeightSums {
     // Weights [wk of all levels] come first (wv_base of them), then the biases.
     let element = range.first + w;
     let bias = element >= params.wv_base;
@@ -257,8 +238,7 @@ fn weight_grads_depthwise(
         }
     }
     if (bias) {
-        reduce_store(lid, sk, sv, params.bk_base + local, params.bv_base + local);
-    } else {
-        reduce_store(lid, sk, sv, local, params.wv_base + local);
+        return WeightSums(sk, sv, params.bk_base + local, params.bv_base + local);
     }
+    return WeightSums(sk, sv, local, params.wv_base + local);
 }

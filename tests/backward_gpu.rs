@@ -244,10 +244,72 @@ fn gpu_backward_on_every_tile_and_kind() {
     eprintln!("backward fixed cases: largest gradient error {worst:.3e}");
 }
 
+/// The shared device with subgroup operations turned off, so that the weight gradients take
+/// the workgroup-memory reduction that browsers run.
+fn without_subgroups() -> &'static GpuContext {
+    static CTX: std::sync::OnceLock<GpuContext> = std::sync::OnceLock::new();
+    CTX.get_or_init(|| {
+        let ctx = gpu();
+        let plain =
+            GpuContext::from_device(ctx.device.clone(), ctx.queue.clone(), ctx.info.clone());
+        plain.set_subgroups(false);
+        plain
+    })
+}
+
+/// The learned kinds' weight gradients with and without subgroup reductions, in 1D and 2D:
+/// both against the CPU reference, and against each other.
+#[test]
+fn gpu_backward_with_and_without_subgroups() {
+    let ctx = gpu();
+    // lavapipe (CI) offers SUBGROUP: the subgroup path must really run there.
+    if ctx.info.name.contains("llvmpipe") {
+        assert!(
+            ctx.subgroups(),
+            "lavapipe offers SUBGROUP, yet the context does not use it"
+        );
+    }
+    assert!(!without_subgroups().subgroups());
+    eprintln!("subgroups on the test adapter: {}", ctx.subgroups());
+    for kind in [Downsampling::Basis, Downsampling::Depthwise] {
+        for image in [None, Some((20, 18))] {
+            let c = Case {
+                batch: 2,
+                heads: 2,
+                n: image.map_or(700, |(h, w)| h * w),
+                d: 32,
+                m: if image.is_some() { 2 } else { 8 },
+                p: if image.is_some() { 4 } else { 2 },
+                causal: false,
+                kind,
+                multiplicity: true,
+                image,
+                seed: 21,
+            };
+            for path in [ctx, without_subgroups()] {
+                run_on(path, &c);
+            }
+            let grads = |path: &GpuContext| {
+                let shape = Shape::new(c.batch, c.heads, c.n, c.d);
+                let cfg = c.config();
+                let g = Geometry::new(c.n, &cfg).unwrap();
+                let w = weights(c.seed, c.kind, &g, c.d);
+                let (q, k, v) = qkv(c.seed, shape);
+                let d_o = random(c.seed.wrapping_add(3), shape.elements());
+                let plan = FmaPlan::new(path, shape, &cfg, Some(&w)).unwrap();
+                let tape = pollster::block_on(plan.forward_tape(path, &q, &k, &v)).unwrap();
+                plan.backward_blocking(path, &tape, &d_o).unwrap()
+            };
+            let (a, b) = (grads(ctx), grads(without_subgroups()));
+            compare_all(&format!("subgroups against none, {c:?}"), &a, &b);
+        }
+    }
+}
+
 /// Every gradient element has one owner that sums in a fixed order: two runs agree exactly.
 #[test]
 fn gpu_backward_is_deterministic() {
-    for ctx in [gpu(), other_kind()] {
+    for ctx in [gpu(), other_kind(), without_subgroups()] {
         deterministic_on(ctx);
     }
 }

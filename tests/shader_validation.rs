@@ -6,13 +6,23 @@ use multipole::gpu::shaders::{Family, Spec, source};
 fn validate(family: Family, spec: Spec) -> Result<(), String> {
     let text = source(family, spec);
     let module = naga::front::wgsl::parse_str(&text).map_err(|e| e.emit_to_string(&text))?;
-    // f16 builds need WebGPU's optional shader-f16, nothing else.
-    let capabilities = if spec.f16 {
-        naga::valid::Capabilities::SHADER_FLOAT16
-    } else {
-        naga::valid::Capabilities::default()
-    };
-    naga::valid::Validator::new(naga::valid::ValidationFlags::all(), capabilities)
+    // f16 builds need WebGPU's optional shader-f16, subgroup builds its subgroups (compute
+    // only), nothing else.
+    let mut capabilities = naga::valid::Capabilities::default();
+    if spec.f16 {
+        capabilities |= naga::valid::Capabilities::SHADER_FLOAT16;
+    }
+    if spec.subgroups {
+        capabilities |= naga::valid::Capabilities::SUBGROUP;
+    }
+    let mut validator =
+        naga::valid::Validator::new(naga::valid::ValidationFlags::all(), capabilities);
+    if spec.subgroups {
+        validator
+            .subgroup_stages(naga::valid::ShaderStages::COMPUTE)
+            .subgroup_operations(naga::valid::SubgroupOperationSet::all());
+    }
+    validator
         .validate(&module)
         .map_err(|e| e.emit_to_string(&text))?;
     Ok(())
@@ -25,9 +35,10 @@ fn every_specialisation_validates() {
     let builds = Spec::builds();
     assert_eq!(
         builds.len(),
-        specs.len() * (Family::ALL.len() + Family::STORES_F16.len() + 2),
-        "every family in f32, the forward families in f16 too, and the Direct attention \
-         kernels in both"
+        specs.len() * (Family::ALL.len() + Family::STORES_F16.len() + 4),
+        "every family in f32, the forward families in f16 too, the Direct attention \
+         kernels in both, the backward's Lanes kernels in f32 and the downsampling \
+         backward with subgroups"
     );
     for (family, spec) in builds {
         if let Err(e) = validate(family, spec) {

@@ -1,10 +1,13 @@
-//! Rust twin of shaders/attention_backward.wgsl: per-query statistics, dQ (query-major), dK and
-//! dV of the near keys (key-major) and the gradients of the coarse rows (row-major), in the
-//! layout that suits the adapter (`Kernels`).
+//! Rust twin of shaders/attention_backward.wgsl (with attention_backward_tiled.wgsl or
+//! attention_backward_lanes.wgsl): per-query statistics, dQ (query-major), dK and dV of the
+//! near keys (key-major) and the gradients of the coarse rows (row-major), in the layout that
+//! suits the adapter (`Kernels`).
 
 use super::context::GpuContext;
 use super::params::{bind, dispatch};
-use super::shaders::{BACK_ROWS, FAR_SIBLINGS, Family, ROW_LANES, Spec, WG_ELEMENTS, binding as B};
+use super::shaders::{
+    BACK_ROWS, FAR_SIBLINGS, Family, ForwardKernels, ROW_LANES, Spec, WG_ELEMENTS, binding as B,
+};
 use crate::error::Result;
 
 pub(crate) struct AttentionBackwardKernel {
@@ -30,18 +33,18 @@ pub(crate) enum Kernels {
     Tiled,
     /// CPU adapters, which run a workgroup's lanes as SIMD loops: there a load whose address
     /// differs per lane costs one load per lane and a barrier switches every lane's context,
-    /// so each lane owns its query, key or coarse row, and all lanes read the other side at
-    /// one address from storage: no workgroup memory, no barrier.
+    /// so each lane owns its queries, keys or coarse row, and all lanes read the other side at
+    /// one address from storage, a vec4 at a time: no workgroup memory, no barrier.
     Lanes,
 }
 
 impl Kernels {
-    /// `Lanes` on a CPU adapter (lavapipe, SwiftShader, WARP), `Tiled` on anything else.
-    pub fn for_adapter(info: &wgpu::AdapterInfo) -> Kernels {
-        if info.device_type == wgpu::DeviceType::Cpu {
-            Kernels::Lanes
-        } else {
-            Kernels::Tiled
+    /// The backward that goes with the forward a plan runs: `Lanes` with the Direct forward
+    /// (a CPU adapter and d a multiple of 4, `GpuContext::forward_kernels`), else `Tiled`.
+    pub fn for_forward(forward: ForwardKernels) -> Kernels {
+        match forward {
+            ForwardKernels::Direct => Kernels::Lanes,
+            ForwardKernels::Tiled => Kernels::Tiled,
         }
     }
 }
@@ -77,9 +80,12 @@ pub(crate) struct BackwardWork {
 }
 
 impl AttentionBackwardKernel {
-    pub fn new(ctx: &GpuContext, spec: Spec, far_field: bool) -> Result<Self> {
+    /// The kernels of `spec`'s shape for head dim `d`, in the layout of the forward the
+    /// context chooses.
+    pub fn new(ctx: &GpuContext, spec: Spec, d: usize, far_field: bool) -> Result<Self> {
+        let spec = spec.with_forward(ctx.forward_kernels(), d);
         let pipe = |entry| ctx.pipeline(Family::AttentionBackward, entry, spec);
-        let kernels = Kernels::for_adapter(&ctx.info);
+        let kernels = Kernels::for_forward(spec.forward);
         let far = |entry| far_field.then(|| pipe(entry)).transpose();
         let (dq, dq_far, dkv_near, dkv_far) = match kernels {
             Kernels::Tiled => (
@@ -147,15 +153,29 @@ impl AttentionBackwardKernel {
             (B::STATS, b.stats),
             (B::DQ, b.dq),
         ];
-        let near = [&common[..], &[(B::K, b.k), (B::V, b.v)]].concat();
         if self.kernels == Kernels::Lanes {
             // Without coarse levels the kernel reads no coarse row (params.levels = 0), yet
             // its layout has the binding: the geometry, read-only too, stands in.
             let coarse = b.coarse.unwrap_or(b.geom);
-            let all = [&near[..], &[(B::COARSE, coarse)]].concat();
-            let group = bind(ctx, "backward_dq_lanes", &self.dq, &all);
+            let group = bind(
+                ctx,
+                "backward_dq_lanes",
+                &self.dq,
+                &[
+                    (B::PARAMS, b.params),
+                    (B::GEOM, b.geom),
+                    (B::Q4, b.q),
+                    (B::D_O4, b.d_o),
+                    (B::STATS, b.stats),
+                    (B::DQ, b.dq),
+                    (B::K4, b.k),
+                    (B::V4, b.v),
+                    (B::COARSE4, coarse),
+                ],
+            );
             return dispatch(ctx, pass, &self.dq, &group, tiles);
         }
+        let near = [&common[..], &[(B::K, b.k), (B::V, b.v)]].concat();
         let group = bind(ctx, "backward_dq_near", &self.dq, &near);
         dispatch(ctx, pass, &self.dq, &group, tiles)?;
         if let (Some(dq_far), Some(coarse)) = (&self.dq_far, b.coarse) {
@@ -174,6 +194,12 @@ impl AttentionBackwardKernel {
         b: &BackwardBindings<'_>,
         w: &BackwardWork,
     ) -> Result<()> {
+        let lanes = self.kernels == Kernels::Lanes;
+        let [q, k, v, d_o] = if lanes {
+            [B::Q4, B::K4, B::V4, B::D_O4]
+        } else {
+            [B::Q, B::K, B::V, B::D_O]
+        };
         let group = bind(
             ctx,
             "backward_dkv_near",
@@ -181,10 +207,10 @@ impl AttentionBackwardKernel {
             &[
                 (B::PARAMS, b.params),
                 (B::GEOM, b.geom),
-                (B::Q, b.q),
-                (B::K, b.k),
-                (B::V, b.v),
-                (B::D_O, b.d_o),
+                (q, b.q),
+                (k, b.k),
+                (v, b.v),
+                (d_o, b.d_o),
                 (B::STATS, b.stats),
                 (B::DK, b.dk),
                 (B::DV, b.dv),
@@ -206,6 +232,10 @@ impl AttentionBackwardKernel {
         else {
             return Ok(());
         };
+        let [q, coarse_binding, d_o] = match self.kernels {
+            Kernels::Lanes => [B::Q4, B::COARSE4, B::D_O4],
+            Kernels::Tiled => [B::Q, B::COARSE, B::D_O],
+        };
         let group = bind(
             ctx,
             "backward_dkv_far",
@@ -213,9 +243,9 @@ impl AttentionBackwardKernel {
             &[
                 (B::PARAMS, b.params),
                 (B::GEOM, b.geom),
-                (B::Q, b.q),
-                (B::COARSE, coarse),
-                (B::D_O, b.d_o),
+                (q, b.q),
+                (coarse_binding, coarse),
+                (d_o, b.d_o),
                 (B::STATS, b.stats),
                 (B::DCOARSE, dcoarse),
             ],

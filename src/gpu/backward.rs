@@ -99,7 +99,7 @@ impl FmaPlan {
     /// The backward's kernels and buffers (in the caller's error scopes).
     fn build_backward(&self, ctx: &GpuContext) -> Result<Backward> {
         let far = self.coarse.is_some();
-        let attention = AttentionBackwardKernel::new(ctx, self.spec, far)?;
+        let attention = AttentionBackwardKernel::new(ctx, self.spec, self.shape.d, far)?;
         let downsample = if far {
             let kind = self.config.downsampling;
             // weight elements (wk of every level), then bias elements (bk) for depthwise

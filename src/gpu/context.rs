@@ -46,6 +46,8 @@ pub struct GpuContext {
     pending: Mutex<Vec<ScopeResult>>,
     /// Whether plans made from now on get the Direct forward kernels (see `forward_kernels`).
     direct_forward: AtomicBool,
+    /// Whether plans made from now on may use subgroup operations (see `subgroups`).
+    subgroups: AtomicBool,
 }
 
 impl GpuContext {
@@ -77,9 +79,12 @@ impl GpuContext {
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("multipole"),
                 // Timestamps time the passes (GpuTimer); SHADER_F16 lets plans store f16
-                // (Precision::F16). Neither is required: each is enabled where offered.
+                // (Precision::F16); SUBGROUP speeds up reductions (`subgroups`). None is
+                // required: each is enabled where offered.
                 required_features: adapter.features()
-                    & (wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SHADER_F16),
+                    & (wgpu::Features::TIMESTAMP_QUERY
+                        | wgpu::Features::SHADER_F16
+                        | wgpu::Features::SUBGROUP),
                 required_limits: limits(adapter.limits()),
                 ..Default::default()
             })
@@ -124,6 +129,7 @@ impl GpuContext {
             errors: Arc::new(Mutex::new(Vec::new())),
             pending: Mutex::new(Vec::new()),
             direct_forward: AtomicBool::new(info.device_type == wgpu::DeviceType::Cpu),
+            subgroups: AtomicBool::new(true),
             info,
         }
     }
@@ -150,6 +156,20 @@ impl GpuContext {
     pub fn set_forward_kernels(&self, kernels: ForwardKernels) {
         self.direct_forward
             .store(kernels == ForwardKernels::Direct, Ordering::Relaxed);
+    }
+
+    /// Whether plans made from now on reduce with subgroup operations: where the device has
+    /// wgpu's `SUBGROUP` feature (never on the web backend today) and `set_subgroups` has not
+    /// turned them off.
+    pub fn subgroups(&self) -> bool {
+        self.subgroups.load(Ordering::Relaxed)
+            && self.device.features().contains(wgpu::Features::SUBGROUP)
+    }
+
+    /// Allows (`true`, the default) or forbids subgroup operations in plans made from now on:
+    /// to test or measure both paths on one device.
+    pub fn set_subgroups(&self, on: bool) {
+        self.subgroups.store(on, Ordering::Relaxed);
     }
 
     /// The device's limits.

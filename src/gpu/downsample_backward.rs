@@ -1,5 +1,6 @@
 //! Rust twin of shaders/downsample_backward.wgsl: the coarse rows' gradients passed on to the
-//! tokens (every kind) and to the learned weights (basis, depthwise).
+//! tokens (every kind) and to the learned weights (basis, depthwise), whose reduction uses
+//! subgroups where the device has them (downsample_backward_subgroups.wgsl).
 
 use super::context::GpuContext;
 use super::params::{bind, dispatch};
@@ -43,6 +44,7 @@ impl DownsampleBackwardKernel {
     /// `elements`: how many weight-gradient elements one dispatch writes (the key weights of
     /// all levels, plus the key biases for depthwise); each gets one workgroup.
     pub fn new(ctx: &GpuContext, kind: Downsampling, spec: Spec, elements: usize) -> Result<Self> {
+        let spec = spec.with_subgroups(ctx.subgroups());
         let pipe = |entry| ctx.pipeline(Family::DownsampleBackward, entry, spec);
         let range = |accumulate: u32| {
             let r = GradRange {

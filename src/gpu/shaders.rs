@@ -16,7 +16,15 @@ pub(crate) const ATTENTION_DIRECT: &str = include_str!("../../shaders/attention_
 pub(crate) const FAR_CHAIN: &str = include_str!("../../shaders/far_chain.wgsl");
 pub(crate) const DOWNSAMPLE: &str = include_str!("../../shaders/downsample.wgsl");
 pub(crate) const ATTENTION_BACKWARD: &str = include_str!("../../shaders/attention_backward.wgsl");
+pub(crate) const ATTENTION_BACKWARD_TILED: &str =
+    include_str!("../../shaders/attention_backward_tiled.wgsl");
+pub(crate) const ATTENTION_BACKWARD_LANES: &str =
+    include_str!("../../shaders/attention_backward_lanes.wgsl");
 pub(crate) const DOWNSAMPLE_BACKWARD: &str = include_str!("../../shaders/downsample_backward.wgsl");
+pub(crate) const DOWNSAMPLE_BACKWARD_REDUCE: &str =
+    include_str!("../../shaders/downsample_backward_reduce.wgsl");
+pub(crate) const DOWNSAMPLE_BACKWARD_SUBGROUPS: &str =
+    include_str!("../../shaders/downsample_backward_subgroups.wgsl");
 #[cfg(feature = "vit")]
 pub(crate) const LAYERS: &str = include_str!("../../shaders/layers.wgsl");
 
@@ -88,10 +96,13 @@ bindings! {
     DW = 17,
     /// The weight elements one gradient dispatch writes (`GradRange`, uniform).
     GRAD_RANGE = 18,
-    /// K, V and the coarse rows bound again as rows of vec4s, for the Direct forward kernels.
+    /// K, V and the coarse rows bound again as rows of vec4s, for the Direct forward kernels
+    /// and the backward's `Lanes` kernels (which read Q and dO that way too).
     K4 = 19,
     V4 = 20,
     COARSE4 = 21,
+    Q4 = 22,
+    D_O4 = 23,
 }
 
 /// A kernel family: one `.wgsl` file and its Rust twin.
@@ -134,6 +145,9 @@ const FAR_LANES: u32 = 64;
 /// level per workgroup (two share 3 of 4 sources in 1D, 27 of 30 in 2D; more share fewer).
 pub(crate) const ROW_LANES: u32 = 8;
 pub(crate) const FAR_SIBLINGS: u32 = 2;
+/// Channels of one kind of private row (q, dO, an accumulator) an invocation of the CPU
+/// adapters' kernels holds over its rows (`Spec::lane_rows`).
+const LANE_CHANNELS: u32 = 256;
 
 impl Spec {
     /// Rows (head, token) per workgroup of downsample_backward.wgsl's `tokens_*` kernels, a
@@ -172,8 +186,12 @@ pub struct Spec {
     /// Q, K, V, O and the coarse rows stored as f16 (`STORE` in WGSL; needs `SHADER_F16`).
     /// Only the forward families (`Family::STORES_F16`) have f16 builds.
     pub f16: bool,
-    /// How the forward kernels read keys (only `Family::Attention` depends on it).
+    /// How the attention kernels read keys: `Family::Attention`'s forward, and which of
+    /// `Family::AttentionBackward`'s kernels a build holds (Direct: the CPU adapters' `Lanes`).
     pub forward: ForwardKernels,
+    /// Reductions with subgroup operations (wgpu's `SUBGROUP`, native only): only
+    /// `Family::DownsampleBackward`'s weight gradients depend on it.
+    pub subgroups: bool,
 }
 
 impl Spec {
@@ -186,12 +204,18 @@ impl Spec {
             query_tile,
             f16: false,
             forward: ForwardKernels::Tiled,
+            subgroups: false,
         })
     }
 
     /// The same build with the tensors stored as f16 (`f16 = true`) or f32.
     pub fn with_f16(self, f16: bool) -> Spec {
         Spec { f16, ..self }
+    }
+
+    /// The same build with subgroup reductions (`subgroups = true`) or without.
+    pub fn with_subgroups(self, subgroups: bool) -> Spec {
+        Spec { subgroups, ..self }
     }
 
     /// This shape with the forward kernels `kernels`, where they can serve head dim `d`: the
@@ -213,8 +237,16 @@ impl Spec {
     pub fn query_rows(&self) -> u32 {
         match self.forward {
             ForwardKernels::Tiled => 1,
-            ForwardKernels::Direct => (self.query_tile / 8).clamp(1, 256 / self.head_tile),
+            ForwardKernels::Direct => self.lane_rows(),
         }
+    }
+
+    /// Rows per invocation where a CPU adapter's workgroup reads shared rows straight from
+    /// storage (the Direct forward, the backward's `Lanes` dQ and near dK, dV): enough that a
+    /// workgroup is one SIMD row of a CPU (8 lanes) where the tile allows, with at most
+    /// LANE_CHANNELS channels per kind of private row.
+    pub fn lane_rows(&self) -> u32 {
+        (self.query_tile / 8).clamp(1, LANE_CHANNELS / self.head_tile)
     }
 
     /// Keys staged per tile (Tiled): a multiple of 4 (the kernels add keys four at a time), as
@@ -273,6 +305,7 @@ impl Spec {
         query_tile: 1,
         f16: false,
         forward: ForwardKernels::Tiled,
+        subgroups: false,
     };
 
     /// Every f32 specialisation with the Tiled forward (the one WebGPU adapters get); each
@@ -286,6 +319,7 @@ impl Spec {
                     query_tile,
                     f16: false,
                     forward: ForwardKernels::Tiled,
+                    subgroups: false,
                 })
             })
             .collect()
@@ -303,7 +337,8 @@ impl Spec {
     }
 
     /// Every (family, specialisation) build the crate can make: every family in f32, the
-    /// forward families in f16 too, and the Direct attention kernels (CPU adapters) in both.
+    /// forward families in f16 too, the Direct attention kernels (CPU adapters) in both, with
+    /// the backward's in f32, and the downsampling backward with subgroups.
     /// Tests validate each, and the browser check compiles each.
     pub fn builds() -> Vec<(Family, Spec)> {
         let mut out = Vec::new();
@@ -320,6 +355,8 @@ impl Spec {
             };
             out.push((Family::Attention, direct));
             out.push((Family::Attention, direct.with_f16(true)));
+            out.push((Family::AttentionBackward, direct));
+            out.push((Family::DownsampleBackward, spec.with_subgroups(true)));
         }
         out
     }
@@ -338,6 +375,8 @@ pub fn source(family: Family, spec: Spec) -> String {
         ("QUERY_TILE", spec.query_tile),
         ("QUERY_ROWS", spec.query_rows()),
         ("QUERY_LANES", spec.query_tile / spec.query_rows()),
+        ("LANE_ROWS", spec.lane_rows()),
+        ("LANE_COUNT", spec.query_tile / spec.lane_rows()),
         ("BACK_TILE", back_tile),
         ("BACK_VECS", vecs(back_tile)),
         ("BACK_ROWS", BACK_ROWS),
@@ -371,8 +410,19 @@ pub fn source(family: Family, spec: Spec) -> String {
             ForwardKernels::Tiled => &[COMMON, FAR_CHAIN, MERGE, ATTENTION, ATTENTION_TILED],
             ForwardKernels::Direct => &[COMMON, MERGE, ATTENTION, ATTENTION_DIRECT],
         },
-        Family::AttentionBackward => &[COMMON, FAR_CHAIN, ATTENTION_BACKWARD],
-        Family::DownsampleBackward => &[COMMON, DOWNSAMPLE_BACKWARD],
+        Family::AttentionBackward => match spec.forward {
+            ForwardKernels::Tiled => &[
+                COMMON,
+                FAR_CHAIN,
+                ATTENTION_BACKWARD,
+                ATTENTION_BACKWARD_TILED,
+            ],
+            ForwardKernels::Direct => &[COMMON, ATTENTION_BACKWARD, ATTENTION_BACKWARD_LANES],
+        },
+        Family::DownsampleBackward => match spec.subgroups {
+            false => &[COMMON, DOWNSAMPLE_BACKWARD, DOWNSAMPLE_BACKWARD_REDUCE],
+            true => &[COMMON, DOWNSAMPLE_BACKWARD, DOWNSAMPLE_BACKWARD_SUBGROUPS],
+        },
         // The layers have a header of their own (layers::wgsl_header).
         #[cfg(feature = "vit")]
         Family::Layers => return format!("{}{LAYERS}", super::layers::wgsl_header()),
@@ -390,7 +440,7 @@ mod tests {
     use super::*;
 
     /// The files whose numbers come from a header (layers.wgsl: with the vit feature).
-    const CONVERTED: [(&str, &str); 9] = [
+    const CONVERTED: [(&str, &str); 13] = [
         ("common.wgsl", COMMON),
         ("merge.wgsl", MERGE),
         ("attention.wgsl", ATTENTION),
@@ -399,7 +449,17 @@ mod tests {
         ("far_chain.wgsl", FAR_CHAIN),
         ("downsample.wgsl", DOWNSAMPLE),
         ("attention_backward.wgsl", ATTENTION_BACKWARD),
+        ("attention_backward_tiled.wgsl", ATTENTION_BACKWARD_TILED),
+        ("attention_backward_lanes.wgsl", ATTENTION_BACKWARD_LANES),
         ("downsample_backward.wgsl", DOWNSAMPLE_BACKWARD),
+        (
+            "downsample_backward_reduce.wgsl",
+            DOWNSAMPLE_BACKWARD_REDUCE,
+        ),
+        (
+            "downsample_backward_subgroups.wgsl",
+            DOWNSAMPLE_BACKWARD_SUBGROUPS,
+        ),
     ];
 
     /// Byte offsets of `@binding(` or `@workgroup_size(` followed by a literal number.

@@ -3,8 +3,9 @@
 // do not agree on everything (workgroup memory accounting, uniformity), so both must accept.
 // The export says how many modules and pipelines the crate ships; the check passes only when
 // the page built exactly those, each one, and nothing failed. Modules marked `f16` need WebGPU's
-// optional shader-f16: they are built where the browser's adapter offers it, and otherwise
-// left out by name in the output (naga validates them in tests/shader_validation.rs).
+// optional shader-f16, those marked `subgroups` its subgroups: each is built where the
+// browser's adapter offers the feature, and otherwise left out by name in the output (naga
+// validates them in tests/shader_validation.rs).
 //
 //   node web/tests/shader_compile.mjs SHADERS.json
 
@@ -15,8 +16,9 @@ import { pathToFileURL } from 'node:url';
 /** The pipelines the export lists, as "module / entry" keys, or throws if the file is not
  *  what examples/export_shaders.rs writes (totals that disagree with the list included).
  *  With `f16: false`, the pipelines of f16 modules are left out (an adapter without
- *  shader-f16 cannot build them); the totals are checked on the whole list either way. */
-export function expectedPipelines(json, { f16 = true } = {}) {
+ *  shader-f16 cannot build them), with `subgroups: false` those of subgroup modules; the
+ *  totals are checked on the whole list either way. */
+export function expectedPipelines(json, { f16 = true, subgroups = true } = {}) {
   const { modules, pipelines, shaders: list } = json;
   if (!Number.isInteger(modules) || !Number.isInteger(pipelines) || !Array.isArray(list)) {
     throw new Error('expected {"modules": M, "pipelines": P, "shaders": [...]} from export_shaders');
@@ -30,7 +32,7 @@ export function expectedPipelines(json, { f16 = true } = {}) {
   }
   if (pipelines === 0) throw new Error('the export lists no pipeline');
   return list
-    .filter((s) => f16 || !s.f16)
+    .filter((s) => (f16 || !s.f16) && (subgroups || !s.subgroups))
     .flatMap((s) => s.entries.map((e) => `${s.name} / ${e}`));
 }
 
@@ -56,11 +58,13 @@ try {
   const adapter = await navigator.gpu.requestAdapter();
   if (!adapter) throw new Error('no WebGPU adapter');
   const f16 = adapter.features.has('shader-f16');
-  const device = await adapter.requestDevice({ requiredFeatures: f16 ? ['shader-f16'] : [] });
+  const subgroups = adapter.features.has('subgroups');
+  const requiredFeatures = [...(f16 ? ['shader-f16'] : []), ...(subgroups ? ['subgroups'] : [])];
+  const device = await adapter.requestDevice({ requiredFeatures });
   const failures = [];
   const built = [];
   for (const s of shaders) {
-    if (s.f16 && !f16) continue;
+    if ((s.f16 && !f16) || (s.subgroups && !subgroups)) continue;
     const module = device.createShaderModule({ code: s.code });
     const info = await module.getCompilationInfo();
     const errors = info.messages.filter((m) => m.type === 'error');
@@ -74,9 +78,9 @@ try {
       }
     }
   }
-  out.textContent = JSON.stringify({ built, failures, f16 });
+  out.textContent = JSON.stringify({ built, failures, f16, subgroups });
 } catch (e) {
-  out.textContent = JSON.stringify({ built: [], failures: ['page: ' + e.message], f16: true });
+  out.textContent = JSON.stringify({ built: [], failures: ['page: ' + e.message], f16: true, subgroups: true });
 }
 </script>`;
 
@@ -126,12 +130,17 @@ async function main() {
     await browser.close();
     server.close();
   }
-  const expected = expectedPipelines(json, { f16: result.f16 !== false });
-  if (expected.length < all.length) {
+  const f16 = result.f16 !== false;
+  const subgroups = result.subgroups !== false;
+  const expected = expectedPipelines(json, { f16, subgroups });
+  const leftOut = (feature, kind, only) => {
+    const missing = all.length - expectedPipelines(json, only).length;
     console.log(
-      `shader_compile: this browser's WebGPU adapter lacks shader-f16: the ${all.length - expected.length} pipelines of f16 modules were not built here (naga validates them)`,
+      `shader_compile: this browser's WebGPU adapter lacks ${feature}: the ${missing} pipelines of ${kind} modules were not built here (naga validates them)`,
     );
-  }
+  };
+  if (!f16) leftOut('shader-f16', 'f16', { f16: false });
+  if (!subgroups) leftOut('subgroups', 'subgroup', { subgroups: false });
   const failures = verdict(expected, result);
   for (const f of failures) console.error('FAILED ' + f);
   console.log(

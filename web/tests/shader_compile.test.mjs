@@ -64,6 +64,18 @@ test('f16 modules are left out only for an adapter without shader-f16', () => {
   assert.throws(() => expectedPipelines({ ...withF16, pipelines: 3 }, { f16: false }), /4 pipelines/);
 });
 
+test('subgroup modules are left out only for an adapter without subgroups', () => {
+  const withSubgroups = {
+    modules: 3,
+    pipelines: 4,
+    shaders: [...exported.shaders, { name: 'DownsampleBackward S', subgroups: true, entries: ['weight_grads_basis'], code: '' }],
+  };
+  assert.deepEqual(expectedPipelines(withSubgroups), [...all, 'DownsampleBackward S / weight_grads_basis']);
+  assert.deepEqual(expectedPipelines(withSubgroups, { subgroups: false }), all);
+  assert.deepEqual(expectedPipelines(withSubgroups, { f16: false }), [...all, 'DownsampleBackward S / weight_grads_basis']);
+  assert.throws(() => expectedPipelines({ ...withSubgroups, pipelines: 3 }, { subgroups: false }), /4 pipelines/);
+});
+
 test('the old format (a bare list of modules) and an empty export are refused', () => {
   assert.throws(() => expectedPipelines(exported.shaders), /export_shaders/);
   assert.throws(() => expectedPipelines({ modules: 0, pipelines: 0, shaders: [] }), /no pipeline/);

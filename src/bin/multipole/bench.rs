@@ -88,6 +88,10 @@ pub struct BenchArgs {
     /// SHADER_F16; its records are kernel "fma_f16"). The backward and dense run in f32.
     #[arg(long, value_delimiter = ',', default_value = "f32")]
     precision: Vec<Precision>,
+    /// With --backward, where the adapter has subgroups: time the backward again with them
+    /// turned off (kernel "fma_backward_no_subgroups"), the path browsers take.
+    #[arg(long, requires = "backward")]
+    without_subgroups: bool,
 }
 
 /// One measurement: the fields anyone needs to recompute the ratios.
@@ -263,6 +267,15 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             let back = bench.measure(&Kernel::FmaBackward(cfg))?;
             print_progress(&back);
             records.push(back);
+            if args.without_subgroups && ctx.subgroups() {
+                ctx.set_subgroups(false);
+                let plain = bench.measure(&Kernel::FmaBackward(cfg));
+                ctx.set_subgroups(true);
+                let mut plain = plain?;
+                plain.kernel = "fma_backward_no_subgroups".into();
+                print_progress(&plain);
+                records.push(plain);
+            }
         }
         if *n <= dense_max {
             let dense = bench.measure(&Kernel::Dense(cfg))?;
@@ -812,6 +825,32 @@ pub fn summarise(records: &[Record]) {
                 b.gflops,
                 fraction(b),
                 b.extra_ratio
+            );
+        }
+    }
+    for plain in records
+        .iter()
+        .filter(|r| r.kernel == "fma_backward_no_subgroups")
+    {
+        if let Some(b) = records
+            .iter()
+            .find(|r| r.kernel == "fma_backward" && r.layout == plain.layout && r.n == plain.n)
+        {
+            let stage = |r: &Record| {
+                r.stage_ms
+                    .get("downsample_backward")
+                    .copied()
+                    .unwrap_or(0.0)
+            };
+            println!(
+                "{:>12} n={:<8} backward with subgroups {:.2} ms, without {:.2} ms ({:.2}x); downsample_backward {:.2} against {:.2} ms",
+                b.layout,
+                b.n,
+                b.median_ms,
+                plain.median_ms,
+                plain.median_ms / b.median_ms,
+                stage(b),
+                stage(plain)
             );
         }
     }

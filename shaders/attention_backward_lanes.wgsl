@@ -1,0 +1,468 @@
+// The CPU adapters' backward kernels (`Kernels::Lanes`; built with the Direct forward, so d is
+// a multiple of 4). A CPU runs a workgroup as SIMD loops over its lanes: a load whose address
+// differs per lane costs a load per lane, a load at an address all lanes share is one load and
+// a broadcast, and a barrier switches every lane's context. So each lane owns its rows (queries,
+// keys or coarse rows) in registers, and all lanes read the other side together, straight from
+// storage and a vec4 at a time: no workgroup memory, no barrier. The owners are those of the
+// Tiled kernels:
+// - `backward_dq_lanes`: LANE_ROWS queries per lane, near and far keys in one pass, four keys
+//   at a time, so each element read serves 4 x LANE_ROWS pairs per lane;
+// - `backward_dkv_near_lanes`: LANE_ROWS keys per lane, four queries at a time;
+// - `backward_dkv_far_rows`: one coarse row per lane, of up to FAR_SIBLINGS neighbouring
+//   cells of a level.
+
+@group(0) @binding(B_Q4) var<storage, read> q4: array<vec4<f32>>;
+@group(0) @binding(B_D_O4) var<storage, read> do4: array<vec4<f32>>;
+@group(0) @binding(B_K4) var<storage, read> k4: array<vec4<f32>>;
+@group(0) @binding(B_V4) var<storage, read> v4: array<vec4<f32>>;
+@group(0) @binding(B_COARSE4) var<storage, read> coarse4: array<vec4<f32>>;
+
+alias Row = array<vec4<f32>, HEAD_VEC>;
+alias LaneRows = array<Row, LANE_ROWS>;
+alias LaneMask = array<vec4<bool>, LANE_ROWS>;
+
+// vec4s per row: a row starts at (its index) x row_vecs() of a vec4 view.
+fn row_vecs() -> u32 {
+    return params.d / 4u;
+}
+
+// Vec4 e of the row that starts at vec4 `at` of a view, zero past d. The loops over a row run
+// to HEAD_VEC, a constant, so that the private rows stay in registers; the index is clamped into
+// the row (a neighbouring row's values must never meet zeros: an infinity would make a NaN).
+// One helper per buffer: a buffer a function names is bound by every kernel that calls it.
+fn q_at(at: u32, e: u32) -> vec4<f32> {
+    return select(vec4<f32>(0.0), q4[at + min(e, row_vecs() - 1u)], e < row_vecs());
+}
+
+fn do_at(at: u32, e: u32) -> vec4<f32> {
+    return select(vec4<f32>(0.0), do4[at + min(e, row_vecs() - 1u)], e < row_vecs());
+}
+
+fn k_at(at: u32, e: u32) -> vec4<f32> {
+    return select(vec4<f32>(0.0), k4[at + min(e, row_vecs() - 1u)], e < row_vecs());
+}
+
+fn v_at(at: u32, e: u32) -> vec4<f32> {
+    return select(vec4<f32>(0.0), v4[at + min(e, row_vecs() - 1u)], e < row_vecs());
+}
+
+fn coarse_at(at: u32, e: u32) -> vec4<f32> {
+    return select(vec4<f32>(0.0), coarse4[at + min(e, row_vecs() - 1u)], e < row_vecs());
+}
+
+// A query row (at vec4 `at`, or zeros for padding, `live` false) times tau, and its dO row.
+fn own_q(at: u32, live: bool) -> Row {
+    var r: Row;
+    for (var e = 0u; e < HEAD_VEC; e++) {
+        r[e] = select(vec4<f32>(0.0), q_at(at, e) * params.scale, live);
+    }
+    return r;
+}
+
+fn own_do(at: u32, live: bool) -> Row {
+    var r: Row;
+    for (var e = 0u; e < HEAD_VEC; e++) {
+        r[e] = select(vec4<f32>(0.0), do_at(at, e), live);
+    }
+    return r;
+}
+
+// Vec4 e of a key (or its value, `value`) that starts at vec4 `at`: a token's from K / V, or a
+// coarse row's (`far`). One helper for both, so the choice is a uniform branch per call.
+fn key_vec(at: u32, e: u32, far: bool, value: bool) -> vec4<f32> {
+    if (far) {
+        return coarse_at(select(at, params.coarse_v_base / 4u + at, value), e);
+    }
+    if (value) {
+        return v_at(at, e);
+    }
+    return k_at(at, e);
+}
+
+// The tokens of lane `lid`'s rows in a tile (row lid + r x LANE_COUNT), -1 for padding.
+fn lane_tokens(qt: QueryTile, lid: u32) -> array<i32, LANE_ROWS> {
+    var tokens: array<i32, LANE_ROWS>;
+    for (var r = 0u; r < LANE_ROWS; r++) {
+        tokens[r] = fine_token(qt.cell, qt.first + lid + r * LANE_COUNT);
+    }
+    return tokens;
+}
+
+// Which of four other-side tokens `j` (those `in_range`) each of the lane's rows pairs with:
+// all, or under causal masking those on the allowed side of the row's token (`rows_are_queries`:
+// keys j <= token; else queries j >= token). Padded rows pair with none.
+fn lane_mask(in_range: vec4<bool>, j: vec4<u32>, tokens: array<i32, LANE_ROWS>, rows_are_queries: bool) -> LaneMask {
+    var keep: LaneMask;
+    let jj = vec4<i32>(j);
+    for (var r = 0u; r < LANE_ROWS; r++) {
+        let t = vec4<i32>(tokens[r]);
+        let side = select(jj >= t, jj <= t, rows_are_queries) | vec4<bool>(params.causal == 0u);
+        keep[r] = in_range & side & vec4<bool>(tokens[r] >= 0);
+    }
+    return keep;
+}
+
+// dq += dS k for four keys (rows at vec4s `at`, score offsets `bias`) and every row of the
+// lane; pairs outside `keep` add exact zeros.
+fn dq_keys(dq: ptr<function, LaneRows>, q: ptr<function, LaneRows>, dout: ptr<function, LaneRows>,
+           st: ptr<function, array<vec2<f32>, LANE_ROWS>>, at: vec4<u32>, far: bool,
+           bias: vec4<f32>, keep: LaneMask) {
+    var z: array<vec4<f32>, LANE_ROWS>;
+    var dp: array<vec4<f32>, LANE_ROWS>;
+    for (var e = 0u; e < HEAD_VEC; e++) {
+        let k0 = key_vec(at.x, e, far, false);
+        let k1 = key_vec(at.y, e, far, false);
+        let k2 = key_vec(at.z, e, far, false);
+        let k3 = key_vec(at.w, e, far, false);
+        let v0 = key_vec(at.x, e, far, true);
+        let v1 = key_vec(at.y, e, far, true);
+        let v2 = key_vec(at.z, e, far, true);
+        let v3 = key_vec(at.w, e, far, true);
+        for (var r = 0u; r < LANE_ROWS; r++) {
+            let x = (*q)[r][e];
+            let y = (*dout)[r][e];
+            z[r] += vec4<f32>(dot(x, k0), dot(x, k1), dot(x, k2), dot(x, k3));
+            dp[r] += vec4<f32>(dot(y, v0), dot(y, v1), dot(y, v2), dot(y, v3));
+        }
+    }
+    var ds: array<vec4<f32>, LANE_ROWS>;
+    for (var r = 0u; r < LANE_ROWS; r++) {
+        let pr = select(vec4<f32>(0.0), exp(z[r] + bias - (*st)[r].x), keep[r]);
+        ds[r] = pr * (dp[r] - (*st)[r].y);
+    }
+    for (var e = 0u; e < HEAD_VEC; e++) {
+        let k0 = key_vec(at.x, e, far, false);
+        let k1 = key_vec(at.y, e, far, false);
+        let k2 = key_vec(at.z, e, far, false);
+        let k3 = key_vec(at.w, e, far, false);
+        for (var r = 0u; r < LANE_ROWS; r++) {
+            (*dq)[r][e] += ds[r].x * k0 + ds[r].y * k1 + ds[r].z * k2 + ds[r].w * k3;
+        }
+    }
+}
+
+@compute @workgroup_size(LANE_COUNT)
+fn backward_dq_lanes(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    if (workgroup_index(wid, nwg) >= params.fine_cells * params.tiles_per_cell * params.bh) {
+        return;
+    }
+    let qt = query_tile(wid, nwg);
+    let tokens = lane_tokens(qt, lid);
+    let head_base = qt.head * params.n;
+    let dv = row_vecs();
+    var q: LaneRows;
+    var dout: LaneRows;
+    var st: array<vec2<f32>, LANE_ROWS>;
+    for (var r = 0u; r < LANE_ROWS; r++) {
+        let at = (head_base + u32(max(tokens[r], 0))) * dv;
+        q[r] = own_q(at, tokens[r] >= 0);
+        dout[r] = own_do(at, tokens[r] >= 0);
+        st[r] = load_stats(head_base, tokens[r]);
+    }
+    // The tile's last token: under causal masking no key after it is needed.
+    let li = qt.first + QUERY_TILE - 1u;
+    let last_y = min((qt.cell / params.cells_x) * params.cell_h + li / params.cell_w, params.real_h - 1u);
+    let last_x = min((qt.cell % params.cells_x) * params.cell_w + params.cell_w - 1u, params.real_w - 1u);
+    let last = last_y * params.real_w + last_x;
+    var dq: LaneRows;
+    // The near keys, cell by cell and grid row by grid row, four tokens at a time.
+    for (var e = geom[params.near_offsets + qt.cell]; e < geom[params.near_offsets + qt.cell + 1u]; e++) {
+        let cell = geom[params.near_entries + e];
+        let y0 = (cell / params.cells_x) * params.cell_h;
+        let x0 = (cell % params.cells_x) * params.cell_w;
+        let y_end = min(y0 + params.cell_h, params.real_h);
+        let x_end = min(x0 + params.cell_w, params.real_w);
+        for (var y = y0; y < y_end; y++) {
+            for (var x = x0; x < x_end; x += 4u) {
+                let first = y * params.real_w + x;
+                if (params.causal != 0u && first > last) {
+                    break;
+                }
+                let in_row = vec4<u32>(x) + LANES4 < vec4<u32>(x_end);
+                let j = select(vec4<u32>(first), vec4<u32>(first) + LANES4, in_row);
+                let at = (vec4<u32>(head_base) + j) * dv;
+                dq_keys(&dq, &q, &dout, &st, at, false, vec4<f32>(0.0), lane_mask(in_row, j, tokens, true));
+            }
+        }
+    }
+    // The far field: every level's interaction list of the cell's ancestors, four rows at a time.
+    let coarse_base = qt.head * params.total_rows;
+    var c = qt.cell;
+    for (var l = 0u; l < params.levels; l++) {
+        for (var e = geom[params.far_offsets + c]; e < geom[params.far_offsets + c + 1u]; e++) {
+            let first = geom[params.far_entries + e] * params.p;
+            for (var r = 0u; r < params.p; r += 4u) {
+                let in_cell = vec4<u32>(r) + LANES4 < vec4<u32>(params.p);
+                let row = select(vec4<u32>(first), vec4<u32>(first + r) + LANES4, in_cell);
+                let g = vec4<u32>(params.rows) + 2u * row;
+                let count = vec4<u32>(geom[g.x], geom[g.y], geom[g.z], geom[g.w]);
+                let bias = bitcast<vec4<f32>>(vec4<u32>(geom[g.x + 1u], geom[g.y + 1u], geom[g.z + 1u], geom[g.w + 1u]));
+                let used = in_cell & (count != vec4<u32>(0u));
+                var keep: LaneMask;
+                for (var x = 0u; x < LANE_ROWS; x++) {
+                    keep[x] = used & vec4<bool>(tokens[x] >= 0);
+                }
+                let at = (vec4<u32>(coarse_base) + row) * dv;
+                dq_keys(&dq, &q, &dout, &st, at, true, select(vec4<f32>(0.0), bias, used), keep);
+            }
+        }
+        c = geom[params.parent + c];
+    }
+    for (var r = 0u; r < LANE_ROWS; r++) {
+        if (tokens[r] >= 0) {
+            let row = (head_base + u32(tokens[r])) * params.d;
+            for (var x = 0u; x < params.d; x++) {
+                dq_out[row + x] = dq[r][x / 4u][x % 4u] * params.scale;
+            }
+        }
+    }
+}
+
+// dk += dS q, dv += P dO (q unscaled: tau is applied once to the sums) for four queries (rows
+// at vec4s `at`, their LSE and D) and every key row of the lane.
+fn dkv_queries(dk: ptr<function, LaneRows>, dv: ptr<function, LaneRows>, k: ptr<function, LaneRows>,
+               v: ptr<function, LaneRows>, at: vec4<u32>, lse: vec4<f32>, delta: vec4<f32>, keep: LaneMask) {
+    var z: array<vec4<f32>, LANE_ROWS>;
+    var dp: array<vec4<f32>, LANE_ROWS>;
+    for (var e = 0u; e < HEAD_VEC; e++) {
+        let q0 = q_at(at.x, e);
+        let q1 = q_at(at.y, e);
+        let q2 = q_at(at.z, e);
+        let q3 = q_at(at.w, e);
+        let d0 = do_at(at.x, e);
+        let d1 = do_at(at.y, e);
+        let d2 = do_at(at.z, e);
+        let d3 = do_at(at.w, e);
+        for (var r = 0u; r < LANE_ROWS; r++) {
+            let x = (*k)[r][e];
+            let y = (*v)[r][e];
+            z[r] += vec4<f32>(dot(q0, x), dot(q1, x), dot(q2, x), dot(q3, x));
+            dp[r] += vec4<f32>(dot(d0, y), dot(d1, y), dot(d2, y), dot(d3, y));
+        }
+    }
+    var pr: array<vec4<f32>, LANE_ROWS>;
+    var ds: array<vec4<f32>, LANE_ROWS>;
+    for (var r = 0u; r < LANE_ROWS; r++) {
+        pr[r] = select(vec4<f32>(0.0), exp(z[r] * params.scale - lse), keep[r]);
+        ds[r] = pr[r] * (dp[r] - delta);
+    }
+    for (var e = 0u; e < HEAD_VEC; e++) {
+        let q0 = q_at(at.x, e);
+        let q1 = q_at(at.y, e);
+        let q2 = q_at(at.z, e);
+        let q3 = q_at(at.w, e);
+        let d0 = do_at(at.x, e);
+        let d1 = do_at(at.y, e);
+        let d2 = do_at(at.z, e);
+        let d3 = do_at(at.w, e);
+        for (var r = 0u; r < LANE_ROWS; r++) {
+            (*dk)[r][e] += ds[r].x * q0 + ds[r].y * q1 + ds[r].z * q2 + ds[r].w * q3;
+            (*dv)[r][e] += pr[r].x * d0 + pr[r].y * d1 + pr[r].z * d2 + pr[r].w * d3;
+        }
+    }
+}
+
+@compute @workgroup_size(LANE_COUNT)
+fn backward_dkv_near_lanes(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    if (workgroup_index(wid, nwg) >= params.fine_cells * params.tiles_per_cell * params.bh) {
+        return;
+    }
+    let kt = query_tile(wid, nwg); // here a tile of keys
+    let tokens = lane_tokens(kt, lid);
+    let head_base = kt.head * params.n;
+    let dv = row_vecs();
+    var k: LaneRows;
+    var v: LaneRows;
+    for (var r = 0u; r < LANE_ROWS; r++) {
+        // A padded row reads token 0 and keeps nothing.
+        let at = (head_base + u32(max(tokens[r], 0))) * dv;
+        for (var e = 0u; e < HEAD_VEC; e++) {
+            k[r][e] = k_at(at, e);
+            v[r][e] = v_at(at, e);
+        }
+    }
+    // The tile's first token: under causal masking no query before it sees the tile's keys.
+    let first_y = (kt.cell / params.cells_x) * params.cell_h + kt.first / params.cell_w;
+    let first_key = first_y * params.real_w + (kt.cell % params.cells_x) * params.cell_w;
+    var dk: LaneRows;
+    var dvs: LaneRows;
+    for (var e = geom[params.near_t_offsets + kt.cell]; e < geom[params.near_t_offsets + kt.cell + 1u]; e++) {
+        let cell = geom[params.near_t_entries + e];
+        let y0 = (cell / params.cells_x) * params.cell_h;
+        let x0 = (cell % params.cells_x) * params.cell_w;
+        let y_end = min(y0 + params.cell_h, params.real_h);
+        let x_end = min(x0 + params.cell_w, params.real_w);
+        for (var y = y0; y < y_end; y++) {
+            for (var x = x0; x < x_end; x += 4u) {
+                let first = y * params.real_w + x;
+                if (params.causal != 0u && first + 3u < first_key) {
+                    continue;
+                }
+                let in_row = vec4<u32>(x) + LANES4 < vec4<u32>(x_end);
+                let i = select(vec4<u32>(first), vec4<u32>(first) + LANES4, in_row);
+                let rows = vec4<u32>(head_base) + i;
+                let s0 = stats[rows.x];
+                let s1 = stats[rows.y];
+                let s2 = stats[rows.z];
+                let s3 = stats[rows.w];
+                dkv_queries(&dk, &dvs, &k, &v, rows * dv, vec4<f32>(s0.x, s1.x, s2.x, s3.x),
+                            vec4<f32>(s0.y, s1.y, s2.y, s3.y), lane_mask(in_row, i, tokens, false));
+            }
+        }
+    }
+    for (var r = 0u; r < LANE_ROWS; r++) {
+        if (tokens[r] >= 0) {
+            let row = (head_base + u32(tokens[r])) * params.d;
+            for (var x = 0u; x < params.d; x++) {
+                dk_out[row + x] = dk[r][x / 4u][x % 4u] * params.scale;
+                dv_out[row + x] = dvs[r][x / 4u][x % 4u];
+            }
+        }
+    }
+}
+
+// backward_dkv_far_rows: each of ROW_LANES lanes owns one coarse row (its key and value in
+// registers) of one of up to FAR_SIBLINGS neighbouring cells of a level, and all lanes walk the
+// same queries together. The queries are the union of the cells' transposed far lists (each
+// source cell once); a lane whose cell does not see a source adds exact zeros. Neighbouring
+// cells share most of their lists (3 of 4 sources in 1D, 27 of 30 in 2D).
+
+// Rows per cell in one workgroup, cells per workgroup, row blocks per cell.
+struct RowBlocks {
+    rows: u32,
+    cells: u32,
+    blocks: u32,
+}
+
+fn row_blocks() -> RowBlocks {
+    let rows = min(params.p, ROW_LANES);
+    return RowBlocks(rows, min(ROW_LANES / rows, FAR_SIBLINGS), (params.p + rows - 1u) / rows);
+}
+
+// Workgroups of one level.
+fn level_workgroups(l: u32, rb: RowBlocks) -> u32 {
+    return (level(l).groups + rb.cells - 1u) / rb.cells * rb.blocks;
+}
+
+// Does cell `seen`'s transposed far list hold cell `source`?
+fn sees(seen: u32, source: u32) -> bool {
+    var found = false;
+    for (var e = geom[params.far_t_offsets + seen]; e < geom[params.far_t_offsets + seen + 1u]; e++) {
+        found = found || geom[params.far_t_entries + e] == source;
+    }
+    return found;
+}
+
+// dkv_queries for one coarse row per lane (score offset `bias`): four queries at a time, so
+// the lane's private rows are read and written once per four queries.
+fn row_queries(dk: ptr<function, Row>, dv: ptr<function, Row>, k: ptr<function, Row>, v: ptr<function, Row>,
+               at: vec4<u32>, lse: vec4<f32>, delta: vec4<f32>, keep: vec4<bool>, bias: f32) {
+    var z = vec4<f32>(0.0);
+    var dp = vec4<f32>(0.0);
+    for (var e = 0u; e < HEAD_VEC; e++) {
+        let x = (*k)[e];
+        let y = (*v)[e];
+        z += vec4<f32>(dot(q_at(at.x, e), x), dot(q_at(at.y, e), x), dot(q_at(at.z, e), x), dot(q_at(at.w, e), x));
+        dp += vec4<f32>(dot(do_at(at.x, e), y), dot(do_at(at.y, e), y), dot(do_at(at.z, e), y), dot(do_at(at.w, e), y));
+    }
+    let pr = select(vec4<f32>(0.0), exp(bias + z * params.scale - lse), keep);
+    let ds = pr * (dp - delta);
+    for (var e = 0u; e < HEAD_VEC; e++) {
+        (*dk)[e] += ds.x * q_at(at.x, e) + ds.y * q_at(at.y, e) + ds.z * q_at(at.z, e) + ds.w * q_at(at.w, e);
+        (*dv)[e] += pr.x * do_at(at.x, e) + pr.y * do_at(at.y, e) + pr.z * do_at(at.z, e) + pr.w * do_at(at.w, e);
+    }
+}
+
+@compute @workgroup_size(ROW_LANES)
+fn backward_dkv_far_rows(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let rb = row_blocks();
+    var per_head = 0u;
+    for (var l = 0u; l < params.levels; l++) {
+        per_head += level_workgroups(l, rb);
+    }
+    let w = workgroup_index(wid, nwg);
+    if (w >= per_head * params.bh) {
+        return;
+    }
+    let head = w / per_head;
+    // Coarsest level first: its few long workgroups start early and the short ones fill in.
+    var rest = w % per_head;
+    var l = params.levels - 1u;
+    while (l > 0u && rest >= level_workgroups(l, rb)) {
+        rest -= level_workgroups(l, rb);
+        l -= 1u;
+    }
+    let lv = level(l);
+    let first = lv.first + (rest / rb.blocks) * rb.cells;
+    let cells = min(rb.cells, lv.first + lv.groups - first);
+    let g = lid / rb.rows;
+    let r = (rest % rb.blocks) * rb.rows + lid % rb.rows;
+    let cell = first + g;
+    let row = cell * params.p + r;
+    let mine = g < cells && r < params.p;
+    let used = mine && geom[params.rows + 2u * select(0u, row, mine)] > 0u;
+    let head_base = head * params.n;
+    let own_row = head * params.total_rows + row;
+    let dv = row_vecs();
+
+    // Rows past the block read row 0 and stay unused.
+    let bias = select(0.0, bitcast<f32>(geom[params.rows + 2u * select(0u, row, mine) + 1u]), used);
+    let own_at = select(0u, own_row, mine) * dv;
+    var k: Row;
+    var v: Row;
+    for (var e = 0u; e < HEAD_VEC; e++) {
+        k[e] = select(vec4<f32>(0.0), coarse_at(own_at, e), used);
+        v[e] = select(vec4<f32>(0.0), coarse_at(params.coarse_v_base / 4u + own_at, e), used);
+    }
+    var dk: Row;
+    var dvs: Row;
+    let s = lv.h * lv.w;
+    for (var a = 0u; a < cells; a++) {
+        let seen = first + a;
+        for (var e = geom[params.far_t_offsets + seen]; e < geom[params.far_t_offsets + seen + 1u]; e++) {
+            let source = geom[params.far_t_entries + e];
+            // A source an earlier cell of the block sees was walked with that cell.
+            var walked = false;
+            for (var b = 0u; b < a; b++) {
+                walked = walked || sees(first + b, source);
+            }
+            if (walked) {
+                continue;
+            }
+            let on = used && g >= a && (g == a || sees(cell, source));
+            for (var t = 0u; t < s; t += 4u) {
+                var i = vec4<i32>(-1);
+                for (var x = 0u; x < 4u; x++) {
+                    if (t + x < s) {
+                        i[x] = cell_token(lv, source - lv.first, t + x);
+                    }
+                }
+                let rows = vec4<u32>(head_base) + vec4<u32>(max(i, vec4<i32>(0)));
+                let s0 = stats[rows.x];
+                let s1 = stats[rows.y];
+                let s2 = stats[rows.z];
+                let s3 = stats[rows.w];
+                row_queries(&dk, &dvs, &k, &v, rows * dv, vec4<f32>(s0.x, s1.x, s2.x, s3.x),
+                            vec4<f32>(s0.y, s1.y, s2.y, s3.y), (i >= vec4<i32>(0)) & vec4<bool>(on), bias);
+            }
+        }
+    }
+    if (mine) {
+        for (var c = 0u; c < params.d; c++) {
+            dcoarse[own_row * params.d + c] = dk[c / 4u][c % 4u] * params.scale;
+            dcoarse[params.coarse_v_base + own_row * params.d + c] = dvs[c / 4u][c % 4u];
+        }
+    }
+}
