@@ -60,10 +60,11 @@ pub mod flops {
     pub fn linformer(r: usize, d: usize) -> f64 {
         (8 * r * d) as f64
     }
-    /// Query side 4rd, landmark side 4rd per token, the r x r solve amortised over n.
-    pub fn nystrom(r: usize, d: usize, n: usize) -> f64 {
+    /// Query side 4rd, landmark side 4rd per token, and amortised over n: the
+    /// Newton-Schulz (`iters` rounds of 4 r x r products) and pinv(A) times B V (2r^2 d).
+    pub fn nystrom(r: usize, d: usize, n: usize, iters: usize) -> f64 {
         let (r, d, n) = (r as f64, d as f64, n as f64);
-        8.0 * r * d + (2.0 * r * r * r + 4.0 * r * r * d) / n
+        8.0 * r * d + (8.0 * iters as f64 * r * r * r + 2.0 * r * r * d) / n
     }
     /// k-means (2Cd per token and round), centroid scores (2Cd), 4d per exact key and 2d per
     /// summary key.

@@ -21,6 +21,14 @@ use crate::error::{FmaError, Result};
 use crate::geometry::Geometry;
 use crate::model::rng::Rng;
 
+/// A baseline at one budget: its name, its run on one head, and its FLOPs per query given
+/// the measured keys per query.
+type Baseline<'a> = (
+    &'static str,
+    Box<dyn Fn(&Problem) -> Approx + 'a>,
+    Box<dyn Fn(f64) -> f64 + 'a>,
+);
+
 /// What to sweep.
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -179,11 +187,7 @@ pub fn evaluate(
             let w = features(width, d, 1);
             let proj = random_projection(width, n, 2);
             let (c, t) = cluster_sizes(n, budget);
-            let runs: [(
-                &str,
-                Box<dyn Fn(&Problem) -> Approx>,
-                Box<dyn Fn(f64) -> f64>,
-            ); 4] = [
+            let runs: [Baseline; 4] = [
                 (
                     "window",
                     Box::new(|prob| window(prob, &rows, width)),
@@ -202,7 +206,7 @@ pub fn evaluate(
                 (
                     "nystromformer",
                     Box::new(|prob| nystrom(prob, &rows, width, Pinv::NewtonSchulz(6))),
-                    Box::new(|_| flops::nystrom(width, d, n)),
+                    Box::new(|_| flops::nystrom(width, d, n, 6)),
                 ),
             ];
             for (name, run, fl) in &runs {

@@ -32,6 +32,9 @@ pub struct StudyArgs {
     /// Adam steps when fitting Basis and Depthwise.
     #[arg(long, default_value_t = 30)]
     steps: usize,
+    /// Adam's base step, relative to each weight's initial size.
+    #[arg(long, default_value_t = 0.05)]
+    lr: f64,
     /// Skip the `vit` set.
     #[arg(long)]
     no_vit: bool,
@@ -47,7 +50,7 @@ pub fn run(args: &StudyArgs) -> multipole::Result<()> {
     let mut log = |s: &str| eprintln!("[{:6.1} s] {s}", started.elapsed().as_secs_f64());
     let fit = FitOptions {
         steps: args.steps,
-        lr: 0.05,
+        lr: args.lr,
     };
     let mut records: Vec<Record> = Vec::new();
     let mut main = Vec::new();
