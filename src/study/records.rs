@@ -85,9 +85,7 @@ pub fn markdown(records: &[Record], main: &[(String, usize, usize, usize)]) -> S
         for r in records.iter().filter(|r| {
             &r.dataset == dataset
                 && r.n == *n
-                && (r.budget_of == Some((*m, *p))
-                    || (r.m == Some(*m) && r.p == Some(*p))
-                    || r.method == "exact")
+                && (r.budget_of == Some((*m, *p)) || (r.m == Some(*m) && r.p == Some(*p)))
         }) {
             let name = match &r.split {
                 Some(split) => format!("{} ({split})", r.method),
