@@ -42,6 +42,8 @@ pub mod geometry;
 #[cfg(feature = "vit")]
 pub mod model;
 pub mod reference;
+#[cfg(feature = "study")]
+pub mod study;
 #[cfg(feature = "safetensors")]
 pub mod tensor_file;
 

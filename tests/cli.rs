@@ -474,3 +474,52 @@ fn train_mnist_refuses_bad_flags() {
         assert!(!out.exists());
     }
 }
+
+/// `multipole study` on a tiny size writes records with every field, a table and a plot, and
+/// refuses bad flags (a missing MNIST folder before any work).
+#[test]
+fn study_writes_records_and_refuses_bad_flags() {
+    let dir = tmp("study-out");
+    let res = Command::new(env!("CARGO_BIN_EXE_multipole"))
+        .args([
+            "study", "--sizes", "64", "--no-vit", "--steps", "1", "--out",
+        ])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&res.stderr);
+    assert!(res.status.success(), "{stderr}");
+    let json = std::fs::read_to_string(dir.join("approximation.json")).unwrap();
+    let records: Vec<serde_json::Value> = serde_json::from_str(&json).unwrap();
+    assert!(records.len() > 30, "{} records", records.len());
+    for r in &records {
+        for field in multipole::study::records::FIELDS {
+            assert!(r.get(field).is_some(), "{field} missing in {r}");
+        }
+    }
+    let md = std::fs::read_to_string(dir.join("approximation.md")).unwrap();
+    assert!(
+        md.contains("smooth, n = 64") && md.contains("| clustered |"),
+        "{md}"
+    );
+    assert!(dir.join("approximation-local-64.svg").exists());
+    for (flags, want) in [
+        (&["--lr", "NaN", "--no-vit"][..], "--lr"),
+        (&["--sizes", "0", "--no-vit"], "--sizes"),
+        (&["--mnist", "/nonexistent-mnist"], "cargo xtask mnist"),
+    ] {
+        let res = Command::new(env!("CARGO_BIN_EXE_multipole"))
+            .arg("study")
+            .args(flags)
+            .arg("--out")
+            .arg(tmp("study-never"))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&res.stderr);
+        assert!(
+            !res.status.success() && stderr.contains(want),
+            "{flags:?}: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{flags:?}: {stderr}");
+    }
+}

@@ -64,6 +64,14 @@ pub struct Cache<T> {
     pooled: Vec<T>,
 }
 
+impl<T> Cache<T> {
+    /// Block `block`'s queries, keys and values, each `[images * heads, tokens, head_dim]`
+    /// (what the approximation study compares attentions on).
+    pub fn qkv(&self, block: usize) -> Option<&[Vec<T>; 3]> {
+        self.blocks.get(block).map(|b| &b.qkv)
+    }
+}
+
 impl CpuVit {
     pub fn new(config: &VitConfig) -> Result<CpuVit> {
         Ok(CpuVit {

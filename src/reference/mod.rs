@@ -13,6 +13,8 @@ mod triple;
 pub use backward::{Gradients, fma_backward};
 pub use dense::dense;
 pub use downsample::{Coarse, downsample};
+#[cfg(feature = "study")]
+pub(crate) use fma::{Head, far_rows};
 pub use fma::{Output64, fma_forward, fma_forward_f64};
 #[cfg(feature = "vit")]
 pub(crate) use fma::{far_rows_of, near_keys};

@@ -22,8 +22,9 @@ fn main() -> ExitCode {
         Some("gpu-report") => gpu_report(&args[1..]),
         Some("mnist") => ensure_mnist(),
         Some("train") => train(),
+        Some("study") => study(&args[1..]),
         _ => Err(
-            "usage: cargo xtask demo [--port N] | cargo xtask test | cargo xtask compare [-- example args] | cargo xtask bench [-- bench args] | cargo xtask gpu-report [-- report args] | cargo xtask web | cargo xtask mnist | cargo xtask train"
+            "usage: cargo xtask demo [--port N] | cargo xtask test | cargo xtask compare [-- example args] | cargo xtask bench [-- bench args] | cargo xtask gpu-report [-- report args] | cargo xtask web | cargo xtask mnist | cargo xtask train | cargo xtask study [-- study args]"
                 .into(),
         ),
     };
@@ -255,6 +256,15 @@ fn ensure_mnist() -> Result {
         "-C",
         MNIST_DIR,
     ]))
+}
+
+/// The approximation study (CPU only, about 10 minutes on 2 cores) into examples/results/:
+/// approximation.json, approximation.md and the plots.
+fn study(extra: &[String]) -> Result {
+    ensure_mnist()?;
+    let mut args = [&RUN_CLI[..], &["study"]].concat();
+    args.extend(extra.iter().map(String::as_str));
+    cargo(&args)
 }
 
 /// Trains both shipped models (FMA and its dense twin) into web/models/, as committed.

@@ -5,6 +5,7 @@ mod classify;
 mod matmul;
 mod plot;
 mod report;
+mod study;
 mod train;
 
 use std::path::PathBuf;
@@ -39,6 +40,9 @@ enum Command {
     GpuReport(report::ReportArgs),
     /// Classify digit images (PNG, JPEG) with the FMA vision transformer on the GPU.
     Classify(classify::ClassifyArgs),
+    /// How good the approximation is: FMA against exact attention and other efficient
+    /// attentions at matched key budgets (CPU, f64); JSON, markdown and SVG plots.
+    Study(study::StudyArgs),
     /// Train the FMA vision transformer (or its dense twin) on MNIST digits, on the CPU.
     TrainMnist(train::TrainArgs),
 }
@@ -95,6 +99,7 @@ fn main() -> ExitCode {
         Command::GpuReport(args) => report::run(&args),
         Command::TrainMnist(args) => train::run(&args),
         Command::Classify(args) => classify::run(&args),
+        Command::Study(args) => study::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,63 @@
+//! FMA through the crate's CPU reference (`reference::Head`), for chosen query rows, and its
+//! cost. Bidirectional, multiplicity on, scale 1/sqrt(d), as every other method here.
+
+use super::{Approx, Problem};
+use crate::config::{DownsampleWeights, Downsampling, FmaConfig};
+use crate::error::Result;
+use crate::geometry::Geometry;
+use crate::reference::{Head, far_rows, near_keys};
+
+/// The FMA configuration of a problem: its layout, (m, p) and downsampling kind.
+pub fn config(prob: &Problem, m: usize, p: usize, kind: Downsampling) -> FmaConfig {
+    FmaConfig {
+        layout: prob.layout,
+        downsampling: kind,
+        ..FmaConfig::new(m, p)
+    }
+}
+
+/// FMA's output for the chosen rows; `weights` for the learned kinds (`None`: `Mean`'s own
+/// weights, so Basis and Depthwise start where Mean is).
+pub fn fma(
+    prob: &Problem,
+    rows: &[usize],
+    config: &FmaConfig,
+    weights: Option<&DownsampleWeights>,
+) -> Result<Approx> {
+    let g = Geometry::new(prob.n, config)?;
+    let init;
+    let weights = match weights {
+        Some(w) => w,
+        None => {
+            init = DownsampleWeights::mean_init(config.downsampling, &g, prob.d);
+            &init
+        }
+    };
+    weights.validate(config.downsampling, g.p, prob.d, &g.group_tokens())?;
+    let head = Head::new(&g, config, weights, &prob.q, &prob.k, &prob.v, prob.d);
+    let d = prob.d;
+    let mut o = vec![0.0; rows.len() * d];
+    let mut keys = 0;
+    for (out, &i) in o.chunks_exact_mut(d).zip(rows) {
+        let (row, _) = head.triple(&g, config.multiplicity, i).finish();
+        out.copy_from_slice(&row);
+        keys += near_keys(&g, i).len() + far_rows(&g, &head.coarse, i).len();
+    }
+    Ok(Approx {
+        o,
+        keys: keys as f64 / rows.len().max(1) as f64,
+    })
+}
+
+/// Mean keys per query (near keys plus coarse keys) of FMA over all n queries: the budget the
+/// other methods are matched to.
+pub fn keys_per_query(prob: &Problem, m: usize, p: usize) -> Result<f64> {
+    let cfg = config(prob, m, p, Downsampling::Mean);
+    let g = Geometry::new(prob.n, &cfg)?;
+    let w = DownsampleWeights::default();
+    let empty = crate::reference::downsample(&g, Downsampling::Mean, &w, &[], &[], 0);
+    let total: usize = (0..prob.n)
+        .map(|i| near_keys(&g, i).len() + far_rows(&g, &empty, i).len())
+        .sum();
+    Ok(total as f64 / prob.n as f64)
+}
