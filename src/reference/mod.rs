@@ -5,12 +5,14 @@
 //! mirrors the backward kernels (attention_backward.wgsl, downsample_backward.wgsl).
 
 mod backward;
+mod decoder;
 mod dense;
 mod downsample;
 mod fma;
 mod triple;
 
 pub use backward::{Gradients, fma_backward};
+pub use decoder::Decoder;
 pub use dense::dense;
 pub use downsample::{Coarse, downsample};
 pub use fma::{Output64, fma_forward, fma_forward_f64};
