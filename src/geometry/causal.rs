@@ -3,7 +3,7 @@
 //! same rules as the forward (`near_cells`, `far_cells`, the levels' segment sizes), so the
 //! decoder cannot drift from the forward it must equal.
 
-use super::Geometry;
+use super::{Geometry, line};
 use crate::config::FmaConfig;
 use crate::error::{FmaError, Result};
 
@@ -53,6 +53,18 @@ impl Geometry {
         offset / self.levels[l - 1].seg_w
     }
 
+    /// The causal line's near cells and interaction lists as distances back from the query's
+    /// cell, indexed by the cell's parity: `(near[c % 2], far[c % 2])`, entries that would
+    /// fall before the first cell dropped. The same at every level and for every cell (checked
+    /// below), so a decoding kernel applies them to any token from a small table.
+    pub fn causal_lists() -> ([Vec<usize>; 2], [Vec<usize>; 2]) {
+        // Cells 4 and 5 of 8: far enough from both ends that no entry is clipped.
+        let back = |c: usize, cells: Vec<usize>| cells.into_iter().map(|x| c - x).collect();
+        let near = [4, 5].map(|f| back(f, line::near_cells(f, 8, true)));
+        let far = [4, 5].map(|c| back(c, line::far_cells(c, 8, true)));
+        (near, far)
+    }
+
     /// The groups of level l token t sees through their coarse rows.
     pub fn far_groups_of(&self, l: usize, t: usize) -> Vec<usize> {
         self.far_cells(l, self.cell_at_level(self.fine_cell_of(t), l))
@@ -88,6 +100,31 @@ mod tests {
                 }
             }
             assert_eq!(oldest_needed, CAUSAL_KEPT_GROUPS, "m={m}");
+        }
+    }
+
+    #[test]
+    fn causal_lists_by_parity_give_every_list() {
+        let (near, far) = Geometry::causal_lists();
+        assert_eq!((near[0].clone(), far[0].clone()), (vec![1, 0], vec![2]));
+        assert_eq!(far[1], vec![3, 2]);
+        let g = Geometry::causal_line(&FmaConfig::new(2, 1), 5).unwrap();
+        let apply = |list: &[usize], c: usize| -> Vec<usize> {
+            let mut v: Vec<usize> = list.iter().filter(|&&b| b <= c).map(|&b| c - b).collect();
+            v.sort_unstable();
+            v
+        };
+        for f in 0..g.fine_cells() {
+            assert_eq!(g.near_cells(f), apply(&near[f % 2], f), "fine cell {f}");
+        }
+        for l in 1..=g.num_levels() {
+            for c in 0..g.levels[l - 1].groups() {
+                assert_eq!(
+                    g.far_cells(l, c),
+                    apply(&far[c % 2], c),
+                    "level {l} cell {c}"
+                );
+            }
         }
     }
 

@@ -17,6 +17,7 @@ pub(crate) const FAR_CHAIN: &str = include_str!("../../shaders/far_chain.wgsl");
 pub(crate) const DOWNSAMPLE: &str = include_str!("../../shaders/downsample.wgsl");
 pub(crate) const ATTENTION_BACKWARD: &str = include_str!("../../shaders/attention_backward.wgsl");
 pub(crate) const DOWNSAMPLE_BACKWARD: &str = include_str!("../../shaders/downsample_backward.wgsl");
+pub(crate) const DECODE: &str = include_str!("../../shaders/decode.wgsl");
 #[cfg(feature = "vit")]
 pub(crate) const LAYERS: &str = include_str!("../../shaders/layers.wgsl");
 
@@ -45,6 +46,15 @@ pub(crate) const ROW_BLOCK: u32 = 4;
 /// faster on lavapipe. A GPU with long learned groups
 /// may want more lanes: measure there (`multipole bench`) before raising it.
 pub(crate) const DOWNSAMPLE_LANES: u32 = 1;
+/// decode.wgsl: the largest head dim (its q row lives in workgroup memory), the channels each
+/// invocation of a head's workgroup owns, the most entries of a near or far list, and the
+/// words per level of its table.
+pub(crate) const DEC_MAX_D: u32 = crate::config::MAX_HEAD_DIM as u32;
+pub(crate) const DEC_CHANNELS: u32 = DEC_MAX_D.div_ceil(WG_ELEMENTS);
+pub(crate) const DEC_LIST: u32 = 4;
+pub(crate) const DEC_LEVEL_WORDS: u32 = 4;
+/// decode_advance moves one counter: a single invocation.
+pub(crate) const DEC_ADVANCE_THREADS: u32 = 1;
 
 /// Declares the binding indices of group 0 once: as Rust constants in `binding`, and as the
 /// `B_<NAME>` list written into every attention family's header. Each buffer role has its own
@@ -92,6 +102,15 @@ bindings! {
     K4 = 19,
     V4 = 20,
     COARSE4 = 21,
+    /// The decoders' uniforms (`DecodeParams`, `DecodeCount`), tables, token count (read, and
+    /// written by decode_advance) and state (read by decode_attend, written by decode_update).
+    DEC_PARAMS = 22,
+    DEC_COUNT = 23,
+    DEC_GEOM = 24,
+    DEC_LEN = 25,
+    DEC_LEN_W = 26,
+    DEC_STATE = 27,
+    DEC_STATE_W = 28,
 }
 
 /// A kernel family: one `.wgsl` file and its Rust twin.
@@ -104,6 +123,8 @@ pub enum Family {
     /// The vision transformer's layers; independent of the head-dim specialisation.
     #[cfg(feature = "vit")]
     Layers,
+    /// The decoders (decode.wgsl); one build, independent of the head-dim tile.
+    Decode,
 }
 
 impl Family {
@@ -275,6 +296,14 @@ impl Spec {
         forward: ForwardKernels::Tiled,
     };
 
+    /// The one build of `Family::Decode`, which has no specialisation.
+    pub const DECODE: Spec = Spec {
+        head_tile: 16,
+        query_tile: 1,
+        f16: false,
+        forward: ForwardKernels::Tiled,
+    };
+
     /// Every f32 specialisation with the Tiled forward (the one WebGPU adapters get); each
     /// has an f16 twin for the families in `Family::STORES_F16` (see `builds`).
     pub fn all() -> Vec<Spec> {
@@ -303,7 +332,8 @@ impl Spec {
     }
 
     /// Every (family, specialisation) build the crate can make: every family in f32, the
-    /// forward families in f16 too, and the Direct attention kernels (CPU adapters) in both.
+    /// forward families in f16 too, the Direct attention kernels (CPU adapters) in both, and
+    /// the decoders' one build.
     /// Tests validate each, and the browser check compiles each.
     pub fn builds() -> Vec<(Family, Spec)> {
         let mut out = Vec::new();
@@ -321,6 +351,7 @@ impl Spec {
             out.push((Family::Attention, direct));
             out.push((Family::Attention, direct.with_f16(true)));
         }
+        out.push((Family::Decode, Spec::DECODE));
         out
     }
 }
@@ -353,6 +384,12 @@ pub fn source(family: Family, spec: Spec) -> String {
         ("REDUCE_THREADS", REDUCE_THREADS),
         ("ROW_BLOCK", ROW_BLOCK),
         ("DOWNSAMPLE_LANES", DOWNSAMPLE_LANES),
+        ("DEC_MAX_D", DEC_MAX_D),
+        ("DEC_CHANNELS", DEC_CHANNELS),
+        ("DEC_LIST", DEC_LIST),
+        ("DEC_LEVEL_WORDS", DEC_LEVEL_WORDS),
+        ("DEC_ADVANCE_THREADS", DEC_ADVANCE_THREADS),
+        ("KEPT_GROUPS", crate::geometry::CAUSAL_KEPT_GROUPS as u32),
     ];
     // `enable` must come before every declaration. STORE is the element type of the tensors
     // (Q, K, V, O, coarse rows); the kernels convert to f32 on every read.
@@ -373,6 +410,7 @@ pub fn source(family: Family, spec: Spec) -> String {
         },
         Family::AttentionBackward => &[COMMON, FAR_CHAIN, ATTENTION_BACKWARD],
         Family::DownsampleBackward => &[COMMON, DOWNSAMPLE_BACKWARD],
+        Family::Decode => &[DECODE],
         // The layers have a header of their own (layers::wgsl_header).
         #[cfg(feature = "vit")]
         Family::Layers => return format!("{}{LAYERS}", super::layers::wgsl_header()),
@@ -390,7 +428,7 @@ mod tests {
     use super::*;
 
     /// The files whose numbers come from a header (layers.wgsl: with the vit feature).
-    const CONVERTED: [(&str, &str); 9] = [
+    const CONVERTED: [(&str, &str); 10] = [
         ("common.wgsl", COMMON),
         ("merge.wgsl", MERGE),
         ("attention.wgsl", ATTENTION),
@@ -400,6 +438,7 @@ mod tests {
         ("downsample.wgsl", DOWNSAMPLE),
         ("attention_backward.wgsl", ATTENTION_BACKWARD),
         ("downsample_backward.wgsl", DOWNSAMPLE_BACKWARD),
+        ("decode.wgsl", DECODE),
     ];
 
     /// Byte offsets of `@binding(` or `@workgroup_size(` followed by a literal number.

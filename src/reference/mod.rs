@@ -13,6 +13,7 @@ mod triple;
 
 pub use backward::{Gradients, fma_backward};
 pub use decoder::Decoder;
+pub(crate) use decoder::{decoder_geometry, past_weights};
 pub use dense::dense;
 pub use downsample::{Coarse, downsample};
 pub use fma::{Output64, fma_forward, fma_forward_f64};
