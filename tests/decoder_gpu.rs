@@ -71,6 +71,7 @@ fn gpu_decoder_equals_the_cpu_decoder_and_the_forward() {
         (Downsampling::Basis, true, m - 1),
         (Downsampling::Depthwise, true, 37),
         (Downsampling::Depthwise, false, 1),
+        (Downsampling::Basis, false, m),
     ] {
         let cfg = causal(m, p, kind, multiplicity);
         let w = weights(9, kind, &Geometry::new(n, &cfg).unwrap(), d);
