@@ -351,6 +351,25 @@ impl DecodeCore {
         Ok(())
     }
 
+    /// Sets the count to `len` over a zeroed state (see `FmaDecoder::seek_for_timing`).
+    pub fn seek(&mut self, ctx: &GpuContext, len: usize) -> Result<()> {
+        if len > self.capacity {
+            return Err(FmaError::InvalidConfig(format!(
+                "cannot seek to {len} tokens past the capacity of {}",
+                self.capacity
+            )));
+        }
+        self.reset(ctx)?;
+        let word = word("decoder length", len)?;
+        ctx.scoped(|| {
+            ctx.queue
+                .write_buffer(&self.len_buf, 0, &word.to_le_bytes())
+        });
+        ctx.take_error()?;
+        self.len = len;
+        Ok(())
+    }
+
     /// Zeroes the state and the count.
     pub fn reset(&mut self, ctx: &GpuContext) -> Result<()> {
         ctx.scoped(|| {

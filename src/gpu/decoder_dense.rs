@@ -83,6 +83,15 @@ impl DenseDecoder {
         }
     }
 
+    /// For benchmarks only: empties the state and sets the token count to `len` (at most the
+    /// capacity), as if `len` tokens of zero keys and values had gone by without closing any
+    /// group. The state is then no real sequence's, but a step's work depends on the count
+    /// alone, so steps at a long context can be timed without decoding up to it.
+    #[doc(hidden)]
+    pub fn seek_for_timing(&mut self, ctx: &GpuContext, len: usize) -> Result<()> {
+        self.core.seek(ctx, len)
+    }
+
     pub fn reset(&mut self, ctx: &GpuContext) -> Result<()> {
         self.core.reset(ctx)
     }
