@@ -102,3 +102,78 @@ fn decode_matches_attend_causal() {
     );
     assert!(!ok && err.contains("--prefill"), "{err}");
 }
+
+#[test]
+fn bench_decode_writes_records_and_plots() {
+    let json = tmp("decode-bench.json");
+    let prefix = tmp("decode");
+    let out = Command::new(env!("CARGO_BIN_EXE_multipole"))
+        .args([
+            "bench",
+            "--decode",
+            "--n",
+            "64,256",
+            "--decode-batch",
+            "1,2",
+        ])
+        .args([
+            "--d",
+            "16",
+            "--m",
+            "8",
+            "--p",
+            "2",
+            "--runs",
+            "1",
+            "--decode-steps",
+            "2",
+        ])
+        .args(["--dense-max", "64", "--json"])
+        .arg(&json)
+        .arg("--plot")
+        .arg(&prefix)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+    let records: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let records = records.as_array().unwrap();
+    // FMA at both contexts and batches, dense at 64 only
+    assert_eq!(records.len(), 6, "{records:?}");
+    let get = |kernel: &str, context: u64, batch: u64| {
+        records
+            .iter()
+            .find(|r| r["kernel"] == kernel && r["context"] == context && r["batch"] == batch)
+            .unwrap_or_else(|| panic!("no {kernel} record at {context} x {batch}"))
+    };
+    for batch in [1, 2] {
+        let (fma, dense) = (get("fma_decode", 64, batch), get("dense_decode", 64, batch));
+        assert!(fma["tokens_per_s"].as_f64().unwrap() > 0.0);
+        // d = 16, m = 8, p = 2: 4md + 8pd L floats per head; capacity 64 + 17 (the timed
+        // steps and 16 host steps after a warm-up one): L = 3
+        let levels = fma["levels"].as_u64().unwrap();
+        assert_eq!(levels, 3);
+        let want = batch * 4 * (4 * 8 * 16 + 8 * 2 * 16 * levels);
+        assert_eq!(fma["state_bytes"].as_u64().unwrap(), want);
+        // dense: 2 d floats per token of its capacity
+        assert_eq!(
+            dense["state_bytes"].as_u64().unwrap(),
+            batch * 4 * 2 * 16 * 81
+        );
+        let at_256 = get("fma_decode", 256, batch)["state_bytes"]
+            .as_u64()
+            .unwrap();
+        assert_eq!(at_256, want + batch * 4 * 8 * 2 * 16 * 2, "two more levels");
+    }
+    for suffix in ["decode-time.svg", "decode-state.svg"] {
+        let svg = std::fs::read_to_string(format!("{}-{suffix}", prefix.display())).unwrap();
+        assert!(
+            svg.contains("<svg") && svg.contains("fma_decode, batch 1"),
+            "{suffix}"
+        );
+    }
+}

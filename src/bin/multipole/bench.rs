@@ -92,7 +92,8 @@ pub struct BenchArgs {
     precision: Vec<Precision>,
     /// Time causal decoding instead (FMA's decoder and a dense key-value cache, Mean, d, m,
     /// p as given): tokens/s and state bytes at contexts --n (default 1K..1M; dense up to
-    /// --dense-max, default 64K), one record per (kernel, context, batch).
+    /// --dense-max, default 64K), one record per (kernel, context, batch); --plot draws
+    /// PREFIX-decode-time.svg and PREFIX-decode-state.svg.
     #[arg(long)]
     decode: bool,
     /// Batches (sequences of --heads heads) of --decode, comma separated.

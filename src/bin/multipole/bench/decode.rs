@@ -186,7 +186,61 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         })?;
         println!("wrote {} records to {}", records.len(), path.display());
     }
+    if let Some(prefix) = &args.plot {
+        for path in plot(&records, &prefix.display().to_string())? {
+            println!("wrote {path}");
+        }
+    }
     Ok(())
+}
+
+/// PREFIX-decode-time.svg (ms per step against the context) and PREFIX-decode-state.svg
+/// (state MiB), one curve per kernel and batch.
+fn plot(records: &[DecodeRecord], prefix: &str) -> Result<Vec<String>> {
+    let adapter = records.first().map_or("", |r| r.adapter.as_str());
+    let mut names: Vec<(String, usize)> = Vec::new();
+    for r in records {
+        let key = (r.kernel.clone(), r.batch);
+        if !names.contains(&key) {
+            names.push(key);
+        }
+    }
+    let curves = |y: fn(&DecodeRecord) -> f64| -> Vec<(String, Vec<(f64, f64)>)> {
+        names
+            .iter()
+            .map(|(kernel, batch)| {
+                let pts = records
+                    .iter()
+                    .filter(|r| &r.kernel == kernel && r.batch == *batch)
+                    .map(|r| (r.context as f64, y(r)))
+                    .collect();
+                (format!("{kernel}, batch {batch}"), pts)
+            })
+            .collect()
+    };
+    let time = format!("{prefix}-decode-time.svg");
+    let state = format!("{prefix}-decode-state.svg");
+    let err = |e: String| FmaError::TensorFile {
+        path: prefix.into(),
+        message: e,
+    };
+    super::plot::chart(
+        &time,
+        &format!("Decoding, ms per step (all sequences), {adapter}"),
+        "median ms",
+        &curves(|r| r.ms_per_step),
+        false,
+    )
+    .map_err(err)?;
+    super::plot::chart(
+        &state,
+        &format!("Decoding state, {adapter}"),
+        "MiB",
+        &curves(|r| r.state_bytes as f64 / 1048576.0),
+        false,
+    )
+    .map_err(err)?;
+    Ok(vec![time, state])
 }
 
 /// (median ms per step recorded in one encoder, median ms per host step).
