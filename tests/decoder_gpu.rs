@@ -278,3 +278,30 @@ fn fails<T>(r: Result<T, FmaError>) -> FmaError {
         Err(e) => e,
     }
 }
+
+/// Many levels: 3000 tokens on m = 2 (10 levels), a prefill of 2700 (its state built in one
+/// dispatch), then steps; every output against the CPU decoder.
+#[test]
+fn gpu_decoder_follows_the_cpu_over_many_levels() {
+    let ctx = gpu();
+    let (m, n, d, prefill) = (2, 3000, 8, 2700);
+    let shape = Shape::new(1, 2, n, d);
+    let (q, k, v) = qkv(61, shape);
+    for kind in [Downsampling::Mean, Downsampling::Depthwise] {
+        let cfg = causal(m, 2, kind, true);
+        let w = weights(13, kind, &Geometry::new(n, &cfg).unwrap(), d);
+        let mut cpu = Decoder::new(&cfg, Some(&w), 1, 2, d).unwrap();
+        let mut dec = FmaDecoder::new(ctx, &cfg, Some(&w), [1, 2, d], n).unwrap();
+        assert_eq!(dec.levels(), 10);
+        let [pq, pk, pv] = [&q, &k, &v].map(|x| prompt(x, shape, prefill));
+        let got = dec.prefill_blocking(ctx, &pq, &pk, &pv, prefill).unwrap();
+        let want = cpu.prefill(&pq, &pk, &pv, prefill).unwrap();
+        close(&format!("{kind:?} prefill"), &got, &want);
+        for i in prefill..n {
+            let [tq, tk, tv] = [&q, &k, &v].map(|x| token(x, shape, i));
+            let got = dec.step_blocking(ctx, &tq, &tk, &tv).unwrap();
+            let want = cpu.step(&tq, &tk, &tv).unwrap();
+            close(&format!("{kind:?} token {i}"), &got, &want);
+        }
+    }
+}
