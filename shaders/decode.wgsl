@@ -1,6 +1,7 @@
 // Causal decoding (spec section 10): one new token per sequence, for every head of the batch
 // in one dispatch sequence: decode_attend (its output), decode_update (the state), then
-// decode_advance (the token count). The Rust twin is src/gpu/decoder.rs.
+// decode_advance (the token count); decode_seed fills a level Mean adds as the sequence grows.
+// The Rust twin is src/gpu/decoder.rs.
 //
 // State of head h (f32, one buffer): the last `ring` keys and values (token j in slot
 // j mod ring), and per level the open group's running sums and the coarse rows of its last
@@ -48,6 +49,9 @@ struct DecodeCount {
 @group(0) @binding(B_DEC_STATE) var<storage, read> state_in: array<f32>;
 @group(0) @binding(B_DEC_STATE_W) var<storage, read_write> state: array<f32>;
 @group(0) @binding(B_WEIGHTS) var<storage, read> weights: array<f32>;
+// decode_seed: for each row r of the new level, its children in the level below (count, then
+// up to DEC_LIST segments of that level's group 0).
+@group(0) @binding(B_DEC_SEED) var<storage, read> seed: array<u32>;
 // One token per sequence ([bh, d]); decode_update reads `count.tokens` of them ([bh, n, d]).
 @group(0) @binding(B_Q) var<storage, read> q_in: array<STORE>;
 @group(0) @binding(B_K) var<storage, read> k_in: array<STORE>;
@@ -74,11 +78,12 @@ fn list_at(table: u32, parity: u32, i: u32) -> u32 {
 }
 
 // Where row r of kept slot `slot` of level l of head h starts in the state (keys).
+// Level-major, so that a level added later extends each array at its end.
 fn kept_row(h: u32, l: u32, slot: u32, r: u32) -> u32 {
-    return (((h * dp.levels + l) * KEPT_GROUPS + slot) * dp.p + r) * dp.d;
+    return (((l * dp.bh + h) * KEPT_GROUPS + slot) * dp.p + r) * dp.d;
 }
 fn open_row(h: u32, l: u32, r: u32) -> u32 {
-    return ((h * dp.levels + l) * dp.p + r) * dp.d;
+    return ((l * dp.bh + h) * dp.p + r) * dp.d;
 }
 
 // Tokens of near cell i of token t, and the first of them.
@@ -314,6 +319,39 @@ fn decode_update(
     for (var i = 0u; i < n; i++) {
         let at = (h * n + i) * d + c;
         add_token(h, c, t0 + i, f32(k_in[at]), f32(v_in[at]));
+    }
+}
+
+// Mean adds a level when the top level's first group closes: the new level's group 0 starts
+// with the sums of that group's segments (kept as means over seg_tokens tokens each), and the
+// tokens still to come are added to it as they arrive. One invocation per (head, channel).
+@compute @workgroup_size(WG_ELEMENTS)
+fn decode_seed(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let idx = (wg.x + wg.y * nwg.x) * WG_ELEMENTS + lid;
+    let d = dp.d;
+    if (idx >= dp.bh * d) {
+        return;
+    }
+    let h = idx / d;
+    let c = idx % d;
+    let l = dp.levels - 1u;
+    let tokens = f32(seg_tokens(l - 1u));
+    for (var r = 0u; r < dp.p; r++) {
+        var sk = 0.0;
+        var sv = 0.0;
+        let at = r * (DEC_LIST + 1u);
+        for (var i = 0u; i < seed[at]; i++) {
+            let row = kept_row(h, l - 1u, 0u, seed[at + 1u + i]) + c;
+            sk += state[dp.kept_k + row] * tokens;
+            sv += state[dp.kept_v + row] * tokens;
+        }
+        let row = open_row(h, l, r) + c;
+        state[dp.open_k + row] = sk;
+        state[dp.open_v + row] = sv;
     }
 }
 

@@ -88,6 +88,12 @@ fn gpu_decoder_equals_the_cpu_decoder_and_the_forward() {
             let got = dec.step_blocking(ctx, &tq, &tk, &tv).unwrap();
             let want = cpu.step(&tq, &tk, &tv).unwrap();
             worst = worst.max(close(&format!("{what} token {i}"), &got, &want));
+            // Mean adds levels as the CPU twin does (up to the 4 the capacity needs), and
+            // the state is 4md + 8pd floats per head and level
+            let levels = dec.levels();
+            assert_eq!(levels, cpu.levels().min(4), "{what} token {i}");
+            let want_bytes = 4 * 4 * (4 * m * d + 8 * p * d * levels) as u64;
+            assert_eq!(dec.state_bytes(), want_bytes, "{what} token {i}");
             // and row i of the causal forward
             let row = Output {
                 o: token(&forward.o, shape, i),
@@ -292,7 +298,6 @@ fn gpu_decoder_follows_the_cpu_over_many_levels() {
         let w = weights(13, kind, &Geometry::new(n, &cfg).unwrap(), d);
         let mut cpu = Decoder::new(&cfg, Some(&w), 1, 2, d).unwrap();
         let mut dec = FmaDecoder::new(ctx, &cfg, Some(&w), [1, 2, d], n).unwrap();
-        assert_eq!(dec.levels(), 10);
         let [pq, pk, pv] = [&q, &k, &v].map(|x| prompt(x, shape, prefill));
         let got = dec.prefill_blocking(ctx, &pq, &pk, &pv, prefill).unwrap();
         let want = cpu.prefill(&pq, &pk, &pv, prefill).unwrap();
@@ -303,5 +308,6 @@ fn gpu_decoder_follows_the_cpu_over_many_levels() {
             let want = cpu.step(&tq, &tk, &tv).unwrap();
             close(&format!("{kind:?} token {i}"), &got, &want);
         }
+        assert_eq!(dec.levels(), cpu.levels().min(10), "{kind:?}");
     }
 }

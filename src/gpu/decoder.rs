@@ -1,6 +1,7 @@
-//! Rust twin of shaders/decode.wgsl: the decoding state on the GPU and the three kernels of a
-//! step (decode_attend, decode_update, decode_advance). `FmaDecoder` and the dense baseline
-//! `DenseDecoder` are two configurations of this core.
+//! Rust twin of shaders/decode.wgsl: the decoding state on the GPU, the three kernels of a
+//! step (decode_attend, decode_update, decode_advance) and decode_seed, which fills a level
+//! `Mean` adds as the sequence grows. `FmaDecoder` and the dense baseline `DenseDecoder` are
+//! two configurations of this core.
 
 use bytemuck::{Pod, Zeroable};
 
@@ -98,7 +99,8 @@ pub struct DecodeIo<'a> {
 }
 
 /// The layout of a decoder's state: `ring` slots of keys and values per head, and `levels`
-/// levels of p rows (open sums and kept groups).
+/// levels of p rows (open sums and kept groups), level-major.
+#[derive(Clone, Copy)]
 pub(crate) struct StateLayout {
     pub bh: usize,
     pub d: usize,
@@ -122,6 +124,19 @@ impl StateLayout {
             2 * ring + 2 * open + 2 * kept,
         ]
     }
+
+    fn with_levels(self, levels: usize) -> Self {
+        StateLayout { levels, ..self }
+    }
+}
+
+/// How `Mean` adds levels as the sequence grows (the learned kinds hold all theirs from the
+/// start): level l + 1 (1-based) is added when group 0 of level l closes, at `group_tokens[l -
+/// 1]` tokens, seeded by decode_seed from `seeds[l - 1]` (for each of its rows, count then the
+/// segments of level l's group 0 it holds, `DEC_LIST + 1` words a row).
+pub(crate) struct Growth {
+    pub group_tokens: Vec<usize>,
+    pub seeds: Vec<Vec<u32>>,
 }
 
 /// A decoder's GPU side: pipelines, uniforms, tables, state and host staging.
@@ -129,12 +144,19 @@ pub(crate) struct DecodeCore {
     attend: wgpu::ComputePipeline,
     update: wgpu::ComputePipeline,
     advance: wgpu::ComputePipeline,
+    seed: wgpu::ComputePipeline,
+    /// The uniform without the state's offsets and level count, which change as levels grow.
+    base: DecodeParams,
     params: wgpu::Buffer,
     one: wgpu::Buffer,
     geom: wgpu::Buffer,
     weights: wgpu::Buffer,
     len_buf: wgpu::Buffer,
     state: wgpu::Buffer,
+    /// The state's layout now (its levels) and the most levels it may grow to.
+    layout: StateLayout,
+    max_levels: usize,
+    growth: Option<Growth>,
     bh: usize,
     d: usize,
     /// Tokens decoded (the GPU's count, as encoded) and the most the state can hold.
@@ -146,59 +168,59 @@ pub(crate) struct DecodeCore {
 }
 
 impl DecodeCore {
-    /// `params` with the state offsets filled in from `layout`; `geom` the `dgeom` words;
-    /// `weights` packed as `FmaPlan`'s (empty: none).
+    /// `params` without the state's offsets; `layout` with the most levels the state may
+    /// hold; `geom` the `dgeom` words (all those levels); `weights` packed as `FmaPlan`'s
+    /// (empty: none); `growth` for `Mean`, which starts with one level and adds the others as
+    /// the sequence grows.
     pub fn new(
         ctx: &GpuContext,
-        mut params: DecodeParams,
+        params: DecodeParams,
         layout: StateLayout,
         geom: &[u32],
         weights: &[f32],
         capacity: usize,
+        growth: Option<Growth>,
     ) -> Result<DecodeCore> {
-        let [ring_v, open_k, open_v, kept_k, kept_v, total] = layout.offsets();
-        params.ring_v = word("decoder ring", ring_v)?;
-        params.open_k = word("decoder state", open_k)?;
-        params.open_v = word("decoder state", open_v)?;
-        params.kept_k = word("decoder state", kept_k)?;
-        params.kept_v = word("decoder state", kept_v)?;
-        let state_bytes = (total as u64) * 4;
+        let [.., total] = layout.offsets();
         fits_binding(
             ctx,
             "the decoder's state",
-            state_bytes,
+            (total as u64) * 4,
             "decode fewer sequences at once, or a shorter capacity (dense)",
         )?;
         let (bh, d) = (layout.bh, layout.d);
         let groups = (bh * d).div_ceil(WG_ELEMENTS as usize);
         let max_dim = ctx.limits().max_compute_workgroups_per_dimension;
         super::params::grid(groups.max(bh) as u64, max_dim)?;
+        let start = if growth.is_some() {
+            layout.levels.min(1)
+        } else {
+            layout.levels
+        };
         let core = ctx.scoped(|| -> Result<DecodeCore> {
             let pipe = |entry| ctx.pipeline(Family::Decode, entry, Spec::DECODE);
-            let uniform =
-                |label, bytes: &[u8]| ctx.buffer_with(label, bytes, wgpu::BufferUsages::UNIFORM);
             let one = DecodeCount {
                 tokens: 1,
                 ..Default::default()
             };
-            let state = ctx.device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("decoder state"),
-                size: state_bytes.max(4),
-                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
-                mapped_at_creation: false,
-            });
             let weights = if weights.is_empty() {
                 &[0.0][..]
             } else {
                 weights
             };
             let rows = (bh * d * 4) as u64;
-            Ok(DecodeCore {
+            let mut core = DecodeCore {
                 attend: pipe("decode_attend")?,
                 update: pipe("decode_update")?,
                 advance: pipe("decode_advance")?,
-                params: uniform("decode params", bytemuck::bytes_of(&params)),
-                one: uniform("decode count", bytemuck::bytes_of(&one)),
+                seed: pipe("decode_seed")?,
+                base: params,
+                params: ctx.buffer_with("decode params", &[0; 4], wgpu::BufferUsages::UNIFORM),
+                one: ctx.buffer_with(
+                    "decode count",
+                    bytemuck::bytes_of(&one),
+                    wgpu::BufferUsages::UNIFORM,
+                ),
                 geom: ctx.buffer_with(
                     "decode tables",
                     bytemuck::cast_slice(geom),
@@ -210,7 +232,10 @@ impl DecodeCore {
                     wgpu::BufferUsages::STORAGE,
                 ),
                 len_buf: ctx.buffer_with("decode length", &[0; 4], wgpu::BufferUsages::STORAGE),
-                state,
+                state: storage(ctx, "decoder state", 4, true),
+                layout,
+                max_levels: layout.levels,
+                growth,
                 bh,
                 d,
                 len: 0,
@@ -218,10 +243,123 @@ impl DecodeCore {
                 host_in: ["q", "k", "v"].map(|n| storage(ctx, n, rows, true)),
                 host_out: [rows, bh as u64 * 4]
                     .map(|b| (storage(ctx, "decode out", b, false), readback(ctx, b))),
-            })
+            };
+            core.resize(ctx, start, None)?;
+            Ok(core)
         })?;
         ctx.take_error()?;
         Ok(core)
+    }
+
+    /// Coarse levels the state holds now.
+    pub fn levels(&self) -> usize {
+        self.layout.levels
+    }
+
+    /// The levels `Mean` holds after `len` tokens: one, plus one for every level whose first
+    /// group has closed (as the CPU twin), at most the state's limit.
+    fn levels_after(&self, len: usize) -> usize {
+        match &self.growth {
+            None => self.max_levels,
+            Some(g) => {
+                (1 + g.group_tokens.iter().filter(|&&s| s <= len).count()).min(self.max_levels)
+            }
+        }
+    }
+
+    /// A new state (and uniform) of `levels` levels. With `encoder`, the old state's ring and
+    /// levels are copied into it there (a level added at the end of each array); without, it
+    /// starts zeroed.
+    fn resize(
+        &mut self,
+        ctx: &GpuContext,
+        levels: usize,
+        encoder: Option<&mut wgpu::CommandEncoder>,
+    ) -> Result<()> {
+        let old = self.layout;
+        let layout = old.with_levels(levels);
+        let [ring_v, open_k, open_v, kept_k, kept_v, total] = layout.offsets();
+        let params = DecodeParams {
+            levels: word("coarse levels", levels)?,
+            ring_v: word("decoder ring", ring_v)?,
+            open_k: word("decoder state", open_k)?,
+            open_v: word("decoder state", open_v)?,
+            kept_k: word("decoder state", kept_k)?,
+            kept_v: word("decoder state", kept_v)?,
+            ..self.base
+        };
+        // A new buffer, never a write to the old one: steps recorded before in the same
+        // encoder still read the old uniform.
+        let params = ctx.buffer_with(
+            "decode params",
+            bytemuck::bytes_of(&params),
+            wgpu::BufferUsages::UNIFORM,
+        );
+        let usage = wgpu::BufferUsages::STORAGE
+            | wgpu::BufferUsages::COPY_DST
+            | wgpu::BufferUsages::COPY_SRC;
+        let state = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("decoder state"),
+            size: (total as u64 * 4).max(4),
+            usage,
+            mapped_at_creation: false,
+        });
+        if let Some(encoder) = encoder {
+            let (from, to) = (old.offsets(), layout.offsets());
+            // (old start, new start, words): the ring, then each level array's old part.
+            let regions = [
+                (0, 0, from[1]),
+                (from[1], to[1], from[2] - from[1]),
+                (from[2], to[2], from[3] - from[2]),
+                (from[3], to[3], from[4] - from[3]),
+                (from[4], to[4], from[5] - from[4]),
+            ];
+            for (src, dst, words) in regions.into_iter().filter(|r| r.2 > 0) {
+                encoder.copy_buffer_to_buffer(
+                    &self.state,
+                    src as u64 * 4,
+                    &state,
+                    dst as u64 * 4,
+                    words as u64 * 4,
+                );
+            }
+        }
+        self.params = params;
+        self.state = state;
+        self.layout = layout;
+        Ok(())
+    }
+
+    /// Records the growth of `Mean` by one level after token `len - 1` closed the top level's
+    /// first group: a larger state, and the new level seeded.
+    fn grow(&mut self, ctx: &GpuContext, encoder: &mut wgpu::CommandEncoder) -> Result<()> {
+        let levels = self.layout.levels;
+        let Some(seed) = self.growth.as_ref().and_then(|g| g.seeds.get(levels - 1)) else {
+            return Ok(());
+        };
+        let table = ctx.buffer_with(
+            "decode seed",
+            bytemuck::cast_slice(seed),
+            wgpu::BufferUsages::STORAGE,
+        );
+        self.resize(ctx, levels + 1, Some(encoder))?;
+        let group = bind(
+            ctx,
+            "decode_seed",
+            &self.seed,
+            &[
+                (B::DEC_PARAMS, &self.params),
+                (B::DEC_GEOM, &self.geom),
+                (B::DEC_STATE_W, &self.state),
+                (B::DEC_SEED, &table),
+            ],
+        );
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("decode new level"),
+            timestamp_writes: None,
+        });
+        let groups = (self.bh * self.d).div_ceil(WG_ELEMENTS as usize);
+        dispatch(ctx, &mut pass, &self.seed, &group, groups as u64)
     }
 
     /// Bytes of the decoding state on the GPU.
@@ -277,6 +415,9 @@ impl DecodeCore {
         self.encode_advance(ctx, &mut pass, &self.one)?;
         drop(pass);
         self.len += 1;
+        if self.levels_after(self.len) > self.layout.levels {
+            self.grow(ctx, encoder)?;
+        }
         Ok(())
     }
 
@@ -332,6 +473,11 @@ impl DecodeCore {
         v: &wgpu::Buffer,
         n: usize,
     ) -> Result<()> {
+        // On an empty decoder every level accumulates from token 0, so the levels stepping
+        // would have added by the prompt's end can be there from the start.
+        if self.len == 0 {
+            self.resize(ctx, self.levels_after(n), None)?;
+        }
         let count = ctx.buffer_with(
             "decode count",
             bytemuck::bytes_of(&DecodeCount {
@@ -360,6 +506,7 @@ impl DecodeCore {
             )));
         }
         self.reset(ctx)?;
+        self.resize(ctx, self.levels_after(len), None)?;
         let word = word("decoder length", len)?;
         ctx.scoped(|| {
             ctx.queue
@@ -370,14 +517,15 @@ impl DecodeCore {
         Ok(())
     }
 
-    /// Zeroes the state and the count.
+    /// Empties the state (back to its first level) and zeroes the count.
     pub fn reset(&mut self, ctx: &GpuContext) -> Result<()> {
-        ctx.scoped(|| {
+        ctx.scoped(|| -> Result<()> {
+            self.resize(ctx, self.levels_after(0), None)?;
             let mut encoder = ctx.device.create_command_encoder(&Default::default());
-            encoder.clear_buffer(&self.state, 0, None);
             encoder.clear_buffer(&self.len_buf, 0, None);
             ctx.queue.submit([encoder.finish()]);
-        });
+            Ok(())
+        })?;
         ctx.take_error()?;
         self.len = 0;
         Ok(())

@@ -55,7 +55,7 @@ impl DenseDecoder {
             levels: 0,
         };
         Ok(DenseDecoder {
-            core: DecodeCore::new(ctx, params, layout, &geom, &[], capacity)?,
+            core: DecodeCore::new(ctx, params, layout, &geom, &[], capacity, None)?,
             shape,
             scale,
         })

@@ -3,8 +3,11 @@
 //! dispatches for every sequence and head of the batch.
 
 use super::context::GpuContext;
-use super::decoder::{DecodeCore, DecodeIo, DecodeParams, StateLayout, decode_tables, kind_code};
+use super::decoder::{
+    DecodeCore, DecodeIo, DecodeParams, Growth, StateLayout, decode_tables, kind_code,
+};
 use super::plan::{FmaPlan, pack_weights};
+use super::shaders::DEC_LIST;
 use crate::config::{DownsampleWeights, FmaConfig, Precision, Shape};
 use crate::error::{FmaError, Result};
 use crate::geometry::Geometry;
@@ -16,7 +19,6 @@ pub struct FmaDecoder {
     config: FmaConfig,
     weights: DownsampleWeights,
     shape: Shape,
-    levels: usize,
 }
 
 /// `shape` with n = 1: one token per sequence, checked.
@@ -39,7 +41,8 @@ pub(crate) fn require_f32(precision: Precision) -> Result<()> {
 impl FmaDecoder {
     /// A decoder for up to `capacity` tokens per sequence. `config` must be causal; the
     /// learned kinds need `weights`, whose levels 1..L must cover the capacity
-    /// (m * 2^(L + 1) tokens at most). `Mean` sizes its levels for the capacity.
+    /// (m * 2^(L + 1) tokens at most). `Mean` starts with one level and adds the others
+    /// as the sequence grows, up to those the capacity needs.
     pub fn new(
         ctx: &GpuContext,
         config: &FmaConfig,
@@ -116,12 +119,12 @@ impl FmaDecoder {
         } else {
             Vec::new()
         };
+        let growth = (!kind.is_learned()).then(|| mean_growth(&g));
         Ok(FmaDecoder {
-            core: DecodeCore::new(ctx, params, layout, &geom, &weights_words, capacity)?,
+            core: DecodeCore::new(ctx, params, layout, &geom, &weights_words, capacity, growth)?,
             config: config.clone(),
             weights,
             shape,
-            levels,
         })
     }
 
@@ -139,9 +142,11 @@ impl FmaDecoder {
         self.core.capacity
     }
 
-    /// Coarse levels the state holds (sized for the capacity).
+    /// Coarse levels the state holds now: `Mean` adds them as the sequence grows (one each
+    /// time a level's first group closes, as the CPU twin, up to what the capacity needs);
+    /// the learned kinds hold all that the capacity needs from the start.
     pub fn levels(&self) -> usize {
-        self.levels
+        self.core.levels()
     }
 
     /// Bytes of the decoding state on the GPU (all sequences and heads).
@@ -275,6 +280,35 @@ impl FmaDecoder {
         n: usize,
     ) -> Result<Output> {
         pollster::block_on(self.prefill(ctx, q, k, v, n))
+    }
+}
+
+/// How `Mean` grows on the line `g`: level l + 1 is added when group 0 of level l closes, its
+/// rows seeded from the segments of that group they hold (`Geometry::segment_children`).
+fn mean_growth(g: &Geometry) -> Growth {
+    let p = g.p;
+    let seeds = (2..=g.num_levels())
+        .map(|l| {
+            let below = g.levels[l - 2].cell_offset;
+            (0..p)
+                .flat_map(|r| {
+                    let segs: Vec<u32> = g
+                        .segment_children(l, 0, r)
+                        .into_iter()
+                        .filter(|&row| row / p == below) // group 0 of level l - 1
+                        .map(|row| (row % p) as u32)
+                        .collect();
+                    let mut words = vec![segs.len() as u32];
+                    words.extend(&segs);
+                    words.resize(DEC_LIST as usize + 1, 0);
+                    words
+                })
+                .collect()
+        })
+        .collect();
+    Growth {
+        group_tokens: g.group_tokens(),
+        seeds,
     }
 }
 

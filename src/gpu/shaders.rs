@@ -111,6 +111,8 @@ bindings! {
     DEC_LEN_W = 26,
     DEC_STATE = 27,
     DEC_STATE_W = 28,
+    /// decode_seed's table: a new level's rows and their children in the level below.
+    DEC_SEED = 29,
 }
 
 /// A kernel family: one `.wgsl` file and its Rust twin.
