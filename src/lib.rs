@@ -55,7 +55,8 @@ pub use geometry::Geometry;
 pub mod gpu;
 
 pub use gpu::{
-    AttentionIo, BackwardIo, DensePlan, FmaPlan, ForwardKernels, GpuContext, GpuTimer, Tape,
+    AttentionIo, BackwardIo, DecodeIo, DenseDecoder, DensePlan, FmaDecoder, FmaPlan,
+    ForwardKernels, GpuContext, GpuTimer, Tape,
 };
 pub use reference::{Gradients, Output};
 #[cfg(all(feature = "web", target_arch = "wasm32"))]

@@ -35,10 +35,10 @@ fn every_specialisation_validates() {
     let builds = Spec::builds();
     assert_eq!(
         builds.len(),
-        specs.len() * (Family::ALL.len() + Family::STORES_F16.len() + 4),
+        specs.len() * (Family::ALL.len() + Family::STORES_F16.len() + 4) + 1,
         "every family in f32, the forward families in f16 too, the Direct attention \
-         kernels in both, the backward's Lanes kernels in f32 and the downsampling \
-         backward with subgroups"
+         kernels in both, the backward's Lanes kernels in f32, the downsampling backward \
+         with subgroups, and the decoders' one build"
     );
     for (family, spec) in builds {
         if let Err(e) = validate(family, spec) {

@@ -6,9 +6,12 @@
 //! `pad_h x pad_w` grid; a cell is a rectangle of that grid, so token arithmetic is shared
 //! between 1D and 2D and only the neighbourhood rules differ.
 
+mod causal;
 mod grid;
 mod line;
 pub mod tables;
+
+pub use causal::CAUSAL_KEPT_GROUPS;
 
 use crate::config::{FmaConfig, Layout};
 use crate::error::{FmaError, Result};

@@ -8,6 +8,9 @@ pub mod browser_checks;
 mod buffers;
 mod chunks;
 mod context;
+mod decoder;
+mod decoder_dense;
+mod decoder_fma;
 mod dense;
 mod downsample;
 mod downsample_backward;
@@ -23,6 +26,9 @@ mod vit;
 
 pub use backward::{BackwardIo, Tape};
 pub use context::GpuContext;
+pub use decoder::DecodeIo;
+pub use decoder_dense::DenseDecoder;
+pub use decoder_fma::FmaDecoder;
 pub use dense::DensePlan;
 #[cfg(feature = "vit")]
 pub use layers::LayerKernels;

@@ -25,6 +25,7 @@ pub(crate) const DOWNSAMPLE_BACKWARD_REDUCE: &str =
     include_str!("../../shaders/downsample_backward_reduce.wgsl");
 pub(crate) const DOWNSAMPLE_BACKWARD_SUBGROUPS: &str =
     include_str!("../../shaders/downsample_backward_subgroups.wgsl");
+pub(crate) const DECODE: &str = include_str!("../../shaders/decode.wgsl");
 #[cfg(feature = "vit")]
 pub(crate) const LAYERS: &str = include_str!("../../shaders/layers.wgsl");
 
@@ -53,6 +54,15 @@ pub(crate) const ROW_BLOCK: u32 = 4;
 /// faster on lavapipe. A GPU with long learned groups
 /// may want more lanes: measure there (`multipole bench`) before raising it.
 pub(crate) const DOWNSAMPLE_LANES: u32 = 1;
+/// decode.wgsl: the largest head dim (its q row lives in workgroup memory), the channels each
+/// invocation of a head's workgroup owns, the most entries of a near or far list, and the
+/// words per level of its table.
+pub(crate) const DEC_MAX_D: u32 = crate::config::MAX_HEAD_DIM as u32;
+pub(crate) const DEC_CHANNELS: u32 = DEC_MAX_D.div_ceil(WG_ELEMENTS);
+pub(crate) const DEC_LIST: u32 = 4;
+pub(crate) const DEC_LEVEL_WORDS: u32 = 4;
+/// decode_advance moves one counter: a single invocation.
+pub(crate) const DEC_ADVANCE_THREADS: u32 = 1;
 
 /// Declares the binding indices of group 0 once: as Rust constants in `binding`, and as the
 /// `B_<NAME>` list written into every attention family's header. Each buffer role has its own
@@ -101,8 +111,19 @@ bindings! {
     K4 = 19,
     V4 = 20,
     COARSE4 = 21,
-    Q4 = 22,
-    D_O4 = 23,
+    /// The decoders' uniforms (`DecodeParams`, `DecodeCount`), tables, token count (read, and
+    /// written by decode_advance) and state (read by decode_attend, written by decode_update).
+    DEC_PARAMS = 22,
+    DEC_COUNT = 23,
+    DEC_GEOM = 24,
+    DEC_LEN = 25,
+    DEC_LEN_W = 26,
+    DEC_STATE = 27,
+    DEC_STATE_W = 28,
+    /// decode_seed's table: a new level's rows and their children in the level below.
+    DEC_SEED = 29,
+    Q4 = 30,
+    D_O4 = 31,
 }
 
 /// A kernel family: one `.wgsl` file and its Rust twin.
@@ -115,6 +136,8 @@ pub enum Family {
     /// The vision transformer's layers; independent of the head-dim specialisation.
     #[cfg(feature = "vit")]
     Layers,
+    /// The decoders (decode.wgsl); one build, independent of the head-dim tile.
+    Decode,
 }
 
 impl Family {
@@ -308,6 +331,15 @@ impl Spec {
         subgroups: false,
     };
 
+    /// The one build of `Family::Decode`, which has no specialisation.
+    pub const DECODE: Spec = Spec {
+        head_tile: 16,
+        query_tile: 1,
+        f16: false,
+        forward: ForwardKernels::Tiled,
+        subgroups: false,
+    };
+
     /// Every f32 specialisation with the Tiled forward (the one WebGPU adapters get); each
     /// has an f16 twin for the families in `Family::STORES_F16` (see `builds`).
     pub fn all() -> Vec<Spec> {
@@ -338,7 +370,8 @@ impl Spec {
 
     /// Every (family, specialisation) build the crate can make: every family in f32, the
     /// forward families in f16 too, the Direct attention kernels (CPU adapters) in both, with
-    /// the backward's in f32, and the downsampling backward with subgroups.
+    /// the backward's in f32, the downsampling backward with subgroups, and the decoders' one
+    /// build.
     /// Tests validate each, and the browser check compiles each.
     pub fn builds() -> Vec<(Family, Spec)> {
         let mut out = Vec::new();
@@ -358,6 +391,7 @@ impl Spec {
             out.push((Family::AttentionBackward, direct));
             out.push((Family::DownsampleBackward, spec.with_subgroups(true)));
         }
+        out.push((Family::Decode, Spec::DECODE));
         out
     }
 }
@@ -392,6 +426,12 @@ pub fn source(family: Family, spec: Spec) -> String {
         ("REDUCE_THREADS", REDUCE_THREADS),
         ("ROW_BLOCK", ROW_BLOCK),
         ("DOWNSAMPLE_LANES", DOWNSAMPLE_LANES),
+        ("DEC_MAX_D", DEC_MAX_D),
+        ("DEC_CHANNELS", DEC_CHANNELS),
+        ("DEC_LIST", DEC_LIST),
+        ("DEC_LEVEL_WORDS", DEC_LEVEL_WORDS),
+        ("DEC_ADVANCE_THREADS", DEC_ADVANCE_THREADS),
+        ("KEPT_GROUPS", crate::geometry::CAUSAL_KEPT_GROUPS as u32),
     ];
     // `enable` must come before every declaration. STORE is the element type of the tensors
     // (Q, K, V, O, coarse rows); the kernels convert to f32 on every read.
@@ -423,6 +463,7 @@ pub fn source(family: Family, spec: Spec) -> String {
             false => &[COMMON, DOWNSAMPLE_BACKWARD, DOWNSAMPLE_BACKWARD_REDUCE],
             true => &[COMMON, DOWNSAMPLE_BACKWARD, DOWNSAMPLE_BACKWARD_SUBGROUPS],
         },
+        Family::Decode => &[DECODE],
         // The layers have a header of their own (layers::wgsl_header).
         #[cfg(feature = "vit")]
         Family::Layers => return format!("{}{LAYERS}", super::layers::wgsl_header()),
@@ -440,7 +481,7 @@ mod tests {
     use super::*;
 
     /// The files whose numbers come from a header (layers.wgsl: with the vit feature).
-    const CONVERTED: [(&str, &str); 13] = [
+    const CONVERTED: [(&str, &str); 14] = [
         ("common.wgsl", COMMON),
         ("merge.wgsl", MERGE),
         ("attention.wgsl", ATTENTION),
@@ -460,6 +501,7 @@ mod tests {
             "downsample_backward_subgroups.wgsl",
             DOWNSAMPLE_BACKWARD_SUBGROUPS,
         ),
+        ("decode.wgsl", DECODE),
     ];
 
     /// Byte offsets of `@binding(` or `@workgroup_size(` followed by a literal number.

@@ -5,12 +5,15 @@
 //! mirrors the backward kernels (attention_backward.wgsl, downsample_backward.wgsl).
 
 mod backward;
+mod decoder;
 mod dense;
 mod downsample;
 mod fma;
 mod triple;
 
 pub use backward::{Gradients, fma_backward};
+pub use decoder::Decoder;
+pub(crate) use decoder::{decoder_geometry, past_weights};
 pub use dense::dense;
 pub use downsample::{Coarse, downsample};
 #[cfg(feature = "study")]

@@ -21,6 +21,8 @@ use multipole::{
 };
 use serde::{Deserialize, Serialize};
 
+mod decode;
+
 use super::matmul;
 use super::plot;
 
@@ -92,6 +94,18 @@ pub struct BenchArgs {
     /// turned off (kernel "fma_backward_no_subgroups"), the path browsers take.
     #[arg(long, requires = "backward")]
     without_subgroups: bool,
+    /// Time causal decoding instead (FMA's decoder and a dense key-value cache, Mean, d, m,
+    /// p as given): tokens/s and state bytes at contexts --n (default 1K..1M; dense up to
+    /// --dense-max, default 64K), one record per (kernel, context, batch); --plot draws
+    /// PREFIX-decode-time.svg and PREFIX-decode-state.svg.
+    #[arg(long)]
+    decode: bool,
+    /// Batches (sequences of --heads heads) of --decode, comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,16")]
+    decode_batch: Vec<usize>,
+    /// Steps recorded into one encoder per --decode measurement.
+    #[arg(long, default_value_t = 64)]
+    decode_steps: usize,
 }
 
 /// One measurement: the fields anyone needs to recompute the ratios.
@@ -160,6 +174,9 @@ pub struct Record {
 }
 
 pub fn run(args: &BenchArgs) -> Result<()> {
+    if args.decode {
+        return decode::run(args);
+    }
     if let Some(path) = &args.replot {
         let file_err = |message: String| FmaError::TensorFile {
             path: path.display().to_string(),

@@ -2,6 +2,7 @@
 
 mod bench;
 mod classify;
+mod decode;
 mod matmul;
 mod plot;
 mod report;
@@ -33,6 +34,8 @@ struct Cli {
 enum Command {
     /// FMA over q, k, v of shape [batch, heads, n, d] from a safetensors file; writes o and lse.
     Attend(AttendArgs),
+    /// Causal FMA one token at a time over the same tensors as `attend`: prefill, then steps.
+    Decode(decode::DecodeArgs),
     /// FMA against dense attention on this machine's GPU: time, FLOP rates, memory, plots.
     Bench(bench::BenchArgs),
     /// A machine's GPU in one command (at most 8 minutes): adapter, GPU-vs-CPU checks, the
@@ -95,6 +98,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Attend(args) => attend(&args),
+        Command::Decode(args) => decode::run(&args),
         Command::Bench(args) => bench::run(&args),
         Command::GpuReport(args) => report::run(&args),
         Command::TrainMnist(args) => train::run(&args),

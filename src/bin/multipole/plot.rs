@@ -88,7 +88,7 @@ fn with_suffix(prefix: &Path, suffix: &str) -> String {
 
 /// One log-log chart. With `guides`, dashed n log n and n^2 lines start at the first point of
 /// the `fma 1d` and `dense 1d` series, so a reader can see which growth each one follows.
-fn chart(
+pub(super) fn chart(
     path: &str,
     title: &str,
     y_label: &str,
