@@ -21,48 +21,27 @@ alias Row = array<vec4<f32>, HEAD_VEC>;
 alias LaneRows = array<Row, LANE_ROWS>;
 alias LaneMask = array<vec4<bool>, LANE_ROWS>;
 
-// vec4s per row: a row starts at (its index) x row_vecs() of a vec4 view.
+// vec4s per row: a row starts at (its index) x row_vecs() of a vec4 view. The loops over a row
+// stop there (channels past d are never read and stay zero in the private rows): a uniform
+// bound that llvmpipe keeps as a loop, where HEAD_VEC would be unrolled into code that took
+// about twice as long to compile and ran no faster (lavapipe, within its noise).
 fn row_vecs() -> u32 {
     return params.d / 4u;
-}
-
-// Vec4 e of the row that starts at vec4 `at` of a view, zero past d. The loops over a row run
-// to HEAD_VEC, a constant, so that the private rows stay in registers; the index is clamped into
-// the row (a neighbouring row's values must never meet zeros: an infinity would make a NaN).
-// One helper per buffer: a buffer a function names is bound by every kernel that calls it.
-fn q_at(at: u32, e: u32) -> vec4<f32> {
-    return select(vec4<f32>(0.0), q4[at + min(e, row_vecs() - 1u)], e < row_vecs());
-}
-
-fn do_at(at: u32, e: u32) -> vec4<f32> {
-    return select(vec4<f32>(0.0), do4[at + min(e, row_vecs() - 1u)], e < row_vecs());
-}
-
-fn k_at(at: u32, e: u32) -> vec4<f32> {
-    return select(vec4<f32>(0.0), k4[at + min(e, row_vecs() - 1u)], e < row_vecs());
-}
-
-fn v_at(at: u32, e: u32) -> vec4<f32> {
-    return select(vec4<f32>(0.0), v4[at + min(e, row_vecs() - 1u)], e < row_vecs());
-}
-
-fn coarse_at(at: u32, e: u32) -> vec4<f32> {
-    return select(vec4<f32>(0.0), coarse4[at + min(e, row_vecs() - 1u)], e < row_vecs());
 }
 
 // A query row (at vec4 `at`, or zeros for padding, `live` false) times tau, and its dO row.
 fn own_q(at: u32, live: bool) -> Row {
     var r: Row;
-    for (var e = 0u; e < HEAD_VEC; e++) {
-        r[e] = select(vec4<f32>(0.0), q_at(at, e) * params.scale, live);
+    for (var e = 0u; e < row_vecs(); e++) {
+        r[e] = select(vec4<f32>(0.0), q4[at + e] * params.scale, live);
     }
     return r;
 }
 
 fn own_do(at: u32, live: bool) -> Row {
     var r: Row;
-    for (var e = 0u; e < HEAD_VEC; e++) {
-        r[e] = select(vec4<f32>(0.0), do_at(at, e), live);
+    for (var e = 0u; e < row_vecs(); e++) {
+        r[e] = select(vec4<f32>(0.0), do4[at + e], live);
     }
     return r;
 }
@@ -71,12 +50,12 @@ fn own_do(at: u32, live: bool) -> Row {
 // coarse row's (`far`). One helper for both, so the choice is a uniform branch per call.
 fn key_vec(at: u32, e: u32, far: bool, value: bool) -> vec4<f32> {
     if (far) {
-        return coarse_at(select(at, params.coarse_v_base / 4u + at, value), e);
+        return coarse4[select(at, params.coarse_v_base / 4u + at, value) + e];
     }
     if (value) {
-        return v_at(at, e);
+        return v4[at + e];
     }
-    return k_at(at, e);
+    return k4[at + e];
 }
 
 // The tokens of lane `lid`'s rows in a tile (row lid + r x LANE_COUNT), -1 for padding.
@@ -109,7 +88,7 @@ fn dq_keys(dq: ptr<function, LaneRows>, q: ptr<function, LaneRows>, dout: ptr<fu
            bias: vec4<f32>, keep: LaneMask) {
     var z: array<vec4<f32>, LANE_ROWS>;
     var dp: array<vec4<f32>, LANE_ROWS>;
-    for (var e = 0u; e < HEAD_VEC; e++) {
+    for (var e = 0u; e < row_vecs(); e++) {
         let k0 = key_vec(at.x, e, far, false);
         let k1 = key_vec(at.y, e, far, false);
         let k2 = key_vec(at.z, e, far, false);
@@ -130,7 +109,7 @@ fn dq_keys(dq: ptr<function, LaneRows>, q: ptr<function, LaneRows>, dout: ptr<fu
         let pr = select(vec4<f32>(0.0), exp(z[r] + bias - (*st)[r].x), keep[r]);
         ds[r] = pr * (dp[r] - (*st)[r].y);
     }
-    for (var e = 0u; e < HEAD_VEC; e++) {
+    for (var e = 0u; e < row_vecs(); e++) {
         let k0 = key_vec(at.x, e, far, false);
         let k1 = key_vec(at.y, e, far, false);
         let k2 = key_vec(at.z, e, far, false);
@@ -228,15 +207,15 @@ fn dkv_queries(dk: ptr<function, LaneRows>, dv: ptr<function, LaneRows>, k: ptr<
                v: ptr<function, LaneRows>, at: vec4<u32>, lse: vec4<f32>, delta: vec4<f32>, keep: LaneMask) {
     var z: array<vec4<f32>, LANE_ROWS>;
     var dp: array<vec4<f32>, LANE_ROWS>;
-    for (var e = 0u; e < HEAD_VEC; e++) {
-        let q0 = q_at(at.x, e);
-        let q1 = q_at(at.y, e);
-        let q2 = q_at(at.z, e);
-        let q3 = q_at(at.w, e);
-        let d0 = do_at(at.x, e);
-        let d1 = do_at(at.y, e);
-        let d2 = do_at(at.z, e);
-        let d3 = do_at(at.w, e);
+    for (var e = 0u; e < row_vecs(); e++) {
+        let q0 = q4[at.x + e];
+        let q1 = q4[at.y + e];
+        let q2 = q4[at.z + e];
+        let q3 = q4[at.w + e];
+        let d0 = do4[at.x + e];
+        let d1 = do4[at.y + e];
+        let d2 = do4[at.z + e];
+        let d3 = do4[at.w + e];
         for (var r = 0u; r < LANE_ROWS; r++) {
             let x = (*k)[r][e];
             let y = (*v)[r][e];
@@ -250,15 +229,15 @@ fn dkv_queries(dk: ptr<function, LaneRows>, dv: ptr<function, LaneRows>, k: ptr<
         pr[r] = select(vec4<f32>(0.0), exp(z[r] * params.scale - lse), keep[r]);
         ds[r] = pr[r] * (dp[r] - delta);
     }
-    for (var e = 0u; e < HEAD_VEC; e++) {
-        let q0 = q_at(at.x, e);
-        let q1 = q_at(at.y, e);
-        let q2 = q_at(at.z, e);
-        let q3 = q_at(at.w, e);
-        let d0 = do_at(at.x, e);
-        let d1 = do_at(at.y, e);
-        let d2 = do_at(at.z, e);
-        let d3 = do_at(at.w, e);
+    for (var e = 0u; e < row_vecs(); e++) {
+        let q0 = q4[at.x + e];
+        let q1 = q4[at.y + e];
+        let q2 = q4[at.z + e];
+        let q3 = q4[at.w + e];
+        let d0 = do4[at.x + e];
+        let d1 = do4[at.y + e];
+        let d2 = do4[at.z + e];
+        let d3 = do4[at.w + e];
         for (var r = 0u; r < LANE_ROWS; r++) {
             (*dk)[r][e] += ds[r].x * q0 + ds[r].y * q1 + ds[r].z * q2 + ds[r].w * q3;
             (*dv)[r][e] += pr[r].x * d0 + pr[r].y * d1 + pr[r].z * d2 + pr[r].w * d3;
@@ -284,9 +263,9 @@ fn backward_dkv_near_lanes(
     for (var r = 0u; r < LANE_ROWS; r++) {
         // A padded row reads token 0 and keeps nothing.
         let at = (head_base + u32(max(tokens[r], 0))) * dv;
-        for (var e = 0u; e < HEAD_VEC; e++) {
-            k[r][e] = k_at(at, e);
-            v[r][e] = v_at(at, e);
+        for (var e = 0u; e < row_vecs(); e++) {
+            k[r][e] = k4[at + e];
+            v[r][e] = v4[at + e];
         }
     }
     // The tile's first token: under causal masking no query before it sees the tile's keys.
@@ -367,17 +346,17 @@ fn row_queries(dk: ptr<function, Row>, dv: ptr<function, Row>, k: ptr<function, 
                at: vec4<u32>, lse: vec4<f32>, delta: vec4<f32>, keep: vec4<bool>, bias: f32) {
     var z = vec4<f32>(0.0);
     var dp = vec4<f32>(0.0);
-    for (var e = 0u; e < HEAD_VEC; e++) {
+    for (var e = 0u; e < row_vecs(); e++) {
         let x = (*k)[e];
         let y = (*v)[e];
-        z += vec4<f32>(dot(q_at(at.x, e), x), dot(q_at(at.y, e), x), dot(q_at(at.z, e), x), dot(q_at(at.w, e), x));
-        dp += vec4<f32>(dot(do_at(at.x, e), y), dot(do_at(at.y, e), y), dot(do_at(at.z, e), y), dot(do_at(at.w, e), y));
+        z += vec4<f32>(dot(q4[at.x + e], x), dot(q4[at.y + e], x), dot(q4[at.z + e], x), dot(q4[at.w + e], x));
+        dp += vec4<f32>(dot(do4[at.x + e], y), dot(do4[at.y + e], y), dot(do4[at.z + e], y), dot(do4[at.w + e], y));
     }
     let pr = select(vec4<f32>(0.0), exp(bias + z * params.scale - lse), keep);
     let ds = pr * (dp - delta);
-    for (var e = 0u; e < HEAD_VEC; e++) {
-        (*dk)[e] += ds.x * q_at(at.x, e) + ds.y * q_at(at.y, e) + ds.z * q_at(at.z, e) + ds.w * q_at(at.w, e);
-        (*dv)[e] += pr.x * do_at(at.x, e) + pr.y * do_at(at.y, e) + pr.z * do_at(at.z, e) + pr.w * do_at(at.w, e);
+    for (var e = 0u; e < row_vecs(); e++) {
+        (*dk)[e] += ds.x * q4[at.x + e] + ds.y * q4[at.y + e] + ds.z * q4[at.z + e] + ds.w * q4[at.w + e];
+        (*dv)[e] += pr.x * do4[at.x + e] + pr.y * do4[at.y + e] + pr.z * do4[at.z + e] + pr.w * do4[at.w + e];
     }
 }
 
@@ -422,9 +401,9 @@ fn backward_dkv_far_rows(
     let own_at = select(0u, own_row, mine) * dv;
     var k: Row;
     var v: Row;
-    for (var e = 0u; e < HEAD_VEC; e++) {
-        k[e] = select(vec4<f32>(0.0), coarse_at(own_at, e), used);
-        v[e] = select(vec4<f32>(0.0), coarse_at(params.coarse_v_base / 4u + own_at, e), used);
+    for (var e = 0u; e < row_vecs(); e++) {
+        k[e] = select(vec4<f32>(0.0), coarse4[own_at + e], used);
+        v[e] = select(vec4<f32>(0.0), coarse4[params.coarse_v_base / 4u + own_at + e], used);
     }
     var dk: Row;
     var dvs: Row;

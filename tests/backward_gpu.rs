@@ -286,21 +286,21 @@ fn gpu_backward_with_and_without_subgroups() {
                 image,
                 seed: 21,
             };
-            for path in [ctx, without_subgroups()] {
-                run_on(path, &c);
-            }
+            let shape = Shape::new(c.batch, c.heads, c.n, c.d);
+            let cfg = c.config();
+            let g = Geometry::new(c.n, &cfg).unwrap();
+            let w = weights(c.seed, c.kind, &g, c.d);
+            let (q, k, v) = qkv(c.seed, shape);
+            let d_o = random(c.seed.wrapping_add(3), shape.elements());
+            let want = reference::fma_backward(&q, &k, &v, &d_o, shape, &cfg, Some(&w)).unwrap();
             let grads = |path: &GpuContext| {
-                let shape = Shape::new(c.batch, c.heads, c.n, c.d);
-                let cfg = c.config();
-                let g = Geometry::new(c.n, &cfg).unwrap();
-                let w = weights(c.seed, c.kind, &g, c.d);
-                let (q, k, v) = qkv(c.seed, shape);
-                let d_o = random(c.seed.wrapping_add(3), shape.elements());
                 let plan = FmaPlan::new(path, shape, &cfg, Some(&w)).unwrap();
                 let tape = pollster::block_on(plan.forward_tape(path, &q, &k, &v)).unwrap();
                 plan.backward_blocking(path, &tape, &d_o).unwrap()
             };
             let (a, b) = (grads(ctx), grads(without_subgroups()));
+            compare_all(&format!("with subgroups, {c:?}"), &a, &want);
+            compare_all(&format!("without subgroups, {c:?}"), &b, &want);
             compare_all(&format!("subgroups against none, {c:?}"), &a, &b);
         }
     }
