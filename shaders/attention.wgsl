@@ -88,15 +88,6 @@ fn near_field(
     }
 }
 
-// The largest token any query of the tile can have (an upper bound): causal masking hides
-// every key past it from the whole workgroup.
-fn tile_last_token(qt: QueryTile) -> i32 {
-    let li = qt.first + QUERY_TILE - 1u;
-    let y = (qt.cell / params.cells_x) * params.cell_h + li / params.cell_w;
-    let x = (qt.cell % params.cells_x) * params.cell_w + params.cell_w - 1u;
-    return i32(min(y, params.real_h - 1u) * params.real_w + min(x, params.real_w - 1u));
-}
-
 // Writes the normalised output and log-sum-exp of one query row.
 fn store_normalised(row: u32, t: Triple) {
     let inv = 1.0 / t.sum;

@@ -142,26 +142,20 @@ fn backward_dq_lanes(
         dout[r] = own_do(at, tokens[r] >= 0);
         st[r] = load_stats(head_base, tokens[r]);
     }
-    // The tile's last token: under causal masking no key after it is needed.
-    let li = qt.first + QUERY_TILE - 1u;
-    let last_y = min((qt.cell / params.cells_x) * params.cell_h + li / params.cell_w, params.real_h - 1u);
-    let last_x = min((qt.cell % params.cells_x) * params.cell_w + params.cell_w - 1u, params.real_w - 1u);
-    let last = last_y * params.real_w + last_x;
+    // Under causal masking no key after the tile's last token is needed.
+    let last = tile_last_token(qt);
     var dq: LaneRows;
     // The near keys, cell by cell and grid row by grid row, four tokens at a time.
     for (var e = geom[params.near_offsets + qt.cell]; e < geom[params.near_offsets + qt.cell + 1u]; e++) {
         let cell = geom[params.near_entries + e];
-        let y0 = (cell / params.cells_x) * params.cell_h;
-        let x0 = (cell % params.cells_x) * params.cell_w;
-        let y_end = min(y0 + params.cell_h, params.real_h);
-        let x_end = min(x0 + params.cell_w, params.real_w);
-        for (var y = y0; y < y_end; y++) {
-            for (var x = x0; x < x_end; x += 4u) {
+        let rect = cell_rect(cell);
+        for (var y = rect.y0; y < rect.y_end; y++) {
+            for (var x = rect.x0; x < rect.x_end; x += 4u) {
                 let first = y * params.real_w + x;
-                if (params.causal != 0u && first > last) {
+                if (params.causal != 0u && i32(first) > last) {
                     break;
                 }
-                let in_row = vec4<u32>(x) + LANES4 < vec4<u32>(x_end);
+                let in_row = vec4<u32>(x) + LANES4 < vec4<u32>(rect.x_end);
                 let j = select(vec4<u32>(first), vec4<u32>(first) + LANES4, in_row);
                 let at = (vec4<u32>(head_base) + j) * dv;
                 dq_keys(&dq, &q, &dout, &st, at, false, vec4<f32>(0.0), lane_mask(in_row, j, tokens, true));
@@ -275,17 +269,14 @@ fn backward_dkv_near_lanes(
     var dvs: LaneRows;
     for (var e = geom[params.near_t_offsets + kt.cell]; e < geom[params.near_t_offsets + kt.cell + 1u]; e++) {
         let cell = geom[params.near_t_entries + e];
-        let y0 = (cell / params.cells_x) * params.cell_h;
-        let x0 = (cell % params.cells_x) * params.cell_w;
-        let y_end = min(y0 + params.cell_h, params.real_h);
-        let x_end = min(x0 + params.cell_w, params.real_w);
-        for (var y = y0; y < y_end; y++) {
-            for (var x = x0; x < x_end; x += 4u) {
+        let rect = cell_rect(cell);
+        for (var y = rect.y0; y < rect.y_end; y++) {
+            for (var x = rect.x0; x < rect.x_end; x += 4u) {
                 let first = y * params.real_w + x;
                 if (params.causal != 0u && first + 3u < first_key) {
                     continue;
                 }
-                let in_row = vec4<u32>(x) + LANES4 < vec4<u32>(x_end);
+                let in_row = vec4<u32>(x) + LANES4 < vec4<u32>(rect.x_end);
                 let i = select(vec4<u32>(first), vec4<u32>(first) + LANES4, in_row);
                 let rows = vec4<u32>(head_base) + i;
                 let s0 = stats[rows.x];

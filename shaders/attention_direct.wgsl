@@ -104,17 +104,14 @@ fn near_keys(t: ptr<function, Triples>, q: ptr<function, Rows>, qt: QueryTile, t
     let hi = geom[params.near_offsets + qt.cell + 1u];
     for (var e = lo; e < hi; e++) {
         let cell = geom[params.near_entries + e];
-        let y0 = (cell / params.cells_x) * params.cell_h;
-        let x0 = (cell % params.cells_x) * params.cell_w;
-        let y_end = min(y0 + params.cell_h, params.real_h);
-        let x_end = min(x0 + params.cell_w, params.real_w);
-        for (var y = y0; y < y_end; y++) {
-            for (var x = x0; x < x_end; x += 4u) {
+        let rect = cell_rect(cell);
+        for (var y = rect.y0; y < rect.y_end; y++) {
+            for (var x = rect.x0; x < rect.x_end; x += 4u) {
                 let first = y * params.real_w + x;
                 if (i32(first) > last) {
                     break;
                 }
-                let in_row = vec4<u32>(x) + LANES4 < vec4<u32>(x_end);
+                let in_row = vec4<u32>(x) + LANES4 < vec4<u32>(rect.x_end);
                 let j = select(vec4<u32>(first), vec4<u32>(first) + LANES4, in_row);
                 triple_add_tokens(t, q, (vec4<u32>(head_base) + j) * row_vecs(), visible(in_row, j, tokens, causal));
             }

@@ -120,3 +120,26 @@ fn level_index_of(cell: u32) -> u32 {
 fn cell_token(lv: Level, local: u32, t: u32) -> i32 {
     return token_at((local / lv.groups_x) * lv.h + t / lv.w, (local % lv.groups_x) * lv.w + t % lv.w);
 }
+
+// The largest token any query of the tile can have (an upper bound): causal masking hides
+// every key past it from the whole workgroup.
+fn tile_last_token(qt: QueryTile) -> i32 {
+    let li = qt.first + QUERY_TILE - 1u;
+    let y = (qt.cell / params.cells_x) * params.cell_h + li / params.cell_w;
+    let x = (qt.cell % params.cells_x) * params.cell_w + params.cell_w - 1u;
+    return i32(min(y, params.real_h - 1u) * params.real_w + min(x, params.real_w - 1u));
+}
+
+// The real tokens of fine cell `cell`: grid rows y0 .. y_end, columns x0 .. x_end (padding cut).
+struct CellRect {
+    y0: u32,
+    x0: u32,
+    y_end: u32,
+    x_end: u32,
+}
+
+fn cell_rect(cell: u32) -> CellRect {
+    let y0 = (cell / params.cells_x) * params.cell_h;
+    let x0 = (cell % params.cells_x) * params.cell_w;
+    return CellRect(y0, x0, min(y0 + params.cell_h, params.real_h), min(x0 + params.cell_w, params.real_w));
+}
