@@ -134,6 +134,11 @@ pub struct FmaConfig {
     pub scale: Option<f32>,
     /// Storage precision of the tensors on the GPU (the CPU reference ignores it).
     pub precision: Precision,
+    /// The O(n) variant (spec section 7): queries are downsampled like keys, and a query
+    /// scores coarse keys through its segment's coarse query, so the far field is computed
+    /// once per segment and passed down the tree. Bidirectional only. Learned kinds then also
+    /// read `wq` (and `bq`) of every level.
+    pub downsample_queries: bool,
 }
 
 impl FmaConfig {
@@ -148,6 +153,7 @@ impl FmaConfig {
             multiplicity: true,
             scale: None,
             precision: Precision::F32,
+            downsample_queries: false,
         }
     }
 
@@ -202,6 +208,13 @@ impl FmaConfig {
                     ));
                 }
             }
+        }
+        if self.causal && self.downsample_queries {
+            return Err(FmaError::InvalidConfig(
+                "downsample_queries cannot be causal: a coarse query averages the queries of a \
+                 whole segment, later tokens included, so token i would depend on tokens after it"
+                    .into(),
+            ));
         }
         if let Some(s) = self.scale
             && !s.is_finite()
@@ -296,6 +309,10 @@ pub struct LevelWeights {
     pub bk: Vec<f32>,
     /// Value bias `[d, p]` (depthwise only).
     pub bv: Vec<f32>,
+    /// Queries (`downsample_queries` only, else empty): same shape as `wk`.
+    pub wq: Vec<f32>,
+    /// Query bias `[d, p]` (`downsample_queries` and depthwise only).
+    pub bq: Vec<f32>,
 }
 
 /// Weights for every coarse level l = 1..L, index 0 holding level 1.
@@ -334,6 +351,7 @@ impl DownsampleWeights {
                             wv: w,
                             bk: vec![0.0; d * p],
                             bv: vec![0.0; d * p],
+                            ..Default::default()
                         }
                     }
                 }
@@ -342,14 +360,26 @@ impl DownsampleWeights {
         DownsampleWeights { levels }
     }
 
+    /// The same weights with the query weights of the O(n) variant added, initialised like
+    /// the keys' (the `Mean` weights at `mean_init`): `wq` = `wk`, `bq` = `bk` at every level.
+    pub fn with_query_weights(mut self) -> Self {
+        for lw in &mut self.levels {
+            lw.wq = lw.wk.clone();
+            lw.bq = lw.bk.clone();
+        }
+        self
+    }
+
     /// Checks count and shapes against the hierarchy: `group_tokens[l]` tokens per group at
-    /// level l+1.
+    /// level l+1. `queries` (the O(n) variant) requires `wq` and `bq` shaped like `wk` and `bk`;
+    /// without it they must be empty.
     pub fn validate(
         &self,
         kind: Downsampling,
         p: usize,
         d: usize,
         group_tokens: &[usize],
+        queries: bool,
     ) -> Result<()> {
         if !kind.is_learned() {
             return Ok(());
@@ -373,11 +403,14 @@ impl DownsampleWeights {
                     d.saturating_mul(p),
                 ),
             };
+            let (wq_len, bq_len) = if queries { (w_len, b_len) } else { (0, 0) };
             for (name, v, want) in [
                 ("wk", &lw.wk, w_len),
                 ("wv", &lw.wv, w_len),
                 ("bk", &lw.bk, b_len),
                 ("bv", &lw.bv, b_len),
+                ("wq", &lw.wq, wq_len),
+                ("bq", &lw.bq, bq_len),
             ] {
                 if v.len() != want {
                     let shape = if name.starts_with('w') {
@@ -385,7 +418,9 @@ impl DownsampleWeights {
                     } else {
                         format!("[{d}, {p}]")
                     };
-                    let shape = if want == 0 {
+                    let shape = if want == 0 && name.ends_with('q') {
+                        "nothing without downsample_queries".to_string()
+                    } else if want == 0 {
                         "nothing (basis has no bias)".to_string()
                     } else {
                         shape

@@ -398,6 +398,13 @@ fn bad_image_configurations_are_refused() {
         ..FmaConfig::new(4, 1).image(8, 8)
     };
     expect(causal, 64, "sequences only");
+    // the O(n) variant's coarse queries mix later tokens
+    let linear_causal = FmaConfig {
+        causal: true,
+        downsample_queries: true,
+        ..FmaConfig::new(4, 1)
+    };
+    expect(linear_causal, 64, "later tokens");
     // and the layout parser refuses malformed sizes
     for s in ["16", "0x4", "4x", "ax4", "4x-1"] {
         let err = s.parse::<multipole::Layout>().unwrap_err();

@@ -270,6 +270,30 @@ impl Geometry {
             .collect()
     }
 
+    /// Global coarse row (`cell * p + r`) of the level-l segment that holds padded grid
+    /// position (y, x): in the O(n) variant (spec section 7) the coarse query a token at that
+    /// position scores level l's coarse keys with.
+    pub fn segment_at(&self, l: usize, y: usize, x: usize) -> usize {
+        let lv = &self.levels[l - 1];
+        let cell = (y / lv.group_h) * lv.groups_x + x / lv.group_w;
+        let seg = ((y % lv.group_h) / lv.seg_h) * lv.segs_x() + (x % lv.group_w) / lv.seg_w;
+        (lv.cell_offset + cell) * self.p + seg
+    }
+
+    /// `segment_at` for a real token.
+    pub fn token_segment(&self, l: usize, token: usize) -> usize {
+        let (y, x) = self.position(token);
+        self.segment_at(l, y, x)
+    }
+
+    /// The level-(l+1) segment (global coarse row) that holds segment r of group g at level
+    /// l < L: every segment lies inside exactly one segment of the next coarser level, the
+    /// parent of the O(n) variant's downward pass (the inverse of `segment_children`).
+    pub fn segment_parent(&self, l: usize, g: usize, r: usize) -> usize {
+        let (y, x) = self.group_positions(l, g)[self.segment_offsets(l, r)[0]];
+        self.segment_at(l + 1, y, x)
+    }
+
     /// Real tokens in segment r of group g at level l: the multiplicity mu of spec section 4.
     pub fn multiplicity(&self, l: usize, g: usize, r: usize) -> usize {
         let pos = self.group_positions(l, g);
@@ -473,6 +497,44 @@ mod tests {
                         sum,
                         g.multiplicity(l, grp, r),
                         "level {l} group {grp} segment {r}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn segment_parents_invert_children_and_hold_their_tokens() {
+        for config in [FmaConfig::new(4, 2), FmaConfig::new(4, 4).image(28, 28)] {
+            let n = match config.layout {
+                crate::config::Layout::Image { height, width } => height * width,
+                _ => 100,
+            };
+            let g = Geometry::new(n, &config).unwrap();
+            // Parent and children are inverse maps between consecutive levels.
+            for l in 2..=g.num_levels() {
+                for grp in 0..g.levels[l - 1].groups() {
+                    for r in 0..g.p {
+                        let row = (g.levels[l - 1].cell_offset + grp) * g.p + r;
+                        for kid in g.segment_children(l, grp, r) {
+                            let (lc, c) = g.cell_level(kid / g.p).unwrap();
+                            assert_eq!(g.segment_parent(lc, c, kid % g.p), row);
+                        }
+                    }
+                }
+            }
+            // A token's segment at level l holds it.
+            for i in (0..n).step_by(7) {
+                let (y, x) = g.position(i);
+                for l in 1..=g.num_levels() {
+                    let row = g.token_segment(l, i);
+                    let (lc, c) = g.cell_level(row / g.p).unwrap();
+                    assert_eq!(lc, l);
+                    let pos = g.group_positions(l, c);
+                    assert!(
+                        g.segment_offsets(l, row % g.p)
+                            .iter()
+                            .any(|&t| pos[t] == (y, x))
                     );
                 }
             }

@@ -361,7 +361,13 @@ impl FmaPlan {
             ));
         }
         let g = &self.geometry;
-        weights.validate(kind, g.p, self.shape.d, &g.group_tokens())?;
+        weights.validate(
+            kind,
+            g.p,
+            self.shape.d,
+            &g.group_tokens(),
+            self.config.downsample_queries,
+        )?;
         if let Some(buf) = &self.weights {
             let (data, _) = pack_weights(weights);
             ctx.queue.write_buffer(buf, 0, bytemuck::cast_slice(&data));

@@ -104,6 +104,12 @@ impl FmaPlan {
     ) -> Result<FmaPlan> {
         shape.validate()?;
         let geometry = Geometry::new(shape.n, config)?;
+        if config.downsample_queries {
+            return Err(FmaError::InvalidConfig(
+                "downsample_queries (the O(n) variant) runs on the CPU reference only so far"
+                    .into(),
+            ));
+        }
         let d = shape.d;
         let f16 = config.precision == Precision::F16;
         if f16 && !ctx.device.features().contains(wgpu::Features::SHADER_F16) {
@@ -122,7 +128,13 @@ impl FmaPlan {
         let packed_weights = match (kind.is_learned(), weights) {
             (false, _) => None,
             (true, Some(w)) => {
-                w.validate(kind, geometry.p, d, &geometry.group_tokens())?;
+                w.validate(
+                    kind,
+                    geometry.p,
+                    d,
+                    &geometry.group_tokens(),
+                    config.downsample_queries,
+                )?;
                 (geometry.num_levels() > 0).then(|| pack_weights(w))
             }
             (true, None) if geometry.num_levels() == 0 => None,

@@ -153,6 +153,7 @@ impl VitWeights {
                 wv: wv.to_vec(),
                 bk: bk.to_vec(),
                 bv: bv.to_vec(),
+                ..Default::default()
             })
             .collect();
         Ok(DownsampleWeights { levels })

@@ -121,7 +121,13 @@ pub fn fma_backward(
         .into_iter()
         .map(|parts| {
             let [wk, wv, bk, bv] = parts.map(|x| x.into_iter().map(|a| a as f32).collect());
-            LevelWeights { wk, wv, bk, bv }
+            LevelWeights {
+                wk,
+                wv,
+                bk,
+                bv,
+                ..Default::default()
+            }
         })
         .collect();
     Ok(out)

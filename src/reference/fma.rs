@@ -57,8 +57,19 @@ pub(crate) fn checked(
         shape.check_len(name, t.len())?;
     }
     let g = Geometry::new(shape.n, config)?;
+    if config.downsample_queries {
+        return Err(crate::error::FmaError::InvalidConfig(
+            "downsample_queries (the O(n) variant) is not implemented yet".into(),
+        ));
+    }
     let weights = weights.cloned().unwrap_or_default();
-    weights.validate(config.downsampling, g.p, shape.d, &g.group_tokens())?;
+    weights.validate(
+        config.downsampling,
+        g.p,
+        shape.d,
+        &g.group_tokens(),
+        config.downsample_queries,
+    )?;
     Ok((g, weights))
 }
 

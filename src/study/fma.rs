@@ -33,7 +33,13 @@ pub fn fma(
             &init
         }
     };
-    weights.validate(config.downsampling, g.p, prob.d, &g.group_tokens())?;
+    weights.validate(
+        config.downsampling,
+        g.p,
+        prob.d,
+        &g.group_tokens(),
+        config.downsample_queries,
+    )?;
     let head = Head::new(&g, config, weights, &prob.q, &prob.k, &prob.v, prob.d);
     let d = prob.d;
     let mut o = vec![0.0; rows.len() * d];

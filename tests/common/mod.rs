@@ -143,6 +143,7 @@ pub fn config(
         multiplicity,
         scale: None,
         precision: Precision::F32,
+        downsample_queries: false,
     }
 }
 

@@ -136,6 +136,7 @@ fn attend(args: &AttendArgs) -> multipole::Result<()> {
         multiplicity: !args.no_multiplicity,
         scale: args.scale,
         precision: args.precision,
+        downsample_queries: false,
     };
     shape.validate()?;
     let geometry = Geometry::new(n, &config)?;
@@ -235,6 +236,7 @@ fn read_weights(
                     wv: file.get_shaped(&format!("wv.{l}"), &[d, p, s])?.data,
                     bk: file.get_shaped(&format!("bk.{l}"), &[d, p])?.data,
                     bv: file.get_shaped(&format!("bv.{l}"), &[d, p])?.data,
+                    ..Default::default()
                 })
             })
             .collect::<multipole::Result<Vec<_>>>()?,

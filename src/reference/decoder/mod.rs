@@ -69,7 +69,7 @@ pub(crate) fn decoder_geometry(
         ))
     })?;
     let g = Geometry::causal_line(config, w.levels.len())?;
-    w.validate(kind, g.p, d, &g.group_tokens())?;
+    w.validate(kind, g.p, d, &g.group_tokens(), false)?;
     Ok((g, w.clone()))
 }
 
