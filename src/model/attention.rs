@@ -37,6 +37,8 @@ pub struct SparseFma {
     p: usize,
     scale: f64,
     kind: Downsampling,
+    /// The O(n) variant: queries are downsampled too.
+    queries: bool,
     /// Tokens per group per level, and the levels' layout.
     group_tokens: Vec<usize>,
     levels: Vec<crate::geometry::Level>,
@@ -124,6 +126,7 @@ impl SparseFma {
             p,
             scale: config.scale_for(d) as f64,
             kind: config.downsampling,
+            queries: config.downsample_queries,
             group_tokens: g.group_tokens(),
             levels: g.levels.clone(),
             rows,
@@ -221,8 +224,7 @@ impl SparseFma {
         let scale = c::<T>(self.scale);
         let kc = self.downsample(k, weights, KEYS);
         let vc = self.downsample(v, weights, VALUES);
-        let queries = self.far.iter().flatten().any(|f| f.2.is_some());
-        let qc = if queries {
+        let qc = if self.queries {
             self.downsample(q, weights, QUERIES)
         } else {
             Vec::new()
