@@ -413,29 +413,39 @@ mod tests {
     }
 
     /// Same O and gradients as the reference, for every kind, with and without coarse levels
-    /// and with padding (a 12 x 12 grid pads to 16 x 16).
+    /// and with padding (a 12 x 12 grid pads to 16 x 16); the O(n) variant too (`true`).
     #[test]
     fn matches_the_reference() {
         let cases = [
-            (16, 2, 1, Downsampling::Depthwise),
-            (16, 2, 1, Downsampling::Basis),
-            (16, 4, 4, Downsampling::Mean),
-            (16, 8, 1, Downsampling::Mean),
-            (12, 2, 4, Downsampling::Depthwise),
+            (16, 2, 1, Downsampling::Depthwise, false),
+            (16, 2, 1, Downsampling::Basis, false),
+            (16, 4, 4, Downsampling::Mean, false),
+            (16, 8, 1, Downsampling::Mean, false),
+            (12, 2, 4, Downsampling::Depthwise, false),
+            (16, 2, 1, Downsampling::Depthwise, true),
+            (12, 2, 4, Downsampling::Basis, true),
+            (12, 2, 4, Downsampling::Mean, true),
         ];
         let d = 5;
-        for (side, m, p, kind) in cases {
+        for (side, m, p, kind, queries) in cases {
             let cfg = FmaConfig {
                 downsampling: kind,
+                downsample_queries: queries,
                 ..FmaConfig::new(m, p)
             }
             .image(side, side);
             let n = side * side;
             let g = Geometry::new(n, &cfg).unwrap();
             let mut w = DownsampleWeights::mean_init(kind, &g, d);
+            if queries {
+                w = w.with_query_weights();
+            }
             for (i, lw) in w.levels.iter_mut().enumerate() {
                 for x in lw.wk.iter_mut().chain(&mut lw.bv) {
                     *x += 0.05 * ((i as f32 + *x) * 7.0).sin();
+                }
+                for x in lw.wq.iter_mut().chain(&mut lw.bq) {
+                    *x -= 0.05 * ((i as f32 + *x) * 5.0).sin();
                 }
             }
             let (q, k, v, d_o) = (
@@ -452,7 +462,7 @@ mod tests {
             let wl: Vec<[Vec<f64>; 6]> = w
                 .levels
                 .iter()
-                .map(|l| [f(&l.wk), f(&l.wv), f(&l.bk), f(&l.bv), vec![], vec![]])
+                .map(|l| [&l.wk, &l.wv, &l.bk, &l.bv, &l.wq, &l.bq].map(|x| f(x)))
                 .collect();
             let refs = level_refs(&wl);
             let sparse = SparseFma::new(n, d, &cfg).unwrap();
@@ -463,7 +473,7 @@ mod tests {
                 for (i, (x, y)) in a.iter().zip(b).enumerate() {
                     assert!(
                         (x - y).abs() <= tol,
-                        "{side}x{side} m={m} p={p} {kind:?} {what}[{i}]: {x} vs {y}"
+                        "{side}x{side} m={m} p={p} {kind:?} {queries} {what}[{i}]: {x} vs {y}"
                     );
                 }
             };
@@ -480,7 +490,8 @@ mod tests {
             close("dk", &dk, &f(&grads.dk), 1e-6);
             close("dv", &dv, &f(&grads.dv), 1e-6);
             for (l, lw) in grads.dw.levels.iter().enumerate() {
-                for (part, want) in [&lw.wk, &lw.wv, &lw.bk, &lw.bv].into_iter().enumerate() {
+                let parts = [&lw.wk, &lw.wv, &lw.bk, &lw.bv, &lw.wq, &lw.bq];
+                for (part, want) in parts.into_iter().enumerate() {
                     close(
                         &format!("dw level {l} part {part}"),
                         &gw[l][part],
