@@ -460,6 +460,8 @@ fn train_mnist_refuses_bad_flags() {
         (&["--lr", "NaN"], "--lr"),
         (&["--weight-decay=-1"], "--weight-decay"),
         (&["--depth", "0"], "at least 1"),
+        // The O(n) variant of the dense twin means nothing: the flags exclude each other.
+        (&["--linear", "--dense"], "cannot be used with"),
     ] {
         let res = Command::new(env!("CARGO_BIN_EXE_multipole"))
             .args(["train-mnist", "--data", "/nonexistent-mnist", "--out"])

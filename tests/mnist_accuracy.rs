@@ -81,6 +81,26 @@ fn shipped_fma_weights_reach_97_percent_on_the_gpu() {
     );
 }
 
+/// The shipped O(n)-variant weights load with the variant on and reach 97% on the CPU (the
+/// GPU path does not run the variant yet).
+#[test]
+fn shipped_linear_weights_reach_97_percent_on_the_cpu() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/web/models/fma-linear-vit-mnist.safetensors"
+    );
+    let weights = VitWeights::load(path).expect("the shipped O(n)-variant weights");
+    assert!(weights.config.downsample_queries);
+    let model = CpuVit::new(&weights.config).unwrap();
+    let (_, accuracy) =
+        multipole::model::train::evaluate(&model, &weights.params, &held_out(), 2).unwrap();
+    eprintln!("O(n)-variant ViT on the CPU: {:.2}%", 100.0 * accuracy);
+    assert!(
+        accuracy >= 0.97,
+        "held-out accuracy {accuracy} is under 97%"
+    );
+}
+
 #[test]
 fn gpu_logits_equal_the_cpu_model() {
     let ctx = common::gpu();

@@ -66,6 +66,40 @@ fn gpu_logits_match_the_cpu_model() {
     }
 }
 
+/// The O(n) variant's model: on the GPU either a typed `InvalidConfig` (while `FmaPlan` does
+/// not run `downsample_queries`) or the CPU model's logits, never a panic.
+#[test]
+fn linear_variant_is_refused_or_matches_the_cpu() {
+    let ctx = common::gpu();
+    let cfg = VitConfig {
+        depth: 1,
+        ..VitConfig::fma_linear()
+    };
+    let w = perturbed(&cfg, 9);
+    let images: Vec<f32> = common::random(60, 2 * 32 * 32)
+        .iter()
+        .map(|v| v.max(0.0))
+        .collect();
+    let images64: Vec<f64> = images.iter().map(|&v| v as f64).collect();
+    let cpu = CpuVit::new(&cfg)
+        .unwrap()
+        .logits(&w.params.cast::<f64>(), &images64)
+        .unwrap();
+    match VitGpu::new(ctx, &w, 2) {
+        Err(multipole::FmaError::InvalidConfig(m)) => {
+            assert!(m.contains("downsample_queries"), "{m}")
+        }
+        Err(e) => panic!("expected InvalidConfig, got {e}"),
+        Ok(model) => {
+            let gpu = model.logits_blocking(ctx, &images).unwrap();
+            let scale = cpu.iter().fold(1.0f64, |m, x| m.max(x.abs()));
+            for (g, c) in gpu.iter().zip(&cpu) {
+                assert!((*g as f64 - c).abs() <= 1e-4 * scale, "GPU {g}, CPU {c}");
+            }
+        }
+    }
+}
+
 #[test]
 fn bad_inputs_are_errors() {
     let ctx = common::gpu();

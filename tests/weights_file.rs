@@ -38,6 +38,13 @@ fn weights_metadata_sizes_are_checked() {
         ("p", "2", "square"),
         ("image", "-1", "not a number"),
         ("downsampling", "fourier", "unknown downsampling"),
+        // The O(n) variant's flag: its query weights must be there, its value a boolean.
+        (
+            "downsample_queries",
+            "true",
+            "missing tensor 'blocks.0.ds.wq.1'",
+        ),
+        ("downsample_queries", "maybe", "not true or false"),
     ] {
         let started = std::time::Instant::now();
         let err = VitWeights::from_bytes(&shipped_with(key, value))

@@ -45,6 +45,9 @@ pub struct VitConfig {
     pub p: usize,
     /// How coarse keys are made.
     pub downsampling: Downsampling,
+    /// The O(n) variant (spec section 7): queries are downsampled too, with their own learned
+    /// weights (`ds.wq.L`, `ds.bq.L`).
+    pub downsample_queries: bool,
 }
 
 /// Where one parameter tensor sits in `Params::tensors`, and its shape.
@@ -71,8 +74,9 @@ pub struct BlockIndex {
     pub ln1: [usize; 2],
     pub qkv: [usize; 2],
     pub proj: [usize; 2],
-    /// Per coarse level: wk, wv, bk, bv (None where the kind has no such tensor).
-    pub ds: Vec<[Option<usize>; 4]>,
+    /// Per coarse level: wk, wv, bk, bv, wq, bq (None where the kind or the variant has no
+    /// such tensor).
+    pub ds: Vec<[Option<usize>; 6]>,
     pub ln2: [usize; 2],
     pub fc1: [usize; 2],
     pub fc2: [usize; 2],
@@ -105,6 +109,15 @@ impl VitConfig {
             m: 2,
             p: 1,
             downsampling: Downsampling::Depthwise,
+            downsample_queries: false,
+        }
+    }
+
+    /// The shipped model with the O(n) variant of FMA (downsampled queries).
+    pub fn fma_linear() -> VitConfig {
+        VitConfig {
+            downsample_queries: true,
+            ..VitConfig::fma()
         }
     }
 
@@ -114,6 +127,7 @@ impl VitConfig {
             m: self.grid() / 2,
             p: 1,
             downsampling: Downsampling::Mean,
+            downsample_queries: false,
             ..self.clone()
         }
     }
@@ -137,6 +151,7 @@ impl VitConfig {
     pub fn attention(&self) -> FmaConfig {
         FmaConfig {
             downsampling: self.downsampling,
+            downsample_queries: self.downsample_queries,
             ..FmaConfig::new(self.m, self.p)
         }
         .image(self.grid(), self.grid())
@@ -245,17 +260,26 @@ impl VitConfig {
             add(name("proj.b"), vec![d], false);
             for (li, s) in g.group_tokens().into_iter().enumerate() {
                 let l = li + 1;
+                // The O(n) variant adds the queries' weights after the keys' and values'.
+                let q = self.downsample_queries;
                 match self.downsampling {
                     Downsampling::Mean => {}
                     Downsampling::Basis => {
                         add(name(&format!("ds.wk.{l}")), vec![p, s], false);
                         add(name(&format!("ds.wv.{l}")), vec![p, s], false);
+                        if q {
+                            add(name(&format!("ds.wq.{l}")), vec![p, s], false);
+                        }
                     }
                     Downsampling::Depthwise => {
                         add(name(&format!("ds.wk.{l}")), vec![hd, p, s], false);
                         add(name(&format!("ds.wv.{l}")), vec![hd, p, s], false);
                         add(name(&format!("ds.bk.{l}")), vec![hd, p], false);
                         add(name(&format!("ds.bv.{l}")), vec![hd, p], false);
+                        if q {
+                            add(name(&format!("ds.wq.{l}")), vec![hd, p, s], false);
+                            add(name(&format!("ds.bq.{l}")), vec![hd, p], false);
+                        }
                     }
                 }
             }
@@ -303,7 +327,10 @@ impl VitConfig {
                     qkv: pair(&n("qkv"))?,
                     proj: pair(&n("proj"))?,
                     ds: (1..=levels)
-                        .map(|l| ["wk", "wv", "bk", "bv"].map(|t| find(&n(&format!("ds.{t}.{l}")))))
+                        .map(|l| {
+                            ["wk", "wv", "bk", "bv", "wq", "bq"]
+                                .map(|t| find(&n(&format!("ds.{t}.{l}"))))
+                        })
                         .collect(),
                     ln2: pair(&n("ln2"))?,
                     fc1: pair(&n("fc1"))?,
@@ -320,7 +347,8 @@ impl VitConfig {
         })
     }
 
-    /// The sizes as text, stored in a weights file's metadata.
+    /// The sizes as text, stored in a weights file's metadata. `downsample_queries` is written
+    /// only when on, so the files of the other models keep the metadata they always had.
     pub fn to_metadata(&self) -> HashMap<String, String> {
         let ds = match self.downsampling {
             Downsampling::Mean => "mean",
@@ -342,6 +370,10 @@ impl VitConfig {
             ("downsampling", ds.to_string()),
         ]
         .into_iter()
+        .chain(
+            self.downsample_queries
+                .then(|| ("downsample_queries", "true".to_string())),
+        )
         .map(|(k, v)| (k.to_string(), v))
         .collect()
     }
@@ -362,6 +394,16 @@ impl VitConfig {
             .get("downsampling")
             .ok_or_else(|| FmaError::Model("weights metadata lacks 'downsampling'".into()))?
             .parse()?;
+        // Absent in files written before the O(n) variant existed: off.
+        let downsample_queries = match meta.get("downsample_queries").map(String::as_str) {
+            None | Some("false") => false,
+            Some("true") => true,
+            Some(v) => {
+                return Err(FmaError::Model(format!(
+                    "weights metadata 'downsample_queries' = '{v}' is not true or false"
+                )));
+            }
+        };
         let cfg = VitConfig {
             image: num("image")?,
             canvas: num("canvas")?,
@@ -375,6 +417,7 @@ impl VitConfig {
             m: num("m")?,
             p: num("p")?,
             downsampling: ds,
+            downsample_queries,
         };
         cfg.validate()?;
         Ok(cfg)
@@ -404,7 +447,52 @@ mod tests {
         assert_eq!(VitConfig::from_metadata(&fma.to_metadata()).unwrap(), fma);
         let idx = fma.index().unwrap();
         assert_eq!(idx.blocks[1].ds.len(), 2);
-        assert!(idx.blocks[0].ds[0].iter().all(Option::is_some));
+        assert!(idx.blocks[0].ds[0][..4].iter().all(Option::is_some));
+    }
+
+    /// The O(n) variant: its query weights are parameters, its metadata says so, and a file
+    /// without the key (written before the variant) is the O(n log n) model.
+    #[test]
+    fn linear_variant_has_query_weights_and_metadata() {
+        let lin = VitConfig::fma_linear();
+        assert!(lin.attention().downsample_queries);
+        let names: Vec<String> = lin.params().unwrap().into_iter().map(|p| p.name).collect();
+        let plain = VitConfig::fma().params().unwrap().len();
+        // wq and bq at 2 levels of 3 blocks.
+        assert_eq!(names.len(), plain + 12);
+        assert!(names.contains(&"blocks.2.ds.wq.1".to_string()));
+        assert!(names.contains(&"blocks.0.ds.bq.2".to_string()));
+        let idx = lin.index().unwrap();
+        assert!(idx.blocks[0].ds[1].iter().all(Option::is_some));
+        assert!(VitConfig::fma().index().unwrap().blocks[0].ds[1][4].is_none());
+        let meta = lin.to_metadata();
+        assert_eq!(VitConfig::from_metadata(&meta).unwrap(), lin);
+        assert!(
+            !VitConfig::fma()
+                .to_metadata()
+                .contains_key("downsample_queries")
+        );
+        let mut off = meta.clone();
+        off.remove("downsample_queries");
+        assert_eq!(VitConfig::from_metadata(&off).unwrap(), VitConfig::fma());
+        off.insert("downsample_queries".into(), "yes".into());
+        let err = VitConfig::from_metadata(&off).unwrap_err().to_string();
+        assert!(err.contains("not true or false"), "{err}");
+        // Basis has no bias; the dense twin has no level and is not the variant.
+        let basis = VitConfig {
+            downsampling: Downsampling::Basis,
+            ..lin.clone()
+        };
+        let names: Vec<String> = basis
+            .params()
+            .unwrap()
+            .into_iter()
+            .map(|p| p.name)
+            .collect();
+        assert!(
+            names.iter().any(|n| n.contains("ds.wq")) && !names.iter().any(|n| n.contains("ds.bq"))
+        );
+        assert!(!lin.dense_twin().downsample_queries);
     }
 
     #[test]

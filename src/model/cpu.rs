@@ -344,8 +344,8 @@ impl CpuVit {
     }
 }
 
-/// Mutable views of one block's downsampling gradients, per level (wk, wv, bk, bv).
-fn ds_grads<'a, T>(g: &'a mut [Vec<T>], ds: &[[Option<usize>; 4]]) -> Vec<[&'a mut [T]; 4]> {
+/// Mutable views of one block's downsampling gradients, per level (wk, wv, bk, bv, wq, bq).
+fn ds_grads<'a, T>(g: &'a mut [Vec<T>], ds: &[[Option<usize>; 6]]) -> Vec<[&'a mut [T]; 6]> {
     // The indices are distinct; hand out each tensor once, in level order.
     let mut slots: Vec<Option<&'a mut Vec<T>>> = g.iter_mut().map(Some).collect();
     ds.iter()
@@ -365,10 +365,15 @@ mod tests {
     use crate::model::params::VitWeights;
 
     /// Every parameter's gradient through the whole model (patches, blocks with FMA and learned
-    /// downsampling, pooling, head, cross-entropy) against central finite differences, in f64.
+    /// downsampling, pooling, head, cross-entropy) against central finite differences, in f64;
+    /// also with the O(n) variant (its query weights included).
     #[test]
     fn gradients_match_finite_differences() {
-        for kind in [Downsampling::Depthwise, Downsampling::Basis] {
+        for (kind, downsample_queries) in [
+            (Downsampling::Depthwise, false),
+            (Downsampling::Basis, false),
+            (Downsampling::Depthwise, true),
+        ] {
             let cfg = VitConfig {
                 image: 12,
                 canvas: 16,
@@ -382,6 +387,7 @@ mod tests {
                 m: 2,
                 p: 1,
                 downsampling: kind,
+                downsample_queries,
             };
             let model = CpuVit::new(&cfg).unwrap();
             let mut w = VitWeights::init(&cfg, 5).unwrap().params.cast::<f64>();

@@ -69,9 +69,10 @@ impl<T: Float> Params<T> {
         }
     }
 
-    /// Block `b`'s downsampling weights per level (wk, wv, bk, bv; empty where absent).
-    /// A block past the model's depth, or parameters not shaped like `config`'s, are errors.
-    pub fn level_refs(&self, config: &VitConfig, b: usize) -> Result<Vec<[&[T]; 4]>> {
+    /// Block `b`'s downsampling weights per level (wk, wv, bk, bv, wq, bq; empty where
+    /// absent). A block past the model's depth, or parameters not shaped like `config`'s, are
+    /// errors.
+    pub fn level_refs(&self, config: &VitConfig, b: usize) -> Result<Vec<[&[T]; 6]>> {
         let idx = config.index()?;
         let block = idx.blocks.get(b).ok_or_else(|| {
             FmaError::Model(format!("block {b} out of range ({} blocks)", config.depth))
@@ -88,7 +89,7 @@ impl<T: Float> Params<T> {
             .ds
             .iter()
             .map(|parts| {
-                let mut out: [&[T]; 4] = [&[]; 4];
+                let mut out: [&[T]; 6] = [&[]; 6];
                 for (o, i) in out.iter_mut().zip(parts) {
                     if let Some(i) = *i {
                         *o = tensor(i)?;
@@ -102,7 +103,8 @@ impl<T: Float> Params<T> {
 
 impl VitWeights {
     /// Fresh weights for `config` from `seed`: linear layers scaled by 1/sqrt(fan-in),
-    /// position embeddings small, norms at identity, downsampling at the mean (spec section 3).
+    /// position embeddings small, norms at identity, downsampling at the mean (spec section 3;
+    /// the queries' weights of the O(n) variant too, like the keys').
     pub fn init(config: &VitConfig, seed: u64) -> Result<VitWeights> {
         let infos = config.params()?;
         let mut rng = Rng::new(seed);
@@ -119,9 +121,9 @@ impl VitWeights {
                     let level: usize = last.parse().unwrap_or(1);
                     let lw = &mean.levels[level - 1];
                     return match p.name.split('.').nth(3) {
-                        Some("wk") => lw.wk.clone(),
+                        Some("wk" | "wq") => lw.wk.clone(),
                         Some("wv") => lw.wv.clone(),
-                        Some("bk") => lw.bk.clone(),
+                        Some("bk" | "bq") => lw.bk.clone(),
                         _ => lw.bv.clone(),
                     };
                 }
@@ -148,12 +150,13 @@ impl VitWeights {
             .params
             .level_refs(&self.config, b)?
             .into_iter()
-            .map(|[wk, wv, bk, bv]| LevelWeights {
+            .map(|[wk, wv, bk, bv, wq, bq]| LevelWeights {
                 wk: wk.to_vec(),
                 wv: wv.to_vec(),
                 bk: bk.to_vec(),
                 bv: bv.to_vec(),
-                ..Default::default()
+                wq: wq.to_vec(),
+                bq: bq.to_vec(),
             })
             .collect();
         Ok(DownsampleWeights { levels })
@@ -282,6 +285,34 @@ mod tests {
             tensors: w.params.tensors[..4].to_vec(),
         };
         assert!(short.level_refs(&cfg, 0).is_err());
+    }
+
+    /// The O(n) variant's query weights start at the keys' (the mean) and reach
+    /// `downsample_weights`; its files round-trip with the variant on.
+    #[test]
+    fn linear_variant_weights_start_at_the_keys() {
+        let cfg = VitConfig {
+            depth: 1,
+            ..VitConfig::fma_linear()
+        };
+        let w = VitWeights::init(&cfg, 2).unwrap();
+        let dw = w.downsample_weights(0).unwrap();
+        for lw in &dw.levels {
+            assert!(!lw.wq.is_empty() && !lw.bq.is_empty());
+            assert_eq!((&lw.wq, &lw.bq), (&lw.wk, &lw.bk));
+        }
+        let g = cfg.geometry().unwrap();
+        dw.validate(
+            cfg.downsampling,
+            cfg.p,
+            cfg.head_dim(),
+            &g.group_tokens(),
+            true,
+        )
+        .unwrap();
+        let back = VitWeights::from_bytes(&w.to_bytes().unwrap()).unwrap();
+        assert_eq!(back, w);
+        assert!(back.config.downsample_queries);
     }
 
     #[test]

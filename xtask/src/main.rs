@@ -267,10 +267,16 @@ fn study(extra: &[String]) -> Result {
     cargo(&args)
 }
 
-/// Trains both shipped models (FMA and its dense twin) into web/models/, as committed.
+/// Trains the shipped models (FMA, its dense twin, FMA's O(n) variant) into web/models/, as
+/// committed.
 fn train() -> Result {
     ensure_mnist()?;
-    for (name, extra) in [("fma", None), ("dense", Some("--dense"))] {
+    let models = [
+        ("fma", None),
+        ("dense", Some("--dense")),
+        ("fma-linear", Some("--linear")),
+    ];
+    for (name, extra) in models {
         let out = format!("web/models/{name}-vit-mnist.safetensors");
         let mut args = [&RUN_CLI[..], &["train-mnist", "--out", &out]].concat();
         args.extend(extra);

@@ -21,6 +21,9 @@ pub struct TrainArgs {
     /// Train the dense twin (exact attention) instead of FMA.
     #[arg(long)]
     dense: bool,
+    /// Train FMA's O(n) variant (downsampled queries) instead.
+    #[arg(long, conflicts_with = "dense")]
+    linear: bool,
     /// The learning curve, one JSON object per epoch (default: OUT with .curve.jsonl).
     #[arg(long)]
     log: Option<PathBuf>,
@@ -54,7 +57,14 @@ pub fn run(args: &TrainArgs) -> multipole::Result<()> {
         mlp: args.dim.saturating_mul(2),
         ..VitConfig::fma()
     };
-    let config = if args.dense { fma.dense_twin() } else { fma };
+    let config = if args.dense {
+        fma.dense_twin()
+    } else {
+        VitConfig {
+            downsample_queries: args.linear,
+            ..fma
+        }
+    };
     config.validate()?;
     check_options(args)?;
     let (train_set, test_set) = Digits::load_npm_package(&args.data)?.split();
@@ -90,7 +100,11 @@ pub fn run(args: &TrainArgs) -> multipole::Result<()> {
     );
     eprintln!(
         "training the {} ViT ({} blocks, width {}, {} heads, m = {}, p = {}, {:?}) on {} digits, {} held out",
-        if args.dense { "dense" } else { "FMA" },
+        match (args.dense, args.linear) {
+            (true, _) => "dense",
+            (_, true) => "linear (O(n)) FMA",
+            _ => "FMA",
+        },
         config.depth,
         config.dim,
         config.heads,
