@@ -88,6 +88,11 @@ pub(super) struct Backward {
 impl FmaPlan {
     fn backward_parts(&self, ctx: &GpuContext) -> Result<&Backward> {
         self.require_f32_for_backward()?;
+        if self.config.downsample_queries {
+            return Err(FmaError::InvalidConfig(
+                "the backward of downsample_queries (the O(n) variant) runs on the CPU reference only so far".into(),
+            ));
+        }
         if let Some(b) = self.backward.get() {
             return Ok(b);
         }
@@ -103,7 +108,7 @@ impl FmaPlan {
         let downsample = if far {
             let kind = self.config.downsampling;
             // weight elements (wk of every level), then bias elements (bk) for depthwise
-            let [wv_base, bk_base, bv_base] = self.weight_bases;
+            let [wv_base, bk_base, bv_base, ..] = self.weight_bases;
             let elements = (wv_base + (bv_base - bk_base)) as usize;
             Some(DownsampleBackwardKernel::new(
                 ctx, kind, self.spec, elements,
@@ -209,7 +214,7 @@ impl FmaPlan {
     ) -> Result<()> {
         let mut slot = 0;
         // The coarse keys and values, recomputed rather than kept from the forward.
-        self.encode_downsample(ctx, encoder, chunk, [io.k, io.v], timer, &mut slot)?;
+        self.encode_downsample(ctx, encoder, chunk, [io.q, io.k, io.v], timer, &mut slot)?;
         let b = BackwardBindings {
             params: &chunk.params,
             geom: &self.geom,
@@ -375,18 +380,24 @@ impl FmaPlan {
         Ok(())
     }
 
-    /// The packed layout `[wk of every level][wv][bk][bv]` back into per-level weights.
+    /// The packed layout `[wk of every level][wv][bk][bv][wq][bq]` back into per-level
+    /// weights.
     fn unpack_weights(&self, packed: &[f32]) -> DownsampleWeights {
         let g = &self.geometry;
         let mut out = DownsampleWeights::mean_init(self.config.downsampling, g, self.shape.d);
         let mut at = 0;
-        for part in 0..4 {
+        if self.config.downsample_queries {
+            out = out.with_query_weights();
+        }
+        for part in 0..6 {
             for lw in &mut out.levels {
                 let dst = match part {
                     0 => &mut lw.wk,
                     1 => &mut lw.wv,
                     2 => &mut lw.bk,
-                    _ => &mut lw.bv,
+                    3 => &mut lw.bv,
+                    4 => &mut lw.wq,
+                    _ => &mut lw.bq,
                 };
                 let len = dst.len();
                 dst.copy_from_slice(&packed[at..at + len]);

@@ -1,0 +1,1 @@
+//! Rust twin of shaders/linear_backward.wgsl (in progress).
