@@ -6,8 +6,8 @@
 mod common;
 use common::*;
 use multipole::{
-    DownsampleWeights, Downsampling, FmaConfig, FmaError, FmaPlan, ForwardKernels, Geometry, Shape,
-    reference,
+    DownsampleWeights, Downsampling, FmaConfig, FmaError, FmaPlan, ForwardKernels, Geometry,
+    LevelWeights, Shape, reference,
 };
 
 /// A config of the variant: sequence, or image when `image` is given.
@@ -57,6 +57,21 @@ fn direct(
     cfg: &FmaConfig,
     w: Option<&DownsampleWeights>,
 ) -> (Vec<f32>, Vec<f32>) {
+    let (o, lse) = direct64(q, k, v, shape, cfg, w);
+    (
+        o.iter().map(|&x| x as f32).collect(),
+        lse.iter().map(|&x| x as f32).collect(),
+    )
+}
+
+fn direct64(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    shape: Shape,
+    cfg: &FmaConfig,
+    w: Option<&DownsampleWeights>,
+) -> (Vec<f64>, Vec<f64>) {
     let (n, d) = (shape.n, shape.d);
     let g = Geometry::new(n, cfg).unwrap();
     let kind = cfg.downsampling;
@@ -68,7 +83,7 @@ fn direct(
         lw.bk = lw.bq.clone();
     }
     let tau = cfg.scale_for(d) as f64;
-    let (mut o, mut lse) = (vec![0f32; shape.elements()], vec![0f32; shape.bh() * n]);
+    let (mut o, mut lse) = (vec![0f64; shape.elements()], vec![0f64; shape.bh() * n]);
     for h in 0..shape.bh() {
         let at = h * n * d..(h + 1) * n * d;
         let (qh, kh, vh) = (&q[at.clone()], &k[at.clone()], &v[at]);
@@ -112,9 +127,9 @@ fn direct(
             let sum: f64 = scores.iter().map(|s| (s.0 - mx).exp()).sum();
             for c in 0..d {
                 let x: f64 = scores.iter().map(|s| (s.0 - mx).exp() * s.1[c]).sum();
-                o[(h * n + i) * d + c] = (x / sum) as f32;
+                o[(h * n + i) * d + c] = x / sum;
             }
-            lse[h * n + i] = (mx + sum.ln()) as f32;
+            lse[h * n + i] = mx + sum.ln();
         }
     }
     (o, lse)
@@ -313,5 +328,162 @@ fn unsupported_combinations_are_refused() {
         Err(FmaError::InvalidConfig(m)) => assert!(m.contains("f32"), "{m}"),
         Err(FmaError::MissingFeature { .. }) => {}
         other => panic!("f16 with downsample_queries: {:?}", other.err()),
+    }
+}
+
+/// Central finite differences of the direct definition's loss sum(dO * O), in f64 from f32
+/// inputs (the step is the f32 difference actually taken).
+struct Loss<'a> {
+    shape: Shape,
+    cfg: &'a FmaConfig,
+    d_o: Vec<f32>,
+}
+
+impl Loss<'_> {
+    fn eval(&self, qkv: &[Vec<f32>; 3], w: Option<&DownsampleWeights>) -> f64 {
+        let (o, _) = direct64(&qkv[0], &qkv[1], &qkv[2], self.shape, self.cfg, w);
+        o.iter().zip(&self.d_o).map(|(a, &b)| a * b as f64).sum()
+    }
+
+    /// d loss / d x for the value `x` that `set` replaces.
+    fn slope(&self, x: f32, mut at: impl FnMut(f32) -> f64) -> f32 {
+        let h = 1.0 / 64.0;
+        let (up, down) = (x + h, x - h);
+        ((at(up) - at(down)) / (up - down) as f64) as f32
+    }
+}
+
+/// The weight vectors of a level in `pack_weights` order, by index.
+fn part(lw: &mut LevelWeights, j: usize) -> &mut Vec<f32> {
+    match j {
+        0 => &mut lw.wk,
+        1 => &mut lw.wv,
+        2 => &mut lw.bk,
+        3 => &mut lw.bv,
+        4 => &mut lw.wq,
+        _ => &mut lw.bq,
+    }
+}
+
+/// The GPU backward (both kernel paths) against finite differences of the direct definition:
+/// dQ, dK, dV and every weight gradient, wq and bq included. Small shapes: each difference
+/// runs the f64 forward twice.
+#[test]
+fn gpu_backward_matches_finite_differences() {
+    for c in [
+        Case {
+            batch: 1,
+            heads: 2,
+            n: 61,
+            d: 4,
+            m: 4,
+            p: 2,
+            kind: Downsampling::Depthwise,
+            multiplicity: true,
+            image: None,
+        },
+        Case {
+            batch: 1,
+            heads: 1,
+            n: 7 * 9,
+            d: 3,
+            m: 2,
+            p: 4,
+            kind: Downsampling::Basis,
+            multiplicity: false,
+            image: Some((7, 9)),
+        },
+        Case {
+            batch: 2,
+            heads: 1,
+            n: 64,
+            d: 4,
+            m: 4,
+            p: 4,
+            kind: Downsampling::Mean,
+            multiplicity: true,
+            image: None,
+        },
+    ] {
+        let shape = Shape::new(c.batch, c.heads, c.n, c.d);
+        let cfg = case_config(&c);
+        let g = Geometry::new(c.n, &cfg).unwrap();
+        assert!(g.num_levels() >= 2, "{c:?}");
+        let w = linear_weights(3 + c.n as u64, &cfg, &g, c.d);
+        let (q, k, v) = qkv(11 + c.n as u64, shape);
+        let loss = Loss {
+            shape,
+            cfg: &cfg,
+            d_o: random(99, shape.elements()),
+        };
+        let qkv = [q, k, v];
+        // Finite differences of every input element and weight.
+        let mut want = Vec::new();
+        for t in 0..3 {
+            let mut x = qkv.clone();
+            want.push(
+                (0..shape.elements())
+                    .map(|e| {
+                        let x0 = qkv[t][e];
+                        loss.slope(x0, |y| {
+                            x[t][e] = y;
+                            let l = loss.eval(&x, w.as_ref());
+                            x[t][e] = x0;
+                            l
+                        })
+                    })
+                    .collect::<Vec<f32>>(),
+            );
+        }
+        let mut want_w = Vec::new();
+        if let Some(w0) = &w {
+            let mut wx = w0.clone();
+            for (i, lw0) in w0.levels.iter().enumerate() {
+                for j in 0..6 {
+                    let mut lw0 = lw0.clone();
+                    for e in 0..part(&mut lw0, j).len() {
+                        let x0 = part(&mut lw0, j)[e];
+                        want_w.push(loss.slope(x0, |y| {
+                            part(&mut wx.levels[i], j)[e] = y;
+                            let l = loss.eval(&qkv, Some(&wx));
+                            part(&mut wx.levels[i], j)[e] = x0;
+                            l
+                        }));
+                    }
+                }
+            }
+        }
+        for kernels in FORWARD_KERNELS {
+            let ctx = gpu_with(kernels);
+            let plan = FmaPlan::new(ctx, shape, &cfg, w.as_ref()).unwrap();
+            let out = plan
+                .forward_blocking(ctx, &qkv[0], &qkv[1], &qkv[2])
+                .unwrap();
+            let tape = multipole::Tape {
+                q: &qkv[0],
+                k: &qkv[1],
+                v: &qkv[2],
+                out,
+            };
+            let got = plan.backward_blocking(ctx, &tape, &loss.d_o).unwrap();
+            let what = format!("{c:?} {kernels:?}");
+            // Finite differences of an f64 forward: 1e-3 of the largest gradient.
+            for (name, got, want) in [
+                ("dq", &got.dq, &want[0]),
+                ("dk", &got.dk, &want[1]),
+                ("dv", &got.dv, &want[2]),
+            ] {
+                assert_close(&format!("{name} {what}"), got, want, want, 1e-3);
+            }
+            if w.is_some() {
+                let mut dw = got.dw.clone();
+                let flat: Vec<f32> = dw
+                    .levels
+                    .iter_mut()
+                    .flat_map(|lw| (0..6).flat_map(|j| part(lw, j).clone()).collect::<Vec<_>>())
+                    .collect();
+                assert_close(&format!("dw {what}"), &flat, &want_w, &want_w, 1e-3);
+            }
+        }
     }
 }
