@@ -6,7 +6,7 @@ use multipole::study::clustered::{Clusters, clustered, kmeans};
 use multipole::study::datasets::{Kind, sequence};
 use multipole::study::exact::exact;
 use multipole::study::fit::{FitOptions, fit};
-use multipole::study::fma::{config, fma};
+use multipole::study::fma::{config, fma, linear_config, linear_keys};
 use multipole::study::linformer::{linformer, random_projection};
 use multipole::study::nystrom::{Pinv, nystrom};
 use multipole::study::performer::{features, performer};
@@ -343,6 +343,27 @@ fn fma_is_exact_at_two_cells_and_approximate_beyond() {
 }
 
 #[test]
+fn the_linear_variant_is_exact_at_two_cells_and_its_own_approximation_beyond() {
+    let (n, d) = (32, 8);
+    let prob = tiny(n, d, 9);
+    let truth = exact(&prob, &all(n));
+    let got = fma(&prob, &all(n), &linear_config(&prob, 16, 4), None).unwrap();
+    assert_close(&got.o, &truth.o, 1e-7, "n = 2m");
+    let lin = fma(&prob, &all(n), &linear_config(&prob, 4, 2), None).unwrap();
+    let log_linear = fma(&prob, &all(n), &FmaConfig::new(4, 2), None).unwrap();
+    // As many keys per softmax as the O(n log n) FMA, other coarse scores.
+    assert_eq!(lin.keys, log_linear.keys);
+    assert!(rel(&lin, &truth, d) > 1e-3 && rel(&lin, &log_linear, d) > 1e-4);
+    // The coarse keys are scored once per segment, not once per query.
+    let (near, far) = linear_keys(&prob, 4, 2).unwrap();
+    assert!(
+        far > 0.0 && near + far < lin.keys,
+        "{near} + {far} against {}",
+        lin.keys
+    );
+}
+
+#[test]
 fn fitted_weights_beat_mean_on_held_out_smooth_data() {
     let (n, d) = (256, 16);
     let test = sequence(Kind::Smooth, n, d, 1);
@@ -431,6 +452,7 @@ fn study_records_have_every_field() {
         "fma-basis-fitted",
         "fma-depthwise",
         "fma-depthwise-fitted",
+        "fma-linear",
         "fma-mean",
         "h-transformer",
         "linformer",

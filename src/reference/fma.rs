@@ -1,6 +1,9 @@
-//! FMA forward on the CPU (spec sections 2-4 and 6): near triple, far triple, merge.
+//! FMA forward on the CPU (spec sections 2-4 and 6): near triple, far triple, merge. With
+//! `downsample_queries` the far triple is the O(n) variant's (spec section 7, `linear.rs`).
 
 use super::dense::dot;
+use super::downsample::{Source, coarse_rows};
+use super::linear::linear_far_triple;
 use super::{Coarse, Output, Triple, downsample};
 use crate::config::{DownsampleWeights, FmaConfig, Shape};
 use crate::error::Result;
@@ -57,11 +60,6 @@ pub(crate) fn checked(
         shape.check_len(name, t.len())?;
     }
     let g = Geometry::new(shape.n, config)?;
-    if config.downsample_queries {
-        return Err(crate::error::FmaError::InvalidConfig(
-            "downsample_queries (the O(n) variant) is not implemented yet".into(),
-        ));
-    }
     let weights = weights.cloned().unwrap_or_default();
     weights.validate(
         config.downsampling,
@@ -113,6 +111,9 @@ pub(crate) struct Head {
     pub k: Vec<f64>,
     pub v: Vec<f64>,
     pub coarse: Coarse,
+    /// The O(n) variant's coarse queries, scaled by tau like `q` (one per coarse row);
+    /// `None` without `downsample_queries`.
+    pub qc: Option<Vec<Vec<f64>>>,
     pub d: usize,
 }
 
@@ -127,11 +128,18 @@ impl Head {
         d: usize,
     ) -> Head {
         let scale = config.scale_for(d) as f64;
+        // tau scales the whole coarse query, bias included: z = tau (Qc . Kc) (spec section 7).
+        let qc = config.downsample_queries.then(|| {
+            let mut rows = coarse_rows(g, config.downsampling, weights, Source::Queries, q, d);
+            rows.iter_mut().flatten().for_each(|x| *x *= scale);
+            rows
+        });
         Head {
             q: q.iter().map(|&x| x as f64 * scale).collect(),
             k: to_f64(k),
             v: to_f64(v),
             coarse: downsample(g, config.downsampling, weights, k, v, d),
+            qc,
             d,
         }
     }
@@ -141,11 +149,15 @@ impl Head {
         &self.q[i * self.d..(i + 1) * self.d]
     }
 
-    /// Query i's softmax triple over its near and far keys.
+    /// Query i's softmax triple over its near and far keys (the O(n) variant: its far keys
+    /// scored by its segments' coarse queries, the direct definition of spec section 7).
     pub fn triple(&self, g: &Geometry, multiplicity: bool, i: usize) -> Triple {
         let qi = self.query(i);
         let near = near_triple(g, qi, &self.k, &self.v, i, self.d);
-        let far = far_triple(g, multiplicity, qi, &self.coarse, i, self.d);
+        let far = match &self.qc {
+            Some(qc) => linear_far_triple(g, multiplicity, qc, &self.coarse, i, self.d),
+            None => far_triple(g, multiplicity, qi, &self.coarse, i, self.d),
+        };
         near.merge(&far)
     }
 }
@@ -169,18 +181,20 @@ pub(crate) fn far_rows(g: &Geometry, coarse: &Coarse, i: usize) -> Vec<usize> {
 /// `far_rows` given each coarse row's multiplicity.
 pub(crate) fn far_rows_of(g: &Geometry, count: &[usize], i: usize) -> Vec<usize> {
     let f = g.fine_cell_of(i);
-    let mut rows = Vec::new();
-    for (li, lv) in g.levels.iter().enumerate() {
-        let l = li + 1;
-        for grp in g.far_cells(l, g.cell_at_level(f, l)) {
-            rows.extend(
-                (0..g.p)
-                    .map(|r| (lv.cell_offset + grp) * g.p + r)
-                    .filter(|&row| count[row] > 0),
-            );
-        }
-    }
-    rows
+    (1..=g.num_levels())
+        .flat_map(|l| level_far_rows(g, count, l, g.cell_at_level(f, l)))
+        .collect()
+}
+
+/// The coarse rows of level l that cell `cell` of that level sees: its interaction list,
+/// rows without real tokens skipped.
+pub(crate) fn level_far_rows(g: &Geometry, count: &[usize], l: usize, cell: usize) -> Vec<usize> {
+    let offset = g.levels[l - 1].cell_offset;
+    g.far_cells(l, cell)
+        .into_iter()
+        .flat_map(|grp| (0..g.p).map(move |r| (offset + grp) * g.p + r))
+        .filter(|&row| count[row] > 0)
+        .collect()
 }
 
 /// Score offset of a coarse row: log(multiplicity), or 0 with the option off.
@@ -193,7 +207,14 @@ pub(crate) fn row_bias(coarse: &Coarse, multiplicity: bool, row: usize) -> f64 {
 }
 
 /// Query i against the real keys of its near field (mirrors near_field.wgsl).
-fn near_triple(g: &Geometry, qi: &[f64], k: &[f64], v: &[f64], i: usize, d: usize) -> Triple {
+pub(crate) fn near_triple(
+    g: &Geometry,
+    qi: &[f64],
+    k: &[f64],
+    v: &[f64],
+    i: usize,
+    d: usize,
+) -> Triple {
     let mut t = Triple::empty(d);
     for j in near_keys(g, i) {
         t.add(

@@ -2,25 +2,32 @@
 //!
 //! Each function mirrors one GPU kernel: `downsample` (downsample.wgsl), the near and far
 //! triples (near_field.wgsl, far_field.wgsl) and `Triple::merge` (merge.wgsl); `fma_backward`
-//! mirrors the backward kernels (attention_backward.wgsl, downsample_backward.wgsl).
+//! mirrors the backward kernels (attention_backward.wgsl, downsample_backward.wgsl). The O(n)
+//! variant (spec section 7) lives in `linear.rs` (forward) and `linear_backward.rs`.
 
 mod backward;
 mod decoder;
 mod dense;
 mod downsample;
 mod fma;
+mod linear;
+mod linear_backward;
 mod triple;
 
+#[doc(hidden)]
+pub use backward::linear_backward_factored;
 pub use backward::{Gradients, fma_backward};
 pub use decoder::Decoder;
 pub(crate) use decoder::{decoder_geometry, past_weights};
 pub use dense::dense;
 pub use downsample::{Coarse, downsample};
 #[cfg(feature = "study")]
-pub(crate) use fma::{Head, far_rows};
+pub(crate) use fma::{Head, far_rows, level_far_rows};
 pub use fma::{Output64, fma_forward, fma_forward_f64};
 #[cfg(feature = "vit")]
 pub(crate) use fma::{far_rows_of, near_keys};
+#[doc(hidden)]
+pub use linear::linear_forward_downward;
 pub use triple::Triple;
 
 /// Attention output: `o` of shape [batch, heads, n, d] and `lse` of shape [batch, heads, n].

@@ -5,7 +5,7 @@ use super::{Approx, Problem};
 use crate::config::{DownsampleWeights, Downsampling, FmaConfig};
 use crate::error::Result;
 use crate::geometry::Geometry;
-use crate::reference::{Head, far_rows, near_keys};
+use crate::reference::{Head, far_rows, level_far_rows, near_keys};
 
 /// The FMA configuration of a problem: its layout, (m, p) and downsampling kind.
 pub fn config(prob: &Problem, m: usize, p: usize, kind: Downsampling) -> FmaConfig {
@@ -16,8 +16,16 @@ pub fn config(prob: &Problem, m: usize, p: usize, kind: Downsampling) -> FmaConf
     }
 }
 
-/// FMA's output for the chosen rows; `weights` for the learned kinds (`None`: `Mean`'s own
-/// weights, so Basis and Depthwise start where Mean is).
+/// The O(n) variant of `config` (spec section 7): coarse queries, the far field per segment.
+pub fn linear_config(prob: &Problem, m: usize, p: usize) -> FmaConfig {
+    FmaConfig {
+        downsample_queries: true,
+        ..config(prob, m, p, Downsampling::Mean)
+    }
+}
+
+/// FMA's output for the chosen rows (either variant); `weights` for the learned kinds
+/// (`None`: `Mean`'s own weights, so Basis and Depthwise start where Mean is).
 pub fn fma(
     prob: &Problem,
     rows: &[usize],
@@ -29,7 +37,12 @@ pub fn fma(
     let weights = match weights {
         Some(w) => w,
         None => {
-            init = DownsampleWeights::mean_init(config.downsampling, &g, prob.d);
+            let mean = DownsampleWeights::mean_init(config.downsampling, &g, prob.d);
+            // The O(n) variant's query weights start where the keys' do.
+            init = match config.downsample_queries {
+                true => mean.with_query_weights(),
+                false => mean,
+            };
             &init
         }
     };
@@ -66,4 +79,22 @@ pub fn keys_per_query(prob: &Problem, m: usize, p: usize) -> Result<f64> {
         .map(|i| near_keys(&g, i).len() + far_rows(&g, &empty, i).len())
         .sum();
     Ok(total as f64 / prob.n as f64)
+}
+
+/// The O(n) variant's work per query over all n queries, in scored keys: (near keys per query,
+/// coarse keys scored once per segment and shared by its queries, divided by n). Every query's
+/// softmax still covers `keys_per_query` keys; only the far ones are scored per segment.
+pub fn linear_keys(prob: &Problem, m: usize, p: usize) -> Result<(f64, f64)> {
+    let g = Geometry::new(prob.n, &linear_config(prob, m, p))?;
+    let w = DownsampleWeights::default();
+    let empty = crate::reference::downsample(&g, Downsampling::Mean, &w, &[], &[], 0);
+    let near: usize = (0..prob.n).map(|i| near_keys(&g, i).len()).sum();
+    let far: usize = g
+        .cells()
+        .flat_map(|cell| std::iter::repeat_n(cell, g.p))
+        .enumerate()
+        .filter(|&(row, _)| empty.count[row] > 0)
+        .map(|(_, (l, grp))| level_far_rows(&g, &empty.count, l, grp).len())
+        .sum();
+    Ok((near as f64 / prob.n as f64, far as f64 / prob.n as f64))
 }

@@ -49,6 +49,14 @@ pub mod flops {
         let down = if learned { 4 * p * d } else { 2 * d } * levels;
         4.0 * d as f64 * keys + down as f64
     }
+    /// FMA's O(n) variant: 4d per near key, 4d per coarse key scored once per segment
+    /// (`far`, already divided by n), the Mean downsampling of Q, K and V (one add per token,
+    /// channel and level each) and about two d-vector merges per query (the downward pass's
+    /// share and its own).
+    pub fn fma_linear(near: f64, far: f64, d: usize, levels: usize) -> f64 {
+        let d = d as f64;
+        4.0 * d * (near + far) + 3.0 * d * levels as f64 + 4.0 * d
+    }
     pub fn window(keys: f64, d: usize) -> f64 {
         4.0 * d as f64 * keys
     }

@@ -9,7 +9,7 @@
 
 use super::clustered::{clustered, kmeans};
 use super::fit::{FitOptions, fit, method_name};
-use super::fma::{config, fma, keys_per_query};
+use super::fma::{config, fma, keys_per_query, linear_config, linear_keys};
 use super::linformer::{linformer, random_projection};
 use super::nystrom::{Pinv, nystrom};
 use super::performer::{features, performer};
@@ -144,6 +144,14 @@ pub fn evaluate(
             out.push(record("fma-mean", Some((m, p)), &e, fl));
             if p == 1 && layout == Layout::Sequence {
                 out.push(record("h-transformer", Some((m, p)), &e, fl));
+            }
+            {
+                // The O(n) variant at the same (m, p): as many keys per softmax, fewer scored.
+                let lin = linear_config(first, m, p);
+                let e = measure(&|_, prob| fma(prob, &rows, &lin, None))?;
+                let (near, far) = linear_keys(first, m, p)?;
+                let fl = flops::fma_linear(near, far, d, levels);
+                out.push(record("fma-linear", Some((m, p)), &e, fl));
             }
             if (m, p) == opts.main {
                 for kind in [Downsampling::Basis, Downsampling::Depthwise] {

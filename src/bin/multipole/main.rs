@@ -53,7 +53,8 @@ enum Command {
 #[derive(clap::Args)]
 struct AttendArgs {
     /// Input safetensors: f32 `q`, `k`, `v` [batch, heads, n, d]; for learned downsampling also
-    /// `wk.L`, `wv.L` (and `bk.L`, `bv.L` for depthwise) for each coarse level L = 1, 2, ...
+    /// `wk.L`, `wv.L` (and `bk.L`, `bv.L` for depthwise) for each coarse level L = 1, 2, ...,
+    /// and with `--downsample-queries` `wq.L` (and `bq.L`) shaped like `wk.L` (`bk.L`).
     #[arg(long)]
     input: PathBuf,
     /// Output safetensors: `o` [batch, heads, n, d] and `lse` [batch, heads, n].
@@ -71,6 +72,10 @@ struct AttendArgs {
     /// Autoregressive masking.
     #[arg(long)]
     causal: bool,
+    /// The O(n) variant: queries are downsampled like keys and the far field is computed once
+    /// per segment (bidirectional only).
+    #[arg(long)]
+    downsample_queries: bool,
     /// mean, basis or depthwise.
     #[arg(long, default_value = "mean")]
     downsampling: Downsampling,
@@ -89,7 +94,8 @@ struct AttendArgs {
     reference: bool,
     /// Also run the backward pass for the upstream gradient `do` (shaped like `o`) in this
     /// safetensors file: OUT then also holds `dq`, `dk`, `dv` and, for learned downsampling,
-    /// `dwk.L`, `dwv.L` (and `dbk.L`, `dbv.L` for depthwise), shaped like the weights.
+    /// `dwk.L`, `dwv.L` (and `dbk.L`, `dbv.L` for depthwise; `dwq.L`, `dbq.L` with
+    /// `--downsample-queries`), shaped like the weights.
     #[arg(long, value_name = "DO.safetensors")]
     grad: Option<PathBuf>,
 }
@@ -136,7 +142,7 @@ fn attend(args: &AttendArgs) -> multipole::Result<()> {
         multiplicity: !args.no_multiplicity,
         scale: args.scale,
         precision: args.precision,
-        downsample_queries: false,
+        downsample_queries: args.downsample_queries,
     };
     shape.validate()?;
     let geometry = Geometry::new(n, &config)?;
@@ -191,9 +197,16 @@ fn attend(args: &AttendArgs) -> multipole::Result<()> {
             };
             tensors.push((format!("dwk.{l}"), t(&w_shape, lw.wk)));
             tensors.push((format!("dwv.{l}"), t(&w_shape, lw.wv)));
-            if config.downsampling == Downsampling::Depthwise {
+            let depthwise = config.downsampling == Downsampling::Depthwise;
+            if depthwise {
                 tensors.push((format!("dbk.{l}"), t(&[d, p], lw.bk)));
                 tensors.push((format!("dbv.{l}"), t(&[d, p], lw.bv)));
+            }
+            if config.downsample_queries {
+                tensors.push((format!("dwq.{l}"), t(&w_shape, lw.wq)));
+                if depthwise {
+                    tensors.push((format!("dbq.{l}"), t(&[d, p], lw.bq)));
+                }
             }
         }
     }
@@ -202,7 +215,8 @@ fn attend(args: &AttendArgs) -> multipole::Result<()> {
     write_tensors(&args.output, &named)
 }
 
-/// `wk.L`, `wv.L` (and `bk.L`, `bv.L`) for L = 1..levels, shaped as the geometry requires.
+/// `wk.L`, `wv.L` (and `bk.L`, `bv.L`; `wq.L`, `bq.L` for the O(n) variant) for
+/// L = 1..levels, shaped as the geometry requires.
 fn read_weights(
     file: &TensorFile,
     config: &FmaConfig,
@@ -211,6 +225,13 @@ fn read_weights(
 ) -> multipole::Result<Option<DownsampleWeights>> {
     // The geometry's p: the config's, or clipped to a cell that covers the whole input.
     let p = g.p;
+    // Query weights exist only in the O(n) variant; without it they stay empty.
+    let query = |name: String, shape: &[usize]| -> multipole::Result<Vec<f32>> {
+        match config.downsample_queries {
+            true => Ok(file.get_shaped(&name, shape)?.data),
+            false => Ok(Vec::new()),
+        }
+    };
     let levels = match config.downsampling {
         Downsampling::Mean => return Ok(None),
         Downsampling::Basis => g
@@ -221,6 +242,7 @@ fn read_weights(
                 Ok(LevelWeights {
                     wk: file.get_shaped(&format!("wk.{}", i + 1), &[p, s])?.data,
                     wv: file.get_shaped(&format!("wv.{}", i + 1), &[p, s])?.data,
+                    wq: query(format!("wq.{}", i + 1), &[p, s])?,
                     ..Default::default()
                 })
             })
@@ -236,7 +258,8 @@ fn read_weights(
                     wv: file.get_shaped(&format!("wv.{l}"), &[d, p, s])?.data,
                     bk: file.get_shaped(&format!("bk.{l}"), &[d, p])?.data,
                     bv: file.get_shaped(&format!("bv.{l}"), &[d, p])?.data,
-                    ..Default::default()
+                    wq: query(format!("wq.{l}"), &[d, p, s])?,
+                    bq: query(format!("bq.{l}"), &[d, p])?,
                 })
             })
             .collect::<multipole::Result<Vec<_>>>()?,

@@ -345,6 +345,36 @@ pub fn run(args: &ReportArgs) -> Result<()> {
                 "fma_backward" => Kernel::FmaBackward(&cfg),
                 _ => Kernel::Dense(&cfg),
             };
+            if s.last.is_none() {
+                // Compile this kernel's pipelines on a small input first, so that the first
+                // size's time (which predicts the next ones) is not mostly compilation.
+                let (small, layout) = if s.image {
+                    let side = 4 * m;
+                    let layout = Layout::Image {
+                        height: side,
+                        width: side,
+                    };
+                    (side * side, layout)
+                } else {
+                    (8 * m, Layout::Sequence)
+                };
+                let warm_cfg = FmaConfig {
+                    layout,
+                    ..kernel_config(&kernel).clone()
+                };
+                let warm_kernel = match kernel {
+                    Kernel::Fma(_) => Kernel::Fma(&warm_cfg),
+                    Kernel::FmaBackward(_) => Kernel::FmaBackward(&warm_cfg),
+                    Kernel::Dense(_) => Kernel::Dense(&warm_cfg),
+                };
+                let warm = Bench {
+                    shape: Shape::new(1, 1, small, 64),
+                    runs: 1,
+                    ..bench
+                };
+                // A failure here shows again, with its reason, at the real size.
+                let _ = warm.measure(&warm_kernel);
+            }
             let t = Instant::now();
             match bench.measure(&kernel) {
                 Ok(r) => {
@@ -399,6 +429,13 @@ pub fn run(args: &ReportArgs) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// The options a kernel runs with.
+fn kernel_config<'a>(kernel: &Kernel<'a>) -> &'a FmaConfig {
+    match kernel {
+        Kernel::Fma(c) | Kernel::FmaBackward(c) | Kernel::Dense(c) => c,
+    }
 }
 
 /// What a series may still spend.
