@@ -487,3 +487,67 @@ fn gpu_backward_matches_finite_differences() {
         }
     }
 }
+
+/// The tolerance of tests/backward_gpu.rs: max |g_gpu - g_ref| <= 1e-4 * max(max |g_ref|, 1e-2).
+fn compare_grad(what: &str, got: &[f32], want: &[f32]) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths differ");
+    let scale = want.iter().fold(1e-2f32, |m, x| m.max(x.abs()));
+    assert_close(what, got, want, &[scale], 1e-4);
+}
+
+/// The GPU against the CPU reference of the variant (`reference::fma_forward` and
+/// `fma_backward` with `downsample_queries`), forward and backward, every gradient, on both
+/// kernel paths, at the tolerances of tests/gpu_vs_reference.rs and tests/backward_gpu.rs.
+#[test]
+fn gpu_matches_the_reference() {
+    for c in CASES {
+        let shape = Shape::new(c.batch, c.heads, c.n, c.d);
+        let cfg = case_config(&c);
+        let g = Geometry::new(c.n, &cfg).unwrap();
+        let w = linear_weights(5 + c.n as u64, &cfg, &g, c.d);
+        let (q, k, v) = qkv(13 + c.n as u64, shape);
+        let d_o = random(17 + c.n as u64, shape.elements());
+        let want = reference::fma_forward(&q, &k, &v, shape, &cfg, w.as_ref()).unwrap();
+        let want_grads =
+            reference::fma_backward(&q, &k, &v, &d_o, shape, &cfg, w.as_ref()).unwrap();
+        for kernels in FORWARD_KERNELS {
+            let ctx = gpu_with(kernels);
+            let what = format!("{c:?} {kernels:?}");
+            let plan = FmaPlan::new(ctx, shape, &cfg, w.as_ref()).unwrap();
+            let out = plan.forward_blocking(ctx, &q, &k, &v).unwrap();
+            assert_close(&format!("o {what}"), &out.o, &want.o, &v, 1e-4);
+            assert_close(&format!("lse {what}"), &out.lse, &want.lse, &[1.0], 1e-4);
+            let tape = multipole::Tape {
+                q: &q,
+                k: &k,
+                v: &v,
+                out,
+            };
+            let got = plan.backward_blocking(ctx, &tape, &d_o).unwrap();
+            for (name, a, b) in [
+                ("dq", &got.dq, &want_grads.dq),
+                ("dk", &got.dk, &want_grads.dk),
+                ("dv", &got.dv, &want_grads.dv),
+            ] {
+                compare_grad(&format!("{name} {what}"), a, b);
+            }
+            assert_eq!(got.dw.levels.len(), want_grads.dw.levels.len(), "{what}");
+            for (l, (a, b)) in got.dw.levels.iter().zip(&want_grads.dw.levels).enumerate() {
+                for (name, x, y) in [
+                    ("dwk", &a.wk, &b.wk),
+                    ("dwv", &a.wv, &b.wv),
+                    ("dbk", &a.bk, &b.bk),
+                    ("dbv", &a.bv, &b.bv),
+                    ("dwq", &a.wq, &b.wq),
+                    ("dbq", &a.bq, &b.bq),
+                ] {
+                    compare_grad(&format!("{name}.{} {what}", l + 1), x, y);
+                }
+            }
+            // Deterministic, as the other variant: a second run gives the same bits.
+            let again = plan.backward_blocking(ctx, &tape, &d_o).unwrap();
+            assert_eq!(again.dq, got.dq, "{what}");
+            assert_eq!(again.dw, got.dw, "{what}");
+        }
+    }
+}
