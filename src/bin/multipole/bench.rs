@@ -767,22 +767,28 @@ pub fn fma_flops(g: &Geometry, cfg: &FmaConfig, shape: Shape) -> f64 {
 /// The O(n) variant's coarse scores: each coarse row holding a real token (a segment's coarse
 /// query) against the rows holding a real token of its cell's interaction list.
 pub fn segment_far_pairs(g: &Geometry) -> u64 {
-    let mut pairs = 0u64;
+    segment_far_rows(g).iter().map(|&(pairs, _)| pairs).sum()
+}
+
+/// (coarse scores, real tokens) of every coarse row holding a real token, level by level.
+fn segment_far_rows(g: &Geometry) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
     for l in 1..=g.num_levels() {
         let rows = g.levels[l - 1].groups() * g.p;
-        let real: Vec<bool> = (0..rows)
-            .map(|row| g.multiplicity(l, row / g.p, row % g.p) > 0)
+        let count: Vec<usize> = (0..rows)
+            .map(|row| g.multiplicity(l, row / g.p, row % g.p))
             .collect();
-        for (row, _) in real.iter().enumerate().filter(|x| *x.1) {
-            pairs += g
+        for (row, &mu) in count.iter().enumerate().filter(|x| *x.1 > 0) {
+            let pairs = g
                 .far_cells(l, row / g.p)
                 .into_iter()
                 .flat_map(|h| (0..g.p).map(move |t| h * g.p + t))
-                .filter(|&key| real[key])
+                .filter(|&key| count[key] > 0)
                 .count() as u64;
+            out.push((pairs, mu as u64));
         }
     }
-    pairs
+    out
 }
 
 /// FMA backward's required FLOPs: 10 d per required score (the recomputed score, dP, and the
@@ -1082,6 +1088,21 @@ mod tests {
             fma_backward_flops(&g, &basis, s),
             10.0 * scores + 3.0 * learned
         );
+    }
+
+    #[test]
+    fn segment_scores_times_their_queries_are_the_per_query_scores() {
+        // Every query of a segment sees its segment's coarse keys: weighted by the segment's
+        // real tokens, the per-segment count is the other variant's per-query count.
+        for (n, cfg) in [
+            (1000, FmaConfig::new(8, 2)),
+            (30 * 41, FmaConfig::new(2, 4).image(30, 41)),
+        ] {
+            let g = Geometry::new(n, &cfg).unwrap();
+            let weighted: u64 = segment_far_rows(&g).iter().map(|&(p, mu)| p * mu).sum();
+            assert_eq!(weighted, g.score_pairs().1, "{n}");
+            assert!(segment_far_pairs(&g) < g.score_pairs().1);
+        }
     }
 
     #[test]
