@@ -551,3 +551,46 @@ fn gpu_matches_the_reference() {
         }
     }
 }
+
+/// Inputs over the binding limit are split over heads: the coarse queries, the per-segment
+/// buffers and the query weights' gradients (added over chunks) follow the chunks.
+#[test]
+fn gpu_splits_the_variant_over_heads() {
+    let ctx = small_device();
+    let c = Case {
+        batch: 2,
+        heads: 3,
+        n: 500,
+        d: 16,
+        m: 8,
+        p: 2,
+        kind: Downsampling::Basis,
+        multiplicity: true,
+        image: None,
+    };
+    let shape = Shape::new(c.batch, c.heads, c.n, c.d);
+    let cfg = case_config(&c);
+    let g = Geometry::new(c.n, &cfg).unwrap();
+    let w = linear_weights(23, &cfg, &g, c.d);
+    let (q, k, v) = qkv(29, shape);
+    let d_o = random(31, shape.elements());
+    let plan = FmaPlan::new(&ctx, shape, &cfg, w.as_ref()).unwrap();
+    let out = plan.forward_blocking(&ctx, &q, &k, &v).unwrap();
+    let want = reference::fma_forward(&q, &k, &v, shape, &cfg, w.as_ref()).unwrap();
+    assert_close("o", &out.o, &want.o, &v, 1e-4);
+    assert_close("lse", &out.lse, &want.lse, &[1.0], 1e-4);
+    let tape = multipole::Tape {
+        q: &q,
+        k: &k,
+        v: &v,
+        out,
+    };
+    let got = plan.backward_blocking(&ctx, &tape, &d_o).unwrap();
+    let want = reference::fma_backward(&q, &k, &v, &d_o, shape, &cfg, w.as_ref()).unwrap();
+    compare_grad("dq", &got.dq, &want.dq);
+    compare_grad("dk", &got.dk, &want.dk);
+    for (a, b) in got.dw.levels.iter().zip(&want.dw.levels) {
+        compare_grad("dwq", &a.wq, &b.wq);
+        compare_grad("dwk", &a.wk, &b.wk);
+    }
+}
