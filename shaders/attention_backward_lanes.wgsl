@@ -162,10 +162,12 @@ fn backward_dq_lanes(
             }
         }
     }
-    // The far field: every level's interaction list of the cell's ancestors, four rows at a time.
+    // The far field: every level's interaction list of the cell's ancestors, four rows at a time
+    // (none in the O(n) variant: its coarse queries take the far field's share, linear_backward).
     let coarse_base = qt.head * params.total_rows;
     var c = qt.cell;
-    for (var l = 0u; l < params.levels; l++) {
+    let far_levels = select(params.levels, 0u, params.queries != 0u);
+    for (var l = 0u; l < far_levels; l++) {
         for (var e = geom[params.far_offsets + c]; e < geom[params.far_offsets + c + 1u]; e++) {
             let first = geom[params.far_entries + e] * params.p;
             for (var r = 0u; r < params.p; r += 4u) {

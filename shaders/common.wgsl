@@ -37,6 +37,10 @@ struct Params {
     near_t_entries: u32,
     far_t_offsets: u32,
     far_t_entries: u32,
+    queries: u32,       // 1: the O(n) variant, coarse queries beside the coarse keys and values
+    wq_base: u32,       // offsets of the query weights and biases in `weights`
+    bq_base: u32,
+    seg_parent: u32,    // table of each coarse row's parent segment (the O(n) variant)
 }
 
 @group(0) @binding(B_PARAMS) var<uniform> params: Params;
@@ -142,4 +146,11 @@ fn cell_rect(cell: u32) -> CellRect {
     let y0 = (cell / params.cells_x) * params.cell_h;
     let x0 = (cell % params.cells_x) * params.cell_w;
     return CellRect(y0, x0, min(y0 + params.cell_h, params.real_h), min(x0 + params.cell_w, params.real_w));
+}
+
+// Global coarse row (cell * p + r) of the segment of level `lv` that holds padded grid
+// position (y, x): the twin of Geometry::segment_at.
+fn segment_row(lv: Level, y: u32, x: u32) -> u32 {
+    let cell = lv.first + (y / lv.h) * lv.groups_x + x / lv.w;
+    return cell * params.p + ((y % lv.h) / lv.seg_h) * lv.segs_x + (x % lv.w) / lv.seg_w;
 }

@@ -11,6 +11,9 @@
 // From the finer level (`downsample_mean_merge`, levels >= 2, one dispatch per level): the
 // mean of a segment is the count-weighted mean of the 2 (1D) or 4 (2D) finer segments that
 // tile it, so `Mean` reads each token once instead of once per level.
+// The O(n) variant (params.queries = 1) makes coarse queries from Q the same way, with their
+// own weights (wq, bq), stored after the coarse values (at 2 x coarse_v_base); the uniform
+// branch costs the other variant nothing but Q's binding.
 
 @group(0) @binding(B_WEIGHTS) var<storage, read> weights: array<f32>;
 @group(0) @binding(B_COARSE) var<storage, read_write> coarse: array<STORE>;
@@ -28,6 +31,15 @@ const DS_THREADS: u32 = HEAD_TILE * LANES;
 
 var<workgroup> red_k: array<f32, DS_THREADS>;
 var<workgroup> red_v: array<f32, DS_THREADS>;
+var<workgroup> red_q: array<f32, DS_THREADS>;
+
+// Channel c of the query row of token j, or 0 unless the plan downsamples queries.
+fn query_at(at: u32) -> f32 {
+    if (params.queries == 0u) {
+        return 0.0;
+    }
+    return f32(q_in[at]);
+}
 
 struct Group {
     head: u32,
@@ -72,22 +84,26 @@ fn group_token(g: Group, t: u32) -> i32 {
     return token_at(g.y0 + t / g.w, g.x0 + t % g.w);
 }
 
-// Reduces the lanes of channel c and writes the coarse key and value (scaled, plus bias).
-fn finish(g: Group, lid: u32, sk: f32, sv: f32, factor: f32, bk: f32, bv: f32) {
-    red_k[lid] = sk;
-    red_v[lid] = sv;
+// Reduces the lanes of channel c and writes the coarse key and value (scaled, plus bias), and
+// the coarse query in the O(n) variant.
+fn finish(g: Group, lid: u32, s: vec3<f32>, factor: f32, b: vec3<f32>) {
+    red_k[lid] = s.x;
+    red_v[lid] = s.y;
+    red_q[lid] = s.z;
     workgroupBarrier();
     let c = lid % HEAD_TILE;
     if (lid < HEAD_TILE && c < params.d) {
-        var tk = 0.0;
-        var tv = 0.0;
+        var t = vec3<f32>(0.0);
         for (var lane = 0u; lane < LANES; lane++) {
-            tk += red_k[lane * HEAD_TILE + c];
-            tv += red_v[lane * HEAD_TILE + c];
+            let x = lane * HEAD_TILE + c;
+            t += vec3<f32>(red_k[x], red_v[x], red_q[x]);
         }
         let at = (g.head * params.total_rows + g.row) * params.d + c;
-        coarse[at] = STORE(tk * factor + bk);
-        coarse[params.coarse_v_base + at] = STORE(tv * factor + bv);
+        coarse[at] = STORE(t.x * factor + b.x);
+        coarse[params.coarse_v_base + at] = STORE(t.y * factor + b.y);
+        if (params.queries != 0u) {
+            coarse[2u * params.coarse_v_base + at] = STORE(t.z * factor + b.z);
+        }
     }
 }
 
@@ -97,20 +113,18 @@ fn mean_row(g: Group, lid: u32) {
     let lane = lid / HEAD_TILE;
     let sy = (g.r / g.segs_x) * g.seg_h;
     let sx = (g.r % g.segs_x) * g.seg_w;
-    var sk = 0.0;
-    var sv = 0.0;
+    var s = vec3<f32>(0.0);
     if (c < params.d) {
         for (var t = lane; t < g.seg_h * g.seg_w; t += LANES) {
             let j = token_at(g.y0 + sy + t / g.seg_w, g.x0 + sx + t % g.seg_w);
             if (j >= 0) {
                 let at = (g.head * params.n + u32(j)) * params.d + c;
-                sk += f32(k_in[at]);
-                sv += f32(v_in[at]);
+                s += vec3<f32>(f32(k_in[at]), f32(v_in[at]), query_at(at));
             }
         }
     }
     // an empty segment is skipped by the attention; its row stays finite
-    finish(g, lid, sk, sv, 1.0 / f32(max(g.count, 1u)), 0.0, 0.0);
+    finish(g, lid, s, 1.0 / f32(max(g.count, 1u)), vec3<f32>(0.0));
 }
 
 // A learned-downsampling workgroup computes ROW_BLOCK rows of one cell together: the cell's
@@ -127,6 +141,8 @@ fn learned_rows(head: u32, cell: u32, r0: u32, lid: u32, depthwise: bool) {
     let rows = min(ROW_BLOCK, params.p - r0);
     var sk: array<f32, ROW_BLOCK>;
     var sv: array<f32, ROW_BLOCK>;
+    var sq: array<f32, ROW_BLOCK>;
+    let queries = params.queries != 0u;
     if (c < params.d) {
         for (var t = lane; t < s; t += LANES) {
             let j = group_token(g, t);
@@ -134,6 +150,7 @@ fn learned_rows(head: u32, cell: u32, r0: u32, lid: u32, depthwise: bool) {
                 let at = (head * params.n + u32(j)) * params.d + c;
                 let kx = f32(k_in[at]);
                 let vx = f32(v_in[at]);
+                let qx = query_at(at);
                 for (var i = 0u; i < rows; i++) {
                     var wi = g.w_off + (r0 + i) * s + t;
                     if (depthwise) {
@@ -141,21 +158,25 @@ fn learned_rows(head: u32, cell: u32, r0: u32, lid: u32, depthwise: bool) {
                     }
                     sk[i] += weights[wi] * kx;
                     sv[i] += weights[params.wv_base + wi] * vx;
+                    if (queries) {
+                        sq[i] += weights[params.wq_base + wi] * qx;
+                    }
                 }
             }
         }
     }
     for (var i = 0u; i < rows; i++) {
-        var bk = 0.0;
-        var bv = 0.0;
+        var b = vec3<f32>(0.0);
         if (depthwise && c < params.d) {
             let bi = g.b_off + c * params.p + r0 + i;
-            bk = weights[params.bk_base + bi];
-            bv = weights[params.bv_base + bi];
+            b = vec3<f32>(weights[params.bk_base + bi], weights[params.bv_base + bi], 0.0);
+            if (queries) {
+                b.z = weights[params.bq_base + bi];
+            }
         }
         var gi = g;
         gi.row = cell * params.p + r0 + i;
-        finish(gi, lid, sk[i], sv[i], 1.0, bk, bv);
+        finish(gi, lid, vec3<f32>(sk[i], sv[i], sq[i]), 1.0, b);
         workgroupBarrier(); // the lanes' partial sums are read before the next row's are written
     }
 }
@@ -219,15 +240,23 @@ fn downsample_mean_merge(
     let head = i / (params.d * range.count);
     var sk = 0.0;
     var sv = 0.0;
+    var sq = 0.0;
+    let queries = params.queries != 0u;
     for (var e = 0u; e < params.children_per_row; e++) {
         let child = geom[params.children + row * params.children_per_row + e];
         let weight = f32(geom[params.rows + 2u * child]); // its real tokens
         let at = (head * params.total_rows + child) * params.d + c;
         sk += weight * f32(coarse[at]);
         sv += weight * f32(coarse[params.coarse_v_base + at]);
+        if (queries) {
+            sq += weight * f32(coarse[2u * params.coarse_v_base + at]);
+        }
     }
     let inv = 1.0 / f32(max(geom[params.rows + 2u * row], 1u));
     let at = (head * params.total_rows + row) * params.d + c;
     coarse[at] = STORE(sk * inv);
     coarse[params.coarse_v_base + at] = STORE(sv * inv);
+    if (queries) {
+        coarse[2u * params.coarse_v_base + at] = STORE(sq * inv);
+    }
 }

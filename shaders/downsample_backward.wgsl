@@ -1,5 +1,8 @@
 // Backward of the downsampling (spec sections 3 and 8): the gradients of the coarse keys and
 // values (written by backward_dkv_far) flow on to the tokens' dK and dV and to the weights.
+// In the O(n) variant (params.queries = 1) the coarse queries' gradients (the third part of
+// dcoarse, written with the others by linear_backward.wgsl) flow the same way on to dQ and to
+// the query weights wq, bq.
 // - `tokens_mean`, `tokens_basis`, `tokens_depthwise`: one invocation per (head, token,
 //   channel) adds the token's share from every level (a token lies in one cell per level),
 //   so each dK and dV element has one owner.
@@ -14,6 +17,7 @@
 @group(0) @binding(B_DCOARSE) var<storage, read> dcoarse: array<f32>;
 @group(0) @binding(B_DK) var<storage, read_write> dk_out: array<f32>;
 @group(0) @binding(B_DV) var<storage, read_write> dv_out: array<f32>;
+@group(0) @binding(B_DQ) var<storage, read_write> dq_out: array<f32>;
 @group(0) @binding(B_DW) var<storage, read_write> dw_out: array<f32>;
 
 struct GradRange {
@@ -54,6 +58,21 @@ fn dcoarse_at(head: u32, row: u32, c: u32, value: bool) -> f32 {
     return dcoarse[at];
 }
 
+// Gradient of coarse query row `row` at channel c (0 unless the O(n) variant).
+fn dcoarse_query(head: u32, row: u32, c: u32) -> f32 {
+    if (params.queries == 0u) {
+        return 0.0;
+    }
+    return dcoarse[2u * params.coarse_v_base + (head * params.total_rows + row) * params.d + c];
+}
+
+// Adds a token's share of the coarse queries' gradients to dQ (the O(n) variant only).
+fn add_dq(e: Element, gq: f32) {
+    if (params.queries != 0u) {
+        dq_out[e.at] += gq;
+    }
+}
+
 @compute @workgroup_size(TOKEN_LANES)
 fn tokens_mean(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -66,6 +85,7 @@ fn tokens_mean(
     }
     var gk = 0.0;
     var gv = 0.0;
+    var gq = 0.0;
     for (var l = 0u; l < params.levels; l++) {
         let lv = level(l);
         let yy = e.y % lv.h;
@@ -76,15 +96,18 @@ fn tokens_mean(
         let inv = 1.0 / f32(geom[params.rows + 2u * row]);
         gk += dcoarse_at(e.head, row, e.c, false) * inv;
         gv += dcoarse_at(e.head, row, e.c, true) * inv;
+        gq += dcoarse_query(e.head, row, e.c) * inv;
     }
     dk_out[e.at] += gk;
     dv_out[e.at] += gv;
+    add_dq(e, gq);
 }
 
 // Basis (W[l][r][t], shared by the channels) or depthwise (W[l][c][r][t]).
 fn tokens_learned(e: Element, depthwise: bool) {
     var gk = 0.0;
     var gv = 0.0;
+    var gq = 0.0;
     for (var l = 0u; l < params.levels; l++) {
         let lv = level(l);
         let s = lv.h * lv.w;
@@ -101,10 +124,14 @@ fn tokens_learned(e: Element, depthwise: bool) {
             }
             gk += weights[wi] * dcoarse_at(e.head, row, e.c, false);
             gv += weights[params.wv_base + wi] * dcoarse_at(e.head, row, e.c, true);
+            if (params.queries != 0u) {
+                gq += weights[params.wq_base + wi] * dcoarse_query(e.head, row, e.c);
+            }
         }
     }
     dk_out[e.at] += gk;
     dv_out[e.at] += gv;
+    add_dq(e, gq);
 }
 
 @compute @workgroup_size(TOKEN_LANES)
@@ -131,25 +158,43 @@ fn tokens_depthwise(
     }
 }
 
-// One lane's partial sums for one weight element (key and value parts) and where the two
-// gradients go in `dw_out`.
+// One lane's partial sums for one weight element (key, value and, in the O(n) variant, query
+// parts) and where the gradients go in `dw_out`.
 struct WeightSums {
     sk: f32,
     sv: f32,
+    sq: f32,
     k_at: u32,
     v_at: u32,
+    q_at: u32,
 }
 
 // Writes (or, for a later chunk of heads, adds) one element's reduced gradients.
-fn store_weight(s: WeightSums, tk: f32, tv: f32) {
+fn store_weight(s: WeightSums, tk: f32, tv: f32, tq: f32) {
     var old_k = 0.0;
     var old_v = 0.0;
+    var old_q = 0.0;
+    let queries = params.queries != 0u;
     if (range.accumulate != 0u) {
         old_k = dw_out[s.k_at];
         old_v = dw_out[s.v_at];
+        if (queries) {
+            old_q = dw_out[s.q_at];
+        }
     }
     dw_out[s.k_at] = old_k + tk;
     dw_out[s.v_at] = old_v + tv;
+    if (queries) {
+        dw_out[s.q_at] = old_q + tq;
+    }
+}
+
+// Channel c of the query row at `at` (0 unless the O(n) variant).
+fn query_at(at: u32) -> f32 {
+    if (params.queries == 0u) {
+        return 0.0;
+    }
+    return q_in[at];
 }
 
 // The level (0-based) whose block of `weights` (or biases) holds element `local`.
@@ -179,6 +224,7 @@ fn basis_sums(w: u32, lid: u32) -> WeightSums {
     let items = params.bh * lv.groups * params.d;
     var sk = 0.0;
     var sv = 0.0;
+    var sq = 0.0;
     for (var it = lid; it < items; it += REDUCE_THREADS) {
         let c = it % params.d;
         let g = (it / params.d) % lv.groups;
@@ -189,9 +235,10 @@ fn basis_sums(w: u32, lid: u32) -> WeightSums {
             let at = (head * params.n + u32(j)) * params.d + c;
             sk += dcoarse_at(head, row, c, false) * k_in[at];
             sv += dcoarse_at(head, row, c, true) * v_in[at];
+            sq += dcoarse_query(head, row, c) * query_at(at);
         }
     }
-    return WeightSums(sk, sv, local, params.wv_base + local);
+    return WeightSums(sk, sv, sq, local, params.wv_base + local, params.wq_base + local);
 }
 
 // Lane `lid`'s share of weight (or bias) element `w` of this dispatch (Depthwise).
@@ -221,6 +268,7 @@ fn depthwise_sums(w: u32, lid: u32) -> WeightSums {
     let items = params.bh * lv.groups;
     var sk = 0.0;
     var sv = 0.0;
+    var sq = 0.0;
     for (var it = lid; it < items; it += REDUCE_THREADS) {
         let g = it % lv.groups;
         let head = it / lv.groups;
@@ -228,17 +276,19 @@ fn depthwise_sums(w: u32, lid: u32) -> WeightSums {
         if (bias) {
             sk += dcoarse_at(head, row, c, false);
             sv += dcoarse_at(head, row, c, true);
+            sq += dcoarse_query(head, row, c);
         } else {
             let j = cell_token(lv, g, t);
             if (j >= 0) {
                 let at = (head * params.n + u32(j)) * params.d + c;
                 sk += dcoarse_at(head, row, c, false) * k_in[at];
                 sv += dcoarse_at(head, row, c, true) * v_in[at];
+                sq += dcoarse_query(head, row, c) * query_at(at);
             }
         }
     }
     if (bias) {
-        return WeightSums(sk, sv, params.bk_base + local, params.bv_base + local);
+        return WeightSums(sk, sv, sq, params.bk_base + local, params.bv_base + local, params.bq_base + local);
     }
-    return WeightSums(sk, sv, local, params.wv_base + local);
+    return WeightSums(sk, sv, sq, local, params.wv_base + local, params.wq_base + local);
 }

@@ -3,19 +3,22 @@
 
 var<workgroup> red_k: array<f32, REDUCE_THREADS>;
 var<workgroup> red_v: array<f32, REDUCE_THREADS>;
+var<workgroup> red_q: array<f32, REDUCE_THREADS>;
 
 fn reduce_store(lid: u32, s: WeightSums) {
     red_k[lid] = s.sk;
     red_v[lid] = s.sv;
+    red_q[lid] = s.sq;
     for (var half = REDUCE_THREADS / 2u; half > 0u; half /= 2u) {
         workgroupBarrier();
         if (lid < half) {
             red_k[lid] += red_k[lid + half];
             red_v[lid] += red_v[lid + half];
+            red_q[lid] += red_q[lid + half];
         }
     }
     if (lid == 0u) {
-        store_weight(s, red_k[0], red_v[0]);
+        store_weight(s, red_k[0], red_v[0], red_q[0]);
     }
 }
 

@@ -7,6 +7,7 @@
 
 var<workgroup> red_k: array<f32, REDUCE_THREADS>;
 var<workgroup> red_v: array<f32, REDUCE_THREADS>;
+var<workgroup> red_q: array<f32, REDUCE_THREADS>;
 
 // The entry points pass their subgroup builtins: this lane's index in its subgroup, the
 // subgroup's index in the workgroup and the number of subgroups.
@@ -19,19 +20,23 @@ struct Subgroup {
 fn reduce_store(lid: u32, sg: Subgroup, s: WeightSums) {
     let tk = subgroupAdd(s.sk);
     let tv = subgroupAdd(s.sv);
+    let tq = subgroupAdd(s.sq);
     if (sg.lane == 0u) {
         red_k[sg.id] = tk;
         red_v[sg.id] = tv;
+        red_q[sg.id] = tq;
     }
     workgroupBarrier();
     if (lid == 0u) {
         var sum_k = 0.0;
         var sum_v = 0.0;
+        var sum_q = 0.0;
         for (var i = 0u; i < sg.count; i++) {
             sum_k += red_k[i];
             sum_v += red_v[i];
+            sum_q += red_q[i];
         }
-        store_weight(s, sum_k, sum_v);
+        store_weight(s, sum_k, sum_v, sum_q);
     }
 }
 

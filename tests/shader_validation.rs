@@ -35,10 +35,11 @@ fn every_specialisation_validates() {
     let builds = Spec::builds();
     assert_eq!(
         builds.len(),
-        specs.len() * (Family::ALL.len() + Family::STORES_F16.len() + 4) + 1,
+        specs.len() * (Family::ALL.len() + Family::STORES_F16.len() + 4) + 1 + 2 * 4,
         "every family in f32, the forward families in f16 too, the Direct attention \
          kernels in both, the backward's Lanes kernels in f32, the downsampling backward \
-         with subgroups, and the decoders' one build"
+         with subgroups, the decoders' one build, and the O(n) variant's two families per \
+         head tile"
     );
     for (family, spec) in builds {
         if let Err(e) = validate(family, spec) {

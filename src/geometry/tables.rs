@@ -40,6 +40,9 @@ pub struct GeomTables {
     /// Global ids of the cells whose interaction list holds each cell (whose queries see
     /// its coarse keys).
     pub far_t_entries: u32,
+    /// Per coarse row: the global row of the level-(l+1) segment that holds it (u32::MAX at
+    /// the coarsest level): the O(n) variant's downward pass (`Geometry::segment_parent`).
+    pub seg_parent: u32,
 }
 
 impl GeomTables {
@@ -146,6 +149,17 @@ impl GeomTables {
         let far_t_entries = data.len() as u32;
         data.extend(far_t.iter().flatten().map(|&c| c as u32));
 
+        let seg_parent = data.len() as u32;
+        for &(l, c) in &cells {
+            for r in 0..g.p {
+                data.push(if l < g.num_levels() {
+                    g.segment_parent(l, c, r) as u32
+                } else {
+                    u32::MAX
+                });
+            }
+        }
+
         if data.is_empty() {
             data.push(0); // wgpu refuses zero-sized bindings
         }
@@ -164,6 +178,7 @@ impl GeomTables {
             near_t_entries,
             far_t_offsets,
             far_t_entries,
+            seg_parent,
         }
     }
 }
@@ -198,6 +213,35 @@ mod tests {
         let (o, e) = (offsets as usize, entries as usize);
         let (lo, hi) = (t.data[o + i] as usize, t.data[o + i + 1] as usize);
         t.data[e + lo..e + hi].iter().map(|&x| x as usize).collect()
+    }
+
+    #[test]
+    fn segment_parents_invert_the_children() {
+        for (n, cfg) in [
+            (100, FmaConfig::new(4, 2)),
+            (30 * 20, FmaConfig::new(2, 4).image(30, 20)),
+        ] {
+            let g = Geometry::new(n, &cfg).unwrap();
+            let t = GeomTables::build(&g, true, Downsampling::Mean, 4);
+            let rows = g.total_cells() * g.p;
+            let mut seen = vec![0; rows];
+            for (cell, (l, c)) in g.cells().enumerate() {
+                for r in 0..g.p {
+                    let up = t.data[t.seg_parent as usize + cell * g.p + r];
+                    if l == g.num_levels() {
+                        assert_eq!(up, u32::MAX);
+                        continue;
+                    }
+                    let (pl, pc) = g.cell_level(up as usize / g.p).unwrap();
+                    assert_eq!(pl, l + 1);
+                    let children = g.segment_children(pl, pc, up as usize % g.p);
+                    assert!(children.contains(&(cell * g.p + r)), "{l} {c} {r}");
+                    seen[cell * g.p + r] += 1;
+                }
+            }
+            let below_top = rows - g.levels.last().unwrap().groups() * g.p;
+            assert_eq!(seen.iter().filter(|&&x| x == 1).count(), below_top);
+        }
     }
 
     #[test]

@@ -13,6 +13,7 @@ use super::chunks::Chunk;
 use super::context::GpuContext;
 use super::downsample_backward::{DownsampleBackwardBindings, DownsampleBackwardKernel};
 use super::host::{Extent, HostSlot, Staging, storage};
+use super::linear_backward::{LinearBackwardBindings, LinearBackwardKernel, up_floats};
 use super::plan::{FmaPlan, begin_pass, pack_weights};
 use super::timing::GpuTimer;
 use crate::config::{DownsampleWeights, Shape};
@@ -22,7 +23,7 @@ use crate::reference::{Gradients, Output};
 /// GPU buffers of one backward pass over the plan's whole shape: the forward's inputs q, k, v,
 /// its outputs o and lse, the upstream gradient d_o (all STORAGE), and the gradients written:
 /// dq, dk, dv shaped like q, and `dw` packed like the weights (`[wk of every level][wv][bk][bv]`,
-/// required for the learned kinds, written, not added to).
+/// then `[wq][bq]` in the O(n) variant; required for the learned kinds, written, not added to).
 pub struct BackwardIo<'a> {
     pub q: &'a wgpu::Buffer,
     pub k: &'a wgpu::Buffer,
@@ -79,8 +80,10 @@ pub(super) struct Backward {
     downsample: Option<DownsampleBackwardKernel>,
     /// (LSE, D) per query.
     stats: wgpu::Buffer,
-    /// Gradients of the coarse keys and values, laid out like the coarse buffer.
+    /// Gradients of the coarse keys and values (and queries), laid out like the coarse buffer.
     dcoarse: Option<wgpu::Buffer>,
+    /// The O(n) variant's far-field backward and its per-segment aggregates.
+    linear: Option<(LinearBackwardKernel, wgpu::Buffer)>,
     /// Host staging of `backward`: q, k, v, o, lse, d_o in; dq, dk, dv and dw out.
     host: HostSlot<Staging<6, 4>>,
 }
@@ -99,11 +102,28 @@ impl FmaPlan {
     /// The backward's kernels and buffers (in the caller's error scopes).
     fn build_backward(&self, ctx: &GpuContext) -> Result<Backward> {
         let far = self.coarse.is_some();
-        let attention = AttentionBackwardKernel::new(ctx, self.spec, self.shape.d, far)?;
+        let queries = self.config.downsample_queries;
+        // The O(n) variant's coarse rows get their gradients from linear_backward instead.
+        let attention =
+            AttentionBackwardKernel::new(ctx, self.spec, self.shape.d, far && !queries)?;
+        let linear = if far && queries {
+            let up = storage(
+                ctx,
+                "fma linear aggregates",
+                (up_floats(&self.geometry, self.shape.d) * self.chunks.per_chunk() * 4) as u64,
+                false,
+            );
+            Some((
+                LinearBackwardKernel::new(ctx, self.spec, &self.geometry)?,
+                up,
+            ))
+        } else {
+            None
+        };
         let downsample = if far {
             let kind = self.config.downsampling;
             // weight elements (wk of every level), then bias elements (bk) for depthwise
-            let [wv_base, bk_base, bv_base] = self.weight_bases;
+            let [wv_base, bk_base, bv_base, ..] = self.weight_bases;
             let elements = (wv_base + (bv_base - bk_base)) as usize;
             Some(DownsampleBackwardKernel::new(
                 ctx, kind, self.spec, elements,
@@ -120,16 +140,23 @@ impl FmaPlan {
                 .coarse
                 .as_ref()
                 .map(|c| storage(ctx, "fma coarse gradients", c.size(), false)),
+            linear,
             host: HostSlot::default(),
         };
         Ok(parts)
     }
 
     /// Bytes of GPU memory the backward adds to the plan's own (`extra_bytes`): (LSE, D) per
-    /// query and the coarse rows' gradients, for one chunk of heads. O(n).
+    /// query and the coarse rows' gradients (and the O(n) variant's per-segment aggregates),
+    /// for one chunk of heads. O(n).
     pub fn backward_extra_bytes(&self) -> u64 {
         let stats = (self.chunks.per_chunk() * self.shape.n * 8) as u64;
-        stats + self.coarse.as_ref().map_or(0, |c| c.size())
+        let up = if self.config.downsample_queries && self.coarse.is_some() {
+            (up_floats(&self.geometry, self.shape.d) * self.chunks.per_chunk() * 4) as u64
+        } else {
+            0
+        };
+        stats + up + self.coarse.as_ref().map_or(0, |c| c.size())
     }
 
     /// Bytes of the weight gradients `BackwardIo::dw` must hold (0 for `Mean`).
@@ -167,15 +194,18 @@ impl FmaPlan {
         Ok(stages)
     }
 
-    /// The stages one backward records, in order.
+    /// The stages one backward records, in order (the O(n) variant: `linear_far_backward`,
+    /// its upward pass and the coarse rows' gradients, instead of `dkv_far`).
     pub fn backward_stage_names(&self) -> Vec<&'static str> {
         let far = self.coarse.is_some();
+        let linear = far && self.config.downsample_queries;
         [
             far.then_some("downsample"),
             Some("stats"),
             Some("dq"),
             Some("dkv_near"),
-            far.then_some("dkv_far"),
+            (far && !linear).then_some("dkv_far"),
+            linear.then_some("linear_far_backward"),
             far.then_some("downsample_backward"),
         ]
         .into_iter()
@@ -209,7 +239,7 @@ impl FmaPlan {
     ) -> Result<()> {
         let mut slot = 0;
         // The coarse keys and values, recomputed rather than kept from the forward.
-        self.encode_downsample(ctx, encoder, chunk, [io.k, io.v], timer, &mut slot)?;
+        self.encode_downsample(ctx, encoder, chunk, [io.q, io.k, io.v], timer, &mut slot)?;
         let b = BackwardBindings {
             params: &chunk.params,
             geom: &self.geom,
@@ -249,7 +279,21 @@ impl FmaPlan {
         let mut pass = begin_pass(encoder, "fma backward dkv near", timer, &mut slot);
         attention.encode_dkv_near(ctx, &mut pass, &b, &work)?;
         drop(pass);
-        if self.coarse.is_some() {
+        if let (Some((linear, up)), Some(coarse), Some(dcoarse)) =
+            (&parts.linear, &self.coarse, &parts.dcoarse)
+        {
+            let b = LinearBackwardBindings {
+                params: &chunk.params,
+                geom: &self.geom,
+                coarse,
+                d_o: io.d_o,
+                stats: &parts.stats,
+                up,
+                dcoarse,
+            };
+            let mut pass = begin_pass(encoder, "fma backward linear far", timer, &mut slot);
+            linear.encode(ctx, &mut pass, &b, chunk.heads as u64)?;
+        } else if self.coarse.is_some() {
             let mut pass = begin_pass(encoder, "fma backward dkv far", timer, &mut slot);
             attention.encode_dkv_far(ctx, &mut pass, &b, &work)?;
         }
@@ -257,10 +301,12 @@ impl FmaPlan {
             let b = DownsampleBackwardBindings {
                 params: &chunk.params,
                 geom: &self.geom,
+                q: io.q,
                 k: io.k,
                 v: io.v,
                 weights: self.weights.as_ref(),
                 dcoarse,
+                dq: io.dq,
                 dk: io.dk,
                 dv: io.dv,
                 dw: io.dw,
@@ -375,18 +421,24 @@ impl FmaPlan {
         Ok(())
     }
 
-    /// The packed layout `[wk of every level][wv][bk][bv]` back into per-level weights.
+    /// The packed layout `[wk of every level][wv][bk][bv][wq][bq]` back into per-level
+    /// weights.
     fn unpack_weights(&self, packed: &[f32]) -> DownsampleWeights {
         let g = &self.geometry;
         let mut out = DownsampleWeights::mean_init(self.config.downsampling, g, self.shape.d);
         let mut at = 0;
-        for part in 0..4 {
+        if self.config.downsample_queries {
+            out = out.with_query_weights();
+        }
+        for part in 0..6 {
             for lw in &mut out.levels {
                 let dst = match part {
                     0 => &mut lw.wk,
                     1 => &mut lw.wv,
                     2 => &mut lw.bk,
-                    _ => &mut lw.bv,
+                    3 => &mut lw.bv,
+                    4 => &mut lw.wq,
+                    _ => &mut lw.bq,
                 };
                 let len = dst.len();
                 dst.copy_from_slice(&packed[at..at + len]);

@@ -27,6 +27,8 @@ pub(crate) struct DownsampleKernel {
 pub(crate) struct DownsampleBindings<'a> {
     pub params: &'a wgpu::Buffer,
     pub geom: &'a wgpu::Buffer,
+    /// Read only in the O(n) variant (coarse queries), but bound by every token kernel.
+    pub q: &'a wgpu::Buffer,
     pub k: &'a wgpu::Buffer,
     pub v: &'a wgpu::Buffer,
     pub weights: Option<&'a wgpu::Buffer>,
@@ -109,7 +111,7 @@ impl DownsampleKernel {
                 (B::ROW_RANGE, &step.range),
             ];
             if step.from_tokens {
-                buffers.extend([(B::K, b.k), (B::V, b.v)]);
+                buffers.extend([(B::Q, b.q), (B::K, b.k), (B::V, b.v)]);
             }
             if let (true, Some(w)) = (self.learned, b.weights) {
                 buffers.push((B::WEIGHTS, w));

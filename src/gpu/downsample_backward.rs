@@ -31,10 +31,13 @@ pub(crate) struct DownsampleBackwardKernel {
 pub(crate) struct DownsampleBackwardBindings<'a> {
     pub params: &'a wgpu::Buffer,
     pub geom: &'a wgpu::Buffer,
+    /// Q and dQ: read and added to only in the O(n) variant, bound always.
+    pub q: &'a wgpu::Buffer,
     pub k: &'a wgpu::Buffer,
     pub v: &'a wgpu::Buffer,
     pub weights: Option<&'a wgpu::Buffer>,
     pub dcoarse: &'a wgpu::Buffer,
+    pub dq: &'a wgpu::Buffer,
     pub dk: &'a wgpu::Buffer,
     pub dv: &'a wgpu::Buffer,
     pub dw: Option<&'a wgpu::Buffer>,
@@ -74,7 +77,8 @@ impl DownsampleBackwardKernel {
         })
     }
 
-    /// Adds the coarse rows' share to dK and dV: one invocation per element of `rows` rows
+    /// Adds the coarse rows' share to dK and dV (and dQ in the O(n) variant): one invocation
+    /// per element of `rows` rows
     /// (head, token), `token_rows` rows per workgroup.
     pub fn encode_tokens(
         &self,
@@ -87,6 +91,7 @@ impl DownsampleBackwardKernel {
             (B::PARAMS, b.params),
             (B::GEOM, b.geom),
             (B::DCOARSE, b.dcoarse),
+            (B::DQ, b.dq),
             (B::DK, b.dk),
             (B::DV, b.dv),
         ];
@@ -122,6 +127,7 @@ impl DownsampleBackwardKernel {
             &[
                 (B::PARAMS, b.params),
                 (B::GEOM, b.geom),
+                (B::Q, b.q),
                 (B::K, b.k),
                 (B::V, b.v),
                 (B::DCOARSE, b.dcoarse),

@@ -17,6 +17,8 @@ mod downsample_backward;
 mod host;
 #[cfg(feature = "vit")]
 pub mod layers;
+mod linear;
+mod linear_backward;
 mod params;
 mod plan;
 pub mod shaders;

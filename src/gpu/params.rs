@@ -41,6 +41,13 @@ pub(crate) struct Params {
     pub near_t_entries: u32,
     pub far_t_offsets: u32,
     pub far_t_entries: u32,
+    /// The O(n) variant (`FmaConfig::downsample_queries`): 1 when on.
+    pub queries: u32,
+    /// Offsets of the query weights and biases in `weights` (the O(n) variant).
+    pub wq_base: u32,
+    pub bq_base: u32,
+    /// Table of each coarse row's parent segment (the O(n) variant's downward pass).
+    pub seg_parent: u32,
 }
 
 /// The coarse rows one downsampling dispatch writes (a level, or all of them): `B_ROW_RANGE`.
@@ -49,7 +56,8 @@ pub(crate) struct Params {
 pub(crate) struct RowRange {
     pub first: u32,
     pub count: u32,
-    pub _pad0: u32,
+    /// The level (0-based) of the rows: read by the O(n) variant's upward pass only.
+    pub level: u32,
     pub _pad1: u32,
 }
 
@@ -126,8 +134,8 @@ mod tests {
 
     #[test]
     fn params_match_the_wgsl_struct_size() {
-        // 32 scalars of 4 bytes; uniform structs must be a multiple of 16 bytes.
-        assert_eq!(std::mem::size_of::<Params>(), 128);
+        // 36 scalars of 4 bytes; uniform structs must be a multiple of 16 bytes.
+        assert_eq!(std::mem::size_of::<Params>(), 144);
     }
 
     #[test]

@@ -11,6 +11,7 @@ use super::chunks::{Chunk, Chunks, fits_binding};
 use super::context::GpuContext;
 use super::downsample::{DownsampleBindings, DownsampleKernel};
 use super::host::{self, ForwardStaging, HostSlot};
+use super::linear::{LinearBindings, LinearKernel, down_floats};
 use super::params::{Params, grid, word};
 use super::shaders::{MAX_LEVELS, Spec};
 use super::timing::GpuTimer;
@@ -68,12 +69,14 @@ pub struct FmaPlan {
     pub(super) query_tiles: usize,
     pub(super) geom: wgpu::Buffer,
     pub(super) weights: Option<wgpu::Buffer>,
-    /// Where wv, bk and bv start in the packed weights, and their total length.
-    pub(super) weight_bases: [u32; 3],
+    /// Where wv, bk, bv, wq and bq start in the packed weights, and their total length.
+    pub(super) weight_bases: [u32; 5],
     pub(super) weights_len: usize,
     pub(super) coarse: Option<wgpu::Buffer>,
     pub(super) downsample: Option<DownsampleKernel>,
     attention: AttentionKernel,
+    /// The O(n) variant's far field and its per-segment results (with coarse levels only).
+    linear: Option<(LinearKernel, wgpu::Buffer)>,
     host: HostSlot<ForwardStaging>,
     /// The backward kernels and buffers, made by the first backward call.
     pub(super) backward: OnceLock<Backward>,
@@ -104,14 +107,14 @@ impl FmaPlan {
     ) -> Result<FmaPlan> {
         shape.validate()?;
         let geometry = Geometry::new(shape.n, config)?;
-        if config.downsample_queries {
-            return Err(FmaError::InvalidConfig(
-                "downsample_queries (the O(n) variant) runs on the CPU reference only so far"
-                    .into(),
-            ));
-        }
         let d = shape.d;
         let f16 = config.precision == Precision::F16;
+        let queries = config.downsample_queries;
+        if queries && f16 {
+            return Err(FmaError::InvalidConfig(
+                "downsample_queries (the O(n) variant) runs in f32 on the GPU so far: use Precision::F32".into(),
+            ));
+        }
         if f16 && !ctx.device.features().contains(wgpu::Features::SHADER_F16) {
             return Err(FmaError::MissingFeature {
                 feature: "SHADER_F16".into(),
@@ -159,14 +162,25 @@ impl FmaPlan {
         let check = |what: &str, bytes: u64, hint: &str| fits_binding(ctx, what, bytes, hint);
         let total_rows = geometry.total_cells() * geometry.p;
         let head_bytes = (shape.n as u64) * (d as u64) * value_bytes;
-        // Storage bindings are sized in whole 4-byte words.
+        // Storage bindings are sized in whole 4-byte words. The O(n) variant adds the coarse
+        // queries, and per coarse row its downward result (o, lse) and its backward's
+        // aggregates (A, M, B).
+        let coarse_parts = if queries { 3 } else { 2 };
         let coarse_head_bytes =
-            (2 * (total_rows as u64) * (d as u64) * value_bytes).next_multiple_of(4);
+            (coarse_parts * (total_rows as u64) * (d as u64) * value_bytes).next_multiple_of(4);
+        let linear_head_bytes = if queries {
+            (total_rows * (d + 2) * 4) as u64
+        } else {
+            0
+        };
         // The backward's (LSE, D) per query is 8 n bytes a head: more than Q's when d = 1.
         let stats_head_bytes = (shape.n as u64) * 8;
-        let per_head = head_bytes.max(coarse_head_bytes).max(stats_head_bytes);
+        let per_head = head_bytes
+            .max(coarse_head_bytes)
+            .max(stats_head_bytes)
+            .max(linear_head_bytes);
         check(
-            "one head of Q, K, V, O, of the coarse keys and values or of the backward's statistics",
+            "one head of Q, K, V, O, of the coarse rows or of the backward's statistics",
             per_head,
             "shorten the input, or use a smaller p",
         )?;
@@ -231,6 +245,10 @@ impl FmaPlan {
             near_t_entries: tables.near_t_entries,
             far_t_offsets: tables.far_t_offsets,
             far_t_entries: tables.far_t_entries,
+            queries: queries as u32,
+            wq_base: packed_weights.as_ref().map_or(0, |(_, b)| b[3]),
+            bq_base: packed_weights.as_ref().map_or(0, |(_, b)| b[4]),
+            seg_parent: tables.seg_parent,
         };
         let chunks = Chunks::new(ctx, "fma params", shape, chunk_heads, base)
             .with_precision(config.precision);
@@ -239,7 +257,7 @@ impl FmaPlan {
             bytemuck::cast_slice(&tables.data),
             wgpu::BufferUsages::STORAGE,
         );
-        let weight_bases = packed_weights.as_ref().map_or([0; 3], |(_, b)| *b);
+        let weight_bases = packed_weights.as_ref().map_or([0; 5], |(_, b)| *b);
         let weights_len = packed_weights.as_ref().map_or(0, |(w, _)| w.len());
         let weights = packed_weights.map(|(w, _)| {
             ctx.buffer_with(
@@ -263,7 +281,19 @@ impl FmaPlan {
         } else {
             None
         };
-        let attention = AttentionKernel::new(ctx, spec, d, has_far)?;
+        // The O(n) variant replaces far_field by its own far field.
+        let attention = AttentionKernel::new(ctx, spec, d, has_far && !queries)?;
+        let linear = if has_far && queries {
+            let down = host::storage(
+                ctx,
+                "fma linear downward results",
+                (down_floats(&geometry, d) * chunk_heads * 4) as u64,
+                false,
+            );
+            Some((LinearKernel::new(ctx, spec, &geometry)?, down))
+        } else {
+            None
+        };
         ctx.take_error()?;
         Ok(FmaPlan {
             shape,
@@ -279,6 +309,7 @@ impl FmaPlan {
             coarse,
             downsample,
             attention,
+            linear,
             host: HostSlot::default(),
             backward: OnceLock::new(),
         })
@@ -303,12 +334,14 @@ impl FmaPlan {
     }
 
     /// Bytes of GPU memory the plan holds besides Q, K, V, O and LSE: the coarse keys and
-    /// values (for one chunk of heads), the geometry tables and the weights.
+    /// values (and queries, in the O(n) variant, with each segment's downward result), for
+    /// one chunk of heads, the geometry tables and the weights.
     pub fn extra_bytes(&self) -> u64 {
         [
             Some(&self.geom),
             self.weights.as_ref(),
             self.coarse.as_ref(),
+            self.linear.as_ref().map(|(_, down)| down),
         ]
         .into_iter()
         .flatten()
@@ -354,13 +387,17 @@ impl FmaPlan {
         Ok(stages)
     }
 
-    /// The stages one forward records, in order.
+    /// The stages one forward records, in order (the O(n) variant: `linear_far`, the
+    /// per-segment far field and downward pass, and `linear_merge` instead of `far_field`).
     pub fn stage_names(&self) -> Vec<&'static str> {
         let far = self.downsample.is_some();
+        let linear = self.linear.is_some();
         [
             far.then_some("downsample"),
             Some("near_field"),
-            far.then_some("far_field"),
+            (far && !linear).then_some("far_field"),
+            linear.then_some("linear_far"),
+            linear.then_some("linear_merge"),
         ]
         .into_iter()
         .flatten()
@@ -378,7 +415,7 @@ impl FmaPlan {
         // One pass per stage: timestamps need pass boundaries, and each stage reads what the
         // previous one wrote, so the passes cost nothing the dispatches did not already.
         let mut slot = 0;
-        self.encode_downsample(ctx, encoder, chunk, [io.k, io.v], timer, &mut slot)?;
+        self.encode_downsample(ctx, encoder, chunk, [io.q, io.k, io.v], timer, &mut slot)?;
         let b = AttentionBindings {
             params: &chunk.params,
             geom: &self.geom,
@@ -393,21 +430,36 @@ impl FmaPlan {
         let mut pass = begin_pass(encoder, "fma near field", timer, &mut slot);
         self.attention.encode_near(ctx, &mut pass, &b, workgroups)?;
         drop(pass);
-        if self.coarse.is_some() {
+        if let (Some((linear, down)), Some(coarse)) = (&self.linear, &self.coarse) {
+            let b = LinearBindings {
+                params: &chunk.params,
+                geom: &self.geom,
+                coarse,
+                down,
+                o: io.o,
+                lse: io.lse,
+            };
+            let mut pass = begin_pass(encoder, "fma linear far field", timer, &mut slot);
+            linear.encode_far(ctx, &mut pass, &b, chunk.heads as u64)?;
+            drop(pass);
+            let mut pass = begin_pass(encoder, "fma linear merge", timer, &mut slot);
+            let queries = (chunk.heads * self.shape.n) as u64;
+            linear.encode_merge(ctx, &mut pass, &b, queries)?;
+        } else if self.coarse.is_some() {
             let mut pass = begin_pass(encoder, "fma far field", timer, &mut slot);
             self.attention.encode_far(ctx, &mut pass, &b, workgroups)?;
         }
         Ok(())
     }
 
-    /// The coarse keys and values of one chunk (its own pass, timed in `slot`), if there are
-    /// coarse levels.
+    /// The coarse keys and values of one chunk (and queries, in the O(n) variant; its own
+    /// pass, timed in `slot`), if there are coarse levels.
     pub(super) fn encode_downsample(
         &self,
         ctx: &GpuContext,
         encoder: &mut wgpu::CommandEncoder,
         chunk: &Chunk,
-        [k, v]: [&wgpu::Buffer; 2],
+        [q, k, v]: [&wgpu::Buffer; 3],
         timer: Option<&GpuTimer>,
         slot: &mut u32,
     ) -> Result<()> {
@@ -417,6 +469,7 @@ impl FmaPlan {
         let b = DownsampleBindings {
             params: &chunk.params,
             geom: &self.geom,
+            q,
             k,
             v,
             weights: self.weights.as_ref(),
@@ -469,12 +522,19 @@ pub(crate) fn begin_pass<'e>(
     })
 }
 
-/// Concatenates [wk of all levels][wv][bk][bv]; returns the data and the bases of wv, bk, bv.
-pub(super) fn pack_weights(w: &DownsampleWeights) -> (Vec<f32>, [u32; 3]) {
+/// Concatenates [wk of all levels][wv][bk][bv][wq][bq] (the query weights are empty unless
+/// the O(n) variant); returns the data and the bases of wv, bk, bv, wq, bq.
+pub(super) fn pack_weights(w: &DownsampleWeights) -> (Vec<f32>, [u32; 5]) {
     let mut data = Vec::new();
-    let mut bases = [0u32; 3];
-    let parts: [fn(&crate::config::LevelWeights) -> &Vec<f32>; 4] =
-        [|l| &l.wk, |l| &l.wv, |l| &l.bk, |l| &l.bv];
+    let mut bases = [0u32; 5];
+    let parts: [fn(&crate::config::LevelWeights) -> &Vec<f32>; 6] = [
+        |l| &l.wk,
+        |l| &l.wv,
+        |l| &l.bk,
+        |l| &l.bv,
+        |l| &l.wq,
+        |l| &l.bq,
+    ];
     for (i, part) in parts.iter().enumerate() {
         if i > 0 {
             bases[i - 1] = data.len() as u32;

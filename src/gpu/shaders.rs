@@ -26,6 +26,8 @@ pub(crate) const DOWNSAMPLE_BACKWARD_REDUCE: &str =
 pub(crate) const DOWNSAMPLE_BACKWARD_SUBGROUPS: &str =
     include_str!("../../shaders/downsample_backward_subgroups.wgsl");
 pub(crate) const DECODE: &str = include_str!("../../shaders/decode.wgsl");
+pub(crate) const LINEAR: &str = include_str!("../../shaders/linear.wgsl");
+pub(crate) const LINEAR_BACKWARD: &str = include_str!("../../shaders/linear_backward.wgsl");
 #[cfg(feature = "vit")]
 pub(crate) const LAYERS: &str = include_str!("../../shaders/layers.wgsl");
 
@@ -124,6 +126,10 @@ bindings! {
     DEC_SEED = 29,
     Q4 = 30,
     D_O4 = 31,
+    /// The O(n) variant: each segment's far-field result, (o, lse), of the downward pass.
+    DOWN = 32,
+    /// The O(n) variant's backward: each segment's aggregates of its queries (the upward pass).
+    UP = 33,
 }
 
 /// A kernel family: one `.wgsl` file and its Rust twin.
@@ -138,6 +144,11 @@ pub enum Family {
     Layers,
     /// The decoders (decode.wgsl); one build, independent of the head-dim tile.
     Decode,
+    /// The O(n) variant's far field (linear.wgsl), f32, one build per head tile
+    /// (`Spec::linear`).
+    Linear,
+    /// Its backward (linear_backward.wgsl), likewise.
+    LinearBackward,
 }
 
 impl Family {
@@ -331,6 +342,18 @@ impl Spec {
         subgroups: false,
     };
 
+    /// The build of `Family::Linear` and `Family::LinearBackward` for this head tile: they
+    /// depend on nothing else (one invocation per row, rows read from storage, f32).
+    pub fn linear(self) -> Spec {
+        Spec {
+            head_tile: self.head_tile,
+            query_tile: 1,
+            f16: false,
+            forward: ForwardKernels::Tiled,
+            subgroups: false,
+        }
+    }
+
     /// The one build of `Family::Decode`, which has no specialisation.
     pub const DECODE: Spec = Spec {
         head_tile: 16,
@@ -370,8 +393,8 @@ impl Spec {
 
     /// Every (family, specialisation) build the crate can make: every family in f32, the
     /// forward families in f16 too, the Direct attention kernels (CPU adapters) in both, with
-    /// the backward's in f32, the downsampling backward with subgroups, and the decoders' one
-    /// build.
+    /// the backward's in f32, the downsampling backward with subgroups, the decoders' one
+    /// build, and the O(n) variant's two families once per head tile.
     /// Tests validate each, and the browser check compiles each.
     pub fn builds() -> Vec<(Family, Spec)> {
         let mut out = Vec::new();
@@ -392,6 +415,12 @@ impl Spec {
             out.push((Family::DownsampleBackward, spec.with_subgroups(true)));
         }
         out.push((Family::Decode, Spec::DECODE));
+        for head_tile in HEAD_TILES {
+            let spec = Self::all()[0].linear();
+            let spec = Spec { head_tile, ..spec };
+            out.push((Family::Linear, spec));
+            out.push((Family::LinearBackward, spec));
+        }
         out
     }
 }
@@ -464,6 +493,8 @@ pub fn source(family: Family, spec: Spec) -> String {
             true => &[COMMON, DOWNSAMPLE_BACKWARD, DOWNSAMPLE_BACKWARD_SUBGROUPS],
         },
         Family::Decode => &[DECODE],
+        Family::Linear => &[COMMON, LINEAR],
+        Family::LinearBackward => &[COMMON, LINEAR_BACKWARD],
         // The layers have a header of their own (layers::wgsl_header).
         #[cfg(feature = "vit")]
         Family::Layers => return format!("{}{LAYERS}", super::layers::wgsl_header()),
@@ -481,7 +512,7 @@ mod tests {
     use super::*;
 
     /// The files whose numbers come from a header (layers.wgsl: with the vit feature).
-    const CONVERTED: [(&str, &str); 14] = [
+    const CONVERTED: [(&str, &str); 16] = [
         ("common.wgsl", COMMON),
         ("merge.wgsl", MERGE),
         ("attention.wgsl", ATTENTION),
@@ -502,6 +533,8 @@ mod tests {
             DOWNSAMPLE_BACKWARD_SUBGROUPS,
         ),
         ("decode.wgsl", DECODE),
+        ("linear.wgsl", LINEAR),
+        ("linear_backward.wgsl", LINEAR_BACKWARD),
     ];
 
     /// Byte offsets of `@binding(` or `@workgroup_size(` followed by a literal number.

@@ -106,6 +106,10 @@ pub struct BenchArgs {
     /// Steps recorded into one encoder per --decode measurement.
     #[arg(long, default_value_t = 64)]
     decode_steps: usize,
+    /// Also time the O(n) variant (coarse queries, spec section 7; kernel "fma-linear", and
+    /// "fma-linear_backward" with --backward) next to FMA and dense at every input.
+    #[arg(long)]
+    downsample_queries: bool,
 }
 
 /// One measurement: the fields anyone needs to recompute the ratios.
@@ -280,6 +284,15 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             print_progress(&fma);
             records.push(fma);
         }
+        let linear = FmaConfig {
+            downsample_queries: true,
+            ..cfg.clone()
+        };
+        if args.downsample_queries {
+            let fma = bench.measure(&Kernel::Fma(&linear))?;
+            print_progress(&fma);
+            records.push(fma);
+        }
         if args.backward {
             let back = bench.measure(&Kernel::FmaBackward(cfg))?;
             print_progress(&back);
@@ -292,6 +305,11 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                 plain.kernel = "fma_backward_no_subgroups".into();
                 print_progress(&plain);
                 records.push(plain);
+            }
+            if args.downsample_queries {
+                let back = bench.measure(&Kernel::FmaBackward(&linear))?;
+                print_progress(&back);
+                records.push(back);
             }
         }
         if *n <= dense_max {
@@ -463,9 +481,14 @@ impl Bench<'_> {
             Kernel::Fma(cfg) | Kernel::FmaBackward(cfg) => {
                 let g = Geometry::new(shape.n, cfg)?;
                 let kind = cfg.downsampling;
-                let w = kind
-                    .is_learned()
-                    .then(|| multipole::DownsampleWeights::mean_init(kind, &g, shape.d));
+                let w = kind.is_learned().then(|| {
+                    let w = multipole::DownsampleWeights::mean_init(kind, &g, shape.d);
+                    if cfg.downsample_queries {
+                        w.with_query_weights()
+                    } else {
+                        w
+                    }
+                });
                 let plan = Box::new(FmaPlan::new(ctx, shape, cfg, w.as_ref())?);
                 match kernel {
                     Kernel::Fma(_) => (Plan::Fma(plan), *cfg),
@@ -611,7 +634,14 @@ impl Bench<'_> {
             Plan::Fma(p) if precision == Precision::F16 => {
                 ("fma_f16", fma_flops(p.geometry(), cfg, shape))
             }
+            Plan::Fma(p) if cfg.downsample_queries => {
+                ("fma-linear", fma_flops(p.geometry(), cfg, shape))
+            }
             Plan::Fma(p) => ("fma", fma_flops(p.geometry(), cfg, shape)),
+            Plan::FmaBackward(p) if cfg.downsample_queries => (
+                "fma-linear_backward",
+                fma_backward_flops(p.geometry(), cfg, shape),
+            ),
             Plan::FmaBackward(p) => ("fma_backward", fma_backward_flops(p.geometry(), cfg, shape)),
             Plan::Dense(_) => ("dense", dense_flops),
         };
@@ -710,21 +740,55 @@ pub fn dense_flops(shape: Shape, causal: bool) -> f64 {
 /// adds each token into its row of every level for K and V (2 d per token and level; the
 /// division per row is left out, one per s tokens); learned kinds multiply-add each token into
 /// the p rows of its cell (4 p d per token and level for K and V).
+/// The O(n) variant downsamples Q too: half as much again.
 fn downsample_flops(g: &Geometry, cfg: &FmaConfig, shape: Shape) -> f64 {
     let per_token = match cfg.downsampling {
         Downsampling::Mean => 2.0,
         _ => 4.0 * g.p as f64,
     };
-    shape.bh() as f64 * per_token * shape.d as f64 * g.n() as f64 * g.num_levels() as f64
+    let tensors = if cfg.downsample_queries { 1.5 } else { 1.0 };
+    tensors * shape.bh() as f64 * per_token * shape.d as f64 * g.n() as f64 * g.num_levels() as f64
 }
 
 /// FMA's required FLOPs: 4 d per required score (`Geometry::score_pairs`: real queries
-/// against the real, allowed near keys and the coarse rows holding a real token), plus the
-/// downsampling.
+/// against the real, allowed near keys and the coarse rows holding a real token; in the O(n)
+/// variant the coarse scores are per segment, `segment_far_pairs`), plus the downsampling.
 pub fn fma_flops(g: &Geometry, cfg: &FmaConfig, shape: Shape) -> f64 {
     let (near, far) = g.score_pairs();
+    let far = if cfg.downsample_queries {
+        segment_far_pairs(g)
+    } else {
+        far
+    };
     let attention = 4.0 * shape.d as f64 * (near + far) as f64;
     shape.bh() as f64 * attention + downsample_flops(g, cfg, shape)
+}
+
+/// The O(n) variant's coarse scores: each coarse row holding a real token (a segment's coarse
+/// query) against the rows holding a real token of its cell's interaction list.
+pub fn segment_far_pairs(g: &Geometry) -> u64 {
+    segment_far_rows(g).iter().map(|&(pairs, _)| pairs).sum()
+}
+
+/// (coarse scores, real tokens) of every coarse row holding a real token, level by level.
+fn segment_far_rows(g: &Geometry) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    for l in 1..=g.num_levels() {
+        let rows = g.levels[l - 1].groups() * g.p;
+        let count: Vec<usize> = (0..rows)
+            .map(|row| g.multiplicity(l, row / g.p, row % g.p))
+            .collect();
+        for (row, &mu) in count.iter().enumerate().filter(|x| *x.1 > 0) {
+            let pairs = g
+                .far_cells(l, row / g.p)
+                .into_iter()
+                .flat_map(|h| (0..g.p).map(move |t| h * g.p + t))
+                .filter(|&key| count[key] > 0)
+                .count() as u64;
+            out.push((pairs, mu as u64));
+        }
+    }
+    out
 }
 
 /// FMA backward's required FLOPs: 10 d per required score (the recomputed score, dP, and the
@@ -827,6 +891,23 @@ pub fn summarise(records: &[Record]) {
             f.extra_ratio
         );
     }
+    for l in records.iter().filter(|r| r.kernel == "fma-linear") {
+        if let Some(f) = records
+            .iter()
+            .find(|r| r.kernel == "fma" && r.layout == l.layout && r.n == l.n)
+        {
+            println!(
+                "{:>12} n={:<8} O(n) variant (fma-linear) {:.2} ms = {:.2}x fma ({:.2} ms); extra memory {:.2}x its tensors (fma: {:.2}x)",
+                l.layout,
+                l.n,
+                l.median_ms,
+                l.median_ms / f.median_ms,
+                f.median_ms,
+                l.extra_ratio,
+                f.extra_ratio
+            );
+        }
+    }
     for b in records.iter().filter(|r| r.kernel == "fma_backward") {
         if let Some(f) = records
             .iter()
@@ -890,7 +971,13 @@ pub fn summarise(records: &[Record]) {
         }
     }
     // Over the whole sweep, and from n = 4096 on (the window of the project's growth target).
-    for (kernel, from) in [("fma", 0), ("fma", 4096), ("dense", 0)] {
+    for (kernel, from) in [
+        ("fma", 0),
+        ("fma", 4096),
+        ("fma-linear", 0),
+        ("fma-linear", 4096),
+        ("dense", 0),
+    ] {
         let pts: Vec<(f64, f64)> = records
             .iter()
             .filter(|r| r.kernel == kernel && r.layout == "1d" && r.n >= from)
@@ -1001,6 +1088,21 @@ mod tests {
             fma_backward_flops(&g, &basis, s),
             10.0 * scores + 3.0 * learned
         );
+    }
+
+    #[test]
+    fn segment_scores_times_their_queries_are_the_per_query_scores() {
+        // Every query of a segment sees its segment's coarse keys: weighted by the segment's
+        // real tokens, the per-segment count is the other variant's per-query count.
+        for (n, cfg) in [
+            (1000, FmaConfig::new(8, 2)),
+            (30 * 41, FmaConfig::new(2, 4).image(30, 41)),
+        ] {
+            let g = Geometry::new(n, &cfg).unwrap();
+            let weighted: u64 = segment_far_rows(&g).iter().map(|&(p, mu)| p * mu).sum();
+            assert_eq!(weighted, g.score_pairs().1, "{n}");
+            assert!(segment_far_pairs(&g) < g.score_pairs().1);
+        }
     }
 
     #[test]
