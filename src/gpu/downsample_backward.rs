@@ -4,7 +4,7 @@
 
 use super::context::GpuContext;
 use super::params::{bind, dispatch};
-use super::shaders::{Family, Spec, binding as B};
+use super::shaders::{Family, ForwardKernels, Spec, binding as B};
 use crate::config::Downsampling;
 use crate::error::Result;
 
@@ -62,7 +62,10 @@ impl DownsampleBackwardKernel {
                 wgpu::BufferUsages::UNIFORM,
             )
         };
+        let quads = kind == Downsampling::Mean && ctx.forward_kernels() == ForwardKernels::Direct;
         let (tokens, weights) = match kind {
+            // a CPU adapter (the Direct forward) pays index arithmetic per lane: four channels each
+            Downsampling::Mean if quads => (pipe("tokens_mean_quads")?, None),
             Downsampling::Mean => (pipe("tokens_mean")?, None),
             Downsampling::Basis => (pipe("tokens_basis")?, Some(pipe("weight_grads_basis")?)),
             Downsampling::Depthwise => (
@@ -72,7 +75,7 @@ impl DownsampleBackwardKernel {
         };
         Ok(DownsampleBackwardKernel {
             tokens,
-            token_rows: spec.token_rows() as u64,
+            token_rows: (spec.token_rows() * if quads { 4 } else { 1 }) as u64,
             weights: weights.map(|w| (w, elements as u64, [range(0), range(1)])),
         })
     }
