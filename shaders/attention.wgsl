@@ -15,11 +15,6 @@
 @group(0) @binding(B_LSE) var<storage, read_write> lse_out: array<f32>;
 
 
-// Which of channels 4c..4c+3 exist (< d).
-fn channels(c: u32) -> vec4<bool> {
-    return vec4<u32>(4u * c) + LANES4 < vec4<u32>(params.d);
-}
-
 // The query row scaled by tau, zero past d (and all zero for padding, token < 0).
 fn load_query(head: u32, token: i32) -> array<vec4<f32>, HEAD_VEC> {
     var q: array<vec4<f32>, HEAD_VEC>;

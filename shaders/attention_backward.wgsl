@@ -51,20 +51,15 @@ fn load_stats(head_base: u32, token: i32) -> vec2<f32> {
     return stats[head_base + u32(token)];
 }
 
-// Channels 4e .. 4e + 3 of the row that starts at word `at` of a buffer, zero past d (one
-// helper per buffer: a buffer a function names is bound by every kernel that calls it). The
-// loads are clamped into the row rather than guarded by a branch: llvmpipe reads an address
-// that all lanes share once only outside conditional blocks.
+// Channels 4e .. 4e + 3 of a row of Q or dO starting at word `at`, zero past d.
 fn q_vec(at: u32, e: u32) -> vec4<f32> {
-    let c = vec4<u32>(4u * e) + vec4<u32>(0u, 1u, 2u, 3u);
-    let x = min(vec4<u32>(at) + c, vec4<u32>(at + params.d - 1u));
-    return select(vec4<f32>(0.0), vec4<f32>(q_in[x.x], q_in[x.y], q_in[x.z], q_in[x.w]), c < vec4<u32>(params.d));
+    let x = row_words(at, e);
+    return select(vec4<f32>(0.0), vec4<f32>(q_in[x.x], q_in[x.y], q_in[x.z], q_in[x.w]), channels(e));
 }
 
 fn do_vec(at: u32, e: u32) -> vec4<f32> {
-    let c = vec4<u32>(4u * e) + vec4<u32>(0u, 1u, 2u, 3u);
-    let x = min(vec4<u32>(at) + c, vec4<u32>(at + params.d - 1u));
-    return select(vec4<f32>(0.0), vec4<f32>(do_in[x.x], do_in[x.y], do_in[x.z], do_in[x.w]), c < vec4<u32>(params.d));
+    let x = row_words(at, e);
+    return select(vec4<f32>(0.0), vec4<f32>(do_in[x.x], do_in[x.y], do_in[x.z], do_in[x.w]), channels(e));
 }
 
 @compute @workgroup_size(WG_ELEMENTS)

@@ -54,6 +54,36 @@ struct Params {
 // Offsets of four consecutive elements (kernels that take rows or channels four at a time).
 const LANES4: vec4<u32> = vec4<u32>(0u, 1u, 2u, 3u);
 
+// The max of an empty softmax triple; exp(NEG_BIG - x) underflows to 0.
+const NEG_BIG: f32 = -3.0e38;
+
+// Which of channels 4c..4c+3 exist (< d).
+fn channels(c: u32) -> vec4<bool> {
+    return vec4<u32>(4u * c) + LANES4 < vec4<u32>(params.d);
+}
+
+// Word indices of channels 4c..4c+3 of the row starting at word `at`, clamped into the row:
+// a kernel reads them from its own buffer (one small helper per buffer, since a buffer a
+// function names is bound by every kernel that calls it) and zeroes those past d with
+// `channels`. Clamped rather than guarded by a branch: llvmpipe reads an address that all
+// lanes share once only outside conditional blocks.
+fn row_words(at: u32, c: u32) -> vec4<u32> {
+    return min(vec4<u32>(at + 4u * c) + LANES4, vec4<u32>(at + params.d - 1u));
+}
+
+// Coarse row `row` of head `head` in the per-head arrays of coarse rows.
+fn head_row(head: u32, row: u32) -> u32 {
+    return head * params.total_rows + row;
+}
+
+// The coarse rows one dispatch covers (a level, or all of them) and their level (0-based).
+struct RowRange {
+    first: u32,
+    count: u32,
+    level: u32,
+    _pad: u32,
+}
+
 // Token index at padded grid position (y, x), or -1 for padding.
 fn token_at(y: u32, x: u32) -> i32 {
     if (y < params.real_h && x < params.real_w) {

@@ -18,12 +18,6 @@
 @group(0) @binding(B_WEIGHTS) var<storage, read> weights: array<f32>;
 @group(0) @binding(B_COARSE) var<storage, read_write> coarse: array<STORE>;
 
-struct RowRange {
-    first: u32,
-    count: u32,
-    _pad0: u32,
-    _pad1: u32,
-}
 @group(0) @binding(B_ROW_RANGE) var<uniform> range: RowRange;
 
 const LANES: u32 = DOWNSAMPLE_LANES;

@@ -16,33 +16,18 @@
 @group(0) @binding(B_O) var<storage, read_write> o_out: array<f32>;
 @group(0) @binding(B_LSE) var<storage, read_write> lse_out: array<f32>;
 
-struct RowRange {
-    first: u32,
-    count: u32,
-    level: u32,
-    _pad: u32,
-}
 @group(0) @binding(B_ROW_RANGE) var<uniform> range: RowRange;
-
-const NEG_BIG: f32 = -3.0e38; // lse of nothing; exp(NEG_BIG - x) underflows to 0
 
 // Channels 4e .. 4e + 3 of the coarse row starting at word `at`, zero past d (a neighbouring
 // row's values must never meet q's zeros there).
 fn coarse_vec(at: u32, e: u32) -> vec4<f32> {
-    let c = vec4<u32>(4u * e) + LANES4;
-    let x = min(vec4<u32>(at) + c, vec4<u32>(at + params.d - 1u));
-    return select(vec4<f32>(0.0), vec4<f32>(coarse[x.x], coarse[x.y], coarse[x.z], coarse[x.w]), c < vec4<u32>(params.d));
+    let x = row_words(at, e);
+    return select(vec4<f32>(0.0), vec4<f32>(coarse[x.x], coarse[x.y], coarse[x.z], coarse[x.w]), channels(e));
 }
 
 fn down_vec(at: u32, e: u32) -> vec4<f32> {
-    let c = vec4<u32>(4u * e) + LANES4;
-    let x = min(vec4<u32>(at) + c, vec4<u32>(at + params.d - 1u));
-    return select(vec4<f32>(0.0), vec4<f32>(down[x.x], down[x.y], down[x.z], down[x.w]), c < vec4<u32>(params.d));
-}
-
-// Row `row` of head `head` in the per-head arrays of coarse rows.
-fn head_row(head: u32, row: u32) -> u32 {
-    return head * params.total_rows + row;
+    let x = row_words(at, e);
+    return select(vec4<f32>(0.0), vec4<f32>(down[x.x], down[x.y], down[x.z], down[x.w]), channels(e));
 }
 
 @compute @workgroup_size(WG_ELEMENTS)

@@ -22,36 +22,25 @@
 @group(0) @binding(B_UP) var<storage, read_write> up: array<f32>;
 @group(0) @binding(B_DCOARSE) var<storage, read_write> dcoarse: array<f32>;
 
-struct RowRange {
-    first: u32,
-    count: u32,
-    level: u32,
-    _pad: u32,
-}
 @group(0) @binding(B_ROW_RANGE) var<uniform> range: RowRange;
-
-const NEG_BIG: f32 = -3.0e38; // the max of nothing; exp(NEG_BIG - x) underflows to 0
 
 alias Row = array<vec4<f32>, HEAD_VEC>;
 
 // Channels 4e .. 4e + 3 of the row starting at word `at` of a buffer, zero past d (one helper
 // per buffer, so that a kernel binds only what it reads).
 fn coarse_vec(at: u32, e: u32) -> vec4<f32> {
-    let c = vec4<u32>(4u * e) + LANES4;
-    let x = min(vec4<u32>(at) + c, vec4<u32>(at + params.d - 1u));
-    return select(vec4<f32>(0.0), vec4<f32>(coarse[x.x], coarse[x.y], coarse[x.z], coarse[x.w]), c < vec4<u32>(params.d));
+    let x = row_words(at, e);
+    return select(vec4<f32>(0.0), vec4<f32>(coarse[x.x], coarse[x.y], coarse[x.z], coarse[x.w]), channels(e));
 }
 
 fn up_vec(at: u32, e: u32) -> vec4<f32> {
-    let c = vec4<u32>(4u * e) + LANES4;
-    let x = min(vec4<u32>(at) + c, vec4<u32>(at + params.d - 1u));
-    return select(vec4<f32>(0.0), vec4<f32>(up[x.x], up[x.y], up[x.z], up[x.w]), c < vec4<u32>(params.d));
+    let x = row_words(at, e);
+    return select(vec4<f32>(0.0), vec4<f32>(up[x.x], up[x.y], up[x.z], up[x.w]), channels(e));
 }
 
 fn do_vec(at: u32, e: u32) -> vec4<f32> {
-    let c = vec4<u32>(4u * e) + LANES4;
-    let x = min(vec4<u32>(at) + c, vec4<u32>(at + params.d - 1u));
-    return select(vec4<f32>(0.0), vec4<f32>(do_in[x.x], do_in[x.y], do_in[x.z], do_in[x.w]), c < vec4<u32>(params.d));
+    let x = row_words(at, e);
+    return select(vec4<f32>(0.0), vec4<f32>(do_in[x.x], do_in[x.y], do_in[x.z], do_in[x.w]), channels(e));
 }
 
 fn coarse_row(at: u32) -> Row {
@@ -79,10 +68,6 @@ fn store_dcoarse(at: u32, r: ptr<function, Row>) {
             }
         }
     }
-}
-
-fn head_row(head: u32, row: u32) -> u32 {
-    return head * params.total_rows + row;
 }
 
 fn real_row(row: u32) -> bool {

@@ -2,8 +2,6 @@
 // weights of four keys at a time (their scores in one vec4).
 // Scores are kept relative to the running max, so |scores| up to 1e4 (and beyond) never overflow.
 
-const NEG_BIG: f32 = -3.0e38; // max of an empty triple; exp(NEG_BIG - x) underflows to 0
-
 struct Triple {
     max: f32,
     sum: f32,
