@@ -88,11 +88,7 @@ fn tokens_mean(
     var gv = 0.0;
     var gq = 0.0;
     for (var l = 0u; l < params.levels; l++) {
-        let lv = level(l);
-        let yy = e.y % lv.h;
-        let xx = e.x % lv.w;
-        let cell = lv.first + (e.y / lv.h) * lv.groups_x + e.x / lv.w;
-        let row = cell * params.p + (yy / lv.seg_h) * lv.segs_x + xx / lv.seg_w;
+        let row = segment_row(level(l), e.y, e.x);
         // the token is real, so its segment's count is at least 1
         let inv = 1.0 / f32(geom[params.rows + 2u * row]);
         gk += dcoarse_at(e.head, row, e.c, false) * inv;
@@ -129,11 +125,7 @@ fn tokens_mean_quads(
     var gq = vec4<f32>(0.0);
     let live = (vec4<u32>(c0) + LANES4) < vec4<u32>(params.d);
     for (var l = 0u; l < params.levels; l++) {
-        let lv = level(l);
-        let yy = y % lv.h;
-        let xx = x % lv.w;
-        let cell = lv.first + (y / lv.h) * lv.groups_x + x / lv.w;
-        let crow = cell * params.p + (yy / lv.seg_h) * lv.segs_x + xx / lv.seg_w;
+        let crow = segment_row(level(l), y, x);
         // the token is real, so its segment's count is at least 1
         let inv = 1.0 / f32(geom[params.rows + 2u * crow]);
         for (var j = 0u; j < 4u; j++) {
