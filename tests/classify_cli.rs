@@ -2,6 +2,8 @@
 //! (black on white, 3x larger, colour) are classified as their labels; an unreadable file
 //! gets its own error and the others are still classified.
 
+mod cli_support;
+
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -9,9 +11,7 @@ use image::{Rgb, RgbImage};
 use multipole::model::mnist::{Digits, SIDE};
 
 fn tmp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("multipole-classify-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
+    cli_support::scratch("classify", name)
 }
 
 fn held_out() -> Digits {

@@ -1,32 +1,18 @@
 //! `multipole decode` writes, for every token, the row `attend --causal` writes (GPU and CPU,
 //! with and without a prefill), from the same input file.
 
+mod cli_support;
 mod common;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
+use cli_support::*;
 use common::*;
 use multipole::tensor_file::{Tensor, TensorFile, write_tensors};
 use multipole::{Downsampling, FmaConfig, Geometry, Shape};
 
 fn tmp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("multipole-decode-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
-}
-
-fn run(command: &str, input: &Path, output: &Path, extra: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_multipole"))
-        .args([command, "--input"])
-        .arg(input)
-        .arg("--output")
-        .arg(output)
-        .args(extra)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(!stderr.contains("panicked"), "the CLI panicked: {stderr}");
-    (out.status.success(), stderr)
+    scratch("decode-cli", name)
 }
 
 fn t(shape: &[usize], data: Vec<f32>) -> Tensor {
