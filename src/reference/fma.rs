@@ -80,6 +80,26 @@ fn forward_f64(
     config: &FmaConfig,
     weights: &DownsampleWeights,
 ) -> Output64 {
+    forward_heads(g, q, k, v, shape, config, weights, |head| {
+        (0..shape.n)
+            .map(|i| head.triple(g, config.multiplicity, i))
+            .collect()
+    })
+}
+
+/// The loop every reference forward shares: per head, its inputs and coarse rows (`Head`),
+/// then `per_head(&head)` gives the triple of each of its n queries, finished into O and LSE.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn forward_heads(
+    g: &Geometry,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    shape: Shape,
+    config: &FmaConfig,
+    weights: &DownsampleWeights,
+    per_head: impl Fn(&Head) -> Vec<Triple>,
+) -> Output64 {
     let (n, d) = (shape.n, shape.d);
     let mut out = Output64 {
         o: vec![0.0; shape.elements()],
@@ -96,8 +116,8 @@ fn forward_f64(
             &v[span],
             d,
         );
-        for i in 0..n {
-            let (o, lse) = head.triple(g, config.multiplicity, i).finish();
+        for (i, triple) in per_head(&head).iter().enumerate() {
+            let (o, lse) = triple.finish();
             out.o[(h * n + i) * d..(h * n + i + 1) * d].copy_from_slice(&o);
             out.lse[h * n + i] = lse;
         }

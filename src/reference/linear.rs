@@ -9,7 +9,7 @@
 //! triple into its near field. Tests check that both agree.
 
 use super::dense::dot;
-use super::fma::{Head, checked, level_far_rows, near_triple, row_bias};
+use super::fma::{checked, forward_heads, level_far_rows, near_triple, row_bias};
 use super::{Coarse, Output64, Triple};
 use crate::config::{DownsampleWeights, FmaConfig, Shape};
 use crate::error::{FmaError, Result};
@@ -105,34 +105,27 @@ pub fn linear_forward_downward(
     }
     let (g, weights) = checked(q, k, v, shape, config, weights)?;
     let (n, d) = (shape.n, shape.d);
-    let mut out = Output64 {
-        o: vec![0.0; shape.elements()],
-        lse: vec![0.0; shape.bh() * n],
-    };
-    for h in 0..shape.bh() {
-        let span = h * n * d..(h + 1) * n * d;
-        let head = Head::new(
-            &g,
-            config,
-            &weights,
-            &q[span.clone()],
-            &k[span.clone()],
-            &v[span],
-            d,
-        );
-        let qc = head.qc.as_deref().unwrap_or_default();
-        let f = segment_far_triples(&g, config.multiplicity, qc, &head.coarse, d);
-        let t = downward_pass(&g, f);
-        for i in 0..n {
-            let near = near_triple(&g, head.query(i), &head.k, &head.v, i, d);
-            let all = match g.num_levels() {
-                0 => near,
-                _ => near.merge(&t[g.token_segment(1, i)]),
-            };
-            let (o, lse) = all.finish();
-            out.o[(h * n + i) * d..(h * n + i + 1) * d].copy_from_slice(&o);
-            out.lse[h * n + i] = lse;
-        }
-    }
-    Ok(out)
+    Ok(forward_heads(
+        &g,
+        q,
+        k,
+        v,
+        shape,
+        config,
+        &weights,
+        |head| {
+            let qc = head.qc.as_deref().unwrap_or_default();
+            let f = segment_far_triples(&g, config.multiplicity, qc, &head.coarse, d);
+            let t = downward_pass(&g, f);
+            (0..n)
+                .map(|i| {
+                    let near = near_triple(&g, head.query(i), &head.k, &head.v, i, d);
+                    match g.num_levels() {
+                        0 => near,
+                        _ => near.merge(&t[g.token_segment(1, i)]),
+                    }
+                })
+                .collect()
+        },
+    ))
 }
