@@ -333,6 +333,39 @@ fn sees(seen: u32, source: u32) -> bool {
     return found;
 }
 
+// Queries t .. t + 3 of level cell `source` (global id): their rows of Q and dO (vec4 `at`;
+// token 0 for those past the cell, whose `real` is false) and their (LSE, D).
+struct SourceQueries {
+    at: vec4<u32>,
+    lse: vec4<f32>,
+    delta: vec4<f32>,
+    real: vec4<bool>,
+}
+
+fn source_queries(lv: Level, source: u32, t: u32, head_base: u32) -> SourceQueries {
+    var i = vec4<i32>(-1);
+    for (var x = 0u; x < 4u; x++) {
+        if (t + x < lv.h * lv.w) {
+            i[x] = cell_token(lv, source - lv.first, t + x);
+        }
+    }
+    let rows = vec4<u32>(head_base) + vec4<u32>(max(i, vec4<i32>(0)));
+    let s0 = stats[rows.x];
+    let s1 = stats[rows.y];
+    let s2 = stats[rows.z];
+    let s3 = stats[rows.w];
+    return SourceQueries(rows * row_vecs(), vec4<f32>(s0.x, s1.x, s2.x, s3.x),
+                         vec4<f32>(s0.y, s1.y, s2.y, s3.y), i >= vec4<i32>(0));
+}
+
+// A coarse row's dK~ (times tau, once) and dV~.
+fn store_row_grads(own_row: u32, dk: Row, dv: Row) {
+    for (var c = 0u; c < params.d; c++) {
+        dcoarse[own_row * params.d + c] = dk[c / 4u][c % 4u] * params.scale;
+        dcoarse[params.coarse_v_base + own_row * params.d + c] = dv[c / 4u][c % 4u];
+    }
+}
+
 // dkv_queries for one coarse row per lane (score offset `bias`): four queries at a time, so
 // the lane's private rows are read and written once per four queries.
 fn row_queries(dk: ptr<function, Row>, dv: ptr<function, Row>, k: ptr<function, Row>, v: ptr<function, Row>,
@@ -384,13 +417,13 @@ fn backward_dkv_far_rows(
     let cell = first + g;
     let row = cell * params.p + r;
     let mine = g < cells && r < params.p;
-    let used = mine && geom[params.rows + 2u * select(0u, row, mine)] > 0u;
+    let used = mine && row_count(select(0u, row, mine)) > 0u;
     let head_base = head * params.n;
     let own_row = head * params.total_rows + row;
     let dv = row_vecs();
 
     // Rows past the block read row 0 and stay unused.
-    let bias = select(0.0, bitcast<f32>(geom[params.rows + 2u * select(0u, row, mine) + 1u]), used);
+    let bias = select(0.0, row_bias(select(0u, row, mine)), used);
     let own_at = select(0u, own_row, mine) * dv;
     var k: Row;
     var v: Row;
@@ -415,26 +448,163 @@ fn backward_dkv_far_rows(
             }
             let on = used && g >= a && (g == a || sees(cell, source));
             for (var t = 0u; t < s; t += 4u) {
-                var i = vec4<i32>(-1);
-                for (var x = 0u; x < 4u; x++) {
-                    if (t + x < s) {
-                        i[x] = cell_token(lv, source - lv.first, t + x);
-                    }
-                }
-                let rows = vec4<u32>(head_base) + vec4<u32>(max(i, vec4<i32>(0)));
-                let s0 = stats[rows.x];
-                let s1 = stats[rows.y];
-                let s2 = stats[rows.z];
-                let s3 = stats[rows.w];
-                row_queries(&dk, &dvs, &k, &v, rows * dv, vec4<f32>(s0.x, s1.x, s2.x, s3.x),
-                            vec4<f32>(s0.y, s1.y, s2.y, s3.y), (i >= vec4<i32>(0)) & vec4<bool>(on), bias);
+                let qs = source_queries(lv, source, t, head_base);
+                row_queries(&dk, &dvs, &k, &v, qs.at, qs.lse, qs.delta, qs.real & vec4<bool>(on), bias);
             }
         }
     }
     if (mine) {
-        for (var c = 0u; c < params.d; c++) {
-            dcoarse[own_row * params.d + c] = dk[c / 4u][c % 4u] * params.scale;
-            dcoarse[params.coarse_v_base + own_row * params.d + c] = dvs[c / 4u][c % 4u];
+        store_row_grads(own_row, dk, dvs);
+    }
+}
+
+// backward_dkv_far_quads (2D): the four sibling cells of a level (a 2 x 2 quad) in one
+// workgroup, QUAD_LANES lanes per cell and two coarse rows per lane, so that every query read
+// serves two rows of each lane. A quad's cells share most of their transposed far lists (each
+// sees 27 of the 32 sources the quad walks), so 84% of the work is useful against 90% for a
+// pair of cells with one row per lane, which pays a query read per row.
+const QUAD_LANES: u32 = QUAD_ROWS / 2u; // lanes per cell
+
+// Workgroups of one level: a quad per four cells, times the row blocks of a cell.
+fn quad_workgroups(l: u32) -> u32 {
+    return level(l).groups / 4u * ((params.p + QUAD_ROWS - 1u) / QUAD_ROWS);
+}
+
+// The level cell (global id) of cell g (0 .. 3, row-major) of quad `quad`.
+fn quad_cell(lv: Level, quad: u32, g: u32) -> u32 {
+    let quads_x = lv.groups_x / 2u;
+    return lv.first + (2u * (quad / quads_x) + g / 2u) * lv.groups_x + 2u * (quad % quads_x) + g % 2u;
+}
+
+// Which of the quad's cells see `source` (bit g for cell g): the same for every lane.
+fn quad_sees(lv: Level, quad: u32, source: u32) -> u32 {
+    var mask = 0u;
+    for (var g = 0u; g < 4u; g++) {
+        mask |= select(0u, 1u << g, sees(quad_cell(lv, quad, g), source));
+    }
+    return mask;
+}
+
+// row_queries for the lane's two rows: each q and dO element read serves both.
+fn quad_queries(dk: ptr<function, array<Row, 2>>, dv: ptr<function, array<Row, 2>>,
+                k: ptr<function, array<Row, 2>>, v: ptr<function, array<Row, 2>>,
+                at: vec4<u32>, lse: vec4<f32>, delta: vec4<f32>, keep: array<vec4<bool>, 2>, bias: vec2<f32>) {
+    var z0 = vec4<f32>(0.0);
+    var z1 = vec4<f32>(0.0);
+    var dp0 = vec4<f32>(0.0);
+    var dp1 = vec4<f32>(0.0);
+    for (var e = 0u; e < row_vecs(); e++) {
+        let q0 = q4[at.x + e];
+        let q1 = q4[at.y + e];
+        let q2 = q4[at.z + e];
+        let q3 = q4[at.w + e];
+        let d0 = do4[at.x + e];
+        let d1 = do4[at.y + e];
+        let d2 = do4[at.z + e];
+        let d3 = do4[at.w + e];
+        let ka = (*k)[0][e];
+        let kb = (*k)[1][e];
+        let va = (*v)[0][e];
+        let vb = (*v)[1][e];
+        z0 += vec4<f32>(dot(q0, ka), dot(q1, ka), dot(q2, ka), dot(q3, ka));
+        z1 += vec4<f32>(dot(q0, kb), dot(q1, kb), dot(q2, kb), dot(q3, kb));
+        dp0 += vec4<f32>(dot(d0, va), dot(d1, va), dot(d2, va), dot(d3, va));
+        dp1 += vec4<f32>(dot(d0, vb), dot(d1, vb), dot(d2, vb), dot(d3, vb));
+    }
+    let p0 = select(vec4<f32>(0.0), exp(bias.x + z0 * params.scale - lse), keep[0]);
+    let p1 = select(vec4<f32>(0.0), exp(bias.y + z1 * params.scale - lse), keep[1]);
+    let s0 = p0 * (dp0 - delta);
+    let s1 = p1 * (dp1 - delta);
+    for (var e = 0u; e < row_vecs(); e++) {
+        let q0 = q4[at.x + e];
+        let q1 = q4[at.y + e];
+        let q2 = q4[at.z + e];
+        let q3 = q4[at.w + e];
+        let d0 = do4[at.x + e];
+        let d1 = do4[at.y + e];
+        let d2 = do4[at.z + e];
+        let d3 = do4[at.w + e];
+        (*dk)[0][e] += s0.x * q0 + s0.y * q1 + s0.z * q2 + s0.w * q3;
+        (*dk)[1][e] += s1.x * q0 + s1.y * q1 + s1.z * q2 + s1.w * q3;
+        (*dv)[0][e] += p0.x * d0 + p0.y * d1 + p0.z * d2 + p0.w * d3;
+        (*dv)[1][e] += p1.x * d0 + p1.y * d1 + p1.z * d2 + p1.w * d3;
+    }
+}
+
+@compute @workgroup_size(ROW_LANES)
+fn backward_dkv_far_quads(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    var per_head = 0u;
+    for (var l = 0u; l < params.levels; l++) {
+        per_head += quad_workgroups(l);
+    }
+    let w = workgroup_index(wid, nwg);
+    if (w >= per_head * params.bh) {
+        return;
+    }
+    let head = w / per_head;
+    // Coarsest level first, as in backward_dkv_far_rows.
+    var rest = w % per_head;
+    var l = params.levels - 1u;
+    while (l > 0u && rest >= quad_workgroups(l)) {
+        rest -= quad_workgroups(l);
+        l -= 1u;
+    }
+    let lv = level(l);
+    let blocks = (params.p + QUAD_ROWS - 1u) / QUAD_ROWS;
+    let quad = rest / blocks;
+    let g = lid / QUAD_LANES;
+    let cell = quad_cell(lv, quad, g);
+    let first_row = (rest % blocks) * QUAD_ROWS + (lid % QUAD_LANES) * 2u;
+    let head_base = head * params.n;
+    let dv = row_vecs();
+
+    var mine: array<bool, 2>;
+    var used: array<bool, 2>;
+    var own: array<u32, 2>;
+    var bias = vec2<f32>(0.0);
+    var k: array<Row, 2>;
+    var v: array<Row, 2>;
+    for (var x = 0u; x < 2u; x++) {
+        let r = first_row + x;
+        // Rows past p read row 0 of the cell and stay unused.
+        let row = cell * params.p + select(0u, r, r < params.p);
+        mine[x] = r < params.p;
+        used[x] = mine[x] && row_count(row) > 0u;
+        bias[x] = select(0.0, row_bias(row), used[x]);
+        own[x] = head * params.total_rows + row;
+        for (var e = 0u; e < row_vecs(); e++) {
+            k[x][e] = select(vec4<f32>(0.0), coarse4[own[x] * dv + e], used[x]);
+            v[x][e] = select(vec4<f32>(0.0), coarse4[params.coarse_v_base / 4u + own[x] * dv + e], used[x]);
+        }
+    }
+    var dk: array<Row, 2>;
+    var dvs: array<Row, 2>;
+    let s = lv.h * lv.w;
+    for (var a = 0u; a < 4u; a++) {
+        let seen = quad_cell(lv, quad, a);
+        for (var e = geom[params.far_t_offsets + seen]; e < geom[params.far_t_offsets + seen + 1u]; e++) {
+            let source = geom[params.far_t_entries + e];
+            let mask = quad_sees(lv, quad, source);
+            // A source an earlier cell of the quad sees was walked with that cell.
+            if ((mask & ((1u << a) - 1u)) != 0u) {
+                continue;
+            }
+            let on = (mask & (1u << g)) != 0u;
+            for (var t = 0u; t < s; t += 4u) {
+                let qs = source_queries(lv, source, t, head_base);
+                let real = qs.real & vec4<bool>(on);
+                let keep = array<vec4<bool>, 2>(real & vec4<bool>(used[0]), real & vec4<bool>(used[1]));
+                quad_queries(&dk, &dvs, &k, &v, qs.at, qs.lse, qs.delta, keep, bias);
+            }
+        }
+    }
+    for (var x = 0u; x < 2u; x++) {
+        if (mine[x]) {
+            store_row_grads(own[x], dk[x], dvs[x]);
         }
     }
 }

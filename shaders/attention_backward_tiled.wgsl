@@ -289,9 +289,9 @@ fn backward_dkv_far(
     var used: array<bool, BACK_ROWS>;
     for (var r = 0u; r < BACK_ROWS; r++) {
         let row = cell * params.p + r0 + r;
-        used[r] = r0 + r < params.p && geom[params.rows + 2u * row] > 0u;
+        used[r] = r0 + r < params.p && row_count(row) > 0u;
         if (used[r]) {
-            bias[r] = bitcast<f32>(geom[params.rows + 2u * row + 1u]);
+            bias[r] = row_bias(row);
         }
         for (var c = lid; c < HEAD_TILE; c += FAR_LANES) {
             var kx = 0.0;

@@ -71,6 +71,16 @@ fn row_words(at: u32, c: u32) -> vec4<u32> {
     return min(vec4<u32>(at + 4u * c) + LANES4, vec4<u32>(at + params.d - 1u));
 }
 
+// A coarse row's real tokens (0: all it would average is padding, and it is never seen) and
+// its score offset (log multiplicity, or 0), from the geometry's row table.
+fn row_count(row: u32) -> u32 {
+    return geom[params.rows + 2u * row];
+}
+
+fn row_bias(row: u32) -> f32 {
+    return bitcast<f32>(geom[params.rows + 2u * row + 1u]);
+}
+
 // Coarse row `row` of head `head` in the per-head arrays of coarse rows.
 fn head_row(head: u32, row: u32) -> u32 {
     return head * params.total_rows + row;

@@ -58,7 +58,7 @@ fn group_of(head: u32, row: u32) -> Group {
     g.row = row;
     let cell = g.row / params.p;
     g.r = g.row % params.p;
-    g.count = geom[params.rows + 2u * g.row];
+    g.count = row_count(g.row);
     let lv = level(level_index_of(cell));
     let idx = cell - lv.first;
     g.h = lv.h;
@@ -238,7 +238,7 @@ fn downsample_mean_merge(
     let queries = params.queries != 0u;
     for (var e = 0u; e < params.children_per_row; e++) {
         let child = geom[params.children + row * params.children_per_row + e];
-        let weight = f32(geom[params.rows + 2u * child]); // its real tokens
+        let weight = f32(row_count(child)); // its real tokens
         let at = (head * params.total_rows + child) * params.d + c;
         sk += weight * f32(coarse[at]);
         sv += weight * f32(coarse[params.coarse_v_base + at]);
@@ -246,7 +246,7 @@ fn downsample_mean_merge(
             sq += weight * f32(coarse[2u * params.coarse_v_base + at]);
         }
     }
-    let inv = 1.0 / f32(max(geom[params.rows + 2u * row], 1u));
+    let inv = 1.0 / f32(max(row_count(row), 1u));
     let at = (head * params.total_rows + row) * params.d + c;
     coarse[at] = STORE(sk * inv);
     coarse[params.coarse_v_base + at] = STORE(sv * inv);

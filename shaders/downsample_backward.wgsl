@@ -90,7 +90,7 @@ fn tokens_mean(
     for (var l = 0u; l < params.levels; l++) {
         let row = segment_row(level(l), e.y, e.x);
         // the token is real, so its segment's count is at least 1
-        let inv = 1.0 / f32(geom[params.rows + 2u * row]);
+        let inv = 1.0 / f32(row_count(row));
         gk += dcoarse_at(e.head, row, e.c, false) * inv;
         gv += dcoarse_at(e.head, row, e.c, true) * inv;
         gq += dcoarse_query(e.head, row, e.c) * inv;
@@ -127,7 +127,7 @@ fn tokens_mean_quads(
     for (var l = 0u; l < params.levels; l++) {
         let crow = segment_row(level(l), y, x);
         // the token is real, so its segment's count is at least 1
-        let inv = 1.0 / f32(geom[params.rows + 2u * crow]);
+        let inv = 1.0 / f32(row_count(crow));
         for (var j = 0u; j < 4u; j++) {
             if (live[j]) {
                 gk[j] += dcoarse_at(head, crow, c0 + j, false) * inv;
@@ -160,7 +160,7 @@ fn tokens_learned(e: Element, depthwise: bool) {
         let cell = lv.first + (e.y / lv.h) * lv.groups_x + e.x / lv.w;
         for (var r = 0u; r < params.p; r++) {
             let row = cell * params.p + r;
-            if (geom[params.rows + 2u * row] == 0u) {
+            if (row_count(row) == 0u) {
                 continue; // never used by the attention
             }
             var wi = lv.w_off + r * s + t;

@@ -42,8 +42,8 @@ fn far_key(x: u32, level: ptr<function, u32>) -> FarKey {
     }
     let y = x - chain_start[*level];
     let row = geom[params.far_entries + chain_lo[*level] + y / params.p] * params.p + y % params.p;
-    if (geom[params.rows + 2u * row] == 0u) {
+    if (row_count(row) == 0u) {
         return FarKey(-1, 0.0);
     }
-    return FarKey(i32(row), bitcast<f32>(geom[params.rows + 2u * row + 1u]));
+    return FarKey(i32(row), row_bias(row));
 }

@@ -42,7 +42,7 @@ fn linear_far(
     }
     let head = i / range.count;
     let row = range.first + i % range.count;
-    if (geom[params.rows + 2u * row] == 0u) {
+    if (row_count(row) == 0u) {
         return;
     }
     let d = params.d;
@@ -60,12 +60,11 @@ fn linear_far(
         let first = geom[params.far_entries + entry] * params.p;
         for (var t = 0u; t < params.p; t++) {
             let key = first + t;
-            let at = params.rows + 2u * key;
-            if (geom[at] == 0u) {
+            if (row_count(key) == 0u) {
                 continue; // a segment without real tokens is no key
             }
             let k_at = head_row(head, key) * d;
-            var z = bitcast<f32>(geom[at + 1u]);
+            var z = row_bias(key);
             for (var e = 0u; e < HEAD_VEC; e++) {
                 z += dot(q[e], coarse_vec(k_at, e));
             }

@@ -70,10 +70,6 @@ fn store_dcoarse(at: u32, r: ptr<function, Row>) {
     }
 }
 
-fn real_row(row: u32) -> bool {
-    return geom[params.rows + 2u * row] != 0u;
-}
-
 // A segment's running aggregates.
 struct Aggregate {
     m: f32,
@@ -111,7 +107,7 @@ fn linear_up(
     }
     let head = i / range.count;
     let row = range.first + i % range.count;
-    if (!real_row(row)) {
+    if (row_count(row) == 0u) {
         return; // never read: only real rows are children or sources
     }
     var g: Aggregate;
@@ -139,7 +135,7 @@ fn linear_up(
         // the finer segments that tile it: x = their M, terms their A and B
         for (var c = 0u; c < params.children_per_row; c++) {
             let child = geom[params.children + row * params.children_per_row + c];
-            if (!real_row(child)) {
+            if (row_count(child) == 0u) {
                 continue;
             }
             let at = head_row(head, child);
@@ -171,7 +167,7 @@ fn pair_weights(head: u32, seg: u32, key: u32, q: ptr<function, Row>, k: ptr<fun
     for (var e = 0u; e < HEAD_VEC; e++) {
         (*a)[e] = up_vec(at * params.d, e);
     }
-    let z = dot_rows(q, k) + bitcast<f32>(geom[params.rows + 2u * key + 1u]);
+    let z = dot_rows(q, k) + row_bias(key);
     let w = exp(z + up[params.coarse_v_base + 2u * at]);
     return vec2<f32>(w, w * (dot_rows(a, v) - up[params.coarse_v_base + 2u * at + 1u]));
 }
@@ -194,7 +190,7 @@ fn linear_dcoarse(
     var dk: Row;
     var dv: Row;
     var dq: Row;
-    if (real_row(row)) {
+    if (row_count(row) != 0u) {
         let cell = row / params.p;
         // As a key: the segments of the cells that see this cell.
         var k = coarse_row(at);
@@ -205,7 +201,7 @@ fn linear_dcoarse(
             let first = geom[params.far_t_entries + entry] * params.p;
             for (var r = 0u; r < params.p; r++) {
                 let seg = first + r;
-                if (!real_row(seg)) {
+                if (row_count(seg) == 0u) {
                     continue;
                 }
                 var q = coarse_row(2u * params.coarse_v_base + head_row(head, seg) * d);
@@ -229,7 +225,7 @@ fn linear_dcoarse(
             let first = geom[params.far_entries + entry] * params.p;
             for (var t = 0u; t < params.p; t++) {
                 let key = first + t;
-                if (!real_row(key)) {
+                if (row_count(key) == 0u) {
                     continue;
                 }
                 let k_at = head_row(head, key) * d;

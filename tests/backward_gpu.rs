@@ -306,6 +306,30 @@ fn gpu_backward_with_and_without_subgroups() {
     }
 }
 
+/// Images whose cells have more coarse rows than one workgroup of the CPU adapters' 2D kernel
+/// takes per cell (p = 16: several row blocks per quad of cells), or fewer than a lane holds
+/// (p = 1), on both adapter kinds' paths.
+#[test]
+fn gpu_backward_2d_row_blocks() {
+    for (p, image) in [(16, (22, 19)), (1, (13, 24))] {
+        let c = Case {
+            batch: 1,
+            heads: 2,
+            n: image.0 * image.1,
+            d: 16,
+            m: 4,
+            p,
+            causal: false,
+            kind: Downsampling::Depthwise,
+            multiplicity: true,
+            image: Some(image),
+            seed: 5,
+        };
+        run_on(gpu(), &c);
+        run_on(other_kind(), &c);
+    }
+}
+
 /// Every gradient element has one owner that sums in a fixed order: two runs agree exactly.
 #[test]
 fn gpu_backward_is_deterministic() {

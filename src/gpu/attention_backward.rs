@@ -6,9 +6,11 @@
 use super::context::GpuContext;
 use super::params::{bind, dispatch};
 use super::shaders::{
-    BACK_ROWS, FAR_SIBLINGS, Family, ForwardKernels, ROW_LANES, Spec, WG_ELEMENTS, binding as B,
+    BACK_ROWS, FAR_SIBLINGS, Family, ForwardKernels, QUAD_ROWS, ROW_LANES, Spec, WG_ELEMENTS,
+    binding as B,
 };
 use crate::error::Result;
+use crate::geometry::Dims;
 
 pub(crate) struct AttentionBackwardKernel {
     stats: wgpu::ComputePipeline,
@@ -18,9 +20,12 @@ pub(crate) struct AttentionBackwardKernel {
     dq_far: Option<wgpu::ComputePipeline>,
     /// `backward_dkv_near` or `backward_dkv_near_lanes`.
     dkv_near: wgpu::ComputePipeline,
-    /// `backward_dkv_far` or `backward_dkv_far_rows`, with coarse levels.
+    /// `backward_dkv_far`, or `backward_dkv_far_rows` (1D) or `backward_dkv_far_quads` (2D),
+    /// with coarse levels.
     dkv_far: Option<wgpu::ComputePipeline>,
     kernels: Kernels,
+    /// Lanes in 2D: `dkv_far` is `backward_dkv_far_quads`.
+    quads: bool,
 }
 
 /// Which backward kernels a device runs: the best layout differs between a GPU and a CPU.
@@ -81,12 +86,13 @@ pub(crate) struct BackwardWork {
 
 impl AttentionBackwardKernel {
     /// The kernels of `spec`'s shape for head dim `d`, in the layout of the forward the
-    /// context chooses.
-    pub fn new(ctx: &GpuContext, spec: Spec, d: usize, far_field: bool) -> Result<Self> {
+    /// context chooses; those of the coarse rows with `far_field`, the geometry's dims.
+    pub fn new(ctx: &GpuContext, spec: Spec, d: usize, far_field: Option<Dims>) -> Result<Self> {
         let spec = spec.with_forward(ctx.forward_kernels(), d);
         let pipe = |entry| ctx.pipeline(Family::AttentionBackward, entry, spec);
         let kernels = Kernels::for_forward(spec.forward);
-        let far = |entry| far_field.then(|| pipe(entry)).transpose();
+        let quads = kernels == Kernels::Lanes && far_field == Some(Dims::Two);
+        let far = |entry| far_field.map(|_| pipe(entry)).transpose();
         let (dq, dq_far, dkv_near, dkv_far) = match kernels {
             Kernels::Tiled => (
                 pipe("backward_dq_near")?,
@@ -98,7 +104,11 @@ impl AttentionBackwardKernel {
                 pipe("backward_dq_lanes")?,
                 None,
                 pipe("backward_dkv_near_lanes")?,
-                far("backward_dkv_far_rows")?,
+                far(if quads {
+                    "backward_dkv_far_quads"
+                } else {
+                    "backward_dkv_far_rows"
+                })?,
             ),
         };
         Ok(AttentionBackwardKernel {
@@ -108,6 +118,7 @@ impl AttentionBackwardKernel {
             dkv_near,
             dkv_far,
             kernels,
+            quads,
         })
     }
 
@@ -252,6 +263,11 @@ impl AttentionBackwardKernel {
         );
         let per_head = match self.kernels {
             Kernels::Tiled => w.cells * w.p.div_ceil(BACK_ROWS as u64),
+            // A quad of sibling cells per workgroup (a 2D level's side is even).
+            Kernels::Lanes if self.quads => {
+                let blocks = w.p.div_ceil(QUAD_ROWS as u64);
+                w.level_cells.iter().map(|c| c / 4 * blocks).sum()
+            }
             Kernels::Lanes => {
                 let rows = w.p.min(ROW_LANES as u64);
                 let cells = (ROW_LANES as u64 / rows).min(FAR_SIBLINGS as u64);

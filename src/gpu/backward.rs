@@ -104,8 +104,12 @@ impl FmaPlan {
         let far = self.coarse.is_some();
         let queries = self.config.downsample_queries;
         // The O(n) variant's coarse rows get their gradients from linear_backward instead.
-        let attention =
-            AttentionBackwardKernel::new(ctx, self.spec, self.shape.d, far && !queries)?;
+        let attention = AttentionBackwardKernel::new(
+            ctx,
+            self.spec,
+            self.shape.d,
+            (far && !queries).then_some(self.geometry.dims),
+        )?;
         let linear = if far && queries {
             let up = storage(
                 ctx,

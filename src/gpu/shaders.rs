@@ -179,6 +179,9 @@ const FAR_LANES: u32 = 64;
 /// level per workgroup (two share 3 of 4 sources in 1D, 27 of 30 in 2D; more share fewer).
 pub(crate) const ROW_LANES: u32 = 8;
 pub(crate) const FAR_SIBLINGS: u32 = 2;
+/// backward_dkv_far_quads (2D): rows of each cell of a 2 x 2 quad per workgroup, two per lane
+/// over a quarter of the ROW_LANES lanes.
+pub(crate) const QUAD_ROWS: u32 = ROW_LANES / 4 * 2;
 /// Channels of one kind of private row (q, dO, an accumulator) an invocation of the CPU
 /// adapters' kernels holds over its rows (`Spec::lane_rows`).
 const LANE_CHANNELS: u32 = 256;
@@ -447,6 +450,7 @@ pub fn source(family: Family, spec: Spec) -> String {
         ("FAR_LANES", FAR_LANES),
         ("ROW_LANES", ROW_LANES),
         ("FAR_SIBLINGS", FAR_SIBLINGS),
+        ("QUAD_ROWS", QUAD_ROWS),
         ("TOKEN_ROWS", spec.token_rows()),
         ("TOKEN_LANES", spec.token_rows() * spec.head_tile),
         ("MAX_LEVELS", MAX_LEVELS as u32),
