@@ -7,12 +7,14 @@
 //   channel) adds the token's share from every level (a token lies in one cell per level),
 //   so each dK and dV element has one owner; `tokens_mean_quads` (CPU adapters): one per four
 //   channels.
-// - `weight_grads_basis`, `weight_grads_depthwise`: one workgroup per weight (or bias) element
-//   sums over every cell and head that shares it (`basis_sums`, `depthwise_sums` here); the
-//   REDUCE_THREADS lanes' sums are reduced in a fixed order, so the result is deterministic:
-//   in workgroup memory (downsample_backward_reduce.wgsl), or with subgroup sums where the
-//   device has subgroups (downsample_backward_subgroups.wgsl). `range.accumulate` adds to the
-//   previous chunk of heads instead of overwriting.
+// - `weight_grads_basis`, `weight_grads_depthwise` (GPUs): one workgroup per weight (or bias)
+//   element sums over every cell and head that shares it (`basis_sums`, `depthwise_sums`
+//   here); the REDUCE_THREADS lanes' sums are reduced in a fixed order, so the result is
+//   deterministic: in workgroup memory (downsample_backward_reduce.wgsl), or with subgroup sums
+//   where the device has subgroups (downsample_backward_subgroups.wgsl).
+// - `weight_grads_basis_serial`, `weight_grads_depthwise_serial` (CPU adapters): one
+//   invocation per element (`serial_sums`). `range.accumulate` adds to the previous chunk of
+//   heads instead of overwriting.
 
 @group(0) @binding(B_WEIGHTS) var<storage, read> weights: array<f32>;
 @group(0) @binding(B_DCOARSE) var<storage, read> dcoarse: array<f32>;
@@ -258,82 +260,135 @@ fn level_of_element(local: u32, bias: bool) -> u32 {
     return found;
 }
 
-// Lane `lid`'s share of weight element `w` of this dispatch (Basis).
-fn basis_sums(w: u32, lid: u32) -> WeightSums {
-    // dW[l][r][t] = sum over heads, cells g and channels c of dKc[g, r][c] * K[token(g, t)][c]
+// Weight (or bias) element `w` of this dispatch: its level, channel (Depthwise), coarse row
+// r within the cell and token t within the cell (weights only), and where its gradients go.
+struct WeightElement {
+    lv: Level,
+    c: u32,
+    r: u32,
+    t: u32,
+    bias: bool,
+    sums: WeightSums, // zero sums, the targets set
+}
+
+fn basis_element(w: u32) -> WeightElement {
     let local = range.first + w;
     let lv = level(level_of_element(local, false));
     let s = lv.h * lv.w;
-    let r = (local - lv.w_off) / s;
-    let t = (local - lv.w_off) % s;
-    let items = params.bh * lv.groups * params.d;
-    var sk = 0.0;
-    var sv = 0.0;
-    var sq = 0.0;
-    for (var it = lid; it < items; it += REDUCE_THREADS) {
-        let c = it % params.d;
-        let g = (it / params.d) % lv.groups;
-        let head = it / (params.d * lv.groups);
-        let j = cell_token(lv, g, t);
-        if (j >= 0) {
-            let row = (lv.first + g) * params.p + r;
-            let at = (head * params.n + u32(j)) * params.d + c;
-            sk += dcoarse_at(head, row, c, false) * k_in[at];
-            sv += dcoarse_at(head, row, c, true) * v_in[at];
-            sq += dcoarse_query(head, row, c) * query_at(at);
+    let at = WeightSums(0.0, 0.0, 0.0, local, params.wv_base + local, params.wq_base + local);
+    return WeightElement(lv, 0u, (local - lv.w_off) / s, (local - lv.w_off) % s, false, at);
+}
+
+fn depthwise_element(w: u32) -> WeightElement {
+    // Weights [wk of all levels] come first (wv_base of them), then the biases.
+    let element = range.first + w;
+    let bias = element >= params.wv_base;
+    if (bias) {
+        let local = element - params.wv_base;
+        let lv = level(level_of_element(local, true));
+        let at = WeightSums(0.0, 0.0, 0.0, params.bk_base + local, params.bv_base + local, params.bq_base + local);
+        return WeightElement(lv, (local - lv.b_off) / params.p, (local - lv.b_off) % params.p, 0u, true, at);
+    }
+    let lv = level(level_of_element(element, false));
+    let s = lv.h * lv.w;
+    let o = element - lv.w_off;
+    let at = WeightSums(0.0, 0.0, 0.0, element, params.wv_base + element, params.wq_base + element);
+    return WeightElement(lv, o / (params.p * s), (o / s) % params.p, o % s, false, at);
+}
+
+// Adds one (head, cell g, channel c) term of element `el` to its sums: dKc[g, r][c] times
+// K[token(g, t)][c] (1 for a bias), and the same for V and (O(n) variant) Q.
+fn add_term(sums: ptr<function, WeightSums>, el: WeightElement, head: u32, g: u32, c: u32, j: i32) {
+    let row = (el.lv.first + g) * params.p + el.r;
+    if (el.bias) {
+        (*sums).sk += dcoarse_at(head, row, c, false);
+        (*sums).sv += dcoarse_at(head, row, c, true);
+        (*sums).sq += dcoarse_query(head, row, c);
+    } else if (j >= 0) {
+        let at = (head * params.n + u32(j)) * params.d + c;
+        (*sums).sk += dcoarse_at(head, row, c, false) * k_in[at];
+        (*sums).sv += dcoarse_at(head, row, c, true) * v_in[at];
+        (*sums).sq += dcoarse_query(head, row, c) * query_at(at);
+    }
+}
+
+// Every term of element `el` in one invocation (`weight_grads_*_serial`, CPU adapters): heads,
+// cell rows, cell columns and (Basis) channels in nested loops, so that no term pays a
+// division (a CPU runs each lane's division on its own, the slowest step of the strided
+// sums). A fixed order: deterministic.
+fn serial_sums(el: WeightElement, channels_too: bool) -> WeightSums {
+    var sums = el.sums;
+    let groups_y = el.lv.groups / el.lv.groups_x;
+    let ty = el.t / el.lv.w;
+    let tx = el.t % el.lv.w;
+    var c_end = el.c + 1u;
+    if (channels_too) {
+        c_end = params.d;
+    }
+    for (var head = 0u; head < params.bh; head++) {
+        for (var gy = 0u; gy < groups_y; gy++) {
+            for (var gx = 0u; gx < el.lv.groups_x; gx++) {
+                let j = token_at(gy * el.lv.h + ty, gx * el.lv.w + tx);
+                for (var c = select(el.c, 0u, channels_too); c < c_end; c++) {
+                    add_term(&sums, el, head, gy * el.lv.groups_x + gx, c, j);
+                }
+            }
         }
     }
-    return WeightSums(sk, sv, sq, local, params.wv_base + local, params.wq_base + local);
+    return sums;
+}
+
+@compute @workgroup_size(WG_ELEMENTS)
+fn weight_grads_basis_serial(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let w = workgroup_index(wid, nwg) * WG_ELEMENTS + lid;
+    if (w < range.count) {
+        let s = serial_sums(basis_element(w), true);
+        store_weight(s, s.sk, s.sv, s.sq);
+    }
+}
+
+@compute @workgroup_size(WG_ELEMENTS)
+fn weight_grads_depthwise_serial(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let w = workgroup_index(wid, nwg) * WG_ELEMENTS + lid;
+    if (w < range.count) {
+        let s = serial_sums(depthwise_element(w), false);
+        store_weight(s, s.sk, s.sv, s.sq);
+    }
+}
+
+// Lane `lid`'s share of weight element `w` of this dispatch (Basis).
+fn basis_sums(w: u32, lid: u32) -> WeightSums {
+    // dW[l][r][t] = sum over heads, cells g and channels c of dKc[g, r][c] * K[token(g, t)][c]
+    let el = basis_element(w);
+    let lv = el.lv;
+    let t = el.t;
+    let items = params.bh * lv.groups * params.d;
+    var sums = el.sums;
+    for (var it = lid; it < items; it += REDUCE_THREADS) {
+        let g = (it / params.d) % lv.groups;
+        add_term(&sums, el, it / (params.d * lv.groups), g, it % params.d, cell_token(lv, g, t));
+    }
+    return sums;
 }
 
 // Lane `lid`'s share of weight (or bias) element `w` of this dispatch (Depthwise).
 fn depthwise_sums(w: u32, lid: u32) -> WeightSums {
-    // Weights [wk of all levels] come first (wv_base of them), then the biases.
-    let element = range.first + w;
-    let bias = element >= params.wv_base;
-    var local = element;
-    if (bias) {
-        local = element - params.wv_base;
-    }
-    let lv = level(level_of_element(local, bias));
-    let s = lv.h * lv.w;
-    var c: u32;
-    var r: u32;
-    var t = 0u;
-    if (bias) {
-        c = (local - lv.b_off) / params.p;
-        r = (local - lv.b_off) % params.p;
-    } else {
-        c = (local - lv.w_off) / (params.p * s);
-        r = ((local - lv.w_off) / s) % params.p;
-        t = (local - lv.w_off) % s;
-    }
     // dW[l][c][r][t] = sum over heads and cells g of dKc[g, r][c] * K[token(g, t)][c];
     // db[l][c][r] = sum over heads and cells g of dKc[g, r][c].
-    let items = params.bh * lv.groups;
-    var sk = 0.0;
-    var sv = 0.0;
-    var sq = 0.0;
+    let el = depthwise_element(w);
+    let items = params.bh * el.lv.groups;
+    var sums = el.sums;
     for (var it = lid; it < items; it += REDUCE_THREADS) {
-        let g = it % lv.groups;
-        let head = it / lv.groups;
-        let row = (lv.first + g) * params.p + r;
-        if (bias) {
-            sk += dcoarse_at(head, row, c, false);
-            sv += dcoarse_at(head, row, c, true);
-            sq += dcoarse_query(head, row, c);
-        } else {
-            let j = cell_token(lv, g, t);
-            if (j >= 0) {
-                let at = (head * params.n + u32(j)) * params.d + c;
-                sk += dcoarse_at(head, row, c, false) * k_in[at];
-                sv += dcoarse_at(head, row, c, true) * v_in[at];
-                sq += dcoarse_query(head, row, c) * query_at(at);
-            }
-        }
+        let g = it % el.lv.groups;
+        add_term(&sums, el, it / el.lv.groups, g, el.c, cell_token(el.lv, g, el.t));
     }
-    if (bias) {
-        return WeightSums(sk, sv, sq, params.bk_base + local, params.bv_base + local, params.bq_base + local);
-    }
-    return WeightSums(sk, sv, sq, local, params.wv_base + local, params.wq_base + local);
+    return sums;
 }

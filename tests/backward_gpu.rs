@@ -9,8 +9,8 @@
 mod common;
 use common::*;
 use multipole::{
-    DownsampleWeights, Downsampling, FmaConfig, FmaPlan, Geometry, GpuContext, Gradients, Shape,
-    reference,
+    DownsampleWeights, Downsampling, FmaConfig, FmaPlan, ForwardKernels, Geometry, GpuContext,
+    Gradients, Shape, reference,
 };
 use proptest::prelude::*;
 
@@ -244,12 +244,22 @@ fn gpu_backward_on_every_tile_and_kind() {
     eprintln!("backward fixed cases: largest gradient error {worst:.3e}");
 }
 
-/// The shared device with subgroup operations turned off, so that the weight gradients take
-/// the workgroup-memory reduction that browsers run.
+/// The shared device as a GPU: lavapipe (a CPU adapter) is seen as one, since only the GPUs'
+/// weight gradients reduce across lanes (a CPU adapter sums each element in one invocation).
+fn gpu_kind() -> &'static GpuContext {
+    if gpu().info.device_type == wgpu::DeviceType::Cpu {
+        other_kind()
+    } else {
+        gpu()
+    }
+}
+
+/// The same with subgroup operations turned off, so that the weight gradients take the
+/// workgroup-memory reduction that browsers run.
 fn without_subgroups() -> &'static GpuContext {
     static CTX: std::sync::OnceLock<GpuContext> = std::sync::OnceLock::new();
     CTX.get_or_init(|| {
-        let ctx = gpu();
+        let ctx = gpu_kind();
         let plain =
             GpuContext::from_device(ctx.device.clone(), ctx.queue.clone(), ctx.info.clone());
         plain.set_subgroups(false);
@@ -261,7 +271,7 @@ fn without_subgroups() -> &'static GpuContext {
 /// both against the CPU reference, and against each other.
 #[test]
 fn gpu_backward_with_and_without_subgroups() {
-    let ctx = gpu();
+    let ctx = gpu_kind();
     // lavapipe (CI) offers SUBGROUP: the subgroup path must really run there.
     if ctx.info.name.contains("llvmpipe") {
         assert!(
@@ -270,6 +280,7 @@ fn gpu_backward_with_and_without_subgroups() {
         );
     }
     assert!(!without_subgroups().subgroups());
+    assert_ne!(ctx.forward_kernels(), ForwardKernels::Direct);
     eprintln!("subgroups on the test adapter: {}", ctx.subgroups());
     for kind in [Downsampling::Basis, Downsampling::Depthwise] {
         for image in [None, Some((20, 18))] {

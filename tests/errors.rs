@@ -2,7 +2,9 @@
 
 mod common;
 use common::*;
-use multipole::{DownsampleWeights, Downsampling, FmaConfig, FmaError, FmaPlan, Shape, reference};
+use multipole::{
+    DownsampleWeights, Downsampling, FmaConfig, FmaError, FmaPlan, GpuContext, Shape, reference,
+};
 
 #[test]
 fn m_must_be_a_power_of_two() {
@@ -334,8 +336,7 @@ fn encode_checks_the_callers_buffers() {
         lse: &lse,
     };
     plan.encode(ctx, &mut enc, &io).unwrap();
-    ctx.queue.submit([enc.finish()]);
-    ctx.take_error().unwrap();
+    submit_and_wait(ctx, enc);
 }
 
 /// A lost device (here destroyed on purpose) gives a typed error from the next call.
@@ -500,7 +501,16 @@ fn backward_refuses_bad_input_with_clear_errors() {
         ..io
     };
     plan.encode_backward(ctx, &mut enc, &good).unwrap();
+    submit_and_wait(ctx, enc);
+}
+
+/// Runs the encoded work to the end and checks for errors. A test binary that exited with
+/// work still in flight crashed once inside lavapipe (SIGSEGV after every test had passed).
+fn submit_and_wait(ctx: &GpuContext, enc: wgpu::CommandEncoder) {
     ctx.queue.submit([enc.finish()]);
+    ctx.device
+        .poll(wgpu::PollType::wait_indefinitely())
+        .unwrap();
     ctx.take_error().unwrap();
 }
 

@@ -4,7 +4,7 @@
 
 use super::context::GpuContext;
 use super::params::{bind, dispatch};
-use super::shaders::{Family, ForwardKernels, Spec, binding as B};
+use super::shaders::{Family, ForwardKernels, Spec, WG_ELEMENTS, binding as B};
 use crate::config::Downsampling;
 use crate::error::Result;
 
@@ -25,6 +25,9 @@ pub(crate) struct DownsampleBackwardKernel {
     /// The weight-gradient pipeline, its element count (weights, then biases) and its range
     /// uniforms: [overwrite, accumulate].
     weights: Option<(wgpu::ComputePipeline, u64, [wgpu::Buffer; 2])>,
+    /// Elements per workgroup of `weights`: one (a workgroup reduction, GPUs), or WG_ELEMENTS
+    /// (`weight_grads_*_serial`, one invocation each, CPU adapters).
+    weights_per_group: u64,
 }
 
 /// Buffers of the downsampling backward over one chunk of heads.
@@ -45,7 +48,8 @@ pub(crate) struct DownsampleBackwardBindings<'a> {
 
 impl DownsampleBackwardKernel {
     /// `elements`: how many weight-gradient elements one dispatch writes (the key weights of
-    /// all levels, plus the key biases for depthwise); each gets one workgroup.
+    /// all levels, plus the key biases for depthwise): a workgroup each on GPUs, an invocation
+    /// each on CPU adapters.
     pub fn new(ctx: &GpuContext, kind: Downsampling, spec: Spec, elements: usize) -> Result<Self> {
         let spec = spec.with_subgroups(ctx.subgroups());
         let pipe = |entry| ctx.pipeline(Family::DownsampleBackward, entry, spec);
@@ -62,21 +66,32 @@ impl DownsampleBackwardKernel {
                 wgpu::BufferUsages::UNIFORM,
             )
         };
-        let quads = kind == Downsampling::Mean && ctx.forward_kernels() == ForwardKernels::Direct;
+        // A CPU adapter (the Direct forward) pays index arithmetic per lane and a barrier per
+        // reduction step: Mean takes four channels per lane, the weight gradients one element
+        // per invocation with no division per term.
+        let cpu = ctx.forward_kernels() == ForwardKernels::Direct;
+        let quads = kind == Downsampling::Mean && cpu;
+        let grads = |serial, reduced| pipe(if cpu { serial } else { reduced });
         let (tokens, weights) = match kind {
-            // a CPU adapter (the Direct forward) pays index arithmetic per lane: four channels each
             Downsampling::Mean if quads => (pipe("tokens_mean_quads")?, None),
             Downsampling::Mean => (pipe("tokens_mean")?, None),
-            Downsampling::Basis => (pipe("tokens_basis")?, Some(pipe("weight_grads_basis")?)),
+            Downsampling::Basis => (
+                pipe("tokens_basis")?,
+                Some(grads("weight_grads_basis_serial", "weight_grads_basis")?),
+            ),
             Downsampling::Depthwise => (
                 pipe("tokens_depthwise")?,
-                Some(pipe("weight_grads_depthwise")?),
+                Some(grads(
+                    "weight_grads_depthwise_serial",
+                    "weight_grads_depthwise",
+                )?),
             ),
         };
         Ok(DownsampleBackwardKernel {
             tokens,
             token_rows: (spec.token_rows() * if quads { 4 } else { 1 }) as u64,
             weights: weights.map(|w| (w, elements as u64, [range(0), range(1)])),
+            weights_per_group: if cpu { WG_ELEMENTS as u64 } else { 1 },
         })
     }
 
@@ -138,6 +153,7 @@ impl DownsampleBackwardKernel {
                 (B::GRAD_RANGE, &ranges[accumulate as usize]),
             ],
         );
-        dispatch(ctx, pass, pipeline, &group, *elements)
+        let groups = elements.div_ceil(self.weights_per_group);
+        dispatch(ctx, pass, pipeline, &group, groups)
     }
 }
