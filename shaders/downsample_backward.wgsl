@@ -338,17 +338,28 @@ fn serial_sums(el: WeightElement, channels_too: bool) -> WeightSums {
     return sums;
 }
 
+// Weight element `w` of this dispatch in one invocation: Basis sums over every channel,
+// Depthwise over its own.
+fn store_serial(w: u32, depthwise: bool) {
+    if (w >= range.count) {
+        return;
+    }
+    var s: WeightSums;
+    if (depthwise) {
+        s = serial_sums(depthwise_element(w), false);
+    } else {
+        s = serial_sums(basis_element(w), true);
+    }
+    store_weight(s, s.sk, s.sv, s.sq);
+}
+
 @compute @workgroup_size(WG_ELEMENTS)
 fn weight_grads_basis_serial(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let w = workgroup_index(wid, nwg) * WG_ELEMENTS + lid;
-    if (w < range.count) {
-        let s = serial_sums(basis_element(w), true);
-        store_weight(s, s.sk, s.sv, s.sq);
-    }
+    store_serial(workgroup_index(wid, nwg) * WG_ELEMENTS + lid, false);
 }
 
 @compute @workgroup_size(WG_ELEMENTS)
@@ -357,11 +368,7 @@ fn weight_grads_depthwise_serial(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let w = workgroup_index(wid, nwg) * WG_ELEMENTS + lid;
-    if (w < range.count) {
-        let s = serial_sums(depthwise_element(w), false);
-        store_weight(s, s.sk, s.sv, s.sq);
-    }
+    store_serial(workgroup_index(wid, nwg) * WG_ELEMENTS + lid, true);
 }
 
 // Lane `lid`'s share of weight element `w` of this dispatch (Basis).
@@ -388,7 +395,11 @@ fn depthwise_sums(w: u32, lid: u32) -> WeightSums {
     var sums = el.sums;
     for (var it = lid; it < items; it += REDUCE_THREADS) {
         let g = it % el.lv.groups;
-        add_term(&sums, el, it / el.lv.groups, g, el.c, cell_token(el.lv, g, el.t));
+        var j = -1; // a bias reads no token
+        if (!el.bias) {
+            j = cell_token(el.lv, g, el.t);
+        }
+        add_term(&sums, el, it / el.lv.groups, g, el.c, j);
     }
     return sums;
 }
