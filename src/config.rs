@@ -360,6 +360,62 @@ impl DownsampleWeights {
         DownsampleWeights { levels }
     }
 
+    /// All weights in one vector, `[wk of every level][wv][bk][bv][wq][bq]`: the layout the
+    /// GPU binds, `BackwardIo::dw` returns and `from_packed` reads.
+    pub fn packed(&self) -> Vec<f32> {
+        let parts: [fn(&LevelWeights) -> &Vec<f32>; 6] = [
+            |l| &l.wk,
+            |l| &l.wv,
+            |l| &l.bk,
+            |l| &l.bv,
+            |l| &l.wq,
+            |l| &l.bq,
+        ];
+        parts
+            .iter()
+            .flat_map(|part| self.levels.iter().flat_map(|lw| part(lw).iter().copied()))
+            .collect()
+    }
+
+    /// The weights of `kind` for hierarchy `g` and head dim `d` read from the `packed` layout
+    /// (`queries`: the O(n) variant's `wq` and `bq` are present). The length must match.
+    pub fn from_packed(
+        kind: Downsampling,
+        g: &Geometry,
+        d: usize,
+        queries: bool,
+        packed: &[f32],
+    ) -> Result<Self> {
+        let mut out = Self::mean_init(kind, g, d);
+        if queries {
+            out = out.with_query_weights();
+        }
+        let want: usize = out.packed().len();
+        if packed.len() != want {
+            return Err(FmaError::Weights(format!(
+                "packed {kind:?} weights must hold {want} values for this input size, got {}",
+                packed.len()
+            )));
+        }
+        let mut at = 0;
+        for part in 0..6 {
+            for lw in &mut out.levels {
+                let dst = match part {
+                    0 => &mut lw.wk,
+                    1 => &mut lw.wv,
+                    2 => &mut lw.bk,
+                    3 => &mut lw.bv,
+                    4 => &mut lw.wq,
+                    _ => &mut lw.bq,
+                };
+                let len = dst.len();
+                dst.copy_from_slice(&packed[at..at + len]);
+                at += len;
+            }
+        }
+        Ok(out)
+    }
+
     /// The same weights with the query weights of the O(n) variant added, initialised like
     /// the keys' (the `Mean` weights at `mean_init`): `wq` = `wk`, `bq` = `bk` at every level.
     pub fn with_query_weights(mut self) -> Self {

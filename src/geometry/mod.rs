@@ -384,6 +384,39 @@ impl Geometry {
     pub fn near_key_allowed(&self, i: usize, j: usize) -> bool {
         !self.causal || j <= i
     }
+
+    /// The real keys query i sees at full resolution: its near cells' tokens, padding skipped
+    /// and the causal mask applied, in cell order.
+    pub fn near_keys(&self, i: usize) -> Vec<usize> {
+        self.near_cells(self.fine_cell_of(i))
+            .into_iter()
+            .flat_map(|cell| self.fine_cell_positions(cell))
+            .filter_map(|(y, x)| self.token_at(y, x))
+            .filter(|&j| self.near_key_allowed(i, j))
+            .collect()
+    }
+
+    /// Real tokens coarse row `row` (`cell * p + r`) stands for; 0 for a row of padding only,
+    /// which is never scored.
+    pub fn row_multiplicity(&self, row: usize) -> usize {
+        self.cell_level(row / self.p)
+            .map_or(0, |(l, g)| self.multiplicity(l, g, row % self.p))
+    }
+
+    /// The coarse rows query i sees, as (level, row), level 1 first: each level's interaction
+    /// list of the cell holding i, rows without real tokens skipped.
+    pub fn far_rows(&self, i: usize) -> Vec<(usize, usize)> {
+        let f = self.fine_cell_of(i);
+        (1..=self.num_levels())
+            .flat_map(|l| {
+                let offset = self.levels[l - 1].cell_offset;
+                self.far_cells(l, self.cell_at_level(f, l))
+                    .into_iter()
+                    .flat_map(move |grp| (0..self.p).map(move |r| (l, (offset + grp) * self.p + r)))
+            })
+            .filter(|&(_, row)| self.row_multiplicity(row) > 0)
+            .collect()
+    }
 }
 
 /// The configuration the hierarchy is built with for an input `extent` tokens long (1D) or

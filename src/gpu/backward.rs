@@ -386,7 +386,13 @@ impl FmaPlan {
         let dw = if dw.is_empty() {
             DownsampleWeights::default()
         } else {
-            self.unpack_weights(&dw)
+            DownsampleWeights::from_packed(
+                self.config.downsampling,
+                &self.geometry,
+                self.shape.d,
+                self.config.downsample_queries,
+                &dw,
+            )?
         };
         Ok(Gradients { dq, dk, dv, dw })
     }
@@ -423,32 +429,5 @@ impl FmaPlan {
             ctx.queue.write_buffer(buf, 0, bytemuck::cast_slice(&data));
         }
         Ok(())
-    }
-
-    /// The packed layout `[wk of every level][wv][bk][bv][wq][bq]` back into per-level
-    /// weights.
-    fn unpack_weights(&self, packed: &[f32]) -> DownsampleWeights {
-        let g = &self.geometry;
-        let mut out = DownsampleWeights::mean_init(self.config.downsampling, g, self.shape.d);
-        let mut at = 0;
-        if self.config.downsample_queries {
-            out = out.with_query_weights();
-        }
-        for part in 0..6 {
-            for lw in &mut out.levels {
-                let dst = match part {
-                    0 => &mut lw.wk,
-                    1 => &mut lw.wv,
-                    2 => &mut lw.bk,
-                    3 => &mut lw.bv,
-                    4 => &mut lw.wq,
-                    _ => &mut lw.bq,
-                };
-                let len = dst.len();
-                dst.copy_from_slice(&packed[at..at + len]);
-                at += len;
-            }
-        }
-        out
     }
 }

@@ -329,8 +329,21 @@ impl FmaPlan {
         }
     }
 
+    /// Passes over chunks of heads that `forward` and `backward` split the shape into (the
+    /// tensors of one pass fit one storage binding); `encode` needs exactly one.
+    pub fn chunk_count(&self) -> usize {
+        self.chunks.iter().count()
+    }
+
     pub fn geometry(&self) -> &Geometry {
         &self.geometry
+    }
+
+    /// The plan's downsampling weights on the GPU, packed as `DownsampleWeights::packed` lays
+    /// them out (None for `Mean`, or without coarse levels). COPY_DST: a caller that keeps
+    /// trainable weights on the GPU copies them in before encoding a pass.
+    pub fn weights_buffer(&self) -> Option<&wgpu::Buffer> {
+        self.weights.as_ref()
     }
 
     /// Bytes of GPU memory the plan holds besides Q, K, V, O and LSE: the coarse keys and
@@ -522,27 +535,26 @@ pub(crate) fn begin_pass<'e>(
     })
 }
 
-/// Concatenates [wk of all levels][wv][bk][bv][wq][bq] (the query weights are empty unless
-/// the O(n) variant); returns the data and the bases of wv, bk, bv, wq, bq.
+/// The weights packed as the kernels read them (`DownsampleWeights::packed`, never empty, so
+/// that it can be bound), and where wv, bk, bv, wq and bq start.
 pub(super) fn pack_weights(w: &DownsampleWeights) -> (Vec<f32>, [u32; 5]) {
-    let mut data = Vec::new();
-    let mut bases = [0u32; 5];
-    let parts: [fn(&crate::config::LevelWeights) -> &Vec<f32>; 6] = [
-        |l| &l.wk,
-        |l| &l.wv,
-        |l| &l.bk,
-        |l| &l.bv,
-        |l| &l.wq,
-        |l| &l.bq,
+    let total = |part: fn(&crate::config::LevelWeights) -> usize| -> u32 {
+        w.levels.iter().map(part).sum::<usize>() as u32
+    };
+    let sizes = [
+        total(|l| l.wk.len()),
+        total(|l| l.wv.len()),
+        total(|l| l.bk.len()),
+        total(|l| l.bv.len()),
+        total(|l| l.wq.len()),
     ];
-    for (i, part) in parts.iter().enumerate() {
-        if i > 0 {
-            bases[i - 1] = data.len() as u32;
-        }
-        for lw in &w.levels {
-            data.extend_from_slice(part(lw));
-        }
+    let mut bases = [0u32; 5];
+    let mut at = 0;
+    for (base, size) in bases.iter_mut().zip(sizes) {
+        at += size;
+        *base = at;
     }
+    let mut data = w.packed();
     if data.is_empty() {
         data.push(0.0);
     }

@@ -15,7 +15,7 @@ use super::layers::{c, dot};
 use crate::config::{Downsampling, FmaConfig};
 use crate::error::Result;
 use crate::geometry::Geometry;
-use crate::reference::{far_rows_of, near_keys};
+use crate::reference::far_rows_of;
 
 /// One coarse row: its level, its segment index and the real tokens it summarises, each with
 /// its position in the group (the weights' last index).
@@ -101,7 +101,7 @@ impl SparseFma {
             }
         }
         let counts: Vec<usize> = rows.iter().map(|r| r.count).collect();
-        let near = (0..n).map(|i| near_keys(&g, i)).collect();
+        let near = (0..n).map(|i| g.near_keys(i)).collect();
         let far = (0..n)
             .map(|i| {
                 far_rows_of(&g, &counts, i)

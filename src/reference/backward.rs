@@ -9,7 +9,7 @@
 
 use super::dense::dot;
 use super::downsample::{LevelGrads, Source, downsample_backward};
-use super::fma::{Head, checked, far_rows, level_far_rows, near_keys, row_bias};
+use super::fma::{Head, checked, far_rows, level_far_rows, row_bias};
 use super::linear_backward::{factored_far_grads, upward_pass};
 use crate::config::{DownsampleWeights, FmaConfig, LevelWeights, Shape};
 use crate::error::{FmaError, Result};
@@ -151,7 +151,7 @@ fn backward(
             };
             (lse_all[i], delta_all[i]) = (lse, grad.delta);
             let dqi = &mut dq[at];
-            for j in near_keys(&g, i) {
+            for j in g.near_keys(i) {
                 let kv = j * d..(j + 1) * d;
                 grad.visit(
                     qi,

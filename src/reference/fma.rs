@@ -182,16 +182,6 @@ impl Head {
     }
 }
 
-/// The real keys query i sees at full resolution: its near field, padding and mask applied.
-pub(crate) fn near_keys(g: &Geometry, i: usize) -> Vec<usize> {
-    g.near_cells(g.fine_cell_of(i))
-        .into_iter()
-        .flat_map(|cell| g.fine_cell_positions(cell))
-        .filter_map(|(y, x)| g.token_at(y, x))
-        .filter(|&j| g.near_key_allowed(i, j))
-        .collect()
-}
-
 /// The coarse rows query i sees: every level's interaction list, rows without real tokens
 /// skipped.
 pub(crate) fn far_rows(g: &Geometry, coarse: &Coarse, i: usize) -> Vec<usize> {
@@ -236,7 +226,7 @@ pub(crate) fn near_triple(
     d: usize,
 ) -> Triple {
     let mut t = Triple::empty(d);
-    for j in near_keys(g, i) {
+    for j in g.near_keys(i) {
         t.add(
             dot(qi, &k[j * d..(j + 1) * d]),
             v[j * d..(j + 1) * d].iter().copied(),

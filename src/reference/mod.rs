@@ -21,11 +21,11 @@ pub use decoder::Decoder;
 pub(crate) use decoder::{decoder_geometry, past_weights};
 pub use dense::dense;
 pub use downsample::{Coarse, downsample};
+#[cfg(feature = "vit")]
+pub(crate) use fma::far_rows_of;
 #[cfg(feature = "study")]
 pub(crate) use fma::{Head, far_rows, level_far_rows};
 pub use fma::{Output64, fma_forward, fma_forward_f64};
-#[cfg(feature = "vit")]
-pub(crate) use fma::{far_rows_of, near_keys};
 #[doc(hidden)]
 pub use linear::linear_forward_downward;
 pub use triple::Triple;

@@ -5,7 +5,7 @@ use super::{Approx, Problem};
 use crate::config::{DownsampleWeights, Downsampling, FmaConfig};
 use crate::error::Result;
 use crate::geometry::Geometry;
-use crate::reference::{Head, far_rows, level_far_rows, near_keys};
+use crate::reference::{Head, far_rows, level_far_rows};
 
 /// The FMA configuration of a problem: its layout, (m, p) and downsampling kind.
 pub fn config(prob: &Problem, m: usize, p: usize, kind: Downsampling) -> FmaConfig {
@@ -60,7 +60,7 @@ pub fn fma(
     for (out, &i) in o.chunks_exact_mut(d).zip(rows) {
         let (row, _) = head.triple(&g, config.multiplicity, i).finish();
         out.copy_from_slice(&row);
-        keys += near_keys(&g, i).len() + far_rows(&g, &head.coarse, i).len();
+        keys += g.near_keys(i).len() + far_rows(&g, &head.coarse, i).len();
     }
     Ok(Approx {
         o,
@@ -76,7 +76,7 @@ pub fn keys_per_query(prob: &Problem, m: usize, p: usize) -> Result<f64> {
     let w = DownsampleWeights::default();
     let empty = crate::reference::downsample(&g, Downsampling::Mean, &w, &[], &[], 0);
     let total: usize = (0..prob.n)
-        .map(|i| near_keys(&g, i).len() + far_rows(&g, &empty, i).len())
+        .map(|i| g.near_keys(i).len() + far_rows(&g, &empty, i).len())
         .sum();
     Ok(total as f64 / prob.n as f64)
 }
@@ -88,7 +88,7 @@ pub fn linear_keys(prob: &Problem, m: usize, p: usize) -> Result<(f64, f64)> {
     let g = Geometry::new(prob.n, &linear_config(prob, m, p))?;
     let w = DownsampleWeights::default();
     let empty = crate::reference::downsample(&g, Downsampling::Mean, &w, &[], &[], 0);
-    let near: usize = (0..prob.n).map(|i| near_keys(&g, i).len()).sum();
+    let near: usize = (0..prob.n).map(|i| g.near_keys(i).len()).sum();
     let far: usize = g
         .cells()
         .flat_map(|cell| std::iter::repeat_n(cell, g.p))

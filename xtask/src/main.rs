@@ -126,6 +126,9 @@ fn test() -> Result {
     // The GPU tests fail, not skip, when no adapter is found.
     cargo(&["test", "--all-targets", "--all-features"])?;
     cargo(&["test", "--doc", "--all-features"])?;
+    // FMA in Burn: the op on the ndarray backend and on Burn's wgpu device (lavapipe here).
+    cargo(&["test", "-p", "multipole-burn", "--all-targets"])?;
+    cargo(&["test", "-p", "multipole-burn", "--doc"])?;
     // And a browser's WebGPU compiler must accept every shader, not only naga.
     ensure_browser()?;
     cargo(&[

@@ -7,7 +7,7 @@ mod level;
 use level::LevelState;
 
 use super::dense::dot;
-use super::fma::{near_keys, to_f64};
+use super::fma::to_f64;
 use super::{Output, Triple, fma_forward};
 use crate::config::{DownsampleWeights, Downsampling, FmaConfig, Shape};
 use crate::error::{FmaError, Result};
@@ -325,7 +325,7 @@ impl Decoder {
         let st = &self.state[h];
         let ring = 2 * self.config.m;
         let mut near = Triple::empty(d);
-        for j in near_keys(g, t) {
+        for j in g.near_keys(t) {
             let at = (j % ring) * d..(j % ring + 1) * d;
             near.add(
                 dot(q, &st.ring_k[at.clone()]),
