@@ -1,4 +1,4 @@
-// The benchmark's calibration (`multipole bench`, src/bin/multipole/matmul.rs): C = A B in
+// The benchmark's calibration (`multipole bench`, multipole-cli/src/matmul.rs): C = A B in
 // f32, row-major, every row stored as vec4s. Its rate is what the adapter attains in this run,
 // the yardstick of `fraction_of_matmul`. Not part of the library.
 //

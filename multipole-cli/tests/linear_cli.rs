@@ -1,7 +1,9 @@
-//! `multipole attend --downsample-queries` (the O(n) variant, spec section 7) on the CPU
-//! reference: query weights read, gradients written, the causal combination refused.
+//! `multipole attend --downsample-queries` (the O(n) variant, docs/fma.md §13) on the GPU,
+//! against the f64 reference computed in the test: query weights read, gradients written,
+//! the causal combination refused (on both paths).
 
 mod cli_support;
+#[path = "../../tests/common/mod.rs"]
 mod common;
 use std::path::{Path, PathBuf};
 
@@ -108,10 +110,11 @@ fn attend_downsample_queries_matches_the_reference_with_gradients() {
         "--downsampling",
         "depthwise",
         "--downsample-queries",
-        "--reference",
         "--grad",
         grad.to_str().unwrap(),
     ];
+    // The GPU path (the O(n) variant's kernels, forward and backward) against the f64
+    // reference computed here.
     let (ok, err) = attend(&input, &output, &args);
     assert!(ok, "attend --downsample-queries failed: {err}");
     let f = TensorFile::open(&output).unwrap();
@@ -120,17 +123,17 @@ fn attend_downsample_queries_matches_the_reference_with_gradients() {
         &f.get_shaped("o", &dims).unwrap().data,
         &want.o,
         &v,
-        1e-6,
+        1e-4,
     );
     let lse = f.get_shaped("lse", &[1, 2, n]).unwrap();
-    assert_close("lse", &lse.data, &want.lse, &[1.0], 1e-6);
+    assert_close("lse", &lse.data, &want.lse, &want.lse, 1e-4);
     for (name, want) in [
         ("dq", &want_grads.dq),
         ("dk", &want_grads.dk),
         ("dv", &want_grads.dv),
     ] {
         let got = f.get_shaped(name, &dims).unwrap();
-        assert_close(name, &got.data, want, want, 1e-6);
+        assert_close(name, &got.data, want, want, 1e-3);
     }
     for (i, (lw, &s)) in want_grads
         .dw
@@ -147,21 +150,13 @@ fn attend_downsample_queries_matches_the_reference_with_gradients() {
         ] {
             assert!(!want.is_empty(), "{name}");
             let got = f.get_shaped(&name, &shape).unwrap();
-            assert_close(&name, &got.data, want, want, 1e-6);
+            assert_close(&name, &got.data, want, want, 1e-3);
         }
     }
     // The flag matters: without it the same file gives the O(n log n) FMA's output, which
     // differs (and the query weights in the file are simply not read).
     let plain = tmp("plain.safetensors");
-    let args = [
-        "--m",
-        "8",
-        "--p",
-        "2",
-        "--downsampling",
-        "depthwise",
-        "--reference",
-    ];
+    let args = ["--m", "8", "--p", "2", "--downsampling", "depthwise"];
     let (ok, err) = attend(&input, &plain, &args);
     assert!(ok, "{err}");
     let o = TensorFile::open(&plain).unwrap().get("o").unwrap().data;
@@ -201,12 +196,12 @@ fn attend_downsample_queries_on_an_image() {
         "--downsampling",
         "basis",
         "--downsample-queries",
-        "--reference",
     ];
+    // The GPU path against the f64 reference computed here.
     let (ok, err) = attend(&input, &output, &args);
     assert!(ok, "{err}");
     let o = TensorFile::open(&output).unwrap().get("o").unwrap().data;
-    assert_close("image o", &o, &want.o, &v, 1e-6);
+    assert_close("image o", &o, &want.o, &v, 1e-4);
     // A missing query weight is named.
     let missing = tmp("img-missing.safetensors");
     write_input(&missing, dims, [&q, &k, &v], &w, &g, "wq.2");

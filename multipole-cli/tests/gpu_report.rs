@@ -58,6 +58,8 @@ fn gpu_report_writes_its_files_and_its_checks_pass() {
     let browser = checks.iter().filter(|c| c["group"] == "browser").count();
     assert!(browser >= 7, "{checks:#?}");
     let random = checks.iter().filter(|c| c["group"] == "random").count();
+    // At least one random case ran: a report whose budget skipped them all checked nothing.
+    assert!(random >= 1, "no random case ran: {checks:#?}");
     assert_eq!(
         random as u64 + r["random_cases_skipped"].as_u64().unwrap(),
         2,
@@ -115,4 +117,22 @@ fn a_tiny_budget_skips_and_says_why() {
         stdout.contains("skipped fma 1d n=1024: the 0 s budget is spent"),
         "{stdout}"
     );
+}
+
+#[test]
+fn an_out_path_that_is_a_file_fails_before_measuring() {
+    let file = std::env::temp_dir().join(format!("multipole-report-file-{}", std::process::id()));
+    std::fs::write(&file, "not a folder").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_multipole"))
+        .args(["gpu-report", "--quick", "--out"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(stderr.contains("--out must be a folder"), "{stderr}");
+    // Refused before the adapter was even opened: nothing was measured.
+    assert!(!stdout.contains("adapter: "), "{stdout}");
 }

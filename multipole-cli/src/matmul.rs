@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use multipole::{FmaError, GpuContext, GpuTimer, Result, wgpu};
 
-const SHADER: &str = include_str!("../../../shaders/matmul.wgsl");
+const SHADER: &str = include_str!("../../shaders/matmul.wgsl");
 
 /// Binding indices of matmul.wgsl (`B_<NAME>` in its header).
 const BINDINGS: [(&str, u32); 4] = [("B_DIMS", 0), ("B_A", 1), ("B_B", 2), ("B_C", 3)];
@@ -136,8 +136,8 @@ pub fn spot_check(a: &[f32], b: &[f32], c: &[f32], dims: (usize, usize, usize)) 
     let samples = 64usize.min(m * n);
     let mut worst = 0.0f64;
     for s in 0..samples {
-        // A stride coprime with most sizes, so the samples fall in different rows and columns.
-        let at = (s * 7919 + s / 3) % (m * n);
+        // Rows spread evenly over all of C, columns by a stride coprime with most sizes.
+        let at = (s * m / samples) * n + (s * 7919 + s / 3) % n;
         let (want, abs) = entry(a, b, n, k, at / n, at % n);
         let bound = 4.0 * (k as f64).sqrt() * f32::EPSILON as f64 * abs + 1e-30;
         let got = c[at] as f64;
@@ -454,9 +454,18 @@ mod tests {
         let mut wrong = c.clone();
         wrong[0] += 0.01;
         assert!(spot_check(&a, &b, &wrong, (m, n, k)) > 1.0);
-        let mut nan = c;
+        let mut nan = c.clone();
         nan[0] = f32::NAN;
         assert!(spot_check(&a, &b, &nan, (m, n, k)).is_infinite());
+        // A C right only in its first eighth of rows (a kernel that stopped early) fails: the
+        // samples cover every part of C.
+        let (big_m, big_n) = (2048, 2048);
+        let (a, b) = (values(big_m * 4, 3), values(4 * big_n, 4));
+        let mut partial = vec![0.0f32; big_m * big_n];
+        for at in 0..big_m * big_n / 8 {
+            partial[at] = entry(&a, &b, big_n, 4, at / big_n, at % big_n).0 as f32;
+        }
+        assert!(spot_check(&a, &b, &partial, (big_m, big_n, 4)) > 1.0);
     }
 
     /// Every variant against the CPU product on a non-square case (M != N != K), entry by

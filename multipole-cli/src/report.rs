@@ -143,6 +143,12 @@ pub fn run(args: &ReportArgs) -> Result<()> {
             "--budget-s must be positive".into(),
         ));
     }
+    // The report's files go into a folder: a path that cannot be one fails now, not after
+    // minutes of measuring.
+    std::fs::create_dir_all(&args.out).map_err(|e| FmaError::TensorFile {
+        path: args.out.display().to_string(),
+        message: format!("--out must be a folder the report can write into: {e}"),
+    })?;
     let elapsed = || start.elapsed().as_secs_f64();
     let ctx = GpuContext::new_blocking()?;
     let timer = GpuTimer::new(&ctx, 6);
@@ -401,11 +407,11 @@ pub fn run(args: &ReportArgs) -> Result<()> {
     bench::summarise(&records);
 
     // 4. The files.
-    let best = bench::best_matmul(&records);
+    let best = bench::yardstick(&records);
     let report = Report {
         multipole_version: env!("CARGO_PKG_VERSION"),
-        matmul_variant: best.and_then(|b| b.variant.clone()),
-        matmul_gflops: best.map(|b| b.gflops),
+        matmul_variant: best.as_ref().and_then(|b| b.1.clone()),
+        matmul_gflops: best.as_ref().map(|b| b.0),
         adapter,
         budget_s: args.budget_s,
         elapsed_s: elapsed(),

@@ -1,4 +1,4 @@
-//! `multipole decode`: causal FMA one token at a time (spec section 10), over the same tensors
+//! `multipole decode`: causal FMA one token at a time (docs/fma.md §14), over the same tensors
 //! as `attend`: the first N tokens through `prefill`, the rest through `step`. Its `o` and
 //! `lse` equal `attend --causal`'s.
 

@@ -1,6 +1,7 @@
 //! The `multipole attend` command: results equal the library's, bad files give clear errors.
 
 mod cli_support;
+#[path = "../../tests/common/mod.rs"]
 mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -496,7 +497,9 @@ fn study_writes_records_and_refuses_bad_flags() {
         (&["--sizes", "0", "--no-vit"], "--sizes"),
         (&["--mnist", "/nonexistent-mnist"], "cargo xtask mnist"),
     ] {
+        // From the workspace root, where the defaults (the shipped ViT weights) point.
         let res = Command::new(env!("CARGO_BIN_EXE_multipole"))
+            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
             .arg("study")
             .args(flags)
             .arg("--out")

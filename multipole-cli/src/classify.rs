@@ -8,7 +8,7 @@ use multipole::model::{CpuVit, Prediction, VitGpu, VitWeights};
 use multipole::{FmaError, GpuContext};
 
 /// The shipped FMA model, built into the binary so that `classify` works from anywhere.
-const SHIPPED: &[u8] = include_bytes!("../../../web/models/fma-vit-mnist.safetensors");
+const SHIPPED: &[u8] = include_bytes!("../../web/models/fma-vit-mnist.safetensors");
 
 #[derive(clap::Args)]
 pub struct ClassifyArgs {

@@ -21,6 +21,7 @@ use multipole::{
 };
 use serde::{Deserialize, Serialize};
 
+mod burn;
 mod decode;
 
 use super::matmul;
@@ -55,9 +56,9 @@ pub struct BenchArgs {
     /// FMA downsampling: mean, basis or depthwise (learned kinds at their initial weights).
     #[arg(long, default_value = "mean")]
     downsampling: Downsampling,
-    /// batch x heads of every input.
-    #[arg(long, default_value_t = 1)]
-    heads: usize,
+    /// batch x heads of every input (default 1; 8 with --burn).
+    #[arg(long)]
+    heads: Option<usize>,
     /// Timed runs per measurement (after one warm-up).
     #[arg(long, default_value_t = 5)]
     runs: usize,
@@ -106,10 +107,23 @@ pub struct BenchArgs {
     /// Steps recorded into one encoder per --decode measurement.
     #[arg(long, default_value_t = 64)]
     decode_steps: usize,
-    /// Also time the O(n) variant (coarse queries, spec section 7; kernel "fma-linear", and
+    /// Also time the O(n) variant (coarse queries, docs/fma.md §13; kernel "fma-linear", and
     /// "fma-linear_backward" with --backward) next to FMA and dense at every input.
     #[arg(long)]
     downsample_queries: bool,
+    /// Time one training step (forward, backward) of Burn's own attention against Burn + FMA
+    /// (`multipole-burn`) on Burn's wgpu device instead: n = --n (default 1K, 4K, 16K, 64K),
+    /// --heads (default 8) heads of --d, FMA with --m, --p, --downsampling, --causal; where
+    /// Burn's n x n scores exceed the device's binding or buffer limits it reports the limit.
+    #[arg(long, conflicts_with_all = ["decode", "image", "backward", "replot"])]
+    burn: bool,
+}
+
+impl BenchArgs {
+    /// Heads of every input: --heads, else 8 for --burn and 1 otherwise.
+    pub fn heads(&self) -> usize {
+        self.heads.unwrap_or(if self.burn { 8 } else { 1 })
+    }
 }
 
 /// One measurement: the fields anyone needs to recompute the ratios.
@@ -148,12 +162,13 @@ pub struct Record {
     /// The calibration ("matmul"): 2 n^3.
     pub flops: f64,
     pub gflops: f64,
-    /// This record's GFLOP/s over the calibration's (the best matmul variant of the same run):
-    /// the share of the adapter's attainable f32 rate the kernel uses. Absent in records
-    /// written before the calibration existed.
+    /// This record's GFLOP/s over the best rate measured in the same run: the fastest of the
+    /// matmul variants and dense attention (`yardstick`). An attained rate, not the
+    /// hardware's peak: dense attention sometimes beats every matmul variant, and then it is
+    /// the yardstick. Absent in records written before the calibration existed.
     #[serde(default)]
     pub fraction_of_matmul: Option<f64>,
-    /// The calibration's GFLOP/s and variant that `fraction_of_matmul` divides by.
+    /// The yardstick's GFLOP/s and what reached it (a matmul variant, or "dense attention").
     #[serde(default)]
     pub matmul_gflops: Option<f64>,
     #[serde(default)]
@@ -180,6 +195,9 @@ pub struct Record {
 pub fn run(args: &BenchArgs) -> Result<()> {
     if args.decode {
         return decode::run(args);
+    }
+    if args.burn {
+        return burn::run(args);
     }
     if let Some(path) = &args.replot {
         let file_err = |message: String| FmaError::TensorFile {
@@ -261,7 +279,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         .collect();
     // Refuse a bad input before the calibration's minute, not after it.
     for (n, cfg) in &inputs {
-        Shape::new(1, args.heads, *n, args.d).validate()?;
+        Shape::new(1, args.heads(), *n, args.d).validate()?;
         Geometry::new(*n, cfg)?;
     }
     let size = args
@@ -273,7 +291,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         let bench = Bench {
             ctx: &ctx,
             timer: timer.as_ref(),
-            shape: Shape::new(1, args.heads, *n, args.d),
+            shape: Shape::new(1, args.heads(), *n, args.d),
             runs,
         };
         for &precision in &args.precision {
@@ -378,10 +396,24 @@ pub fn best_matmul(records: &[Record]) -> Option<&Record> {
         .max_by(|a, b| a.gflops.total_cmp(&b.gflops))
 }
 
-/// Sets every record's `fraction_of_matmul` against the best matmul variant among them.
+/// The best rate measured among `records`, the denominator of `fraction_of_matmul`: the
+/// fastest matmul variant or, where it was faster, dense attention; with what reached it.
+/// None without a calibration.
+pub fn yardstick(records: &[Record]) -> Option<(f64, Option<String>)> {
+    let matmul = best_matmul(records)?;
+    let dense = records
+        .iter()
+        .filter(|r| r.kernel == "dense" && r.gflops.is_finite())
+        .max_by(|a, b| a.gflops.total_cmp(&b.gflops));
+    Some(match dense {
+        Some(d) if d.gflops > matmul.gflops => (d.gflops, Some("dense attention".into())),
+        _ => (matmul.gflops, matmul.variant.clone()),
+    })
+}
+
+/// Sets every record's `fraction_of_matmul` against the run's yardstick (`yardstick`).
 pub fn apply_calibration(records: &mut [Record]) {
-    let Some((gflops, variant)) = best_matmul(records).map(|b| (b.gflops, b.variant.clone()))
-    else {
+    let Some((gflops, variant)) = yardstick(records) else {
         return;
     };
     for r in records.iter_mut() {
@@ -794,9 +826,15 @@ fn segment_far_rows(g: &Geometry) -> Vec<(u64, u64)> {
 /// FMA backward's required FLOPs: 10 d per required score (the recomputed score, dP, and the
 /// dq, dk, dv updates: 2.5 times the forward's 4 d, the flash convention), plus the
 /// downsampling recomputed and its adjoint (learned kinds: and the weight gradient, as many
-/// FLOPs again).
+/// FLOPs again). The scores are the forward's: in the O(n) variant the coarse ones per
+/// segment (`segment_far_pairs`), as its backward forms them.
 pub fn fma_backward_flops(g: &Geometry, cfg: &FmaConfig, shape: Shape) -> f64 {
     let (near, far) = g.score_pairs();
+    let far = if cfg.downsample_queries {
+        segment_far_pairs(g)
+    } else {
+        far
+    };
     let scores = shape.bh() as f64 * 10.0 * shape.d as f64 * (near + far) as f64;
     let passes = if cfg.downsampling.is_learned() {
         3.0
@@ -841,13 +879,18 @@ pub fn summarise(records: &[Record]) {
             .map(|r| format!("{} {:.1}", r.variant.as_deref().unwrap_or("?"), r.gflops))
             .collect();
         println!(
-            "calibration: f32 matmul {n}x{n}x{n}, best {} at {:.1} GFLOP/s (variants: {}); \
-             fractions below are of that rate",
+            "calibration: f32 matmul {n}x{n}x{n}, best {} at {:.1} GFLOP/s (variants: {})",
             best.variant.as_deref().unwrap_or("?"),
             best.gflops,
             others.join(", "),
             n = best.n
         );
+        if let Some((rate, what)) = yardstick(records) {
+            println!(
+                "fractions below are of the best rate measured in this run: {} at {rate:.1} GFLOP/s",
+                what.as_deref().unwrap_or("?")
+            );
+        }
     }
     println!(
         "{:>12} {:>9} {:>11} {:>11} {:>8} {:>11} {:>8} {:>11} {:>8} {:>13} {:>10}",
@@ -1102,6 +1145,36 @@ mod tests {
             let weighted: u64 = segment_far_rows(&g).iter().map(|&(p, mu)| p * mu).sum();
             assert_eq!(weighted, g.score_pairs().1, "{n}");
             assert!(segment_far_pairs(&g) < g.score_pairs().1);
+        }
+    }
+
+    #[test]
+    fn the_linear_variant_counts_its_per_segment_scores_forward_and_backward() {
+        // 1D 16K and a 2D image: the backward counts the scores the forward counts, 10 d each
+        // instead of 4 d, never the per-query far scores of the other variant.
+        for (n, cfg) in [
+            (16384, FmaConfig::new(32, 4)),
+            (64 * 64, FmaConfig::new(4, 4).image(64, 64)),
+        ] {
+            let linear = FmaConfig {
+                downsample_queries: true,
+                ..cfg.clone()
+            };
+            let g = Geometry::new(n, &linear).unwrap();
+            let s = Shape::new(1, 1, n, 64);
+            let (near, per_query_far) = g.score_pairs();
+            let far = segment_far_pairs(&g);
+            let down = downsample_flops(&g, &linear, s);
+            assert_eq!(
+                fma_flops(&g, &linear, s),
+                4.0 * 64.0 * (near + far) as f64 + down
+            );
+            assert_eq!(
+                fma_backward_flops(&g, &linear, s),
+                10.0 * 64.0 * (near + far) as f64 + 2.0 * down
+            );
+            assert!(far < per_query_far, "{n}");
+            assert!(fma_backward_flops(&g, &linear, s) < fma_backward_flops(&g, &cfg, s));
         }
     }
 

@@ -2,6 +2,7 @@
 //! with and without a prefill), from the same input file.
 
 mod cli_support;
+#[path = "../../tests/common/mod.rs"]
 mod common;
 use std::path::PathBuf;
 use std::process::Command;
@@ -162,4 +163,21 @@ fn bench_decode_writes_records_and_plots() {
             "{suffix}"
         );
     }
+}
+
+#[test]
+fn bench_decode_refuses_zero_steps() {
+    let out = Command::new(env!("CARGO_BIN_EXE_multipole"))
+        .args(["bench", "--decode", "--n", "64", "--decode-steps", "0"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "zero steps measured nothing and must fail"
+    );
+    assert!(
+        stderr.contains("--decode-steps must be at least 1"),
+        "{stderr}"
+    );
 }
