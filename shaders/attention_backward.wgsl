@@ -1,4 +1,4 @@
-// Backward of FMA attention (spec section 8), flash-style: every score is recomputed from the
+// Backward of FMA attention (docs/fma.md §10), flash-style: every score is recomputed from the
 // inputs and the saved LSE, so nothing of size n x n (or n per level) is stored. Each gradient
 // element has exactly one owner invocation that sums its terms in a fixed order, so two runs
 // give the same bits, with no atomics. This file holds what both layouts share: the buffers,

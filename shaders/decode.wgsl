@@ -1,4 +1,4 @@
-// Causal decoding (spec section 10): one new token per sequence, for every head of the batch
+// Causal decoding (docs/fma.md §14): one new token per sequence, for every head of the batch
 // in one dispatch sequence: decode_attend (its output), decode_update (the state), then
 // decode_advance (the token count); decode_seed fills a level Mean adds as the sequence grows.
 // The Rust twin is src/gpu/decoder.rs.

@@ -1,4 +1,4 @@
-// Coarse keys and values (spec section 3). A coarse row is `cell * p + r` over the cells of all
+// Coarse keys and values (docs/fma.md §5). A coarse row is `cell * p + r` over the cells of all
 // levels; each dispatch writes the rows of `range`.
 //
 // From tokens: `downsample_mean` for level 1, one workgroup per (head, coarse row); and

@@ -1,4 +1,4 @@
-// Backward of the downsampling (spec sections 3 and 8): the gradients of the coarse keys and
+// Backward of the downsampling (docs/fma.md §5 and §10): the gradients of the coarse keys and
 // values (written by backward_dkv_far) flow on to the tokens' dK and dV and to the weights.
 // In the O(n) variant (params.queries = 1) the coarse queries' gradients (the third part of
 // dcoarse, written with the others by linear_backward.wgsl) flow the same way on to dQ and to

@@ -1,4 +1,4 @@
-// The O(n) variant's far field (spec section 7), computed once per segment instead of once
+// The O(n) variant's far field (docs/fma.md §13), computed once per segment instead of once
 // per query:
 // - `linear_far`: one dispatch per level, coarsest first; one invocation per (head, coarse row
 //   of the level) with a real token. It scores the row's coarse query (scaled by tau) against

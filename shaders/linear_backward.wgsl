@@ -1,4 +1,4 @@
-// Backward of the O(n) variant's far field (spec section 7 "Backward"), in O(n). A coarse key
+// Backward of the O(n) variant's far field (docs/fma.md §13 "Backward"), in O(n). A coarse key
 // (h, t) seen by segment (g, r) through its coarse query Qc has, for every query i of the
 // segment, the score z = tau Qc . Kc + ln mu (the same for all of them) and the weight
 // P_i = exp(z - LSE_i). The sums over the segment's queries then factor:

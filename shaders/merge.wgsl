@@ -1,4 +1,4 @@
-// The running softmax triple (max, sum, accumulator) of spec section 4, its merge, and the
+// The running softmax triple (max, sum, accumulator) of docs/fma.md §6-7, its merge, and the
 // weights of four keys at a time (their scores in one vec4).
 // Scores are kept relative to the running max, so |scores| up to 1e4 (and beyond) never overflow.
 

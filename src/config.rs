@@ -6,7 +6,7 @@ use crate::geometry::Geometry;
 /// Largest head dimension the kernels are compiled for.
 pub const MAX_HEAD_DIM: usize = 128;
 
-/// How a group of keys (or values) is summarised into `p` coarse keys (spec section 3).
+/// How a group of keys (or values) is summarised into `p` coarse keys (docs/fma.md §5).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Downsampling {
     /// Fixed average of each of the `p` segments of a group (no parameters).
@@ -41,10 +41,10 @@ impl std::str::FromStr for Downsampling {
 /// How the n tokens of a head are arranged: the hierarchy FMA builds over them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Layout {
-    /// A sequence (spec section 2): 1D cells of m tokens.
+    /// A sequence (docs/fma.md §4): 1D cells of m tokens.
     #[default]
     Sequence,
-    /// An image of `height x width` tokens in row-major order (spec section 5): m x m cells,
+    /// An image of `height x width` tokens in row-major order (docs/fma.md §8): m x m cells,
     /// Chebyshev neighbourhoods. n must equal `height * width`.
     Image { height: usize, width: usize },
 }
@@ -128,13 +128,13 @@ pub struct FmaConfig {
     pub causal: bool,
     /// How groups are summarised.
     pub downsampling: Downsampling,
-    /// Add log(number of real tokens a coarse key stands for) to its score (spec section 4).
+    /// Add log(number of real tokens a coarse key stands for) to its score (docs/fma.md §6-7).
     pub multiplicity: bool,
     /// Score scale; `None` means 1/sqrt(d).
     pub scale: Option<f32>,
     /// Storage precision of the tensors on the GPU (the CPU reference ignores it).
     pub precision: Precision,
-    /// The O(n) variant (spec section 7): queries are downsampled like keys, and a query
+    /// The O(n) variant (docs/fma.md §13): queries are downsampled like keys, and a query
     /// scores coarse keys through its segment's coarse query, so the far field is computed
     /// once per segment and passed down the tree. Bidirectional only. Learned kinds then also
     /// read `wq` (and `bq`) of every level.
@@ -298,7 +298,7 @@ impl Shape {
     }
 }
 
-/// Learned weights of one coarse level (spec section 3). Empty vectors for `Mean`.
+/// Learned weights of one coarse level (docs/fma.md §5). Empty vectors for `Mean`.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct LevelWeights {
     /// Keys: `[p, S]` (basis) or `[d, p, S]` (depthwise), S = tokens per group at this level.
@@ -322,7 +322,7 @@ pub struct DownsampleWeights {
 }
 
 impl DownsampleWeights {
-    /// The initialisation of spec section 3 for hierarchy `g`: the `Mean` weights (each
+    /// The initialisation of docs/fma.md §5 for hierarchy `g`: the `Mean` weights (each
     /// coarse key the average of its segment, which in 2D is a sub-block of the cell, taken in
     /// row-major order), and zero bias. Empty levels for `Mean`, which has no weights.
     pub fn mean_init(kind: Downsampling, g: &Geometry, d: usize) -> Self {

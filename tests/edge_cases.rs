@@ -1,5 +1,5 @@
 //! Inputs at the edges of what the library accepts: a fine cell far larger than the input, and
-//! padding that would dwarf the input. Each either gives dense attention (spec section 2:
+//! padding that would dwarf the input. Each either gives dense attention (docs/fma.md §4:
 //! n' = 2m leaves no coarse level) or a typed error, never NaN, a wrap or a hang.
 
 mod common;

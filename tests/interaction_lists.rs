@@ -1,9 +1,9 @@
 //! The geometry module's near fields, interaction lists and multiplicities against the
-//! formulas of fma-spec.md (sections 2, 5 and 6), evaluated here by brute force over every
+//! formulas of docs/fma.md (§3, §4 and §8), evaluated here by brute force over every
 //! candidate cell without calling the geometry's own rules. The partition tests in
 //! oracles*.rs read the lists from the geometry on both sides; these tests do not.
 //!
-//! Padding (section 6) acts on keys, not on lists: the lists are defined over the padded
+//! Padding (docs/fma.md §3) acts on keys, not on lists: the lists are defined over the padded
 //! grid, so a group made only of padding stays in a list, and its coarse keys are the ones
 //! skipped, because each has a multiplicity of zero. The multiplicity checks below pin that.
 
@@ -46,7 +46,7 @@ fn sorted(mut v: Vec<usize>) -> Vec<usize> {
     v
 }
 
-/// Spec section 2 for one sequence configuration, every level and every cell.
+/// docs/fma.md §4 for one sequence configuration, every level and every cell.
 fn check_line(n: usize, m: usize, p: usize, causal: bool) {
     let cfg = FmaConfig {
         causal,
@@ -121,7 +121,7 @@ fn chebyshev(a: (usize, usize), b: (usize, usize)) -> usize {
     a.0.abs_diff(b.0).max(a.1.abs_diff(b.1))
 }
 
-/// Spec section 5 for one image configuration, every level and every cell.
+/// docs/fma.md §8 for one image configuration, every level and every cell.
 fn check_grid(h: usize, w: usize, m: usize, p: usize) {
     let g = Geometry::new(h * w, &FmaConfig::new(m, p).image(h, w)).unwrap();
     let what = format!("{h}x{w} m={m} p={p}");

@@ -1,4 +1,4 @@
-//! The O(n) variant (`downsample_queries`, spec section 7) on the CPU reference: its backward
+//! The O(n) variant (`downsample_queries`, docs/fma.md §13) on the CPU reference: its backward
 //! against finite differences of its forward, the spec's exact oracles (n' = 2m, `Mean` on
 //! segment-wise constant inputs, the downward pass against the direct definition), the factored
 //! backward against the per-query one, and its errors.

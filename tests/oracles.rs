@@ -1,4 +1,4 @@
-//! The exact oracles of fma-spec.md section 9, on the CPU reference and on the GPU.
+//! The exact oracles of docs/fma.md §11, on the CPU reference and on the GPU.
 
 mod common;
 use common::*;

@@ -1,4 +1,4 @@
-//! The exact oracles of fma-spec.md section 9 for images (section 5), on the CPU reference and
+//! The exact oracles of docs/fma.md §11 for images (§8), on the CPU reference and
 //! on the GPU.
 
 mod common;
@@ -59,7 +59,7 @@ fn partition_property_2d() {
         }
     }
     assert!(checked > 20_000);
-    // The lists reach the sizes of spec section 5 somewhere: 3 x 3 near, 6 x 6 - 3 x 3 far.
+    // The lists reach the sizes of docs/fma.md §8 somewhere: 3 x 3 near, 6 x 6 - 3 x 3 far.
     assert_eq!(widest_near, 9);
     assert_eq!(widest_far, 27);
 }

@@ -1,4 +1,4 @@
-//! What a causal decoder (spec section 10) asks of the 1D hierarchy, token by token: the group
+//! What a causal decoder (docs/fma.md §14) asks of the 1D hierarchy, token by token: the group
 //! and segment a token falls in at each level, and which groups it sees. Answered from the
 //! same rules as the forward (`near_cells`, `far_cells`, the levels' segment sizes), so the
 //! decoder cannot drift from the forward it must equal.

@@ -1,4 +1,4 @@
-//! The 2D rules of spec section 5: an image padded to a square of side m * 2^k, square cells,
+//! The 2D rules of docs/fma.md §8: an image padded to a square of side m * 2^k, square cells,
 //! Chebyshev neighbourhoods.
 
 use super::{Dims, Geometry, Level};

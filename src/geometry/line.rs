@@ -1,4 +1,4 @@
-//! The 1D rules of spec section 2, written as the spec states them.
+//! The 1D rules of docs/fma.md §4, written as the spec states them.
 
 use super::{Dims, Geometry, Level};
 use crate::config::FmaConfig;

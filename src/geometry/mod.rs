@@ -1,6 +1,6 @@
 //! The FMA geometry: padding, levels, cells, near fields, interaction lists and multiplicities.
 //!
-//! This module is the only place that knows the rules of spec sections 2, 5 and 6. The CPU
+//! This module is the only place that knows the rules of docs/fma.md §3, §4 and §8. The CPU
 //! reference, the GPU tables and the tests read it; no kernel re-derives it. Tokens live on a
 //! generic `real_h x real_w` row-major grid (a sequence is a grid of one row), padded to a
 //! `pad_h x pad_w` grid; a cell is a rectangle of that grid, so token arithmetic is shared
@@ -29,9 +29,9 @@ pub const MAX_FINE_CELLS: usize = 1 << 22;
 /// Which neighbourhood rules apply.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Dims {
-    /// Sequences (spec section 2).
+    /// Sequences (docs/fma.md §4).
     One,
-    /// Images (spec section 5).
+    /// Images (docs/fma.md §8).
     Two,
 }
 
@@ -84,7 +84,7 @@ pub struct Geometry {
 }
 
 impl Geometry {
-    /// The hierarchy for `n` tokens laid out as `config.layout` says: spec section 2 for a
+    /// The hierarchy for `n` tokens laid out as `config.layout` says: docs/fma.md §4 for a
     /// sequence, section 5 for an image (where n must equal height x width).
     pub fn new(n: usize, config: &FmaConfig) -> Result<Geometry> {
         config.validate()?;
@@ -271,7 +271,7 @@ impl Geometry {
     }
 
     /// Global coarse row (`cell * p + r`) of the level-l segment that holds padded grid
-    /// position (y, x): in the O(n) variant (spec section 7) the coarse query a token at that
+    /// position (y, x): in the O(n) variant (docs/fma.md §13) the coarse query a token at that
     /// position scores level l's coarse keys with.
     pub fn segment_at(&self, l: usize, y: usize, x: usize) -> usize {
         let lv = &self.levels[l - 1];
@@ -294,7 +294,7 @@ impl Geometry {
         self.segment_at(l + 1, y, x)
     }
 
-    /// Real tokens in segment r of group g at level l: the multiplicity mu of spec section 4.
+    /// Real tokens in segment r of group g at level l: the multiplicity mu of docs/fma.md §6-7.
     pub fn multiplicity(&self, l: usize, g: usize, r: usize) -> usize {
         let pos = self.group_positions(l, g);
         self.segment_offsets(l, r)
@@ -421,7 +421,7 @@ impl Geometry {
 
 /// The configuration the hierarchy is built with for an input `extent` tokens long (1D) or
 /// wide (2D, the longer side). Where two fine cells already cover the input, the padded size
-/// is 2m and FMA is dense attention whatever m and p are (spec section 2): a larger m would
+/// is 2m and FMA is dense attention whatever m and p are (docs/fma.md §4): a larger m would
 /// only add padding, so the smallest power-of-two cell with the same property is used, and p
 /// (which then picks no coarse key) is clipped so that it still divides that cell.
 fn covering(config: &FmaConfig, extent: usize) -> FmaConfig {

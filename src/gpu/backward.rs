@@ -1,4 +1,4 @@
-//! The backward pass of an `FmaPlan` (spec section 8): gradients of Q, K, V and of the learned
+//! The backward pass of an `FmaPlan` (docs/fma.md §10): gradients of Q, K, V and of the learned
 //! downsampling weights from dO, with O and LSE saved by the forward.
 //!
 //! Scores are recomputed (flash-style); the extra memory is O(n): per query (LSE, D), and the

@@ -1,4 +1,4 @@
-//! `FmaDecoder`: causal FMA decoding on the GPU (spec section 10), the twin of
+//! `FmaDecoder`: causal FMA decoding on the GPU (docs/fma.md §14), the twin of
 //! `reference::Decoder`. Its state is O(d (m + p log n)) per head and one step is three
 //! dispatches for every sequence and head of the batch.
 

@@ -5,7 +5,7 @@
 //! geometry is turned once into lists: each query's near keys and coarse rows, and each coarse
 //! row's member tokens. The computation is the same (tests compare it with the reference).
 //!
-//! The O(n) variant (`downsample_queries`, spec section 7) is computed here per query, directly
+//! The O(n) variant (`downsample_queries`, docs/fma.md §13) is computed here per query, directly
 //! from its definition: a query scores its coarse rows with its segment's coarse query. The
 //! lists of the 16 x 16 grid are short, so the downward pass (the GPU's way) would not pay.
 
@@ -537,7 +537,7 @@ mod downsampled_queries {
         w.iter().map(|l| l.each_ref().map(|x| &x[..])).collect()
     }
 
-    /// Spec section 7 written out for one head, independently of `SparseFma`'s lists: near
+    /// docs/fma.md §13 written out for one head, independently of `SparseFma`'s lists: near
     /// keys from the fine cells' Chebyshev distance, every coarse row made from the grid, and
     /// the query's segment found by searching its group's segments for its position.
     #[allow(clippy::too_many_arguments)]

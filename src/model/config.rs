@@ -45,7 +45,7 @@ pub struct VitConfig {
     pub p: usize,
     /// How coarse keys are made.
     pub downsampling: Downsampling,
-    /// The O(n) variant (spec section 7): queries are downsampled too, with their own learned
+    /// The O(n) variant (docs/fma.md §13): queries are downsampled too, with their own learned
     /// weights (`ds.wq.L`, `ds.bq.L`).
     pub downsample_queries: bool,
 }

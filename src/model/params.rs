@@ -103,7 +103,7 @@ impl<T: Float> Params<T> {
 
 impl VitWeights {
     /// Fresh weights for `config` from `seed`: linear layers scaled by 1/sqrt(fan-in),
-    /// position embeddings small, norms at identity, downsampling at the mean (spec section 3;
+    /// position embeddings small, norms at identity, downsampling at the mean (docs/fma.md §5;
     /// the queries' weights of the O(n) variant too, like the keys').
     pub fn init(config: &VitConfig, seed: u64) -> Result<VitWeights> {
         let infos = config.params()?;

@@ -1,9 +1,9 @@
-//! FMA backward on the CPU (spec section 8), in f64: the oracle for the GPU backward kernels.
+//! FMA backward on the CPU (docs/fma.md §10), in f64: the oracle for the GPU backward kernels.
 //!
 //! Per query: recompute O_i and LSE_i, D_i = dO_i . O_i, then for every key it sees
 //! P = exp(z - LSE_i), dS = P (dO_i . v - D_i), dq += tau dS k, dk += tau dS q,
 //! dv += P dO_i, where q is the query that scored the key: q_i itself, or in the O(n) variant
-//! (spec section 7) for a coarse key the coarse query of i's segment. Coarse keys, values and
+//! (docs/fma.md §13) for a coarse key the coarse query of i's segment. Coarse keys, values and
 //! queries collect their gradients per coarse row, which `downsample_backward` passes on to the
 //! tokens and the weights.
 
@@ -40,7 +40,7 @@ pub fn fma_backward(
 }
 
 /// `fma_backward` of the O(n) variant with the coarse gradients in the factored form the GPU
-/// uses (spec section 7, "Backward"): per-segment sums of the queries' statistics built by an
+/// uses (docs/fma.md §13, "Backward"): per-segment sums of the queries' statistics built by an
 /// upward pass, then one visit per (segment, coarse key) instead of one per (query, coarse
 /// key). Equal to `fma_backward`; exposed for the test that checks it.
 #[doc(hidden)]

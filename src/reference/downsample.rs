@@ -1,4 +1,4 @@
-//! Coarse keys and values of every group at every level (spec section 3), mirrors downsample.wgsl.
+//! Coarse keys and values of every group at every level (docs/fma.md §5), mirrors downsample.wgsl.
 
 use crate::config::{DownsampleWeights, Downsampling};
 use crate::geometry::Geometry;
@@ -38,12 +38,12 @@ pub fn downsample(
 pub(crate) enum Source {
     Keys,
     Values,
-    /// The O(n) variant's coarse queries (spec section 7), from `wq` and `bq`.
+    /// The O(n) variant's coarse queries (docs/fma.md §13), from `wq` and `bq`.
     Queries,
 }
 
 /// The coarse rows (`cell * p + r`, each a d-vector) of one head's tensor `x` (n x d): the
-/// one downsampling of spec section 3, for keys, values and (O(n) variant) queries alike.
+/// one downsampling of docs/fma.md §5, for keys, values and (O(n) variant) queries alike.
 /// Rows without real tokens are left at zero; they are never scored.
 pub(crate) fn coarse_rows(
     g: &Geometry,

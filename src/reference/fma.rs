@@ -1,5 +1,5 @@
-//! FMA forward on the CPU (spec sections 2-4 and 6): near triple, far triple, merge. With
-//! `downsample_queries` the far triple is the O(n) variant's (spec section 7, `linear.rs`).
+//! FMA forward on the CPU (docs/fma.md §3-7): near triple, far triple, merge. With
+//! `downsample_queries` the far triple is the O(n) variant's (docs/fma.md §13, `linear.rs`).
 
 use super::dense::dot;
 use super::downsample::{Source, coarse_rows};
@@ -148,7 +148,7 @@ impl Head {
         d: usize,
     ) -> Head {
         let scale = config.scale_for(d) as f64;
-        // tau scales the whole coarse query, bias included: z = tau (Qc . Kc) (spec section 7).
+        // tau scales the whole coarse query, bias included: z = tau (Qc . Kc) (docs/fma.md §13).
         let qc = config.downsample_queries.then(|| {
             let mut rows = coarse_rows(g, config.downsampling, weights, Source::Queries, q, d);
             rows.iter_mut().flatten().for_each(|x| *x *= scale);
@@ -170,7 +170,7 @@ impl Head {
     }
 
     /// Query i's softmax triple over its near and far keys (the O(n) variant: its far keys
-    /// scored by its segments' coarse queries, the direct definition of spec section 7).
+    /// scored by its segments' coarse queries, the direct definition of docs/fma.md §13).
     pub fn triple(&self, g: &Geometry, multiplicity: bool, i: usize) -> Triple {
         let qi = self.query(i);
         let near = near_triple(g, qi, &self.k, &self.v, i, self.d);
@@ -216,7 +216,7 @@ pub(crate) fn row_bias(coarse: &Coarse, multiplicity: bool, row: usize) -> f64 {
     }
 }
 
-/// Query i against the real keys of its near field (mirrors near_field.wgsl).
+/// Query i against the real keys of its near field (mirrors attention.wgsl's `near_field`).
 pub(crate) fn near_triple(
     g: &Geometry,
     qi: &[f64],
@@ -235,7 +235,7 @@ pub(crate) fn near_triple(
     t
 }
 
-/// Query i against the coarse keys of its interaction lists at every level (far_field.wgsl).
+/// Query i against the coarse keys of its interaction lists at every level (attention.wgsl's `far_field`).
 fn far_triple(
     g: &Geometry,
     multiplicity: bool,

@@ -1,4 +1,4 @@
-//! The O(n) variant's forward (spec section 7): coarse queries, and the far field computed once
+//! The O(n) variant's forward (docs/fma.md §13): coarse queries, and the far field computed once
 //! per segment and passed down the tree.
 //!
 //! Two forms of one definition. The direct one (`linear_far_triple`, used by `Head::triple` and
@@ -40,7 +40,7 @@ pub(crate) fn linear_far_triple(
     t
 }
 
-/// F of spec section 7, one triple per coarse row `cell * p + r`: that segment's coarse query
+/// F of docs/fma.md §13, one triple per coarse row `cell * p + r`: that segment's coarse query
 /// against the coarse keys of its group's interaction list (rows without real tokens skipped).
 /// Computed for every segment, also those without a real token: their coarse query is zero
 /// (`Mean`) or the bias, so the triple is finite, and no real query ever reads it.

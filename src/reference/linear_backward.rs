@@ -1,4 +1,4 @@
-//! The O(n) variant's far-field backward in factored form (spec section 7, "Backward"): the
+//! The O(n) variant's far-field backward in factored form (docs/fma.md §13, "Backward"): the
 //! blueprint of the GPU's O(n) backward, tested equal to the per-query definition.
 //!
 //! Every query i of a level-l segment scores a coarse key with the same z (its segment's coarse

@@ -1,9 +1,10 @@
-//! CPU reference: f64 accumulation, written to be read against `fma-spec.md` line by line.
+//! CPU reference: f64 accumulation, written to be read against `docs/fma.md` line by line.
 //!
 //! Each function mirrors one GPU kernel: `downsample` (downsample.wgsl), the near and far
-//! triples (near_field.wgsl, far_field.wgsl) and `Triple::merge` (merge.wgsl); `fma_backward`
+//! triples (the `near_field` and `far_field` entry points of attention.wgsl) and
+//! `Triple::merge` (merge.wgsl); `fma_backward`
 //! mirrors the backward kernels (attention_backward.wgsl, downsample_backward.wgsl). The O(n)
-//! variant (spec section 7) lives in `linear.rs` (forward) and `linear_backward.rs`.
+//! variant (docs/fma.md §13) lives in `linear.rs` (forward) and `linear_backward.rs`.
 
 mod backward;
 mod decoder;

@@ -1,4 +1,4 @@
-//! The running softmax state of spec section 4: (max, sum, weighted-value accumulator).
+//! The running softmax state of docs/fma.md §6-7: (max, sum, weighted-value accumulator).
 
 /// A partial softmax over some keys of one query.
 #[derive(Clone, Debug)]

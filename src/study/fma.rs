@@ -16,7 +16,7 @@ pub fn config(prob: &Problem, m: usize, p: usize, kind: Downsampling) -> FmaConf
     }
 }
 
-/// The O(n) variant of `config` (spec section 7): coarse queries, the far field per segment.
+/// The O(n) variant of `config` (docs/fma.md §13): coarse queries, the far field per segment.
 pub fn linear_config(prob: &Problem, m: usize, p: usize) -> FmaConfig {
     FmaConfig {
         downsample_queries: true,

@@ -1,5 +1,5 @@
 //! One head's state at one coarse level: the open group's running sums and the coarse rows of
-//! the last complete groups (spec section 10). Downsampling is linear in the tokens, so each
+//! the last complete groups (docs/fma.md §14). Downsampling is linear in the tokens, so each
 //! token is added to the open group as it arrives and the group is finished when it closes.
 
 use crate::config::{Downsampling, LevelWeights};

@@ -1,4 +1,4 @@
-//! Causal decoding on the CPU (spec section 10), in f64: one token per sequence at a time, with
+//! Causal decoding on the CPU (docs/fma.md §14), in f64: one token per sequence at a time, with
 //! a state of O(d (m + p log n)) per head instead of a key-value cache of O(n d). The oracle of
 //! the GPU decoder; its outputs equal the rows of the causal forward (`fma_forward`).
 
