@@ -421,6 +421,26 @@ fn study_records_have_every_field() {
         kmeans_rounds: 2,
     };
     let records = evaluate("smooth", &groups, &opts, &mut |_| {}).unwrap();
+    // Every baseline ran at the budget the sweep gave it: its keys per query within a key (or
+    // 5%) of the measured keys per query of the FMA configuration it is matched to.
+    let mut matched = 0;
+    for r in records.iter().filter(|r| r.budget_of.is_some()) {
+        let (m, p) = r.budget_of.unwrap();
+        let fma = records
+            .iter()
+            .find(|f| f.method == "fma-mean" && f.m == Some(m) && f.p == Some(p))
+            .unwrap_or_else(|| panic!("no fma-mean record at m = {m}, p = {p}"));
+        let budget = fma.keys_per_query;
+        assert!(
+            (r.keys_per_query - budget).abs() <= (0.05 * budget).max(1.0),
+            "{} at m = {m}, p = {p}: {} keys per query against the budget {budget}",
+            r.method,
+            r.keys_per_query
+        );
+        matched += 1;
+    }
+    // Five baselines at each of the four (m, p) budgets.
+    assert_eq!(matched, 5 * 4);
     let json: serde_json::Value = serde_json::from_str(&serde_json::to_string(&records).unwrap())
         .expect("records serialise to JSON");
     let list = json.as_array().expect("a list of records");

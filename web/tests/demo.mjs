@@ -127,7 +127,14 @@ try {
   const report = await page.textContent('#report');
   const checksStatus = await page.textContent('#status');
   console.log(report);
-  check(checksStatus.startsWith('passed'), `GPU checks: ${checksStatus}`);
+  // browser_checks::run: five FMA cases and two vision transformers (tests/browser_checks.rs
+  // asserts the same count natively). Fewer would mean checks silently left out.
+  const expectedChecks = 7;
+  const counts = await page.evaluate(() => ({ ...document.getElementById('status').dataset }));
+  check(
+    checksStatus.startsWith('passed') && Number(counts.passed) === expectedChecks && Number(counts.failed) === 0,
+    `GPU checks: ${checksStatus} (expected all ${expectedChecks} to pass)`,
+  );
 
   step = 'console';
   check(errors.length === 0, `console errors: ${errors.join(' | ')}`);
