@@ -142,7 +142,7 @@ fn f16_storage_matches_reference_2d() {
 
 /// Scores up to |z| = 1e4 stay finite in f16 storage: the scores and the running max are f32,
 /// so only the stored values (|q|, |k| <= 60, well inside f16's 65504) are f16. Each output is
-/// a convex combination of values, so it must lie within max |V|.
+/// a convex combination of values, so it must lie within max |V|; and it is the reference's.
 #[test]
 fn f16_large_scores_stay_finite() {
     let ctx = gpu();
@@ -161,7 +161,12 @@ fn f16_large_scores_stay_finite() {
             q.iter().map(|x| x * 60.0).collect::<Vec<_>>(),
             k.iter().map(|x| x * 60.0).collect::<Vec<_>>(),
         );
-        let bound = score_bound(&q[..n * d], &k[..n * d], n, d, 1.0 / 8.0);
+        let bound = (0..2)
+            .map(|h| {
+                let head = h * n * d..(h + 1) * n * d;
+                score_bound(&q[head.clone()], &k[head], n, d, 1.0 / 8.0)
+            })
+            .fold(0f32, f32::max);
         assert!(bound > 1e4, "the test must reach large scores: {bound}");
         let out = FmaPlan::new(ctx, shape, &cfg, Some(&w))
             .unwrap()
@@ -175,11 +180,27 @@ fn f16_large_scores_stay_finite() {
             );
         }
         assert!(out.lse.iter().all(|x| x.is_finite()), "{kind:?}: lse");
+        // ... and near the reference on the inputs rounded to f16 (what the GPU stores), which
+        // all-zero or otherwise wrong outputs are not: O within the f16 bar (measured 3.1e-4
+        // x max |V|); the LSE within the score shift a coarse key rounded to f16 can cause,
+        // 2^-11 x tau sum |q k| (over 5 here; measured 0.25 on LSEs in the thousands).
+        let (q16, k16, v16) = (round_f16(&q), round_f16(&k), round_f16(&v));
+        let want = reference::fma_forward(&q16, &k16, &v16, shape, &cfg, Some(&w)).unwrap();
+        assert_close(&format!("{kind:?}: o"), &out.o, &want.o, &v16, TOL);
+        let lse_bar = (bound / 2048.0).max(TOL);
+        assert_close(
+            &format!("{kind:?}: lse"),
+            &out.lse,
+            &want.lse,
+            &[1.0],
+            lse_bar,
+        );
     }
 }
 
 /// `encode` over f16 buffers the caller made gives what the host call gives (which converts),
-/// and f16 halves the coarse rows, the plan's only memory that grows with n.
+/// both within the f16 bar of the reference on the inputs rounded to f16, and f16 halves the
+/// coarse rows, the plan's only memory that grows with n.
 #[test]
 fn f16_encode_takes_f16_buffers_and_halves_the_coarse_rows() {
     let ctx = gpu();
@@ -235,28 +256,47 @@ fn f16_encode_takes_f16_buffers_and_halves_the_coarse_rows() {
         },
     )
     .unwrap();
-    let read = ctx.device.create_buffer(&wgpu::BufferDescriptor {
-        label: Some("f16 test readback"),
-        size: o_bytes,
-        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-        mapped_at_creation: false,
-    });
-    enc.copy_buffer_to_buffer(&ob, 0, &read, 0, o_bytes);
+    let readback = |bytes| {
+        ctx.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("f16 test readback"),
+            size: bytes,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        })
+    };
+    let (read_o, read_lse) = (readback(o_bytes), readback(lse_bytes));
+    enc.copy_buffer_to_buffer(&ob, 0, &read_o, 0, o_bytes);
+    enc.copy_buffer_to_buffer(&lb, 0, &read_lse, 0, lse_bytes);
     ctx.queue.submit([enc.finish()]);
-    read.slice(..)
-        .map_async(wgpu::MapMode::Read, |r| r.unwrap());
+    for r in [&read_o, &read_lse] {
+        r.slice(..).map_async(wgpu::MapMode::Read, |r| r.unwrap());
+    }
     ctx.device
         .poll(wgpu::PollType::wait_indefinitely())
         .unwrap();
     let got: Vec<f32> = {
-        let bytes = read.slice(..).get_mapped_range().unwrap();
+        let bytes = read_o.slice(..).get_mapped_range().unwrap();
         let h: &[half::f16] = bytemuck::cast_slice(&bytes[..]);
         h[..values].iter().map(|x| x.to_f32()).collect()
+    };
+    let got_lse: Vec<f32> = {
+        let bytes = read_lse.slice(..).get_mapped_range().unwrap();
+        bytemuck::cast_slice::<u8, f32>(&bytes[..]).to_vec()
     };
     assert_eq!(
         got, host.o,
         "encode on f16 buffers and the host call differ"
     );
+    assert_eq!(
+        got_lse, host.lse,
+        "encode on f16 buffers and the host call differ in the LSE"
+    );
+    // Both run the same kernels: the f64 reference on the inputs the f16 buffers hold checks
+    // what they computed.
+    let (q16, k16, v16) = (round_f16(&q), round_f16(&k), round_f16(&v));
+    let want = reference::fma_forward(&q16, &k16, &v16, shape, &cfg, None).unwrap();
+    assert_close("encode o vs reference", &got, &want.o, &v16, TOL);
+    assert_close("encode lse vs reference", &got_lse, &want.lse, &[1.0], TOL);
 
     let f32_plan = FmaPlan::new(ctx, shape, &FmaConfig::new(8, 2), None).unwrap();
     let g = plan.geometry();

@@ -1,4 +1,4 @@
-//! The O(n) variant (`FmaConfig::downsample_queries`, spec section 7) on the GPU: its exact
+//! The O(n) variant (`FmaConfig::downsample_queries`, docs/fma.md §13) on the GPU: its exact
 //! oracles, and the GPU against the direct definition (every query's score list with its
 //! segments' coarse queries, one softmax, in f64), on both kernel paths. Few distinct shapes:
 //! lavapipe compiles every pipeline cold in CI.
@@ -46,7 +46,7 @@ fn linear_weights(seed: u64, cfg: &FmaConfig, g: &Geometry, d: usize) -> Option<
     Some(w)
 }
 
-/// The direct definition of spec section 7 in f64, from the reference's downsampling: for
+/// The direct definition of docs/fma.md §13 in f64, from the reference's downsampling: for
 /// each query, its near keys and, at every level, the coarse keys of its cell's interaction
 /// list scored with the coarse query of its segment; one softmax.
 fn direct(
@@ -273,7 +273,7 @@ fn blockwise_constant(seed: u64, shape: Shape, w: usize, block: usize) -> Vec<f3
     out
 }
 
-/// Oracles 1 and 2 of spec section 7: n' = 2m equals dense; `Mean` with Q, K and V constant
+/// Oracles 1 and 2 of docs/fma.md §13: n' = 2m equals dense; `Mean` with Q, K and V constant
 /// over every coarsest segment equals dense (each coarse query and key stands for tokens
 /// equal to it).
 #[test]
@@ -553,44 +553,69 @@ fn gpu_matches_the_reference() {
 }
 
 /// Inputs over the binding limit are split over heads: the coarse queries, the per-segment
-/// buffers and the query weights' gradients (added over chunks) follow the chunks.
+/// buffers and the query weights' gradients (added over chunks) follow the chunks. Every
+/// output and gradient against the reference: `Basis` (wk, wv, wq) and `Depthwise`, whose
+/// biases bk, bv and bq are gradients too.
 #[test]
 fn gpu_splits_the_variant_over_heads() {
     let ctx = small_device();
-    let c = Case {
-        batch: 2,
-        heads: 3,
-        n: 500,
-        d: 16,
-        m: 8,
-        p: 2,
-        kind: Downsampling::Basis,
-        multiplicity: true,
-        image: None,
-    };
-    let shape = Shape::new(c.batch, c.heads, c.n, c.d);
-    let cfg = case_config(&c);
-    let g = Geometry::new(c.n, &cfg).unwrap();
-    let w = linear_weights(23, &cfg, &g, c.d);
-    let (q, k, v) = qkv(29, shape);
-    let d_o = random(31, shape.elements());
-    let plan = FmaPlan::new(&ctx, shape, &cfg, w.as_ref()).unwrap();
-    let out = plan.forward_blocking(&ctx, &q, &k, &v).unwrap();
-    let want = reference::fma_forward(&q, &k, &v, shape, &cfg, w.as_ref()).unwrap();
-    assert_close("o", &out.o, &want.o, &v, 1e-4);
-    assert_close("lse", &out.lse, &want.lse, &[1.0], 1e-4);
-    let tape = multipole::Tape {
-        q: &q,
-        k: &k,
-        v: &v,
-        out,
-    };
-    let got = plan.backward_blocking(&ctx, &tape, &d_o).unwrap();
-    let want = reference::fma_backward(&q, &k, &v, &d_o, shape, &cfg, w.as_ref()).unwrap();
-    compare_grad("dq", &got.dq, &want.dq);
-    compare_grad("dk", &got.dk, &want.dk);
-    for (a, b) in got.dw.levels.iter().zip(&want.dw.levels) {
-        compare_grad("dwq", &a.wq, &b.wq);
-        compare_grad("dwk", &a.wk, &b.wk);
+    // Depthwise's weights (d per coarse key) fit the small binding at d = 8.
+    for (kind, d) in [(Downsampling::Basis, 16), (Downsampling::Depthwise, 8)] {
+        let c = Case {
+            batch: 2,
+            heads: 3,
+            n: 500,
+            d,
+            m: 8,
+            p: 2,
+            kind,
+            multiplicity: true,
+            image: None,
+        };
+        let shape = Shape::new(c.batch, c.heads, c.n, c.d);
+        let cfg = case_config(&c);
+        let g = Geometry::new(c.n, &cfg).unwrap();
+        let w = linear_weights(23, &cfg, &g, c.d);
+        let (q, k, v) = qkv(29, shape);
+        let d_o = random(31, shape.elements());
+        let plan = FmaPlan::new(&ctx, shape, &cfg, w.as_ref()).unwrap();
+        assert!(plan.chunk_count() > 1, "{kind:?}: the test must split");
+        let out = plan.forward_blocking(&ctx, &q, &k, &v).unwrap();
+        let want = reference::fma_forward(&q, &k, &v, shape, &cfg, w.as_ref()).unwrap();
+        assert_close(&format!("o {kind:?}"), &out.o, &want.o, &v, 1e-4);
+        assert_close(&format!("lse {kind:?}"), &out.lse, &want.lse, &[1.0], 1e-4);
+        let tape = multipole::Tape {
+            q: &q,
+            k: &k,
+            v: &v,
+            out,
+        };
+        let got = plan.backward_blocking(&ctx, &tape, &d_o).unwrap();
+        let want = reference::fma_backward(&q, &k, &v, &d_o, shape, &cfg, w.as_ref()).unwrap();
+        for (name, a, b) in [
+            ("dq", &got.dq, &want.dq),
+            ("dk", &got.dk, &want.dk),
+            ("dv", &got.dv, &want.dv),
+        ] {
+            compare_grad(&format!("{name} {kind:?}"), a, b);
+        }
+        assert_eq!(got.dw.levels.len(), g.num_levels(), "{kind:?}");
+        assert_eq!(want.dw.levels.len(), g.num_levels(), "{kind:?}");
+        let biases = kind == Downsampling::Depthwise;
+        for (l, (a, b)) in got.dw.levels.iter().zip(&want.dw.levels).enumerate() {
+            for (name, x, y, present) in [
+                ("dwk", &a.wk, &b.wk, true),
+                ("dwv", &a.wv, &b.wv, true),
+                ("dbk", &a.bk, &b.bk, biases),
+                ("dbv", &a.bv, &b.bv, biases),
+                ("dwq", &a.wq, &b.wq, true),
+                ("dbq", &a.bq, &b.bq, biases),
+            ] {
+                let what = format!("{name}.{} {kind:?}", l + 1);
+                // Basis has no biases: their gradients are empty on both sides.
+                assert_eq!(!y.is_empty(), present, "{what}");
+                compare_grad(&what, x, y);
+            }
+        }
     }
 }

@@ -23,7 +23,8 @@ fn shipped_with(key: &str, value: &str) -> Vec<u8> {
 /// unbounded allocation, no panic; each error names what is wrong.
 #[test]
 fn weights_metadata_sizes_are_checked() {
-    use multipole::model::VitWeights;
+    use multipole::FmaError;
+    use multipole::model::{VitConfig, VitWeights};
     for (key, value, want) in [
         ("canvas", "16", "canvas side 16"),
         ("canvas", "99999999999", "over the limit"),
@@ -53,7 +54,28 @@ fn weights_metadata_sizes_are_checked() {
         assert!(err.contains(want), "{key} = {value}: {err}");
         assert!(started.elapsed().as_secs() < 5, "{key} = {value}");
     }
-    // A smaller model that is consistent in itself loads; it is the classifier that refuses
-    // it (tests/classify_cli.rs), since its canvas cannot hold a 28 x 28 digit.
-    assert!(VitWeights::from_bytes(&shipped_with("m", "4")).is_err()); // tensors mismatch
+    // A smaller model that is consistent in itself loads, every size and weight as written;
+    // it is the classifier that refuses it (multipole-cli/tests/classify_cli.rs), since its
+    // canvas cannot hold a 28 x 28 digit.
+    let small = VitConfig {
+        image: 16,
+        canvas: 16,
+        depth: 1,
+        ..VitConfig::fma()
+    };
+    let written = VitWeights::init(&small, 1).unwrap();
+    let loaded = VitWeights::from_bytes(&written.to_bytes().unwrap()).unwrap();
+    assert_eq!(loaded.config, small);
+    assert!(
+        loaded == written,
+        "the weights read back differ from those written"
+    );
+    // The shipped tensors under sizes they were not trained for are refused, naming the first
+    // tensor that does not fit: m = 4 has one coarse level where m = 2 had two.
+    let err = VitWeights::from_bytes(&shipped_with("m", "4")).unwrap_err();
+    assert!(
+        matches!(&err, FmaError::Model(msg)
+            if msg.contains("unexpected tensor 'blocks.0.ds.bk.2'")),
+        "{err}"
+    );
 }

@@ -44,12 +44,10 @@ pub fn fma_attention_kernels(
     weights: Option<Tensor<1>>,
     config: &FmaConfig,
 ) -> Result<(Tensor<4>, Tensor<3>)> {
-    match device::context(&q.device()) {
-        Some(ctx) => kernels(ctx, q, k, v, weights, config),
-        None => Err(Error::NotWgpu {
-            device: format!("{:?}", q.device()),
-        }),
-    }
+    let ctx = device::context(&q.device()).ok_or_else(|| Error::NotWgpu {
+        device: format!("{:?}", q.device()),
+    })?;
+    kernels(ctx, q, k, v, weights, config)
 }
 
 /// `fma_attention` in Burn tensor ops, on any backend: gathers and batched matmuls, memory

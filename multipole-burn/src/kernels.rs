@@ -154,15 +154,7 @@ impl KernelPlan {
         let [q, k, v, w] = [q, k, v, w].map(into_contiguous);
         let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
         let (e, l) = (self.tensor_bytes(), self.lse_bytes());
-        let bufs = scratch.forward.get_or_insert_with(|| {
-            [
-                self.buffer("fma-burn q", e),
-                self.buffer("fma-burn k", e),
-                self.buffer("fma-burn v", e),
-                self.buffer("fma-burn o", e),
-                self.buffer("fma-burn lse", l),
-            ]
-        });
+        let bufs = self.forward_buffers(&mut scratch);
         // The guards keep Burn's memory in place until our submit; taking them submits Burn's
         // queued work first, so our commands follow it on the shared queue.
         let guards: Vec<_> = [&q, &k, &v, &w, &o, &lse]
@@ -212,23 +204,10 @@ impl KernelPlan {
         let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
         let (e, l) = (self.tensor_bytes(), self.lse_bytes());
         let wb = (self.weights_len.max(1) * 4) as u64;
-        if scratch.forward.is_none() {
-            scratch.forward = Some([
-                self.buffer("fma-burn q", e),
-                self.buffer("fma-burn k", e),
-                self.buffer("fma-burn v", e),
-                self.buffer("fma-burn o", e),
-                self.buffer("fma-burn lse", l),
-            ]);
-        }
+        self.forward_buffers(&mut scratch);
         if scratch.backward.is_none() {
-            scratch.backward = Some([
-                self.buffer("fma-burn d_o", e),
-                self.buffer("fma-burn dq", e),
-                self.buffer("fma-burn dk", e),
-                self.buffer("fma-burn dv", e),
-                self.buffer("fma-burn dw", wb),
-            ]);
+            let b = |name: &str, bytes| self.buffer(&format!("fma-burn {name}"), bytes);
+            scratch.backward = Some([b("d_o", e), b("dq", e), b("dk", e), b("dv", e), b("dw", wb)]);
         }
         let (Some(fw), Some(bw)) = (&scratch.forward, &scratch.backward) else {
             unreachable!("both made above")
@@ -272,6 +251,15 @@ impl KernelPlan {
         self.submit(enc);
         drop(guards);
         [dq, dk, dv, dw]
+    }
+
+    /// The copies of q, k, v, o and lse, made on first use.
+    fn forward_buffers<'s>(&self, scratch: &'s mut Scratch) -> &'s [wgpu::Buffer; 5] {
+        let (e, l) = (self.tensor_bytes(), self.lse_bytes());
+        scratch.forward.get_or_insert_with(|| {
+            let b = |name: &str, bytes| self.buffer(&format!("fma-burn {name}"), bytes);
+            [b("q", e), b("k", e), b("v", e), b("o", e), b("lse", l)]
+        })
     }
 
     fn copy_weights(&self, enc: &mut wgpu::CommandEncoder, w: &WgpuResource) {
