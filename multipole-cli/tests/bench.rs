@@ -62,7 +62,7 @@ fn bench_writes_one_record_per_measurement_and_plots() {
     let best = all
         .iter()
         .filter(|r| r["kernel"] == "matmul" || r["kernel"] == "dense")
-        .map(|r| rate(r))
+        .map(&rate)
         .fold(0.0, f64::max);
     assert!(best > 0.0);
     for r in all {
