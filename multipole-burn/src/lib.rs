@@ -7,19 +7,18 @@
 //! On every other Burn backend the same definition runs in Burn tensor ops (memory
 //! O(n log n)), so a model stays portable.
 //!
-//! ```no_run
+//! (`examples/fma_in_burn.rs` compiles and runs this.)
+//!
+//! ```ignore
 //! use burn::tensor::{Distribution, Tensor};
 //! use multipole::FmaConfig;
 //!
-//! # fn main() -> multipole_burn::Result<()> {
 //! let device = multipole_burn::init_wgpu()?.autodiff();
 //! let x = || Tensor::<4>::random([1, 8, 4096, 64], Distribution::Default, &device).require_grad();
 //! let (q, k, v) = (x(), x(), x());
 //! let (o, _lse) = multipole_burn::fma_attention(q.clone(), k, v, None, &FmaConfig::new(32, 4))?;
 //! let grads = o.sum().backward();
 //! let dq = q.grad(&grads).expect("q is tracked");
-//! # Ok(())
-//! # }
 //! ```
 
 mod attention;
