@@ -1,47 +1,11 @@
 // Shared by every FMA kernel: the uniform, the geometry tables and token arithmetic.
-// The Rust twin (src/gpu/shaders.rs) prepends the tiles, workgroup sizes, table strides and
-// binding indices (B_*) as `const` declarations.
+// The header (`source` in src/gpu/shaders/mod.rs) prepends the uniforms' structs and, as
+// `const` declarations, the tiles, workgroup sizes, table strides and binding indices (B_*).
 // Cell membership, near fields and interaction lists come from the tables built by
 // src/geometry/tables.rs; this file only maps (cell, local index) to a token.
 
-struct Params {
-    n: u32,             // real tokens
-    d: u32,             // head dimension (<= HEAD_TILE)
-    bh: u32,            // heads in this dispatch (batch * heads, or a chunk of it)
-    p: u32,             // coarse keys per group
-    real_h: u32,        // real token grid (1D: 1 x n)
-    real_w: u32,
-    cell_h: u32,        // fine cell (1D: 1 x m)
-    cell_w: u32,
-    cells_x: u32,       // fine cells per padded grid row
-    fine_cells: u32,
-    levels: u32,        // coarse levels L
-    causal: u32,
-    scale: f32,         // score scale tau
-    near_offsets: u32,  // table offsets (u32 words) in `geom`
-    near_entries: u32,
-    far_offsets: u32,
-    far_entries: u32,
-    parent: u32,
-    rows: u32,
-    level_table: u32,
-    total_rows: u32,    // coarse rows per head (all cells of all levels, times p)
-    wv_base: u32,       // offsets of the value weights and the biases in `weights`
-    bk_base: u32,
-    bv_base: u32,
-    tiles_per_cell: u32, // query tiles per fine cell
-    coarse_v_base: u32, // offset of the coarse values in `coarse`
-    children: u32,      // table of each coarse row's finer rows (Mean, level by level)
-    children_per_row: u32,
-    near_t_offsets: u32, // transposed near and far lists (backward: who sees this cell)
-    near_t_entries: u32,
-    far_t_offsets: u32,
-    far_t_entries: u32,
-    queries: u32,       // 1: the O(n) variant, coarse queries beside the coarse keys and values
-    wq_base: u32,       // offsets of the query weights and biases in `weights`
-    bq_base: u32,
-    seg_parent: u32,    // table of each coarse row's parent segment (the O(n) variant)
-}
+// `Params` (the shape, the hierarchy, the tables' offsets) is declared in the header, from
+// its one definition in src/gpu/shaders/structs.rs.
 
 @group(0) @binding(B_PARAMS) var<uniform> params: Params;
 @group(0) @binding(B_GEOM) var<storage, read> geom: array<u32>;
@@ -86,13 +50,8 @@ fn head_row(head: u32, row: u32) -> u32 {
     return head * params.total_rows + row;
 }
 
-// The coarse rows one dispatch covers (a level, or all of them) and their level (0-based).
-struct RowRange {
-    first: u32,
-    count: u32,
-    level: u32,
-    _pad: u32,
-}
+// `RowRange`, the coarse rows one dispatch covers and their level, is declared in the header
+// (src/gpu/shaders/structs.rs).
 
 // Token index at padded grid position (y, x), or -1 for padding.
 fn token_at(y: u32, x: u32) -> i32 {

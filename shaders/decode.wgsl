@@ -1,7 +1,7 @@
 // Causal decoding (docs/fma.md §14): one new token per sequence, for every head of the batch
 // in one dispatch sequence: decode_attend (its output), decode_update (the state), then
 // decode_advance (the token count); decode_seed fills a level Mean adds as the sequence grows.
-// The Rust twin is src/gpu/decoder.rs.
+// The Rust twin is src/gpu/decode/mod.rs.
 //
 // State of head h (f32, one buffer): the last `ring` keys and values (token j in slot
 // j mod ring), and per level the open group's running sums and the coarse rows of its last
@@ -10,36 +10,10 @@
 // Which cells and groups a token sees comes from `dgeom`, built by src/geometry (the near
 // cells and interaction lists, each by the query cell's parity, and the levels' sizes).
 
-struct DecodeParams {
-    d: u32,
-    bh: u32,
-    cell: u32,          // tokens per fine cell (the dense baseline: its capacity)
-    ring: u32,          // ring slots (2 cells; the dense baseline: its capacity)
-    p: u32,
-    levels: u32,
-    kind: u32,          // 0 Mean, 1 Basis, 2 Depthwise
-    multiplicity: u32,
-    scale: f32,
-    near_table: u32,    // offsets in dgeom
-    far_table: u32,
-    ring_v: u32,        // offsets in the state: ring values, open sums, kept rows
-    open_k: u32,
-    open_v: u32,
-    kept_k: u32,
-    kept_v: u32,
-    wv_base: u32,       // offsets of the value weights and the biases in `weights`
-    bk_base: u32,
-    bv_base: u32,
-    _pad: u32,
-}
+// `DecodeParams` is declared in the header, from src/gpu/shaders/structs.rs.
 
-// Tokens one dispatch adds: 1 for a step, the prompt's length for a prefill's state build.
-struct DecodeCount {
-    tokens: u32,
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
-}
+// `DecodeCount`, the tokens one dispatch adds (1 for a step, the prompt's length for a
+// prefill's state build), is declared in the header (src/gpu/shaders/structs.rs).
 
 @group(0) @binding(B_DEC_PARAMS) var<uniform> dp: DecodeParams;
 @group(0) @binding(B_DEC_COUNT) var<uniform> count: DecodeCount;

@@ -23,12 +23,7 @@
 @group(0) @binding(B_DQ) var<storage, read_write> dq_out: array<f32>;
 @group(0) @binding(B_DW) var<storage, read_write> dw_out: array<f32>;
 
-struct GradRange {
-    first: u32,      // first element of this dispatch (weights, then biases)
-    count: u32,
-    accumulate: u32, // 1: add to dw_out (a later chunk of heads)
-    _pad: u32,
-}
+// `GradRange` (the header, from src/gpu/shaders/structs.rs): first, count, accumulate.
 @group(0) @binding(B_GRAD_RANGE) var<uniform> range: GradRange;
 
 // One element of dK and dV: its head, token, channel and grid position. A workgroup holds

@@ -1,25 +1,12 @@
-// The vision transformer's layers, forward and backward. Twin: src/gpu/layers.rs; CPU twins:
+// The vision transformer's layers, forward and backward. Twin: src/gpu/kernels/layers.rs; CPU twins:
 // src/model/layers.rs (same layouts: row-major, a linear weight is [in, out], y = x w + b).
 //
 // One invocation owns one output element (or one row) and sums in a fixed order, so every
 // kernel is deterministic and needs no atomics. Shapes live in the uniform, so a new batch
 // size never recompiles. Workgroups are laid out on a 2D grid (65,535 per axis) and flattened.
-// LAYER_WG and the BIND_* indices are declared by the Rust twin (layers.rs, wgsl_header).
+// LAYER_WG and the BIND_* indices come from the header (src/gpu/shaders/layers.rs).
 
-struct LayerParams {
-    rows: u32,      // matrix rows (images x tokens, or images)
-    inp: u32,       // linear: input width
-    out: u32,       // linear: output width
-    dim: u32,       // row width (norms, softmax, pooling, position)
-    tokens: u32,    // tokens per image
-    heads: u32,
-    hd: u32,        // head dimension
-    side: u32,      // image side (patches)
-    stride: u32,    // patch side (patches)
-    window: u32,    // pixel window per token (patches)
-    count: u32,     // images
-    len: u32,       // elements (or rows) this dispatch covers
-}
+// `LayerParams` is declared in the header, from src/gpu/shaders/structs.rs.
 
 @group(0) @binding(BIND_PARAMS) var<uniform> P: LayerParams;
 @group(0) @binding(BIND_IN0) var<storage, read> in0: array<f32>;

@@ -35,6 +35,8 @@
 //! # }
 //! ```
 
+#[cfg(feature = "vit")]
+pub mod browser_checks;
 pub mod compare;
 pub mod config;
 pub mod error;
@@ -46,10 +48,9 @@ pub mod reference;
 pub mod study;
 #[cfg(feature = "safetensors")]
 pub mod tensor_file;
+pub mod weights;
 
-pub use config::{
-    DownsampleWeights, Downsampling, FmaConfig, Layout, LevelWeights, Precision, Shape,
-};
+pub use config::{Downsampling, FmaConfig, Layout, Precision, Shape};
 pub use error::{FmaError, Result};
 pub use geometry::Geometry;
 pub mod gpu;
@@ -59,6 +60,7 @@ pub use gpu::{
     ForwardKernels, GpuContext, GpuTimer, Tape,
 };
 pub use reference::{Gradients, Output};
+pub use weights::{DownsampleWeights, LevelWeights};
 #[cfg(all(feature = "web", target_arch = "wasm32"))]
 pub mod web;
 /// The wgpu this crate is built on, for callers that share a device with it.

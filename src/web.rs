@@ -11,7 +11,8 @@ use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::future_to_promise;
 
 use crate::error::FmaError;
-use crate::gpu::{GpuContext, VitGpu};
+use crate::gpu::GpuContext;
+use crate::model::VitGpu;
 use crate::model::mnist::place_centred;
 use crate::model::{CpuVit, VitWeights, preprocess};
 
@@ -159,7 +160,7 @@ pub fn digit_from_file(bytes: Vec<u8>) -> Result<Vec<u8>, JsValue> {
 pub fn run_gpu_checks() -> Promise {
     future_to_promise(async move {
         let ctx = GpuContext::new().await.map_err(js_err)?;
-        let results = crate::gpu::browser_checks::run(&ctx).await;
+        let results = crate::browser_checks::run(&ctx).await;
         let lines = Array::new();
         let (mut passed, mut failed) = (0u32, 0u32);
         for (name, r) in results {

@@ -6,7 +6,7 @@ mod common;
 #[test]
 fn the_in_browser_checks_pass_natively() {
     let ctx = common::gpu();
-    let results = pollster::block_on(multipole::gpu::browser_checks::run(ctx));
+    let results = pollster::block_on(multipole::browser_checks::run(ctx));
     // Five FMA cases and two vision transformers; web/tests/demo.mjs expects as many in the
     // browser.
     assert_eq!(results.len(), 7);

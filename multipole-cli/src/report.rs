@@ -20,7 +20,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use multipole::gpu::browser_checks;
+use multipole::browser_checks;
 use multipole::model::rng::Rng;
 use multipole::{
     Downsampling, FmaConfig, FmaError, Geometry, GpuContext, GpuTimer, Layout, Precision, Result,

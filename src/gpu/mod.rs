@@ -1,41 +1,22 @@
-//! The GPU path: a device context, the kernels' Rust twins and the FMA dispatcher.
+//! The GPU path, in layers that only look down: `shaders` (the WGSL sources, their
+//! specialisation and every number they share with Rust), `runtime` (the device, uniforms,
+//! buffers, host staging, timing), `kernels` (one Rust twin per kernel family), `plan` (the FMA
+//! and dense passes, forward and backward) and `decode` (causal generation).
 
-mod attention;
-mod attention_backward;
-mod backward;
-#[cfg(feature = "vit")]
-pub mod browser_checks;
-mod buffers;
-mod chunks;
-mod context;
-mod decoder;
-mod decoder_dense;
-mod decoder_fma;
-mod dense;
-mod downsample;
-mod downsample_backward;
-mod host;
-#[cfg(feature = "vit")]
-pub mod layers;
-mod linear;
-mod linear_backward;
-mod params;
-mod plan;
+pub(crate) mod decode;
+pub(crate) mod kernels;
+pub(crate) mod plan;
+pub(crate) mod runtime;
 pub mod shaders;
-mod timing;
-#[cfg(feature = "vit")]
-mod vit;
 
-pub use backward::{BackwardIo, Tape};
-pub use context::GpuContext;
-pub use decoder::DecodeIo;
-pub use decoder_dense::DenseDecoder;
-pub use decoder_fma::FmaDecoder;
-pub use dense::DensePlan;
+pub use decode::DecodeIo;
+pub use decode::dense::DenseDecoder;
+pub use decode::fma::FmaDecoder;
 #[cfg(feature = "vit")]
-pub use layers::LayerKernels;
-pub use plan::{AttentionIo, FmaPlan};
+pub use kernels::layers::{self, LayerKernels};
+pub use plan::FmaPlan;
+pub use plan::dense::DensePlan;
+pub use runtime::context::GpuContext;
+pub use runtime::io::{AttentionIo, BackwardIo, Tape};
+pub use runtime::timing::GpuTimer;
 pub use shaders::ForwardKernels;
-pub use timing::GpuTimer;
-#[cfg(feature = "vit")]
-pub use vit::VitGpu;

@@ -393,8 +393,9 @@ impl SparseFma {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{DownsampleWeights, Shape};
+    use crate::config::Shape;
     use crate::reference::{fma_backward, fma_forward_f64};
+    use crate::weights::DownsampleWeights;
 
     fn values(n: usize, seed: f64) -> Vec<f32> {
         (0..n)
@@ -509,7 +510,7 @@ mod tests {
 #[cfg(test)]
 mod downsampled_queries {
     use super::*;
-    use crate::config::DownsampleWeights;
+    use crate::weights::DownsampleWeights;
 
     fn values(n: usize, seed: f64) -> Vec<f64> {
         (0..n).map(|i| ((i as f64 + seed) * 0.613).sin()).collect()

@@ -6,6 +6,7 @@
 pub mod attention;
 pub mod config;
 pub mod cpu;
+mod gpu;
 pub mod layers;
 pub mod mnist;
 pub mod params;
@@ -14,10 +15,10 @@ pub mod rng;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod train;
 
-/// The model on the GPU.
-pub use crate::gpu::VitGpu;
 pub use config::VitConfig;
 pub use cpu::{AttentionMap, CpuVit, FarCell};
+/// The model on the GPU.
+pub use gpu::VitGpu;
 pub use params::{Params, VitWeights};
 
 /// A classification: the top class and the probability of every class.

@@ -8,8 +8,8 @@ use safetensors::{Dtype, SafeTensors};
 
 use super::config::VitConfig;
 use super::rng::Rng;
-use crate::config::{DownsampleWeights, LevelWeights};
 use crate::error::{FmaError, Result};
+use crate::weights::{DownsampleWeights, LevelWeights};
 
 /// Every parameter tensor of a model, in the order of `VitConfig::params`.
 #[derive(Clone, Debug, PartialEq)]

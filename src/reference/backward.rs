@@ -7,12 +7,14 @@
 //! queries collect their gradients per coarse row, which `downsample_backward` passes on to the
 //! tokens and the weights.
 
-use super::dense::dot;
+use super::dot;
 use super::downsample::{LevelGrads, Source, downsample_backward};
-use super::fma::{Head, checked, far_rows, level_far_rows, row_bias};
+use super::fields::{far_rows, level_far_rows, row_bias};
+use super::fma::{Head, checked};
 use super::linear_backward::{factored_far_grads, upward_pass};
-use crate::config::{DownsampleWeights, FmaConfig, LevelWeights, Shape};
+use crate::config::{FmaConfig, Shape};
 use crate::error::{FmaError, Result};
+use crate::weights::{DownsampleWeights, LevelWeights};
 
 /// Gradients of a loss through FMA: `dq`, `dk`, `dv` shaped like q ([batch, heads, n, d]) and
 /// `dw` shaped like the downsampling weights (summed over batch and heads, which share them;

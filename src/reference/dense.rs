@@ -1,7 +1,6 @@
 //! Exact softmax attention, the ground truth FMA is compared with.
 
-use super::fma::to_f64;
-use super::{Output, Triple};
+use super::{Output, Triple, dot, to_f64};
 use crate::config::Shape;
 use crate::error::Result;
 
@@ -48,8 +47,4 @@ pub fn dense(
         }
     }
     Ok(out)
-}
-
-pub(crate) fn dot(a: &[f64], b: &[f64]) -> f64 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
 }

@@ -1,7 +1,9 @@
 //! Coarse keys and values of every group at every level (docs/fma.md §5), mirrors downsample.wgsl.
 
-use crate::config::{DownsampleWeights, Downsampling};
+use crate::config::Downsampling;
+
 use crate::geometry::Geometry;
+use crate::weights::DownsampleWeights;
 
 /// Coarse keys and values of one head: row `cell * p + r`, each a d-vector, and the number
 /// of real tokens each row stands for (its multiplicity; 0 means the row is skipped).

@@ -1,13 +1,13 @@
 //! FMA forward on the CPU (docs/fma.md §3-7): near triple, far triple, merge. With
 //! `downsample_queries` the far triple is the O(n) variant's (docs/fma.md §13, `linear.rs`).
 
-use super::dense::dot;
 use super::downsample::{Source, coarse_rows};
-use super::linear::linear_far_triple;
-use super::{Coarse, Output, Triple, downsample};
-use crate::config::{DownsampleWeights, FmaConfig, Shape};
+use super::fields::{far_triple, linear_far_triple, near_triple};
+use super::{Coarse, Output, Triple, downsample, to_f64};
+use crate::config::{FmaConfig, Shape};
 use crate::error::Result;
 use crate::geometry::Geometry;
+use crate::weights::DownsampleWeights;
 
 /// FMA attention over [batch, heads, n, d] tensors, laid out as `config.layout` says (1D or 2D).
 /// `weights` is required for learned downsampling kinds and ignored for `Mean`.
@@ -180,80 +180,4 @@ impl Head {
         };
         near.merge(&far)
     }
-}
-
-/// The coarse rows query i sees: every level's interaction list, rows without real tokens
-/// skipped.
-pub(crate) fn far_rows(g: &Geometry, coarse: &Coarse, i: usize) -> Vec<usize> {
-    far_rows_of(g, &coarse.count, i)
-}
-
-/// `far_rows` given each coarse row's multiplicity.
-pub(crate) fn far_rows_of(g: &Geometry, count: &[usize], i: usize) -> Vec<usize> {
-    let f = g.fine_cell_of(i);
-    (1..=g.num_levels())
-        .flat_map(|l| level_far_rows(g, count, l, g.cell_at_level(f, l)))
-        .collect()
-}
-
-/// The coarse rows of level l that cell `cell` of that level sees: its interaction list,
-/// rows without real tokens skipped.
-pub(crate) fn level_far_rows(g: &Geometry, count: &[usize], l: usize, cell: usize) -> Vec<usize> {
-    let offset = g.levels[l - 1].cell_offset;
-    g.far_cells(l, cell)
-        .into_iter()
-        .flat_map(|grp| (0..g.p).map(move |r| (offset + grp) * g.p + r))
-        .filter(|&row| count[row] > 0)
-        .collect()
-}
-
-/// Score offset of a coarse row: log(multiplicity), or 0 with the option off.
-pub(crate) fn row_bias(coarse: &Coarse, multiplicity: bool, row: usize) -> f64 {
-    if multiplicity {
-        (coarse.count[row] as f64).ln()
-    } else {
-        0.0
-    }
-}
-
-/// Query i against the real keys of its near field (mirrors attention.wgsl's `near_field`).
-pub(crate) fn near_triple(
-    g: &Geometry,
-    qi: &[f64],
-    k: &[f64],
-    v: &[f64],
-    i: usize,
-    d: usize,
-) -> Triple {
-    let mut t = Triple::empty(d);
-    for j in g.near_keys(i) {
-        t.add(
-            dot(qi, &k[j * d..(j + 1) * d]),
-            v[j * d..(j + 1) * d].iter().copied(),
-        );
-    }
-    t
-}
-
-/// Query i against the coarse keys of its interaction lists at every level (attention.wgsl's `far_field`).
-fn far_triple(
-    g: &Geometry,
-    multiplicity: bool,
-    qi: &[f64],
-    coarse: &Coarse,
-    i: usize,
-    d: usize,
-) -> Triple {
-    let mut t = Triple::empty(d);
-    for row in far_rows(g, coarse, i) {
-        t.add(
-            dot(qi, &coarse.k[row]) + row_bias(coarse, multiplicity, row),
-            coarse.v[row].iter().copied(),
-        );
-    }
-    t
-}
-
-pub(crate) fn to_f64(x: &[f32]) -> Vec<f64> {
-    x.iter().map(|&a| a as f64).collect()
 }

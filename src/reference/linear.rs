@@ -8,37 +8,13 @@
 //! group's interaction list, merged from the coarsest level down, so each query merges one
 //! triple into its near field. Tests check that both agree.
 
-use super::dense::dot;
-use super::fma::{checked, forward_heads, level_far_rows, near_triple, row_bias};
-use super::{Coarse, Output64, Triple};
-use crate::config::{DownsampleWeights, FmaConfig, Shape};
+use super::fields::{level_far_rows, near_triple, row_bias};
+use super::fma::{checked, forward_heads};
+use super::{Coarse, Output64, Triple, dot};
+use crate::config::{FmaConfig, Shape};
 use crate::error::{FmaError, Result};
 use crate::geometry::Geometry;
-
-/// Query i's far triple by the direct definition: at every level l, the coarse keys of its
-/// level-l cell's interaction list, scored by the coarse query `qc` (tau-scaled) of the level-l
-/// segment holding i.
-pub(crate) fn linear_far_triple(
-    g: &Geometry,
-    multiplicity: bool,
-    qc: &[Vec<f64>],
-    coarse: &Coarse,
-    i: usize,
-    d: usize,
-) -> Triple {
-    let f = g.fine_cell_of(i);
-    let mut t = Triple::empty(d);
-    for l in 1..=g.num_levels() {
-        let query = &qc[g.token_segment(l, i)];
-        for row in level_far_rows(g, &coarse.count, l, g.cell_at_level(f, l)) {
-            t.add(
-                dot(query, &coarse.k[row]) + row_bias(coarse, multiplicity, row),
-                coarse.v[row].iter().copied(),
-            );
-        }
-    }
-    t
-}
+use crate::weights::DownsampleWeights;
 
 /// F of docs/fma.md §13, one triple per coarse row `cell * p + r`: that segment's coarse query
 /// against the coarse keys of its group's interaction list (rows without real tokens skipped).

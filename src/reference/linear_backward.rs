@@ -10,8 +10,8 @@
 //! from its children with the usual rescaling, so one upward pass builds them for all levels.
 
 use super::Coarse;
-use super::dense::dot;
-use super::fma::{level_far_rows, row_bias};
+use super::dot;
+use super::fields::{level_far_rows, row_bias};
 use crate::geometry::Geometry;
 
 /// (M, B, C) of one segment: M the least LSE of its real queries (+inf with none), B and C

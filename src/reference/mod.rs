@@ -10,6 +10,7 @@ mod backward;
 mod decoder;
 mod dense;
 mod downsample;
+mod fields;
 mod fma;
 mod linear;
 mod linear_backward;
@@ -23,9 +24,11 @@ pub(crate) use decoder::{decoder_geometry, past_weights};
 pub use dense::dense;
 pub use downsample::{Coarse, downsample};
 #[cfg(feature = "vit")]
-pub(crate) use fma::far_rows_of;
+pub(crate) use fields::far_rows_of;
 #[cfg(feature = "study")]
-pub(crate) use fma::{Head, far_rows, level_far_rows};
+pub(crate) use fields::{far_rows, level_far_rows};
+#[cfg(feature = "study")]
+pub(crate) use fma::Head;
 pub use fma::{Output64, fma_forward, fma_forward_f64};
 #[doc(hidden)]
 pub use linear::linear_forward_downward;
@@ -36,4 +39,12 @@ pub use triple::Triple;
 pub struct Output {
     pub o: Vec<f32>,
     pub lse: Vec<f32>,
+}
+
+pub(crate) fn dot(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+pub(crate) fn to_f64(x: &[f32]) -> Vec<f64> {
+    x.iter().map(|&a| a as f64).collect()
 }

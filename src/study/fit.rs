@@ -6,10 +6,11 @@
 
 use super::Problem;
 use super::exact::exact;
-use crate::config::{DownsampleWeights, Downsampling, FmaConfig, Shape};
+use crate::config::{Downsampling, FmaConfig, Shape};
 use crate::error::{FmaError, Result};
 use crate::geometry::Geometry;
 use crate::reference::{fma_backward, fma_forward_f64};
+use crate::weights::DownsampleWeights;
 
 /// How to fit: Adam steps and the base learning rate (relative: a weight's step is
 /// `lr * p / S`, its initial size; a bias's `lr` times the keys' root-mean-square).

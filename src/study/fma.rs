@@ -2,10 +2,11 @@
 //! cost. Bidirectional, multiplicity on, scale 1/sqrt(d), as every other method here.
 
 use super::{Approx, Problem};
-use crate::config::{DownsampleWeights, Downsampling, FmaConfig};
+use crate::config::{Downsampling, FmaConfig};
 use crate::error::Result;
 use crate::geometry::Geometry;
 use crate::reference::{Head, far_rows, level_far_rows};
+use crate::weights::DownsampleWeights;
 
 /// The FMA configuration of a problem: its layout, (m, p) and downsampling kind.
 pub fn config(prob: &Problem, m: usize, p: usize, kind: Downsampling) -> FmaConfig {

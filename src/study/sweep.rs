@@ -16,10 +16,11 @@ use super::performer::{features, performer};
 use super::records::{Record, flops};
 use super::window::window;
 use super::{Approx, ErrorSum, Problem, exact::exact};
-use crate::config::{DownsampleWeights, Downsampling, Layout};
+use crate::config::{Downsampling, Layout};
 use crate::error::{FmaError, Result};
 use crate::geometry::Geometry;
 use crate::model::rng::Rng;
+use crate::weights::DownsampleWeights;
 
 /// A baseline at one budget: its name, its run on one head, and its FLOPs per query given
 /// the measured keys per query.

@@ -9,6 +9,7 @@ use std::path::Path;
 use std::process::{Command, ExitCode};
 
 mod library;
+mod modules;
 mod serve;
 
 fn main() -> ExitCode {
@@ -23,8 +24,9 @@ fn main() -> ExitCode {
         Some("mnist") => ensure_mnist(),
         Some("train") => train(),
         Some("study") => study(&args[1..]),
+        Some("layers") => layers(),
         _ => Err(
-            "usage: cargo xtask demo [--port N] | cargo xtask test | cargo xtask compare [-- example args] | cargo xtask bench [-- bench args] | cargo xtask gpu-report [-- report args] | cargo xtask web | cargo xtask mnist | cargo xtask train | cargo xtask study [-- study args]"
+            "usage: cargo xtask demo [--port N] | cargo xtask test | cargo xtask compare [-- example args] | cargo xtask bench [-- bench args] | cargo xtask gpu-report [-- report args] | cargo xtask web | cargo xtask mnist | cargo xtask train | cargo xtask study [-- study args] | cargo xtask layers"
                 .into(),
         ),
     };
@@ -106,10 +108,19 @@ fn gpu_report(extra: &[String]) -> Result {
     cargo(&args)
 }
 
+/// Modules in layers: no import cycle in any crate of the workspace (`modules.rs`).
+fn layers() -> Result {
+    for src in ["src", "multipole-burn/src"] {
+        modules::check(Path::new(src))?;
+    }
+    Ok(())
+}
+
 fn test() -> Result {
     ensure_vulkan()?;
     ensure_wasm_target()?;
     cargo(&["fmt", "--all", "--", "--check"]).map_err(|e| format!("{e} (run cargo fmt --all)"))?;
+    layers()?;
     cargo(&[
         "clippy",
         "--workspace",

@@ -2,8 +2,10 @@
 //! the last complete groups (docs/fma.md §14). Downsampling is linear in the tokens, so each
 //! token is added to the open group as it arrives and the group is finished when it closes.
 
-use crate::config::{Downsampling, LevelWeights};
+use crate::config::Downsampling;
+
 use crate::geometry::CAUSAL_KEPT_GROUPS;
+use crate::weights::LevelWeights;
 
 /// p coarse key and value rows (d each, row-major) and the real tokens each stands for.
 #[derive(Clone, Debug, PartialEq)]

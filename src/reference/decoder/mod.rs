@@ -6,12 +6,13 @@ mod level;
 
 use level::LevelState;
 
-use super::dense::dot;
-use super::fma::to_f64;
+use super::dot;
+use super::to_f64;
 use super::{Output, Triple, fma_forward};
-use crate::config::{DownsampleWeights, Downsampling, FmaConfig, Shape};
+use crate::config::{Downsampling, FmaConfig, Shape};
 use crate::error::{FmaError, Result};
 use crate::geometry::Geometry;
+use crate::weights::DownsampleWeights;
 
 /// One head's state: the last 2m keys and values (token j in slot j mod 2m) and its levels.
 #[derive(Clone, Debug, PartialEq)]

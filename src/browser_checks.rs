@@ -2,15 +2,16 @@
 //! the CPU reference (compiled into the same binary), with the tolerances of the native tests.
 //! `web::run_gpu_checks` runs them on WebGPU; `tests/browser_checks.rs` runs them natively.
 
-use super::context::GpuContext;
-use super::plan::FmaPlan;
-use super::vit::VitGpu;
 use crate::compare;
-use crate::config::{DownsampleWeights, Downsampling, FmaConfig, Shape};
+use crate::config::{Downsampling, FmaConfig, Shape};
 use crate::geometry::Geometry;
+use crate::gpu::FmaPlan;
+use crate::gpu::GpuContext;
+use crate::model::VitGpu;
 use crate::model::rng::Rng;
 use crate::model::{CpuVit, VitConfig, VitWeights};
 use crate::reference;
+use crate::weights::DownsampleWeights;
 
 /// One check's outcome: a short detail on success, what went wrong on failure.
 pub type Check = (String, Result<String, String>);

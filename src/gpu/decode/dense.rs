@@ -2,12 +2,12 @@
 //! against. The same kernels and tiles (decode.wgsl) with a ring as long as the capacity and no
 //! coarse levels: every step attends to all the tokens so far, O(n d) state and work.
 
-use super::context::GpuContext;
-use super::decoder::{DecodeCore, DecodeIo, DecodeParams, StateLayout, decode_tables};
-use super::decoder_fma::{gather_token, scatter_token, step_shape};
-use super::dense::DensePlan;
 use crate::config::Shape;
 use crate::error::{FmaError, Result};
+use crate::gpu::decode::fma::{gather_token, scatter_token, step_shape};
+use crate::gpu::decode::{DecodeCore, DecodeIo, DecodeParams, StateLayout, decode_tables};
+use crate::gpu::plan::dense::DensePlan;
+use crate::gpu::runtime::context::GpuContext;
 use crate::reference::Output;
 
 /// Exact causal decoding over a key-value cache of `capacity` tokens per sequence.
@@ -32,7 +32,7 @@ impl DenseDecoder {
                 "a dense decoder needs a capacity of at least 1 token and a finite scale (got {capacity}, {scale})"
             )));
         }
-        let ring = super::params::word("the dense decoder's capacity", capacity)?;
+        let ring = crate::gpu::runtime::dispatch::word("the dense decoder's capacity", capacity)?;
         // One "cell" as long as the cache: the near field is every token so far.
         let (geom, near_table, far_table) =
             decode_tables(&[], &[vec![0], vec![0]], &[vec![], vec![]])?;
@@ -154,7 +154,7 @@ impl DenseDecoder {
         }
         let plan = DensePlan::new(ctx, shape, true, self.scale)?;
         let out = plan.forward(ctx, q, k, v).await?;
-        super::decoder_fma::absorb(&mut self.core, ctx, shape, k, v).await?;
+        crate::gpu::decode::fma::absorb(&mut self.core, ctx, shape, k, v).await?;
         Ok(out)
     }
 

@@ -2,21 +2,12 @@
 //! tokens (every kind) and to the learned weights (basis, depthwise), whose reduction uses
 //! subgroups where the device has them (downsample_backward_subgroups.wgsl).
 
-use super::context::GpuContext;
-use super::params::{bind, dispatch};
-use super::shaders::{Family, ForwardKernels, Spec, WG_ELEMENTS, binding as B};
 use crate::config::Downsampling;
 use crate::error::Result;
-
-/// The `B_GRAD_RANGE` uniform of the weight-gradient kernels (GradRange in the shader).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
-struct GradRange {
-    first: u32,
-    count: u32,
-    accumulate: u32,
-    _pad: u32,
-}
+use crate::gpu::runtime::context::GpuContext;
+use crate::gpu::runtime::dispatch::{bind, dispatch};
+use crate::gpu::shaders::structs::GradRange;
+use crate::gpu::shaders::{Family, ForwardKernels, Spec, WG_ELEMENTS, binding as B};
 
 pub(crate) struct DownsampleBackwardKernel {
     tokens: wgpu::ComputePipeline,

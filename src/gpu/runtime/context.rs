@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
-use super::shaders::{self, Family, ForwardKernels, Spec};
 use crate::error::{FmaError, Result};
+use crate::gpu::shaders::{self, Family, ForwardKernels, Spec};
 
 /// The result of one popped error scope: ready at once natively, later on the web.
 #[cfg(not(target_arch = "wasm32"))]

@@ -8,28 +8,34 @@
 
 use crate::geometry::tables::LEVEL_WORDS;
 
-pub(crate) const COMMON: &str = include_str!("../../shaders/common.wgsl");
-pub(crate) const MERGE: &str = include_str!("../../shaders/merge.wgsl");
-pub(crate) const ATTENTION: &str = include_str!("../../shaders/attention.wgsl");
-pub(crate) const ATTENTION_TILED: &str = include_str!("../../shaders/attention_tiled.wgsl");
-pub(crate) const ATTENTION_DIRECT: &str = include_str!("../../shaders/attention_direct.wgsl");
-pub(crate) const FAR_CHAIN: &str = include_str!("../../shaders/far_chain.wgsl");
-pub(crate) const DOWNSAMPLE: &str = include_str!("../../shaders/downsample.wgsl");
-pub(crate) const ATTENTION_BACKWARD: &str = include_str!("../../shaders/attention_backward.wgsl");
-pub(crate) const ATTENTION_BACKWARD_TILED: &str =
-    include_str!("../../shaders/attention_backward_tiled.wgsl");
-pub(crate) const ATTENTION_BACKWARD_LANES: &str =
-    include_str!("../../shaders/attention_backward_lanes.wgsl");
-pub(crate) const DOWNSAMPLE_BACKWARD: &str = include_str!("../../shaders/downsample_backward.wgsl");
-pub(crate) const DOWNSAMPLE_BACKWARD_REDUCE: &str =
-    include_str!("../../shaders/downsample_backward_reduce.wgsl");
-pub(crate) const DOWNSAMPLE_BACKWARD_SUBGROUPS: &str =
-    include_str!("../../shaders/downsample_backward_subgroups.wgsl");
-pub(crate) const DECODE: &str = include_str!("../../shaders/decode.wgsl");
-pub(crate) const LINEAR: &str = include_str!("../../shaders/linear.wgsl");
-pub(crate) const LINEAR_BACKWARD: &str = include_str!("../../shaders/linear_backward.wgsl");
 #[cfg(feature = "vit")]
-pub(crate) const LAYERS: &str = include_str!("../../shaders/layers.wgsl");
+pub(crate) mod layers;
+pub(crate) mod structs;
+
+pub(crate) const COMMON: &str = include_str!("../../../shaders/common.wgsl");
+pub(crate) const MERGE: &str = include_str!("../../../shaders/merge.wgsl");
+pub(crate) const ATTENTION: &str = include_str!("../../../shaders/attention.wgsl");
+pub(crate) const ATTENTION_TILED: &str = include_str!("../../../shaders/attention_tiled.wgsl");
+pub(crate) const ATTENTION_DIRECT: &str = include_str!("../../../shaders/attention_direct.wgsl");
+pub(crate) const FAR_CHAIN: &str = include_str!("../../../shaders/far_chain.wgsl");
+pub(crate) const DOWNSAMPLE: &str = include_str!("../../../shaders/downsample.wgsl");
+pub(crate) const ATTENTION_BACKWARD: &str =
+    include_str!("../../../shaders/attention_backward.wgsl");
+pub(crate) const ATTENTION_BACKWARD_TILED: &str =
+    include_str!("../../../shaders/attention_backward_tiled.wgsl");
+pub(crate) const ATTENTION_BACKWARD_LANES: &str =
+    include_str!("../../../shaders/attention_backward_lanes.wgsl");
+pub(crate) const DOWNSAMPLE_BACKWARD: &str =
+    include_str!("../../../shaders/downsample_backward.wgsl");
+pub(crate) const DOWNSAMPLE_BACKWARD_REDUCE: &str =
+    include_str!("../../../shaders/downsample_backward_reduce.wgsl");
+pub(crate) const DOWNSAMPLE_BACKWARD_SUBGROUPS: &str =
+    include_str!("../../../shaders/downsample_backward_subgroups.wgsl");
+pub(crate) const DECODE: &str = include_str!("../../../shaders/decode.wgsl");
+pub(crate) const LINEAR: &str = include_str!("../../../shaders/linear.wgsl");
+pub(crate) const LINEAR_BACKWARD: &str = include_str!("../../../shaders/linear_backward.wgsl");
+#[cfg(feature = "vit")]
+pub(crate) const LAYERS: &str = include_str!("../../../shaders/layers.wgsl");
 
 /// Head-dim tiles the kernels are built for; a head dim uses the smallest tile that holds it.
 pub const HEAD_TILES: [u32; 4] = [16, 32, 64, 128];
@@ -474,6 +480,7 @@ pub fn source(family: Family, spec: Spec) -> String {
     } else {
         "alias STORE = f32;\n"
     });
+    header.push_str(&structs::wgsl());
     for (name, value) in consts.iter().chain(BINDINGS) {
         header.push_str(&format!("const {name}: u32 = {value}u;\n"));
     }
@@ -499,9 +506,9 @@ pub fn source(family: Family, spec: Spec) -> String {
         Family::Decode => &[DECODE],
         Family::Linear => &[COMMON, LINEAR],
         Family::LinearBackward => &[COMMON, LINEAR_BACKWARD],
-        // The layers have a header of their own (layers::wgsl_header).
+        // The layers have a header of their own (shaders::layers::wgsl_header).
         #[cfg(feature = "vit")]
-        Family::Layers => return format!("{}{LAYERS}", super::layers::wgsl_header()),
+        Family::Layers => return [&structs::wgsl(), &layers::wgsl_header(), LAYERS].concat(),
     };
     let mut s = header;
     for p in parts {
@@ -564,7 +571,7 @@ mod tests {
             let bare = bare_numbers(text);
             assert!(
                 bare.is_empty(),
-                "{file} has a bare number at bytes {bare:?}: use a constant from shaders.rs"
+                "{file} has a bare number at bytes {bare:?}: use a constant from src/gpu/shaders/"
             );
         }
     }

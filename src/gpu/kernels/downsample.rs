@@ -2,12 +2,13 @@
 //! `Mean` runs level 1 from the tokens, then each coarser level from the one below it;
 //! the learned kinds run all levels from the tokens in one dispatch.
 
-use super::context::GpuContext;
-use super::params::{RowRange, bind, dispatch};
-use super::shaders::{Family, ROW_BLOCK, Spec, WG_ELEMENTS, binding as B};
 use crate::config::Downsampling;
 use crate::error::Result;
 use crate::geometry::Geometry;
+use crate::gpu::runtime::context::GpuContext;
+use crate::gpu::runtime::dispatch::{bind, dispatch};
+use crate::gpu::shaders::structs::RowRange;
+use crate::gpu::shaders::{Family, ROW_BLOCK, Spec, WG_ELEMENTS, binding as B};
 
 /// One dispatch: its pipeline, its work items (rows, or cells x row blocks), and whether it
 /// reads tokens (one workgroup per item) or the finer level (one invocation per row element).

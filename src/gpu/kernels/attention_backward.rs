@@ -3,14 +3,14 @@
 //! near keys (key-major) and the gradients of the coarse rows (row-major), in the layout that
 //! suits the adapter (`Kernels`).
 
-use super::context::GpuContext;
-use super::params::{bind, dispatch};
-use super::shaders::{
+use crate::error::Result;
+use crate::geometry::Dims;
+use crate::gpu::runtime::context::GpuContext;
+use crate::gpu::runtime::dispatch::{bind, dispatch};
+use crate::gpu::shaders::{
     BACK_ROWS, FAR_SIBLINGS, Family, ForwardKernels, QUAD_ROWS, ROW_LANES, Spec, WG_ELEMENTS,
     binding as B,
 };
-use crate::error::Result;
-use crate::geometry::Dims;
 
 pub(crate) struct AttentionBackwardKernel {
     stats: wgpu::ComputePipeline,

@@ -3,51 +3,20 @@
 //! `Mean` adds as the sequence grows. `FmaDecoder` and the dense baseline `DenseDecoder` are
 //! two configurations of this core.
 
-use bytemuck::{Pod, Zeroable};
+pub(crate) mod dense;
+pub(crate) mod fma;
 
-use super::buffers::{self, Slot};
-use super::chunks::fits_binding;
-use super::context::GpuContext;
-use super::host::{readback, storage};
-use super::params::{bind, dispatch, word};
-use super::shaders::{DEC_LEVEL_WORDS, DEC_LIST, Family, Spec, WG_ELEMENTS, binding as B};
 use crate::config::Downsampling;
 use crate::error::{FmaError, Result};
+use crate::gpu::runtime::buffers::{self, Slot};
+use crate::gpu::runtime::chunks::fits_binding;
+use crate::gpu::runtime::context::GpuContext;
+use crate::gpu::runtime::dispatch::{bind, dispatch, word};
+use crate::gpu::runtime::host::{readback, storage};
+use crate::gpu::shaders::structs::DecodeCount;
+use crate::gpu::shaders::structs::DecodeParams;
+use crate::gpu::shaders::{DEC_LEVEL_WORDS, DEC_LIST, Family, Spec, WG_ELEMENTS, binding as B};
 use crate::reference::Output;
-
-/// `DecodeParams` of decode.wgsl (same fields, same order).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
-pub(crate) struct DecodeParams {
-    pub d: u32,
-    pub bh: u32,
-    pub cell: u32,
-    pub ring: u32,
-    pub p: u32,
-    pub levels: u32,
-    pub kind: u32,
-    pub multiplicity: u32,
-    pub scale: f32,
-    pub near_table: u32,
-    pub far_table: u32,
-    pub ring_v: u32,
-    pub open_k: u32,
-    pub open_v: u32,
-    pub kept_k: u32,
-    pub kept_v: u32,
-    pub wv_base: u32,
-    pub bk_base: u32,
-    pub bv_base: u32,
-    pub _pad: u32,
-}
-
-/// `DecodeCount` of decode.wgsl: the tokens one update or advance adds.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
-struct DecodeCount {
-    tokens: u32,
-    _pad: [u32; 3],
-}
 
 /// The kind's code in `DecodeParams::kind`.
 pub(crate) fn kind_code(kind: Downsampling) -> u32 {
@@ -191,7 +160,7 @@ impl DecodeCore {
         let (bh, d) = (layout.bh, layout.d);
         let groups = (bh * d).div_ceil(WG_ELEMENTS as usize);
         let max_dim = ctx.limits().max_compute_workgroups_per_dimension;
-        super::params::grid(groups.max(bh) as u64, max_dim)?;
+        crate::gpu::runtime::dispatch::grid(groups.max(bh) as u64, max_dim)?;
         let start = if growth.is_some() {
             layout.levels.min(1)
         } else {

@@ -5,8 +5,8 @@
 //! returns each stage's duration. Absent `TIMESTAMP_QUERY`, `GpuTimer::new` returns None and
 //! callers fall back to wall time.
 
-use super::context::GpuContext;
 use crate::error::Result;
+use crate::gpu::runtime::context::GpuContext;
 
 pub struct GpuTimer {
     queries: wgpu::QuerySet,
@@ -96,4 +96,19 @@ impl GpuTimer {
             .map(|i| ticks[2 * i + 1].saturating_sub(ticks[2 * i]) as f64 * self.period_ns / 1e6)
             .collect())
     }
+}
+
+/// A compute pass for the next stage, timed in slot `*slot` when there is a timer.
+pub(crate) fn begin_pass<'e>(
+    encoder: &'e mut wgpu::CommandEncoder,
+    label: &str,
+    timer: Option<&GpuTimer>,
+    slot: &mut u32,
+) -> wgpu::ComputePass<'e> {
+    let timestamp_writes = timer.and_then(|t| t.pass(*slot));
+    *slot += 1;
+    encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+        label: Some(label),
+        timestamp_writes,
+    })
 }

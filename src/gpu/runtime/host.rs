@@ -6,12 +6,11 @@ use std::ops::Range;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use super::chunks::{Chunk, Chunks};
-use super::context::GpuContext;
-use super::plan::AttentionIo;
-use super::plan::tensor_bytes;
 use crate::config::{Precision, Shape};
 use crate::error::{FmaError, Result};
+use crate::gpu::runtime::chunks::{Chunk, Chunks};
+use crate::gpu::runtime::context::GpuContext;
+use crate::gpu::runtime::io::{AttentionIo, tensor_bytes};
 use crate::reference::Output;
 
 /// A plan's host buffers and the flag that keeps two host calls from interleaving on them.

@@ -3,14 +3,15 @@
 //! forward writes the images, records the prepared work into one command buffer and reads
 //! back the logits.
 
-use super::context::GpuContext;
-use super::host::{readback, storage};
-use super::layers::{
-    HeadDims, LayerDispatch, LayerKernels, LinearDims, PatchDims, RowDims, TokenDims,
-};
-use super::plan::{AttentionIo, FmaPlan};
 use crate::config::Shape;
 use crate::error::{FmaError, Result};
+use crate::gpu::AttentionIo;
+use crate::gpu::FmaPlan;
+use crate::gpu::GpuContext;
+use crate::gpu::kernels::layers::{
+    HeadDims, LayerDispatch, LayerKernels, LinearDims, PatchDims, RowDims, TokenDims,
+};
+use crate::gpu::runtime::host::{readback, storage};
 use crate::model::config::ParamIndex;
 use crate::model::{VitConfig, VitWeights};
 

@@ -2,16 +2,17 @@
 //! `reference::Decoder`. Its state is O(d (m + p log n)) per head and one step is three
 //! dispatches for every sequence and head of the batch.
 
-use super::context::GpuContext;
-use super::decoder::{
-    DecodeCore, DecodeIo, DecodeParams, Growth, StateLayout, decode_tables, kind_code,
-};
-use super::plan::{FmaPlan, pack_weights};
-use super::shaders::DEC_LIST;
-use crate::config::{DownsampleWeights, FmaConfig, Precision, Shape};
+use crate::config::{FmaConfig, Precision, Shape};
 use crate::error::{FmaError, Result};
 use crate::geometry::Geometry;
+use crate::gpu::decode::{
+    DecodeCore, DecodeIo, DecodeParams, Growth, StateLayout, decode_tables, kind_code,
+};
+use crate::gpu::plan::{FmaPlan, pack_weights};
+use crate::gpu::runtime::context::GpuContext;
+use crate::gpu::shaders::DEC_LIST;
 use crate::reference::{Output, decoder_geometry, past_weights};
+use crate::weights::DownsampleWeights;
 
 /// A causal FMA decoder for `batch x heads` sequences of head dim d, on the GPU.
 pub struct FmaDecoder {
@@ -106,7 +107,7 @@ impl FmaDecoder {
             bv_base: bases[2],
             ..Default::default()
         };
-        super::params::word("the fine cell m (twice)", 2 * config.m)?;
+        crate::gpu::runtime::dispatch::word("the fine cell m (twice)", 2 * config.m)?;
         let layout = StateLayout {
             bh: shape.bh(),
             d,
@@ -344,15 +345,15 @@ pub(crate) async fn absorb(
     v: &[f32],
 ) -> Result<()> {
     let bytes = (shape.elements() * 4) as u64;
-    super::chunks::fits_binding(
+    crate::gpu::runtime::chunks::fits_binding(
         ctx,
         "one prompt's keys",
         bytes,
         "prefill a shorter prompt, then step",
     )?;
     ctx.scoped(|| -> Result<()> {
-        let kb = super::host::storage(ctx, "prompt k", bytes, true);
-        let vb = super::host::storage(ctx, "prompt v", bytes, true);
+        let kb = crate::gpu::runtime::host::storage(ctx, "prompt k", bytes, true);
+        let vb = crate::gpu::runtime::host::storage(ctx, "prompt v", bytes, true);
         ctx.queue.write_buffer(&kb, 0, bytemuck::cast_slice(k));
         ctx.queue.write_buffer(&vb, 0, bytemuck::cast_slice(v));
         let mut encoder = ctx.device.create_command_encoder(&Default::default());

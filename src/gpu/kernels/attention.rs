@@ -1,10 +1,10 @@
 //! Rust twin of shaders/attention.wgsl (with merge.wgsl): the near-field pass, which writes a
 //! normalised partial into O and LSE, and the far-field pass, which merges into it.
 
-use super::context::GpuContext;
-use super::params::{bind, dispatch};
-use super::shaders::{Family, ForwardKernels, Spec, binding as B};
 use crate::error::Result;
+use crate::gpu::runtime::context::GpuContext;
+use crate::gpu::runtime::dispatch::{bind, dispatch};
+use crate::gpu::shaders::{Family, ForwardKernels, Spec, binding as B};
 
 pub(crate) struct AttentionKernel {
     near: wgpu::ComputePipeline,

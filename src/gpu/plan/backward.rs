@@ -7,75 +7,28 @@
 //! two runs agree bit for bit and no atomics are needed. The kernels and their buffers are made
 //! by the first backward call, so forward-only plans do not pay for them.
 
-use super::attention_backward::{AttentionBackwardKernel, BackwardBindings, BackwardWork};
-use super::buffers::{self, Slot};
-use super::chunks::Chunk;
-use super::context::GpuContext;
-use super::downsample_backward::{DownsampleBackwardBindings, DownsampleBackwardKernel};
-use super::host::{Extent, HostSlot, Staging, storage};
-use super::linear_backward::{LinearBackwardBindings, LinearBackwardKernel, up_floats};
-use super::plan::{FmaPlan, begin_pass, pack_weights};
-use super::timing::GpuTimer;
-use crate::config::{DownsampleWeights, Shape};
 use crate::error::{FmaError, Result};
-use crate::reference::{Gradients, Output};
+use crate::gpu::kernels::attention_backward::{
+    AttentionBackwardKernel, BackwardBindings, BackwardWork,
+};
+use crate::gpu::kernels::downsample_backward::{
+    DownsampleBackwardBindings, DownsampleBackwardKernel,
+};
+use crate::gpu::kernels::linear_backward::{
+    LinearBackwardBindings, LinearBackwardKernel, up_floats,
+};
+use crate::gpu::plan::{FmaPlan, pack_weights};
 
-/// GPU buffers of one backward pass over the plan's whole shape: the forward's inputs q, k, v,
-/// its outputs o and lse, the upstream gradient d_o (all STORAGE), and the gradients written:
-/// dq, dk, dv shaped like q, and `dw` packed like the weights (`[wk of every level][wv][bk][bv]`,
-/// then `[wq][bq]` in the O(n) variant; required for the learned kinds, written, not added to).
-pub struct BackwardIo<'a> {
-    pub q: &'a wgpu::Buffer,
-    pub k: &'a wgpu::Buffer,
-    pub v: &'a wgpu::Buffer,
-    pub o: &'a wgpu::Buffer,
-    pub lse: &'a wgpu::Buffer,
-    pub d_o: &'a wgpu::Buffer,
-    pub dq: &'a wgpu::Buffer,
-    pub dk: &'a wgpu::Buffer,
-    pub dv: &'a wgpu::Buffer,
-    pub dw: Option<&'a wgpu::Buffer>,
-}
-
-impl BackwardIo<'_> {
-    fn check(&self, shape: Shape, dw_bytes: u64) -> Result<()> {
-        let (e, n) = (
-            (shape.elements() * 4) as u64,
-            (shape.bh() * shape.n * 4) as u64,
-        );
-        let mut slots = vec![
-            Slot::read("q", self.q, e),
-            Slot::read("k", self.k, e),
-            Slot::read("v", self.v, e),
-            Slot::read("o", self.o, e),
-            Slot::read("lse", self.lse, n),
-            Slot::read("d_o", self.d_o, e),
-            Slot::written("dq", self.dq, e),
-            Slot::written("dk", self.dk, e),
-            Slot::written("dv", self.dv, e),
-        ];
-        if dw_bytes > 0 {
-            let dw = self.dw.ok_or_else(|| {
-                FmaError::Weights(
-                    "learned downsampling: BackwardIo.dw must hold the weights' gradients".into(),
-                )
-            })?;
-            slots.push(Slot::written("dw", dw, dw_bytes));
-        }
-        buffers::check(&slots)
-    }
-}
-
-/// What `FmaPlan::backward` needs from the forward pass: its inputs and its output.
-pub struct Tape<'a> {
-    pub q: &'a [f32],
-    pub k: &'a [f32],
-    pub v: &'a [f32],
-    pub out: Output,
-}
+use crate::gpu::runtime::chunks::Chunk;
+use crate::gpu::runtime::context::GpuContext;
+use crate::gpu::runtime::host::{Extent, HostSlot, Staging, storage};
+use crate::gpu::runtime::io::{BackwardIo, Tape};
+use crate::gpu::runtime::timing::{GpuTimer, begin_pass};
+use crate::reference::Gradients;
+use crate::weights::DownsampleWeights;
 
 /// The backward kernels of a plan and its scratch buffers (one chunk of heads).
-pub(super) struct Backward {
+pub(crate) struct Backward {
     attention: AttentionBackwardKernel,
     downsample: Option<DownsampleBackwardKernel>,
     /// (LSE, D) per query.

@@ -2,15 +2,16 @@
 //! FMA's speed is measured against, and a correct kernel in its own right. Tiled with an
 //! online softmax, so memory is O(n): no n x n buffer.
 
-use super::chunks::{Chunk, Chunks, fits_binding};
-use super::context::GpuContext;
-use super::host::{ForwardStaging, HostSlot};
-use super::params::{Params, bind, dispatch, grid, word};
-use super::plan::{AttentionIo, begin_pass};
-use super::shaders::{Family, ForwardKernels, MAX_QUERY_TILE, Spec, binding as B};
-use super::timing::GpuTimer;
 use crate::config::Shape;
 use crate::error::{FmaError, Result};
+use crate::gpu::runtime::chunks::{Chunk, Chunks, fits_binding};
+use crate::gpu::runtime::context::GpuContext;
+use crate::gpu::runtime::dispatch::{bind, dispatch, grid, word};
+use crate::gpu::runtime::host::{ForwardStaging, HostSlot};
+use crate::gpu::runtime::io::AttentionIo;
+use crate::gpu::runtime::timing::{GpuTimer, begin_pass};
+use crate::gpu::shaders::structs::Params;
+use crate::gpu::shaders::{Family, ForwardKernels, MAX_QUERY_TILE, Spec, binding as B};
 use crate::reference::Output;
 
 /// A prepared exact-attention forward pass for one shape.

@@ -2,11 +2,12 @@
 //! computed per segment and pushed down the tree (one dispatch per level, coarsest first),
 //! then merged into each query's near-field result.
 
-use super::context::GpuContext;
-use super::params::{RowRange, bind, dispatch};
-use super::shaders::{Family, Spec, WG_ELEMENTS, binding as B};
 use crate::error::Result;
 use crate::geometry::Geometry;
+use crate::gpu::runtime::context::GpuContext;
+use crate::gpu::runtime::dispatch::{bind, dispatch};
+use crate::gpu::shaders::structs::RowRange;
+use crate::gpu::shaders::{Family, Spec, WG_ELEMENTS, binding as B};
 
 /// A row-range uniform for the coarse rows of each level, coarsest first, with their count.
 pub(crate) fn level_ranges(ctx: &GpuContext, g: &Geometry) -> Vec<(wgpu::Buffer, u64)> {

@@ -3,12 +3,12 @@
 //! first); then every coarse row's gradients, as a key and value and as a coarse query, go
 //! into dcoarse for the downsampling backward.
 
-use super::context::GpuContext;
-use super::linear::level_ranges;
-use super::params::{bind, dispatch};
-use super::shaders::{Family, Spec, WG_ELEMENTS, binding as B};
 use crate::error::Result;
 use crate::geometry::Geometry;
+use crate::gpu::kernels::linear::level_ranges;
+use crate::gpu::runtime::context::GpuContext;
+use crate::gpu::runtime::dispatch::{bind, dispatch};
+use crate::gpu::shaders::{Family, Spec, WG_ELEMENTS, binding as B};
 
 /// Floats per head of the upward pass's aggregates: (A, M, B) per coarse row.
 pub(crate) fn up_floats(g: &Geometry, d: usize) -> usize {

@@ -1,65 +1,8 @@
-//! The Rust twin of `Params` in shaders/common.wgsl (same fields, same order), and the
-//! dispatch-grid helper every kernel uses.
+//! What every kernel call does: its uniform's words checked, its workgroups laid out on a grid
+//! within the device's limits, its bind group made and its dispatch recorded.
 
-use bytemuck::{Pod, Zeroable};
-
-use super::context::GpuContext;
 use crate::error::{FmaError, Result};
-
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
-pub(crate) struct Params {
-    pub n: u32,
-    pub d: u32,
-    pub bh: u32,
-    pub p: u32,
-    pub real_h: u32,
-    pub real_w: u32,
-    pub cell_h: u32,
-    pub cell_w: u32,
-    pub cells_x: u32,
-    pub fine_cells: u32,
-    pub levels: u32,
-    pub causal: u32,
-    pub scale: f32,
-    pub near_offsets: u32,
-    pub near_entries: u32,
-    pub far_offsets: u32,
-    pub far_entries: u32,
-    pub parent: u32,
-    pub rows: u32,
-    pub level_table: u32,
-    pub total_rows: u32,
-    pub wv_base: u32,
-    pub bk_base: u32,
-    pub bv_base: u32,
-    pub tiles_per_cell: u32,
-    pub coarse_v_base: u32,
-    pub children: u32,
-    pub children_per_row: u32,
-    pub near_t_offsets: u32,
-    pub near_t_entries: u32,
-    pub far_t_offsets: u32,
-    pub far_t_entries: u32,
-    /// The O(n) variant (`FmaConfig::downsample_queries`): 1 when on.
-    pub queries: u32,
-    /// Offsets of the query weights and biases in `weights` (the O(n) variant).
-    pub wq_base: u32,
-    pub bq_base: u32,
-    /// Table of each coarse row's parent segment (the O(n) variant's downward pass).
-    pub seg_parent: u32,
-}
-
-/// The coarse rows one downsampling dispatch writes (a level, or all of them): `B_ROW_RANGE`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
-pub(crate) struct RowRange {
-    pub first: u32,
-    pub count: u32,
-    /// The level (0-based) of the rows: read by the O(n) variant's upward pass only.
-    pub level: u32,
-    pub _pad1: u32,
-}
+use crate::gpu::runtime::context::GpuContext;
 
 /// `v` as a 32-bit word of the kernels' uniform, or `LimitExceeded` (never a silent wrap).
 pub(crate) fn word(what: &str, v: usize) -> Result<u32> {
@@ -131,12 +74,6 @@ pub(crate) fn bind(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn params_match_the_wgsl_struct_size() {
-        // 36 scalars of 4 bytes; uniform structs must be a multiple of 16 bytes.
-        assert_eq!(std::mem::size_of::<Params>(), 144);
-    }
 
     #[test]
     fn grid_covers_total_within_limits() {

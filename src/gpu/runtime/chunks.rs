@@ -2,10 +2,10 @@
 //! chunk's uniform. Host calls (`forward`, `backward`) walk every chunk; the `encode` family
 //! binds the caller's buffers whole, so it takes the plan only when there is one chunk.
 
-use super::context::GpuContext;
-use super::params::Params;
 use crate::config::{Precision, Shape};
 use crate::error::{FmaError, Result};
+use crate::gpu::runtime::context::GpuContext;
+use crate::gpu::shaders::structs::Params;
 
 /// One dispatch's share of batch x heads, with its uniform (`Params::bh` = `heads`).
 pub(crate) struct Chunk {
