@@ -95,18 +95,16 @@ fn kinds() -> impl Strategy<Value = Downsampling> {
 }
 
 fn case_1d() -> impl Strategy<Value = Case> {
-    let m = prop::sample::select(vec![2usize, 4, 8, 16, 32]);
-    let d = prop::sample::select(vec![1usize, 3, 16, 24, 64, 100, 128]);
     let n = prop_oneof![1usize..40, 40usize..300, 300usize..700];
     (
-        (m, 0u32..4, d, kinds()),
+        (head_dim_and_m(&SPECS_1D), 0u32..4, kinds()),
         n,
         (any::<bool>(), any::<bool>()),
         (1usize..3, 1usize..3),
         any::<u64>(),
     )
         .prop_map(
-            |((m, p_log, d, kind), n, (causal, multiplicity), (batch, heads), seed)| Case {
+            |(((d, m), p_log, kind), n, (causal, multiplicity), (batch, heads), seed)| Case {
                 batch,
                 heads,
                 n,
@@ -123,18 +121,16 @@ fn case_1d() -> impl Strategy<Value = Case> {
 }
 
 fn case_2d() -> impl Strategy<Value = Case> {
-    let m = prop::sample::select(vec![2usize, 4]);
     let p = prop::sample::select(vec![1usize, 4]);
-    let d = prop::sample::select(vec![1usize, 3, 16, 32, 64]);
     (
-        (m, p, d, kinds()),
+        (head_dim_and_m(&SPECS_2D), p, kinds()),
         (1usize..=24, 1usize..=24),
         any::<bool>(),
         (1usize..3, 1usize..3),
         any::<u64>(),
     )
         .prop_map(
-            |((m, p, d, kind), (h, w), multiplicity, (batch, heads), seed)| Case {
+            |(((d, m), p, kind), (h, w), multiplicity, (batch, heads), seed)| Case {
                 batch,
                 heads,
                 n: h * w,
@@ -217,7 +213,11 @@ fn gpu_backward_on_the_other_adapter_kinds_path_2d() {
 #[test]
 fn gpu_backward_on_every_tile_and_kind() {
     let mut worst = 0f32;
-    for (i, d) in [16, 32, 64, 128].into_iter().enumerate() {
+    // Each head tile once, at a query tile of the shared set (common::SPECS_1D).
+    for (i, (d, m)) in [(16, 8), (32, 8), (64, 16), (128, 8)]
+        .into_iter()
+        .enumerate()
+    {
         for kind in [
             Downsampling::Mean,
             Downsampling::Basis,
@@ -229,7 +229,7 @@ fn gpu_backward_on_every_tile_and_kind() {
                     heads: 2,
                     n: 200,
                     d,
-                    m: 8,
+                    m,
                     p: if d == 128 { 8 } else { 2 },
                     causal,
                     kind,
@@ -288,7 +288,7 @@ fn gpu_backward_with_and_without_subgroups() {
                 batch: 2,
                 heads: 2,
                 n: image.map_or(700, |(h, w)| h * w),
-                d: 32,
+                d: if image.is_some() { 16 } else { 32 },
                 m: if image.is_some() { 2 } else { 8 },
                 p: if image.is_some() { 4 } else { 2 },
                 causal: false,
@@ -327,7 +327,7 @@ fn gpu_backward_2d_row_blocks() {
             batch: 1,
             heads: 2,
             n: image.0 * image.1,
-            d: 16,
+            d: 40,
             m: 4,
             p,
             causal: false,

@@ -41,9 +41,8 @@ struct Case {
 
 fn case_1d() -> impl Strategy<Value = Case> {
     (
-        prop::sample::select(vec![4usize, 8, 16, 32]),
+        head_dim_and_m(&SPECS_1D),
         0u32..4,
-        prop::sample::select(vec![1usize, 5, 16, 33, 64, 128]),
         prop::sample::select(vec![
             Downsampling::Mean,
             Downsampling::Basis,
@@ -55,7 +54,7 @@ fn case_1d() -> impl Strategy<Value = Case> {
         any::<u64>(),
     )
         .prop_map(
-            |(m, p_log, d, kind, n, (causal, multiplicity), bh, seed)| Case {
+            |((d, m), p_log, kind, n, (causal, multiplicity), bh, seed)| Case {
                 bh,
                 n,
                 d,
@@ -72,9 +71,8 @@ fn case_1d() -> impl Strategy<Value = Case> {
 
 fn case_2d() -> impl Strategy<Value = Case> {
     (
-        prop::sample::select(vec![2usize, 4, 8]),
+        head_dim_and_m(&SPECS_2D),
         prop::sample::select(vec![1usize, 4]),
-        prop::sample::select(vec![3usize, 16, 64]),
         prop::sample::select(vec![
             Downsampling::Mean,
             Downsampling::Basis,
@@ -85,7 +83,7 @@ fn case_2d() -> impl Strategy<Value = Case> {
         (1usize..3, 1usize..3),
         any::<u64>(),
     )
-        .prop_map(|(m, p, d, kind, (h, w), multiplicity, bh, seed)| Case {
+        .prop_map(|((d, m), p, kind, (h, w), multiplicity, bh, seed)| Case {
             bh,
             n: h * w,
             d,

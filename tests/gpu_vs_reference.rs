@@ -34,8 +34,6 @@ fn kernels(direct: bool) -> ForwardKernels {
 }
 
 fn case() -> impl Strategy<Value = Case> {
-    let m = prop::sample::select(vec![4usize, 8, 16, 32, 64]);
-    let d = prop::sample::select(vec![1usize, 3, 16, 24, 32, 48, 64, 100, 128]);
     let kind = prop::sample::select(vec![
         Downsampling::Mean,
         Downsampling::Basis,
@@ -44,9 +42,8 @@ fn case() -> impl Strategy<Value = Case> {
     // n: mostly short, some up to a few thousand, non-powers of two included.
     let n = prop_oneof![1usize..64, 64usize..600, 600usize..3000];
     (
-        m,
+        head_dim_and_m(&SPECS_1D),
         0u32..7,
-        d,
         kind,
         n,
         any::<bool>(),
@@ -55,7 +52,7 @@ fn case() -> impl Strategy<Value = Case> {
         (any::<u64>(), any::<bool>()),
     )
         .prop_map(
-            |(m, p_log, d, kind, n, causal, multiplicity, (batch, heads), (seed, direct))| {
+            |((d, m), p_log, kind, n, causal, multiplicity, (batch, heads), (seed, direct))| {
                 let p = 1usize << p_log.min(m.trailing_zeros());
                 Case {
                     batch,
@@ -77,23 +74,21 @@ fn case() -> impl Strategy<Value = Case> {
 
 /// Images (issue 3's sweep): H and W from 1 to 64, m in {2, 4, 8}, p in {1, 4}.
 fn case_2d() -> impl Strategy<Value = Case> {
-    let m = prop::sample::select(vec![2usize, 4, 8]);
     let p = prop::sample::select(vec![1usize, 4]);
-    let d = prop::sample::select(vec![1usize, 3, 16, 32, 40, 64, 128]);
     let kind = prop::sample::select(vec![
         Downsampling::Mean,
         Downsampling::Basis,
         Downsampling::Depthwise,
     ]);
     (
-        (m, p, d, kind),
+        (head_dim_and_m(&SPECS_2D), p, kind),
         (1usize..=64, 1usize..=64),
         any::<bool>(),
         (1usize..3, 1usize..3),
         (any::<u64>(), any::<bool>()),
     )
         .prop_map(
-            |((m, p, d, kind), (h, w), multiplicity, (batch, heads), (seed, direct))| Case {
+            |(((d, m), p, kind), (h, w), multiplicity, (batch, heads), (seed, direct))| Case {
                 batch,
                 heads,
                 n: h * w,

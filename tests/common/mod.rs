@@ -157,6 +157,51 @@ pub fn small_device() -> GpuContext {
     .expect("an adapter (lavapipe in CI)")
 }
 
+/// The kernel specialisations the random GPU tests draw from: (head dims of one head tile,
+/// m). Every head tile (16, 32, 64, 128) and every query tile (min(tokens per fine cell, 64):
+/// 2 to 64) is in the set, but not every pair: each pair compiles its own pipelines, and on
+/// lavapipe compiling them took most of the GPU tests' time. All the random tests share the
+/// set, so a pipeline one test binary compiled is in Mesa's cache for the next.
+/// `cargo xtask sweep` (`MULTIPOLE_SWEEP=1`) draws every pair instead, with 4x the cases.
+pub const SPECS_1D: [(&[usize], usize); 8] = [
+    (&[1, 3, 16], 2),
+    (&[5, 16], 4),
+    (&[1, 16], 8),
+    (&[24, 32], 8),
+    (&[20, 32], 32),
+    (&[33, 48, 64], 16),
+    (&[100, 128], 8),
+    (&[65, 128], 64),
+];
+/// The same for images (m x m tokens per fine cell: query tiles 4, 16 and 64); their pairs
+/// are in `SPECS_1D`.
+pub const SPECS_2D: [(&[usize], usize); 3] = [(&[1, 3, 16], 2), (&[40, 64], 4), (&[100, 128], 8)];
+
+/// Whether the wide sweep runs (`cargo xtask sweep`).
+pub fn wide_sweep() -> bool {
+    std::env::var_os("MULTIPOLE_SWEEP").is_some()
+}
+
+/// (d, m) drawn from `specs`, or, in the wide sweep, d and m drawn independently from all
+/// that `specs` names.
+pub fn head_dim_and_m(
+    specs: &'static [(&'static [usize], usize)],
+) -> proptest::strategy::BoxedStrategy<(usize, usize)> {
+    use proptest::prelude::*;
+    if wide_sweep() {
+        let mut ds: Vec<usize> = specs.iter().flat_map(|(d, _)| d.iter().copied()).collect();
+        let mut ms: Vec<usize> = specs.iter().map(|&(_, m)| m).collect();
+        ds.sort_unstable();
+        ds.dedup();
+        ms.sort_unstable();
+        ms.dedup();
+        return (prop::sample::select(ds), prop::sample::select(ms)).boxed();
+    }
+    prop::sample::select(specs.to_vec())
+        .prop_flat_map(|(ds, m)| (prop::sample::select(ds.to_vec()), Just(m)))
+        .boxed()
+}
+
 /// Runs `run` on `cases` random cases drawn from `strategy` (no failure file; proptest
 /// shrinks a failing case and reports it) and prints the largest error `run` returned.
 pub fn sweep<C: std::fmt::Debug>(
@@ -165,6 +210,7 @@ pub fn sweep<C: std::fmt::Debug>(
     cases: u32,
     run: impl Fn(&C) -> f32,
 ) {
+    let cases = if wide_sweep() { 4 * cases } else { cases };
     let config = proptest::test_runner::Config {
         cases,
         failure_persistence: None,

@@ -25,8 +25,9 @@ fn main() -> ExitCode {
         Some("train") => train(),
         Some("study") => study(&args[1..]),
         Some("layers") => layers(),
+        Some("sweep") => sweep(),
         _ => Err(
-            "usage: cargo xtask demo [--port N] | cargo xtask test | cargo xtask compare [-- example args] | cargo xtask bench [-- bench args] | cargo xtask gpu-report [-- report args] | cargo xtask web | cargo xtask mnist | cargo xtask train | cargo xtask study [-- study args] | cargo xtask layers"
+            "usage: cargo xtask demo [--port N] | cargo xtask test | cargo xtask compare [-- example args] | cargo xtask bench [-- bench args] | cargo xtask gpu-report [-- report args] | cargo xtask web | cargo xtask mnist | cargo xtask train | cargo xtask study [-- study args] | cargo xtask layers | cargo xtask sweep"
                 .into(),
         ),
     };
@@ -114,6 +115,25 @@ fn layers() -> Result {
         modules::check(Path::new(src))?;
     }
     Ok(())
+}
+
+/// The random GPU tests over every (head tile, query tile) pair with 4x the cases, where
+/// `cargo xtask test` draws from a fixed set of specialisations (tests/common, `SPECS_1D`).
+/// CI does not run it.
+fn sweep() -> Result {
+    ensure_vulkan()?;
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.args(["test", "--workspace", "--all-features"])
+        .args([
+            "--test",
+            "gpu_vs_reference",
+            "--test",
+            "backward_gpu",
+            "--test",
+            "gpu_f16",
+        ])
+        .env("MULTIPOLE_SWEEP", "1");
+    run(&mut cmd)
 }
 
 fn test() -> Result {
