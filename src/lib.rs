@@ -57,7 +57,7 @@ pub mod gpu;
 
 pub use gpu::{
     AttentionIo, BackwardIo, DecodeIo, DenseDecoder, DensePlan, FmaDecoder, FmaPlan,
-    ForwardKernels, GpuContext, GpuTimer, Tape,
+    ForwardKernels, GpuContext, GpuDecoder, GpuTimer, Tape,
 };
 pub use reference::{Gradients, Output};
 pub use weights::{DownsampleWeights, LevelWeights};

@@ -10,8 +10,9 @@ pub(crate) mod runtime;
 pub mod shaders;
 
 pub use decode::DecodeIo;
-pub use decode::dense::DenseDecoder;
-pub use decode::fma::FmaDecoder;
+pub use decode::decoder::{GpuDecoder, Prompt};
+pub use decode::dense::{DenseDecoder, DensePrompt};
+pub use decode::fma::{FmaDecoder, FmaPrompt};
 #[cfg(feature = "vit")]
 pub use kernels::layers::{self, LayerKernels};
 pub use plan::FmaPlan;

@@ -191,7 +191,7 @@ impl VitGpu {
     /// Blocking `logits` for native programs.
     #[cfg(not(target_arch = "wasm32"))]
     pub fn logits_blocking(&self, ctx: &GpuContext, images: &[f32]) -> Result<Vec<f32>> {
-        pollster::block_on(self.logits(ctx, images))
+        crate::gpu::runtime::block_on(self.logits(ctx, images))
     }
 
     /// Records the forward of one full batch from `images` to `logits`: each run of layer

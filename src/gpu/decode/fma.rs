@@ -5,28 +5,22 @@
 use crate::config::{FmaConfig, Precision, Shape};
 use crate::error::{FmaError, Result};
 use crate::geometry::Geometry;
-use crate::gpu::decode::{
-    DecodeCore, DecodeIo, DecodeParams, Growth, StateLayout, decode_tables, kind_code,
-};
+use crate::gpu::decode::decoder::{GpuDecoder, Prompt, step_shape};
+use crate::gpu::decode::{DecodeCore, DecodeParams, Growth, StateLayout, decode_tables, kind_code};
 use crate::gpu::plan::{FmaPlan, pack_weights};
 use crate::gpu::runtime::context::GpuContext;
 use crate::gpu::shaders::DEC_LIST;
 use crate::reference::{Output, decoder_geometry, past_weights};
 use crate::weights::DownsampleWeights;
 
-/// A causal FMA decoder for `batch x heads` sequences of head dim d, on the GPU.
-pub struct FmaDecoder {
-    core: DecodeCore,
+/// A causal FMA decoder for `batch x heads` sequences of head dim d, on the GPU (its methods
+/// are `GpuDecoder`'s).
+pub type FmaDecoder = GpuDecoder<FmaPrompt>;
+
+/// What an FMA decoder keeps for prompts: its options and weights.
+pub struct FmaPrompt {
     config: FmaConfig,
     weights: DownsampleWeights,
-    shape: Shape,
-}
-
-/// `shape` with n = 1: one token per sequence, checked.
-pub(crate) fn step_shape(batch: usize, heads: usize, d: usize) -> Result<Shape> {
-    let shape = Shape::new(batch, heads, 1, d);
-    shape.validate()?;
-    Ok(shape)
 }
 
 /// The error of a decoder asked for f16 storage: its state is f32.
@@ -39,7 +33,7 @@ pub(crate) fn require_f32(precision: Precision) -> Result<()> {
     }
 }
 
-impl FmaDecoder {
+impl GpuDecoder<FmaPrompt> {
     /// A decoder for up to `capacity` tokens per sequence. `config` must be causal; the
     /// learned kinds need `weights`, whose levels 1..L must cover the capacity
     /// (m * 2^(L + 1) tokens at most). `Mean` starts with one level and adds the others
@@ -121,166 +115,40 @@ impl FmaDecoder {
             Vec::new()
         };
         let growth = (!kind.is_learned()).then(|| mean_growth(&g));
-        Ok(FmaDecoder {
+        Ok(GpuDecoder {
             core: DecodeCore::new(ctx, params, layout, &geom, &weights_words, capacity, growth)?,
-            config: config.clone(),
-            weights,
             shape,
+            prompt: FmaPrompt {
+                config: config.clone(),
+                weights,
+            },
         })
     }
+}
 
-    /// Tokens decoded so far (per sequence).
-    pub fn len(&self) -> usize {
-        self.core.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.core.len == 0
-    }
-
-    /// The most tokens per sequence the decoder holds.
-    pub fn capacity(&self) -> usize {
-        self.core.capacity
-    }
-
-    /// Coarse levels the state holds now: `Mean` adds them as the sequence grows (one each
-    /// time a level's first group closes, as the CPU twin, up to what the capacity needs);
-    /// the learned kinds hold all that the capacity needs from the start.
-    pub fn levels(&self) -> usize {
-        self.core.levels()
-    }
-
-    /// Bytes of the decoding state on the GPU (all sequences and heads).
-    pub fn state_bytes(&self) -> u64 {
-        self.core.state_bytes()
-    }
-
-    fn past(&self) -> impl FnOnce(usize) -> FmaError + '_ {
-        move |cap| FmaError::LimitExceeded {
-            what: "tokens per sequence".into(),
-            needed: cap as u64 + 1,
-            limit: cap as u64,
-            hint: format!(
-                "this {:?} decoder was made for {cap} tokens: make it with a larger capacity",
-                self.config.downsampling
-            ),
-        }
-    }
-
-    /// For benchmarks only: empties the state and sets the token count to `len` (at most the
-    /// capacity), as if `len` tokens of zero keys and values had gone by without closing any
-    /// group. The state is then no real sequence's, but a step's work depends on the count
-    /// alone, so steps at a long context can be timed without decoding up to it.
-    #[doc(hidden)]
-    pub fn seek_for_timing(&mut self, ctx: &GpuContext, len: usize) -> Result<()> {
-        self.core.seek(ctx, len)
-    }
-
-    /// Forgets every token.
-    pub fn reset(&mut self, ctx: &GpuContext) -> Result<()> {
-        self.core.reset(ctx)
-    }
-
-    /// Records one step over GPU-resident tensors (q, k, v, o of [batch, heads, d], lse of
-    /// [batch, heads], f32) into `encoder`; nothing is submitted. Steps may be recorded back
-    /// to back in one encoder: the token count lives on the GPU.
-    pub fn encode_step(
-        &mut self,
+impl Prompt for FmaPrompt {
+    /// One causal `FmaPlan` forward, with the weights of the levels the prompt has.
+    async fn forward(
+        &self,
         ctx: &GpuContext,
-        encoder: &mut wgpu::CommandEncoder,
-        io: &DecodeIo<'_>,
-    ) -> Result<()> {
-        self.core.check_room(1, self.past())?;
-        self.core.encode_step(ctx, encoder, io)
-    }
-
-    /// Decodes one token per sequence (q, k, v of [batch, heads, d]): its output and LSE.
-    pub async fn step(
-        &mut self,
-        ctx: &GpuContext,
+        shape: Shape,
         q: &[f32],
         k: &[f32],
         v: &[f32],
     ) -> Result<Output> {
-        self.core.check_room(1, self.past())?;
-        self.core.step(ctx, [q, k, v]).await
-    }
-
-    /// Decodes a prompt of n tokens per sequence ([batch, heads, n, d]): on an empty decoder
-    /// one causal forward (`FmaPlan`) for the outputs and one state build; after earlier
-    /// tokens, steps. The state is then as if every token had been stepped.
-    pub async fn prefill(
-        &mut self,
-        ctx: &GpuContext,
-        q: &[f32],
-        k: &[f32],
-        v: &[f32],
-        n: usize,
-    ) -> Result<Output> {
-        let shape = Shape { n, ..self.shape };
-        for (name, x) in [("q", q), ("k", k), ("v", v)] {
-            if n > 0 {
-                shape.check_len(name, x.len())?;
-            } else if !x.is_empty() {
-                return Err(FmaError::BadShape {
-                    what: name.into(),
-                    expected: "no values for an empty prompt".into(),
-                    got: format!("{} values", x.len()),
-                });
-            }
-        }
-        if n == 0 {
-            return Ok(Output {
-                o: Vec::new(),
-                lse: Vec::new(),
-            });
-        }
-        self.core.check_room(n, self.past())?;
-        if !self.is_empty() {
-            let mut out = Output {
-                o: Vec::new(),
-                lse: Vec::new(),
-            };
-            for i in 0..n {
-                let [q, k, v] = [q, k, v].map(|x| gather_token(x, shape, i));
-                let s = self.step(ctx, &q, &k, &v).await?;
-                scatter_token(&mut out, shape, i, &s);
-            }
-            return Ok(out);
-        }
-        let levels = Geometry::new(n, &self.config)?.num_levels();
+        let levels = Geometry::new(shape.n, &self.config)?.num_levels();
         let w = DownsampleWeights {
             levels: self.weights.levels.iter().take(levels).cloned().collect(),
         };
         let plan = FmaPlan::new(ctx, shape, &self.config, Some(&w))?;
-        let out = plan.forward(ctx, q, k, v).await?;
-        absorb(&mut self.core, ctx, shape, k, v).await?;
-        Ok(out)
+        plan.forward(ctx, q, k, v).await
     }
 
-    /// Blocking `step` for native programs.
-    #[cfg(not(target_arch = "wasm32"))]
-    pub fn step_blocking(
-        &mut self,
-        ctx: &GpuContext,
-        q: &[f32],
-        k: &[f32],
-        v: &[f32],
-    ) -> Result<Output> {
-        pollster::block_on(self.step(ctx, q, k, v))
-    }
-
-    /// Blocking `prefill` for native programs.
-    #[cfg(not(target_arch = "wasm32"))]
-    pub fn prefill_blocking(
-        &mut self,
-        ctx: &GpuContext,
-        q: &[f32],
-        k: &[f32],
-        v: &[f32],
-        n: usize,
-    ) -> Result<Output> {
-        pollster::block_on(self.prefill(ctx, q, k, v, n))
+    fn past_hint(&self, cap: usize) -> String {
+        format!(
+            "this {:?} decoder was made for {cap} tokens: make it with a larger capacity",
+            self.config.downsampling
+        )
     }
 }
 
@@ -311,61 +179,4 @@ fn mean_growth(g: &Geometry) -> Growth {
         group_tokens: g.group_tokens(),
         seeds,
     }
-}
-
-/// Token i of every sequence of a [bh, n, d] tensor, as [bh, d].
-pub(crate) fn gather_token(x: &[f32], shape: Shape, i: usize) -> Vec<f32> {
-    let (bh, n, d) = (shape.bh(), shape.n, shape.d);
-    (0..bh)
-        .flat_map(|h| x[(h * n + i) * d..(h * n + i + 1) * d].iter().copied())
-        .collect()
-}
-
-/// Places one step's outputs ([bh, d], LSE [bh]) as token i of a forward's ([bh, n, d]).
-pub(crate) fn scatter_token(out: &mut Output, shape: Shape, i: usize, step: &Output) {
-    let (bh, n, d) = (shape.bh(), shape.n, shape.d);
-    if out.lse.len() != bh * n {
-        *out = Output {
-            o: vec![0.0; bh * n * d],
-            lse: vec![0.0; bh * n],
-        };
-    }
-    for h in 0..bh {
-        out.o[(h * n + i) * d..(h * n + i + 1) * d].copy_from_slice(&step.o[h * d..(h + 1) * d]);
-        out.lse[h * n + i] = step.lse[h];
-    }
-}
-
-/// Uploads a prompt's k and v ([bh, n, d]) and adds them to the state (no outputs).
-pub(crate) async fn absorb(
-    core: &mut DecodeCore,
-    ctx: &GpuContext,
-    shape: Shape,
-    k: &[f32],
-    v: &[f32],
-) -> Result<()> {
-    let bytes = (shape.elements() * 4) as u64;
-    crate::gpu::runtime::chunks::fits_binding(
-        ctx,
-        "one prompt's keys",
-        bytes,
-        "prefill a shorter prompt, then step",
-    )?;
-    ctx.scoped(|| -> Result<()> {
-        let kb = crate::gpu::runtime::host::storage(ctx, "prompt k", bytes, true);
-        let vb = crate::gpu::runtime::host::storage(ctx, "prompt v", bytes, true);
-        ctx.queue.write_buffer(&kb, 0, bytemuck::cast_slice(k));
-        ctx.queue.write_buffer(&vb, 0, bytemuck::cast_slice(v));
-        let mut encoder = ctx.device.create_command_encoder(&Default::default());
-        core.encode_absorb(ctx, &mut encoder, &kb, &vb, shape.n)?;
-        ctx.queue.submit([encoder.finish()]);
-        Ok(())
-    })?;
-    // Errors of the submission come back once the device has run it.
-    #[cfg(not(target_arch = "wasm32"))]
-    ctx.device
-        .poll(wgpu::PollType::wait_indefinitely())
-        .map_err(|e| FmaError::Gpu(e.to_string()))
-        .map(|_| ())?;
-    ctx.take_error()
 }

@@ -3,6 +3,7 @@
 //! `Mean` adds as the sequence grows. `FmaDecoder` and the dense baseline `DenseDecoder` are
 //! two configurations of this core.
 
+pub(crate) mod decoder;
 pub(crate) mod dense;
 pub(crate) mod fma;
 

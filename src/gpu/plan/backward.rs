@@ -358,7 +358,7 @@ impl FmaPlan {
         tape: &Tape<'_>,
         d_o: &[f32],
     ) -> Result<Gradients> {
-        pollster::block_on(self.backward(ctx, tape, d_o))
+        crate::gpu::runtime::block_on(self.backward(ctx, tape, d_o))
     }
 
     /// Replaces the plan's downsampling weights (after a training step), checked as in `new`.

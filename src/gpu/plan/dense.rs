@@ -155,6 +155,6 @@ impl DensePlan {
         k: &[f32],
         v: &[f32],
     ) -> Result<Output> {
-        pollster::block_on(self.forward(ctx, q, k, v))
+        crate::gpu::runtime::block_on(self.forward(ctx, q, k, v))
     }
 }

@@ -168,6 +168,6 @@ impl FmaPlan {
         k: &[f32],
         v: &[f32],
     ) -> Result<Output> {
-        pollster::block_on(self.forward(ctx, q, k, v))
+        crate::gpu::runtime::block_on(self.forward(ctx, q, k, v))
     }
 }

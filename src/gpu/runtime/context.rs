@@ -137,7 +137,7 @@ impl GpuContext {
     /// Blocking `new` for native programs.
     #[cfg(not(target_arch = "wasm32"))]
     pub fn new_blocking() -> Result<GpuContext> {
-        pollster::block_on(Self::new())
+        crate::gpu::runtime::block_on(Self::new())
     }
 
     /// The forward kernels that plans made from now on use: `Direct` on a CPU adapter
