@@ -68,7 +68,7 @@ fn near_field(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    if (workgroup_index(wid, nwg) >= params.fine_cells * params.tiles_per_cell * params.bh) {
+    if (past_query_tiles(wid, nwg)) {
         return;
     }
     let qt = query_tile(wid, nwg);
@@ -137,7 +137,7 @@ fn far_field(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    if (workgroup_index(wid, nwg) >= params.fine_cells * params.tiles_per_cell * params.bh) {
+    if (past_query_tiles(wid, nwg)) {
         return;
     }
     let qt = query_tile(wid, nwg);

@@ -126,7 +126,7 @@ fn backward_dq_lanes(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    if (workgroup_index(wid, nwg) >= params.fine_cells * params.tiles_per_cell * params.bh) {
+    if (past_query_tiles(wid, nwg)) {
         return;
     }
     let qt = query_tile(wid, nwg);
@@ -247,7 +247,7 @@ fn backward_dkv_near_lanes(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    if (workgroup_index(wid, nwg) >= params.fine_cells * params.tiles_per_cell * params.bh) {
+    if (past_query_tiles(wid, nwg)) {
         return;
     }
     let kt = query_tile(wid, nwg); // here a tile of keys

@@ -11,6 +11,9 @@
 // Invocations that stage one row together, and rows staged per pass.
 const ROW_THREADS: u32 = min(QUERY_TILE, HEAD_TILE);
 const ROWS_PER_PASS: u32 = QUERY_TILE / ROW_THREADS;
+// The far keys' staging (far_chain.wgsl, `stage_far_tile`): its tile and lanes.
+const STAGE_TILE: u32 = BACK_TILE;
+const STAGE_LANES: u32 = QUERY_TILE;
 
 // BACK_TILE staged rows: keys and values (query-major), or tau * queries and dO (key-major),
 // with a tag per row (token or coarse row, -1 for none) and two scalars (score offset; or the
@@ -31,10 +34,16 @@ var<workgroup> pair_p: array<f32, FAR_LANES * BACK_ROWS>;
 var<workgroup> pair_ds: array<f32, FAR_LANES * BACK_ROWS>;
 
 // Writes element c of row kk of both tiles.
-fn tile_put(kk: u32, c: u32, a: f32, b: f32) {
+fn tile_store(kk: u32, c: u32, a: f32, b: f32) {
     let at = kk * HEAD_VEC + c / 4u;
     tile_a[at][c % 4u] = a;
     tile_b[at][c % 4u] = b;
+}
+
+// Row kk's tag and score offset (`tile_x`): a far key's coarse row and log-multiplicity.
+fn tile_set_key(kk: u32, key: FarKey) {
+    tile_tag[kk] = key.row;
+    tile_x[kk] = key.bias;
 }
 
 // Stages key token j's key and value as row kk (zeros for j < 0).
@@ -50,7 +59,7 @@ fn stage_kv(kk: u32, j: i32, head_base: u32, lid: u32) {
             kx = k_in[at];
             vx = v_in[at];
         }
-        tile_put(kk, c, kx, vx);
+        tile_store(kk, c, kx, vx);
     }
 }
 
@@ -70,7 +79,7 @@ fn stage_query(kk: u32, i: i32, head_base: u32, lid: u32) {
             qx = q_in[at] * params.scale;
             dx = do_in[at];
         }
-        tile_put(kk, c, qx, dx);
+        tile_store(kk, c, qx, dx);
     }
 }
 
@@ -95,7 +104,7 @@ fn backward_dq_near(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    if (workgroup_index(wid, nwg) >= params.fine_cells * params.tiles_per_cell * params.bh) {
+    if (past_query_tiles(wid, nwg)) {
         return;
     }
     let qt = query_tile(wid, nwg);
@@ -142,7 +151,7 @@ fn backward_dq_far(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    if (workgroup_index(wid, nwg) >= params.fine_cells * params.tiles_per_cell * params.bh) {
+    if (past_query_tiles(wid, nwg)) {
         return;
     }
     let qt = query_tile(wid, nwg);
@@ -157,30 +166,7 @@ fn backward_dq_far(
     let keys = far_chain(qt.cell, lid);
     var level = 0u;
     for (var k0 = 0u; k0 < keys; k0 += BACK_TILE) {
-        workgroupBarrier();
-        for (var kk = lid; kk < BACK_TILE; kk += QUERY_TILE) {
-            var key = FarKey(-1, 0.0);
-            if (k0 + kk < keys) {
-                key = far_key(k0 + kk, &level);
-            }
-            tile_tag[kk] = key.row;
-            tile_x[kk] = key.bias;
-        }
-        workgroupBarrier();
-        for (var kk = lid / ROW_THREADS; kk < BACK_TILE; kk += ROWS_PER_PASS) {
-            let row = tile_tag[kk];
-            for (var c = lid % ROW_THREADS; c < HEAD_TILE; c += ROW_THREADS) {
-                var kx = 0.0;
-                var vx = 0.0;
-                if (row >= 0 && c < params.d) {
-                    let at = (coarse_base + u32(row)) * params.d + c;
-                    kx = coarse[at];
-                    vx = coarse[params.coarse_v_base + at];
-                }
-                tile_put(kk, c, kx, vx);
-            }
-        }
-        workgroupBarrier();
+        stage_far_tile(k0, keys, coarse_base, &level, lid);
         if (token >= 0) {
             for (var kk = 0u; kk < BACK_TILE; kk++) {
                 if (tile_tag[kk] >= 0) {
@@ -203,7 +189,7 @@ fn backward_dkv_near(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    if (workgroup_index(wid, nwg) >= params.fine_cells * params.tiles_per_cell * params.bh) {
+    if (past_query_tiles(wid, nwg)) {
         return;
     }
     let kt = query_tile(wid, nwg); // here a tile of keys

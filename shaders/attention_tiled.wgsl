@@ -16,12 +16,21 @@ var<workgroup> tile_bias: array<f32, KEY_TILE>;
 // Invocations that load one key row together, and key rows loaded per pass.
 const ROW_THREADS: u32 = min(QUERY_LANES, HEAD_TILE);
 const ROWS_PER_PASS: u32 = QUERY_LANES / ROW_THREADS;
+// The far keys' staging (far_chain.wgsl, `stage_far_tile`): its tile and lanes.
+const STAGE_TILE: u32 = KEY_TILE;
+const STAGE_LANES: u32 = QUERY_LANES;
 
 // Writes element c of row kk of both tiles (zero past d or for a missing row).
 fn tile_store(kk: u32, c: u32, kx: f32, vx: f32) {
     let at = kk * HEAD_VEC + c / 4u;
     k_tile[at][c % 4u] = kx;
     v_tile[at][c % 4u] = vx;
+}
+
+// Row kk's tag and score offset: a far key's coarse row and log-multiplicity.
+fn tile_set_key(kk: u32, key: FarKey) {
+    tile_tag[kk] = key.row;
+    tile_bias[kk] = key.bias;
 }
 
 // Adds staged rows kk..kk+3 to every triple: score q . k + tile_bias (q already scaled by
@@ -114,32 +123,7 @@ fn far_keys(t: ptr<function, Triples>, q: ptr<function, Rows>, qt: QueryTile, li
     let keys = far_chain(qt.cell, lid);
     var level = 0u;
     for (var k0 = 0u; k0 < keys; k0 += KEY_TILE) {
-        workgroupBarrier();
-        // The first KEY_TILE invocations find the coarse row of one key each...
-        for (var kk = lid; kk < KEY_TILE; kk += QUERY_LANES) {
-            var key = FarKey(-1, 0.0);
-            if (k0 + kk < keys) {
-                key = far_key(k0 + kk, &level);
-            }
-            tile_tag[kk] = key.row;
-            tile_bias[kk] = key.bias;
-        }
-        workgroupBarrier();
-        // ...then all of them stage the rows.
-        for (var kk = lid / ROW_THREADS; kk < KEY_TILE; kk += ROWS_PER_PASS) {
-            let row = tile_tag[kk];
-            for (var c = lid % ROW_THREADS; c < HEAD_TILE; c += ROW_THREADS) {
-                var kx = 0.0;
-                var vx = 0.0;
-                if (row >= 0 && c < params.d) {
-                    let at = (coarse_base + u32(row)) * params.d + c;
-                    kx = f32(coarse[at]);
-                    vx = f32(coarse[params.coarse_v_base + at]);
-                }
-                tile_store(kk, c, kx, vx);
-            }
-        }
-        workgroupBarrier();
+        stage_far_tile(k0, keys, coarse_base, &level, lid);
         for (var kk = 0u; kk < KEY_TILE && k0 + kk < keys; kk += 4u) {
             triple_add_staged(t, q, kk, Tokens(), false);
         }

@@ -87,6 +87,12 @@ fn query_tile(wid: vec3<u32>, nwg: vec3<u32>) -> QueryTile {
     return QueryTile(w / tiles, tile / params.tiles_per_cell, (tile % params.tiles_per_cell) * QUERY_TILE);
 }
 
+// Whether a workgroup lies past the last query tile (the surplus of a 2D grid): every
+// query-tile kernel returns at once then, before `query_tile`.
+fn past_query_tiles(wid: vec3<u32>, nwg: vec3<u32>) -> bool {
+    return workgroup_index(wid, nwg) >= params.fine_cells * params.tiles_per_cell * params.bh;
+}
+
 // One coarse level's record in the level table (see src/geometry/tables.rs).
 struct Level {
     h: u32,          // group (cell) size in grid rows and columns

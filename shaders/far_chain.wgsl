@@ -47,3 +47,35 @@ fn far_key(x: u32, level: ptr<function, u32>) -> FarKey {
     }
     return FarKey(i32(row), row_bias(row));
 }
+
+// Stages keys k0 .. k0 + STAGE_TILE of the chain in the including family's tiles, one tile of
+// the forward's far field or of the backward's dQ: the first STAGE_TILE lanes find one key's
+// coarse row and offset each (`tile_set_key`), then ROW_THREADS lanes per row copy its
+// coarse key and value (`tile_store`; zeros past d and for no key). Barriers before and after,
+// so the caller reads the tile at once. The family declares STAGE_TILE, STAGE_LANES,
+// ROW_THREADS, ROWS_PER_PASS, `tile_tag`, `coarse`, `tile_set_key` and `tile_store`.
+fn stage_far_tile(k0: u32, keys: u32, coarse_base: u32, level: ptr<function, u32>, lid: u32) {
+    workgroupBarrier();
+    for (var kk = lid; kk < STAGE_TILE; kk += STAGE_LANES) {
+        var key = FarKey(-1, 0.0);
+        if (k0 + kk < keys) {
+            key = far_key(k0 + kk, level);
+        }
+        tile_set_key(kk, key);
+    }
+    workgroupBarrier();
+    for (var kk = lid / ROW_THREADS; kk < STAGE_TILE; kk += ROWS_PER_PASS) {
+        let row = tile_tag[kk];
+        for (var c = lid % ROW_THREADS; c < HEAD_TILE; c += ROW_THREADS) {
+            var kx = 0.0;
+            var vx = 0.0;
+            if (row >= 0 && c < params.d) {
+                let at = (coarse_base + u32(row)) * params.d + c;
+                kx = f32(coarse[at]);
+                vx = f32(coarse[params.coarse_v_base + at]);
+            }
+            tile_store(kk, c, kx, vx);
+        }
+    }
+    workgroupBarrier();
+}
