@@ -4,6 +4,8 @@
 //! and dense passes, forward and backward) and `decode` (causal generation).
 
 pub(crate) mod decode;
+#[cfg(test)]
+mod entries;
 pub(crate) mod kernels;
 pub(crate) mod plan;
 pub(crate) mod runtime;

@@ -12,7 +12,7 @@ use crate::error::{FmaError, Result};
 use crate::gpu::runtime::buffers::{self, Slot};
 use crate::gpu::runtime::chunks::fits_binding;
 use crate::gpu::runtime::context::GpuContext;
-use crate::gpu::runtime::dispatch::{bind, dispatch, word};
+use crate::gpu::runtime::dispatch::{Entry, Kernel, Roles, word};
 use crate::gpu::runtime::host::{readback, storage};
 use crate::gpu::shaders::structs::DecodeCount;
 use crate::gpu::shaders::structs::DecodeParams;
@@ -109,12 +109,56 @@ pub(crate) struct Growth {
     pub seeds: Vec<Vec<u32>>,
 }
 
+const fn entry(name: &'static str, roles: &'static [u32]) -> Entry {
+    Entry {
+        family: Family::Decode,
+        name,
+        forward: None,
+        roles,
+    }
+}
+
+pub(crate) const ENTRIES: [&Entry; 4] = [
+    &entry(
+        "decode_attend",
+        &[
+            B::DEC_PARAMS,
+            B::DEC_GEOM,
+            B::DEC_LEN,
+            B::DEC_STATE,
+            B::Q,
+            B::K,
+            B::V,
+            B::O,
+            B::LSE,
+        ],
+    ),
+    &entry(
+        "decode_update",
+        &[
+            B::DEC_PARAMS,
+            B::DEC_COUNT,
+            B::DEC_GEOM,
+            B::DEC_LEN,
+            B::DEC_STATE_W,
+            B::WEIGHTS,
+            B::K,
+            B::V,
+        ],
+    ),
+    &entry("decode_advance", &[B::DEC_COUNT, B::DEC_LEN_W]),
+    &entry(
+        "decode_seed",
+        &[B::DEC_PARAMS, B::DEC_GEOM, B::DEC_STATE_W, B::DEC_SEED],
+    ),
+];
+
 /// A decoder's GPU side: pipelines, uniforms, tables, state and host staging.
 pub(crate) struct DecodeCore {
-    attend: wgpu::ComputePipeline,
-    update: wgpu::ComputePipeline,
-    advance: wgpu::ComputePipeline,
-    seed: wgpu::ComputePipeline,
+    attend: Kernel,
+    update: Kernel,
+    advance: Kernel,
+    seed: Kernel,
     /// The uniform without the state's offsets and level count, which change as levels grow.
     base: DecodeParams,
     params: wgpu::Buffer,
@@ -168,7 +212,7 @@ impl DecodeCore {
             layout.levels
         };
         let core = ctx.scoped(|| -> Result<DecodeCore> {
-            let pipe = |entry| ctx.pipeline(Family::Decode, entry, Spec::DECODE);
+            let pipe = |entry| Kernel::new(ctx, entry, Spec::DECODE);
             let one = DecodeCount {
                 tokens: 1,
                 ..Default::default()
@@ -180,10 +224,10 @@ impl DecodeCore {
             };
             let rows = (bh * d * 4) as u64;
             let mut core = DecodeCore {
-                attend: pipe("decode_attend")?,
-                update: pipe("decode_update")?,
-                advance: pipe("decode_advance")?,
-                seed: pipe("decode_seed")?,
+                attend: pipe(ENTRIES[0])?,
+                update: pipe(ENTRIES[1])?,
+                advance: pipe(ENTRIES[2])?,
+                seed: pipe(ENTRIES[3])?,
                 base: params,
                 params: ctx.buffer_with("decode params", &[0; 4], wgpu::BufferUsages::UNIFORM),
                 one: ctx.buffer_with(
@@ -313,23 +357,24 @@ impl DecodeCore {
             wgpu::BufferUsages::STORAGE,
         );
         self.resize(ctx, levels + 1, Some(encoder))?;
-        let group = bind(
-            ctx,
-            "decode_seed",
-            &self.seed,
-            &[
-                (B::DEC_PARAMS, &self.params),
-                (B::DEC_GEOM, &self.geom),
-                (B::DEC_STATE_W, &self.state),
-                (B::DEC_SEED, &table),
-            ],
-        );
+        let roles = self.roles().with(&[B::DEC_SEED], &table);
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: Some("decode new level"),
             timestamp_writes: None,
         });
         let groups = (self.bh * self.d).div_ceil(WG_ELEMENTS as usize);
-        dispatch(ctx, &mut pass, &self.seed, &group, groups as u64)
+        self.seed.dispatch(ctx, &mut pass, &roles, groups as u64)
+    }
+
+    /// The decoder's own buffers by role (the state and the count bound read-only and
+    /// read-write under two roles each).
+    fn roles(&self) -> Roles<'_> {
+        Roles::new()
+            .with(&[B::DEC_PARAMS], &self.params)
+            .with(&[B::DEC_GEOM], &self.geom)
+            .with(&[B::DEC_LEN, B::DEC_LEN_W], &self.len_buf)
+            .with(&[B::DEC_STATE, B::DEC_STATE_W], &self.state)
+            .with(&[B::WEIGHTS], &self.weights)
     }
 
     /// Bytes of the decoding state on the GPU.
@@ -360,27 +405,19 @@ impl DecodeCore {
             Slot::written("o", io.o, rows),
             Slot::written("lse", io.lse, self.bh as u64 * 4),
         ])?;
-        let attend = bind(
-            ctx,
-            "decode_attend",
-            &self.attend,
-            &[
-                (B::DEC_PARAMS, &self.params),
-                (B::DEC_GEOM, &self.geom),
-                (B::DEC_LEN, &self.len_buf),
-                (B::DEC_STATE, &self.state),
-                (B::Q, io.q),
-                (B::K, io.k),
-                (B::V, io.v),
-                (B::O, io.o),
-                (B::LSE, io.lse),
-            ],
-        );
+        let roles = self
+            .roles()
+            .with(&[B::Q], io.q)
+            .with(&[B::K], io.k)
+            .with(&[B::V], io.v)
+            .with(&[B::O], io.o)
+            .with(&[B::LSE], io.lse);
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: Some("decode step"),
             timestamp_writes: None,
         });
-        dispatch(ctx, &mut pass, &self.attend, &attend, self.bh as u64)?;
+        self.attend
+            .dispatch(ctx, &mut pass, &roles, self.bh as u64)?;
         self.encode_update(ctx, &mut pass, io.k, io.v, &self.one)?;
         self.encode_advance(ctx, &mut pass, &self.one)?;
         drop(pass);
@@ -399,23 +436,13 @@ impl DecodeCore {
         v: &wgpu::Buffer,
         count: &wgpu::Buffer,
     ) -> Result<()> {
-        let group = bind(
-            ctx,
-            "decode_update",
-            &self.update,
-            &[
-                (B::DEC_PARAMS, &self.params),
-                (B::DEC_COUNT, count),
-                (B::DEC_GEOM, &self.geom),
-                (B::DEC_LEN, &self.len_buf),
-                (B::DEC_STATE_W, &self.state),
-                (B::WEIGHTS, &self.weights),
-                (B::K, k),
-                (B::V, v),
-            ],
-        );
+        let roles = self
+            .roles()
+            .with(&[B::DEC_COUNT], count)
+            .with(&[B::K], k)
+            .with(&[B::V], v);
         let groups = (self.bh * self.d).div_ceil(WG_ELEMENTS as usize);
-        dispatch(ctx, pass, &self.update, &group, groups as u64)
+        self.update.dispatch(ctx, pass, &roles, groups as u64)
     }
 
     fn encode_advance(
@@ -424,13 +451,8 @@ impl DecodeCore {
         pass: &mut wgpu::ComputePass<'_>,
         count: &wgpu::Buffer,
     ) -> Result<()> {
-        let group = bind(
-            ctx,
-            "decode_advance",
-            &self.advance,
-            &[(B::DEC_COUNT, count), (B::DEC_LEN_W, &self.len_buf)],
-        );
-        dispatch(ctx, pass, &self.advance, &group, 1)
+        let roles = self.roles().with(&[B::DEC_COUNT], count);
+        self.advance.dispatch(ctx, pass, &roles, 1)
     }
 
     /// Adds n tokens per sequence (k, v of [bh, n, d] on the GPU) to the state without

@@ -3,26 +3,77 @@
 
 use crate::error::Result;
 use crate::gpu::runtime::context::GpuContext;
-use crate::gpu::runtime::dispatch::{bind, dispatch};
+use crate::gpu::runtime::dispatch::{Entry, Kernel, Roles};
 use crate::gpu::shaders::{Family, ForwardKernels, Spec, binding as B};
 
-pub(crate) struct AttentionKernel {
-    near: wgpu::ComputePipeline,
-    far: Option<wgpu::ComputePipeline>,
-    /// Direct kernels bind K, V and the coarse rows as vec4 rows instead.
-    direct: bool,
+const fn entry(name: &'static str, forward: ForwardKernels, roles: &'static [u32]) -> Entry {
+    Entry {
+        family: Family::Attention,
+        name,
+        forward: Some(forward),
+        roles,
+    }
 }
 
-/// Buffers of one attention dispatch. `coarse` is None when there are no coarse levels.
-pub(crate) struct AttentionBindings<'a> {
-    pub params: &'a wgpu::Buffer,
-    pub geom: &'a wgpu::Buffer,
-    pub q: &'a wgpu::Buffer,
-    pub k: &'a wgpu::Buffer,
-    pub v: &'a wgpu::Buffer,
-    pub coarse: Option<&'a wgpu::Buffer>,
-    pub o: &'a wgpu::Buffer,
-    pub lse: &'a wgpu::Buffer,
+/// The Tiled kernels read K, V and the coarse rows per element; the Direct ones as vec4 rows.
+pub(crate) const NEAR_TILED: Entry = entry(
+    "near_field",
+    ForwardKernels::Tiled,
+    &[B::PARAMS, B::GEOM, B::Q, B::K, B::V, B::O, B::LSE],
+);
+pub(crate) const NEAR_DIRECT: Entry = entry(
+    "near_field",
+    ForwardKernels::Direct,
+    &[B::PARAMS, B::GEOM, B::Q, B::K4, B::V4, B::O, B::LSE],
+);
+pub(crate) const FAR_TILED: Entry = entry(
+    "far_field",
+    ForwardKernels::Tiled,
+    &[B::PARAMS, B::GEOM, B::Q, B::COARSE, B::O, B::LSE],
+);
+pub(crate) const FAR_DIRECT: Entry = entry(
+    "far_field",
+    ForwardKernels::Direct,
+    &[B::PARAMS, B::GEOM, B::Q, B::COARSE4, B::O, B::LSE],
+);
+/// Exact attention (`DensePlan`), also in both builds.
+pub(crate) const DENSE_TILED: Entry = entry(
+    "dense_attention",
+    ForwardKernels::Tiled,
+    &[B::PARAMS, B::Q, B::K, B::V, B::O, B::LSE],
+);
+pub(crate) const DENSE_DIRECT: Entry = entry(
+    "dense_attention",
+    ForwardKernels::Direct,
+    &[B::PARAMS, B::Q, B::K4, B::V4, B::O, B::LSE],
+);
+
+#[cfg(test)]
+pub(crate) const ENTRIES: [&Entry; 6] = [
+    &NEAR_TILED,
+    &NEAR_DIRECT,
+    &FAR_TILED,
+    &FAR_DIRECT,
+    &DENSE_TILED,
+    &DENSE_DIRECT,
+];
+
+/// The roles an attention dispatch reads: each tensor under its per-element and vec4 names.
+pub(crate) fn tensor_roles<'a>(
+    roles: Roles<'a>,
+    [q, k, v]: [&'a wgpu::Buffer; 3],
+    coarse: Option<&'a wgpu::Buffer>,
+) -> Roles<'a> {
+    roles
+        .with(&[B::Q, B::Q4], q)
+        .with(&[B::K, B::K4], k)
+        .with(&[B::V, B::V4], v)
+        .with_some(&[B::COARSE, B::COARSE4], coarse)
+}
+
+pub(crate) struct AttentionKernel {
+    near: Kernel,
+    far: Option<Kernel>,
 }
 
 impl AttentionKernel {
@@ -30,14 +81,14 @@ impl AttentionKernel {
     /// chooses.
     pub fn new(ctx: &GpuContext, spec: Spec, d: usize, far_field: bool) -> Result<Self> {
         let spec = spec.with_forward(ctx.forward_kernels(), d);
+        let direct = spec.forward == ForwardKernels::Direct;
+        let (near, far) = match direct {
+            true => (&NEAR_DIRECT, &FAR_DIRECT),
+            false => (&NEAR_TILED, &FAR_TILED),
+        };
         Ok(AttentionKernel {
-            direct: spec.forward == ForwardKernels::Direct,
-            near: ctx.pipeline(Family::Attention, "near_field", spec)?,
-            far: if far_field {
-                Some(ctx.pipeline(Family::Attention, "far_field", spec)?)
-            } else {
-                None
-            },
+            near: Kernel::new(ctx, near, spec)?,
+            far: far_field.then(|| Kernel::new(ctx, far, spec)).transpose()?,
         })
     }
 
@@ -46,29 +97,10 @@ impl AttentionKernel {
         &self,
         ctx: &GpuContext,
         pass: &mut wgpu::ComputePass<'_>,
-        b: &AttentionBindings<'_>,
+        roles: &Roles<'_>,
         workgroups: u64,
     ) -> Result<()> {
-        let (k, v) = if self.direct {
-            (B::K4, B::V4)
-        } else {
-            (B::K, B::V)
-        };
-        let group = bind(
-            ctx,
-            "near_field",
-            &self.near,
-            &[
-                (B::PARAMS, b.params),
-                (B::GEOM, b.geom),
-                (B::Q, b.q),
-                (k, b.k),
-                (v, b.v),
-                (B::O, b.o),
-                (B::LSE, b.lse),
-            ],
-        );
-        dispatch(ctx, pass, &self.near, &group, workgroups)
+        self.near.dispatch(ctx, pass, roles, workgroups)
     }
 
     /// Records the far field (merging into the near field's O and LSE), if there are coarse
@@ -77,25 +109,12 @@ impl AttentionKernel {
         &self,
         ctx: &GpuContext,
         pass: &mut wgpu::ComputePass<'_>,
-        b: &AttentionBindings<'_>,
+        roles: &Roles<'_>,
         workgroups: u64,
     ) -> Result<()> {
-        let (Some(far), Some(coarse)) = (&self.far, b.coarse) else {
-            return Ok(());
-        };
-        let group = bind(
-            ctx,
-            "far_field",
-            far,
-            &[
-                (B::PARAMS, b.params),
-                (B::GEOM, b.geom),
-                (B::Q, b.q),
-                (if self.direct { B::COARSE4 } else { B::COARSE }, coarse),
-                (B::O, b.o),
-                (B::LSE, b.lse),
-            ],
-        );
-        dispatch(ctx, pass, far, &group, workgroups)
+        match &self.far {
+            Some(far) => far.dispatch(ctx, pass, roles, workgroups),
+            None => Ok(()),
+        }
     }
 }

@@ -6,23 +6,148 @@
 use crate::error::Result;
 use crate::geometry::Dims;
 use crate::gpu::runtime::context::GpuContext;
-use crate::gpu::runtime::dispatch::{bind, dispatch};
+use crate::gpu::runtime::dispatch::{Entry, Kernel, Roles};
 use crate::gpu::shaders::{
     BACK_ROWS, FAR_SIBLINGS, Family, ForwardKernels, QUAD_ROWS, ROW_LANES, Spec, WG_ELEMENTS,
     binding as B,
 };
 
+const fn entry(
+    name: &'static str,
+    forward: Option<ForwardKernels>,
+    roles: &'static [u32],
+) -> Entry {
+    Entry {
+        family: Family::AttentionBackward,
+        name,
+        forward,
+        roles,
+    }
+}
+
+const TILED: Option<ForwardKernels> = Some(ForwardKernels::Tiled);
+// The Lanes kernels are in the Direct build, and read Q, K, V, dO and the coarse rows as
+// vec4 rows.
+const LANES: Option<ForwardKernels> = Some(ForwardKernels::Direct);
+
+const STATS: Entry = entry(
+    "backward_stats",
+    None,
+    &[B::PARAMS, B::D_O, B::O, B::LSE, B::STATS_OUT],
+);
+const DQ_NEAR: Entry = entry(
+    "backward_dq_near",
+    TILED,
+    &[
+        B::PARAMS,
+        B::GEOM,
+        B::Q,
+        B::D_O,
+        B::STATS,
+        B::DQ,
+        B::K,
+        B::V,
+    ],
+);
+const DQ_FAR: Entry = entry(
+    "backward_dq_far",
+    TILED,
+    &[B::PARAMS, B::GEOM, B::Q, B::D_O, B::STATS, B::DQ, B::COARSE],
+);
+const DKV_NEAR: Entry = entry(
+    "backward_dkv_near",
+    TILED,
+    &[
+        B::PARAMS,
+        B::GEOM,
+        B::Q,
+        B::K,
+        B::V,
+        B::D_O,
+        B::STATS,
+        B::DK,
+        B::DV,
+    ],
+);
+const DKV_FAR: Entry = entry(
+    "backward_dkv_far",
+    TILED,
+    &[
+        B::PARAMS,
+        B::GEOM,
+        B::Q,
+        B::COARSE,
+        B::D_O,
+        B::STATS,
+        B::DCOARSE,
+    ],
+);
+const DQ_LANES: Entry = entry(
+    "backward_dq_lanes",
+    LANES,
+    &[
+        B::PARAMS,
+        B::GEOM,
+        B::Q4,
+        B::D_O4,
+        B::STATS,
+        B::DQ,
+        B::K4,
+        B::V4,
+        B::COARSE4,
+    ],
+);
+const DKV_NEAR_LANES: Entry = entry(
+    "backward_dkv_near_lanes",
+    LANES,
+    &[
+        B::PARAMS,
+        B::GEOM,
+        B::Q4,
+        B::K4,
+        B::V4,
+        B::D_O4,
+        B::STATS,
+        B::DK,
+        B::DV,
+    ],
+);
+const DKV_FAR_LANES: &[u32] = &[
+    B::PARAMS,
+    B::GEOM,
+    B::Q4,
+    B::COARSE4,
+    B::D_O4,
+    B::STATS,
+    B::DCOARSE,
+];
+const DKV_FAR_ROWS: Entry = entry("backward_dkv_far_rows", LANES, DKV_FAR_LANES);
+const DKV_FAR_QUADS: Entry = entry("backward_dkv_far_quads", LANES, DKV_FAR_LANES);
+
+#[cfg(test)]
+pub(crate) const ENTRIES: [&Entry; 9] = [
+    &STATS,
+    &DQ_NEAR,
+    &DQ_FAR,
+    &DKV_NEAR,
+    &DKV_FAR,
+    &DQ_LANES,
+    &DKV_NEAR_LANES,
+    &DKV_FAR_ROWS,
+    &DKV_FAR_QUADS,
+];
+
 pub(crate) struct AttentionBackwardKernel {
-    stats: wgpu::ComputePipeline,
+    stats: Kernel,
     /// dQ: `backward_dq_near` (Tiled, then `dq_far`) or `backward_dq_lanes` (both fields).
-    dq: wgpu::ComputePipeline,
+    dq: Kernel,
     /// `backward_dq_far`: Tiled with coarse levels.
-    dq_far: Option<wgpu::ComputePipeline>,
+    dq_far: Option<Kernel>,
     /// `backward_dkv_near` or `backward_dkv_near_lanes`.
-    dkv_near: wgpu::ComputePipeline,
+    dkv_near: Kernel,
     /// `backward_dkv_far`, or `backward_dkv_far_rows` (1D) or `backward_dkv_far_quads` (2D),
     /// with coarse levels.
-    dkv_far: Option<wgpu::ComputePipeline>,
+    dkv_far: Option<Kernel>,
     kernels: Kernels,
     /// Lanes in 2D: `dkv_far` is `backward_dkv_far_quads`.
     quads: bool,
@@ -54,25 +179,6 @@ impl Kernels {
     }
 }
 
-/// Buffers of one backward dispatch over a chunk of heads. `coarse` and `dcoarse` are None
-/// without coarse levels.
-pub(crate) struct BackwardBindings<'a> {
-    pub params: &'a wgpu::Buffer,
-    pub geom: &'a wgpu::Buffer,
-    pub q: &'a wgpu::Buffer,
-    pub k: &'a wgpu::Buffer,
-    pub v: &'a wgpu::Buffer,
-    pub o: &'a wgpu::Buffer,
-    pub lse: &'a wgpu::Buffer,
-    pub d_o: &'a wgpu::Buffer,
-    pub stats: &'a wgpu::Buffer,
-    pub dq: &'a wgpu::Buffer,
-    pub dk: &'a wgpu::Buffer,
-    pub dv: &'a wgpu::Buffer,
-    pub coarse: Option<&'a wgpu::Buffer>,
-    pub dcoarse: Option<&'a wgpu::Buffer>,
-}
-
 /// Work items of one chunk: query (and key) tiles, and coarse cells, per head.
 pub(crate) struct BackwardWork {
     pub heads: u64,
@@ -89,30 +195,26 @@ impl AttentionBackwardKernel {
     /// context chooses; those of the coarse rows with `far_field`, the geometry's dims.
     pub fn new(ctx: &GpuContext, spec: Spec, d: usize, far_field: Option<Dims>) -> Result<Self> {
         let spec = spec.with_forward(ctx.forward_kernels(), d);
-        let pipe = |entry| ctx.pipeline(Family::AttentionBackward, entry, spec);
+        let kernel = |entry| Kernel::new(ctx, entry, spec);
         let kernels = Kernels::for_forward(spec.forward);
         let quads = kernels == Kernels::Lanes && far_field == Some(Dims::Two);
-        let far = |entry| far_field.map(|_| pipe(entry)).transpose();
+        let far = |entry| far_field.map(|_| kernel(entry)).transpose();
         let (dq, dq_far, dkv_near, dkv_far) = match kernels {
             Kernels::Tiled => (
-                pipe("backward_dq_near")?,
-                far("backward_dq_far")?,
-                pipe("backward_dkv_near")?,
-                far("backward_dkv_far")?,
+                kernel(&DQ_NEAR)?,
+                far(&DQ_FAR)?,
+                kernel(&DKV_NEAR)?,
+                far(&DKV_FAR)?,
             ),
             Kernels::Lanes => (
-                pipe("backward_dq_lanes")?,
+                kernel(&DQ_LANES)?,
                 None,
-                pipe("backward_dkv_near_lanes")?,
-                far(if quads {
-                    "backward_dkv_far_quads"
-                } else {
-                    "backward_dkv_far_rows"
-                })?,
+                kernel(&DKV_NEAR_LANES)?,
+                far(if quads { &DKV_FAR_QUADS } else { &DKV_FAR_ROWS })?,
             ),
         };
         Ok(AttentionBackwardKernel {
-            stats: pipe("backward_stats")?,
+            stats: kernel(&STATS)?,
             dq,
             dq_far,
             dkv_near,
@@ -127,23 +229,11 @@ impl AttentionBackwardKernel {
         &self,
         ctx: &GpuContext,
         pass: &mut wgpu::ComputePass<'_>,
-        b: &BackwardBindings<'_>,
+        roles: &Roles<'_>,
         w: &BackwardWork,
     ) -> Result<()> {
-        let group = bind(
-            ctx,
-            "backward_stats",
-            &self.stats,
-            &[
-                (B::PARAMS, b.params),
-                (B::D_O, b.d_o),
-                (B::O, b.o),
-                (B::LSE, b.lse),
-                (B::STATS_OUT, b.stats),
-            ],
-        );
         let workgroups = (w.heads * w.n).div_ceil(WG_ELEMENTS as u64);
-        dispatch(ctx, pass, &self.stats, &group, workgroups)
+        self.stats.dispatch(ctx, pass, roles, workgroups)
     }
 
     /// dQ: the near keys' share, then the coarse keys' (one workgroup per query tile; one
@@ -152,47 +242,19 @@ impl AttentionBackwardKernel {
         &self,
         ctx: &GpuContext,
         pass: &mut wgpu::ComputePass<'_>,
-        b: &BackwardBindings<'_>,
+        roles: &Roles<'_>,
         w: &BackwardWork,
     ) -> Result<()> {
         let tiles = w.query_tiles * w.heads;
-        let common = [
-            (B::PARAMS, b.params),
-            (B::GEOM, b.geom),
-            (B::Q, b.q),
-            (B::D_O, b.d_o),
-            (B::STATS, b.stats),
-            (B::DQ, b.dq),
-        ];
-        if self.kernels == Kernels::Lanes {
-            // Without coarse levels the kernel reads no coarse row (params.levels = 0), yet
-            // its layout has the binding: the geometry, read-only too, stands in.
-            let coarse = b.coarse.unwrap_or(b.geom);
-            let group = bind(
-                ctx,
-                "backward_dq_lanes",
-                &self.dq,
-                &[
-                    (B::PARAMS, b.params),
-                    (B::GEOM, b.geom),
-                    (B::Q4, b.q),
-                    (B::D_O4, b.d_o),
-                    (B::STATS, b.stats),
-                    (B::DQ, b.dq),
-                    (B::K4, b.k),
-                    (B::V4, b.v),
-                    (B::COARSE4, coarse),
-                ],
-            );
-            return dispatch(ctx, pass, &self.dq, &group, tiles);
-        }
-        let near = [&common[..], &[(B::K, b.k), (B::V, b.v)]].concat();
-        let group = bind(ctx, "backward_dq_near", &self.dq, &near);
-        dispatch(ctx, pass, &self.dq, &group, tiles)?;
-        if let (Some(dq_far), Some(coarse)) = (&self.dq_far, b.coarse) {
-            let far = [&common[..], &[(B::COARSE, coarse)]].concat();
-            let group = bind(ctx, "backward_dq_far", dq_far, &far);
-            dispatch(ctx, pass, dq_far, &group, tiles)?;
+        // Without coarse levels backward_dq_lanes reads no coarse row (params.levels = 0),
+        // yet its layout has the binding: the geometry, read-only too, stands in.
+        let roles = match (roles.get(B::COARSE4), roles.get(B::GEOM)) {
+            (None, Some(geom)) => roles.with(&[B::COARSE4], geom),
+            _ => *roles,
+        };
+        self.dq.dispatch(ctx, pass, &roles, tiles)?;
+        if let Some(dq_far) = &self.dq_far {
+            dq_far.dispatch(ctx, pass, &roles, tiles)?;
         }
         Ok(())
     }
@@ -202,32 +264,11 @@ impl AttentionBackwardKernel {
         &self,
         ctx: &GpuContext,
         pass: &mut wgpu::ComputePass<'_>,
-        b: &BackwardBindings<'_>,
+        roles: &Roles<'_>,
         w: &BackwardWork,
     ) -> Result<()> {
-        let lanes = self.kernels == Kernels::Lanes;
-        let [q, k, v, d_o] = if lanes {
-            [B::Q4, B::K4, B::V4, B::D_O4]
-        } else {
-            [B::Q, B::K, B::V, B::D_O]
-        };
-        let group = bind(
-            ctx,
-            "backward_dkv_near",
-            &self.dkv_near,
-            &[
-                (B::PARAMS, b.params),
-                (B::GEOM, b.geom),
-                (q, b.q),
-                (k, b.k),
-                (v, b.v),
-                (d_o, b.d_o),
-                (B::STATS, b.stats),
-                (B::DK, b.dk),
-                (B::DV, b.dv),
-            ],
-        );
-        dispatch(ctx, pass, &self.dkv_near, &group, w.query_tiles * w.heads)
+        self.dkv_near
+            .dispatch(ctx, pass, roles, w.query_tiles * w.heads)
     }
 
     /// Gradients of every coarse row: one workgroup per cell and block of BACK_ROWS rows
@@ -236,31 +277,12 @@ impl AttentionBackwardKernel {
         &self,
         ctx: &GpuContext,
         pass: &mut wgpu::ComputePass<'_>,
-        b: &BackwardBindings<'_>,
+        roles: &Roles<'_>,
         w: &BackwardWork,
     ) -> Result<()> {
-        let (Some(dkv_far), Some(coarse), Some(dcoarse)) = (&self.dkv_far, b.coarse, b.dcoarse)
-        else {
+        let Some(dkv_far) = &self.dkv_far else {
             return Ok(());
         };
-        let [q, coarse_binding, d_o] = match self.kernels {
-            Kernels::Lanes => [B::Q4, B::COARSE4, B::D_O4],
-            Kernels::Tiled => [B::Q, B::COARSE, B::D_O],
-        };
-        let group = bind(
-            ctx,
-            "backward_dkv_far",
-            dkv_far,
-            &[
-                (B::PARAMS, b.params),
-                (B::GEOM, b.geom),
-                (q, b.q),
-                (coarse_binding, coarse),
-                (d_o, b.d_o),
-                (B::STATS, b.stats),
-                (B::DCOARSE, dcoarse),
-            ],
-        );
         let per_head = match self.kernels {
             Kernels::Tiled => w.cells * w.p.div_ceil(BACK_ROWS as u64),
             // A quad of sibling cells per workgroup (a 2D level's side is even).
@@ -278,6 +300,6 @@ impl AttentionBackwardKernel {
                     .sum()
             }
         };
-        dispatch(ctx, pass, dkv_far, &group, per_head * w.heads)
+        dkv_far.dispatch(ctx, pass, roles, per_head * w.heads)
     }
 }

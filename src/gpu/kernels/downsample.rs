@@ -6,14 +6,57 @@ use crate::config::Downsampling;
 use crate::error::Result;
 use crate::geometry::Geometry;
 use crate::gpu::runtime::context::GpuContext;
-use crate::gpu::runtime::dispatch::{bind, dispatch};
+use crate::gpu::runtime::dispatch::{Entry, Kernel, Roles};
 use crate::gpu::shaders::structs::RowRange;
 use crate::gpu::shaders::{Family, ROW_BLOCK, Spec, WG_ELEMENTS, binding as B};
+
+const fn entry(name: &'static str, roles: &'static [u32]) -> Entry {
+    Entry {
+        family: Family::Downsample,
+        name,
+        forward: None,
+        roles,
+    }
+}
+
+// The token kernels bind Q for the O(n) variant's coarse queries, read only there.
+const TOKENS: &[u32] = &[
+    B::PARAMS,
+    B::GEOM,
+    B::COARSE,
+    B::ROW_RANGE,
+    B::Q,
+    B::K,
+    B::V,
+];
+const LEARNED: &[u32] = &[
+    B::PARAMS,
+    B::GEOM,
+    B::COARSE,
+    B::ROW_RANGE,
+    B::Q,
+    B::K,
+    B::V,
+    B::WEIGHTS,
+];
+pub(crate) const ENTRIES: [&Entry; 4] = [
+    &entry("downsample_mean", TOKENS),
+    &entry(
+        "downsample_mean_merge",
+        &[B::PARAMS, B::GEOM, B::COARSE, B::ROW_RANGE],
+    ),
+    &entry("downsample_basis", LEARNED),
+    &entry("downsample_depthwise", LEARNED),
+];
+const MEAN: &Entry = ENTRIES[0];
+const MEAN_MERGE: &Entry = ENTRIES[1];
+const BASIS: &Entry = ENTRIES[2];
+const DEPTHWISE: &Entry = ENTRIES[3];
 
 /// One dispatch: its pipeline, its work items (rows, or cells x row blocks), and whether it
 /// reads tokens (one workgroup per item) or the finer level (one invocation per row element).
 struct Step {
-    pipeline: wgpu::ComputePipeline,
+    kernel: Kernel,
     range: wgpu::Buffer,
     items: u64,
     from_tokens: bool,
@@ -21,19 +64,6 @@ struct Step {
 
 pub(crate) struct DownsampleKernel {
     steps: Vec<Step>,
-    learned: bool,
-}
-
-/// Buffers one downsampling pass reads and writes.
-pub(crate) struct DownsampleBindings<'a> {
-    pub params: &'a wgpu::Buffer,
-    pub geom: &'a wgpu::Buffer,
-    /// Read only in the O(n) variant (coarse queries), but bound by every token kernel.
-    pub q: &'a wgpu::Buffer,
-    pub k: &'a wgpu::Buffer,
-    pub v: &'a wgpu::Buffer,
-    pub weights: Option<&'a wgpu::Buffer>,
-    pub coarse: &'a wgpu::Buffer,
 }
 
 impl DownsampleKernel {
@@ -53,46 +83,39 @@ impl DownsampleKernel {
         let p = g.p;
         let steps = match kind {
             Downsampling::Mean => {
-                let tokens = ctx.pipeline(Family::Downsample, "downsample_mean", spec)?;
-                let merge = ctx.pipeline(Family::Downsample, "downsample_mean_merge", spec)?;
+                // Level 1 from the tokens, each coarser level from the one below.
+                let kernel = |i| Kernel::new(ctx, if i == 0 { MEAN } else { MEAN_MERGE }, spec);
                 g.levels
                     .iter()
                     .enumerate()
                     .map(|(i, lv)| {
                         let (first, rows) = (lv.cell_offset * p, lv.groups() * p);
-                        Step {
-                            pipeline: if i == 0 {
-                                tokens.clone()
-                            } else {
-                                merge.clone()
-                            },
+                        Ok(Step {
+                            kernel: kernel(i)?,
                             range: range(first, rows),
                             items: rows as u64,
                             from_tokens: i == 0,
-                        }
+                        })
                     })
-                    .collect()
+                    .collect::<Result<_>>()?
             }
             Downsampling::Basis | Downsampling::Depthwise => {
                 let entry = if kind == Downsampling::Basis {
-                    "downsample_basis"
+                    BASIS
                 } else {
-                    "downsample_depthwise"
+                    DEPTHWISE
                 };
                 // one workgroup per (cell, block of ROW_BLOCK rows)
                 let items = g.total_cells() * p.div_ceil(ROW_BLOCK as usize);
                 vec![Step {
-                    pipeline: ctx.pipeline(Family::Downsample, entry, spec)?,
+                    kernel: Kernel::new(ctx, entry, spec)?,
                     range: range(0, items),
                     items: items as u64,
                     from_tokens: true,
                 }]
             }
         };
-        Ok(DownsampleKernel {
-            steps,
-            learned: kind.is_learned(),
-        })
+        Ok(DownsampleKernel { steps })
     }
 
     /// Records the dispatches for `heads` heads of `d` channels, finest level first.
@@ -100,30 +123,18 @@ impl DownsampleKernel {
         &self,
         ctx: &GpuContext,
         pass: &mut wgpu::ComputePass<'_>,
-        b: &DownsampleBindings<'_>,
+        roles: &Roles<'_>,
         heads: u64,
         d: u64,
     ) -> Result<()> {
         for step in &self.steps {
-            let mut buffers = vec![
-                (B::PARAMS, b.params),
-                (B::GEOM, b.geom),
-                (B::COARSE, b.coarse),
-                (B::ROW_RANGE, &step.range),
-            ];
-            if step.from_tokens {
-                buffers.extend([(B::Q, b.q), (B::K, b.k), (B::V, b.v)]);
-            }
-            if let (true, Some(w)) = (self.learned, b.weights) {
-                buffers.push((B::WEIGHTS, w));
-            }
-            let group = bind(ctx, "downsample", &step.pipeline, &buffers);
+            let roles = roles.with(&[B::ROW_RANGE], &step.range);
             let workgroups = if step.from_tokens {
                 step.items * heads
             } else {
                 (step.items * heads * d).div_ceil(WG_ELEMENTS as u64)
             };
-            dispatch(ctx, pass, &step.pipeline, &group, workgroups)?;
+            step.kernel.dispatch(ctx, pass, &roles, workgroups)?;
         }
         Ok(())
     }

@@ -5,36 +5,70 @@
 use crate::config::Downsampling;
 use crate::error::Result;
 use crate::gpu::runtime::context::GpuContext;
-use crate::gpu::runtime::dispatch::{bind, dispatch};
+use crate::gpu::runtime::dispatch::{Entry, Kernel, Roles};
 use crate::gpu::shaders::structs::GradRange;
 use crate::gpu::shaders::{Family, ForwardKernels, Spec, WG_ELEMENTS, binding as B};
 
+const fn entry(name: &'static str, roles: &'static [u32]) -> Entry {
+    Entry {
+        family: Family::DownsampleBackward,
+        name,
+        forward: None,
+        roles,
+    }
+}
+
+const TOKENS: &[u32] = &[B::PARAMS, B::GEOM, B::DCOARSE, B::DQ, B::DK, B::DV];
+const TOKENS_LEARNED: &[u32] = &[
+    B::PARAMS,
+    B::GEOM,
+    B::DCOARSE,
+    B::DQ,
+    B::DK,
+    B::DV,
+    B::WEIGHTS,
+];
+const WEIGHT_GRADS: &[u32] = &[
+    B::PARAMS,
+    B::GEOM,
+    B::Q,
+    B::K,
+    B::V,
+    B::DCOARSE,
+    B::DW,
+    B::GRAD_RANGE,
+];
+const TOKENS_MEAN: Entry = entry("tokens_mean", TOKENS);
+const TOKENS_MEAN_QUADS: Entry = entry("tokens_mean_quads", TOKENS);
+const TOKENS_BASIS: Entry = entry("tokens_basis", TOKENS_LEARNED);
+const TOKENS_DEPTHWISE: Entry = entry("tokens_depthwise", TOKENS_LEARNED);
+const GRADS_BASIS: Entry = entry("weight_grads_basis", WEIGHT_GRADS);
+const GRADS_BASIS_SERIAL: Entry = entry("weight_grads_basis_serial", WEIGHT_GRADS);
+const GRADS_DEPTHWISE: Entry = entry("weight_grads_depthwise", WEIGHT_GRADS);
+const GRADS_DEPTHWISE_SERIAL: Entry = entry("weight_grads_depthwise_serial", WEIGHT_GRADS);
+
+#[cfg(test)]
+pub(crate) const ENTRIES: [&Entry; 8] = [
+    &TOKENS_MEAN,
+    &TOKENS_MEAN_QUADS,
+    &TOKENS_BASIS,
+    &TOKENS_DEPTHWISE,
+    &GRADS_BASIS,
+    &GRADS_BASIS_SERIAL,
+    &GRADS_DEPTHWISE,
+    &GRADS_DEPTHWISE_SERIAL,
+];
+
 pub(crate) struct DownsampleBackwardKernel {
-    tokens: wgpu::ComputePipeline,
+    tokens: Kernel,
     /// Rows (head, token) per workgroup of `tokens`.
     token_rows: u64,
     /// The weight-gradient pipeline, its element count (weights, then biases) and its range
     /// uniforms: [overwrite, accumulate].
-    weights: Option<(wgpu::ComputePipeline, u64, [wgpu::Buffer; 2])>,
+    weights: Option<(Kernel, u64, [wgpu::Buffer; 2])>,
     /// Elements per workgroup of `weights`: one (a workgroup reduction, GPUs), or WG_ELEMENTS
     /// (`weight_grads_*_serial`, one invocation each, CPU adapters).
     weights_per_group: u64,
-}
-
-/// Buffers of the downsampling backward over one chunk of heads.
-pub(crate) struct DownsampleBackwardBindings<'a> {
-    pub params: &'a wgpu::Buffer,
-    pub geom: &'a wgpu::Buffer,
-    /// Q and dQ: read and added to only in the O(n) variant, bound always.
-    pub q: &'a wgpu::Buffer,
-    pub k: &'a wgpu::Buffer,
-    pub v: &'a wgpu::Buffer,
-    pub weights: Option<&'a wgpu::Buffer>,
-    pub dcoarse: &'a wgpu::Buffer,
-    pub dq: &'a wgpu::Buffer,
-    pub dk: &'a wgpu::Buffer,
-    pub dv: &'a wgpu::Buffer,
-    pub dw: Option<&'a wgpu::Buffer>,
 }
 
 impl DownsampleBackwardKernel {
@@ -43,7 +77,7 @@ impl DownsampleBackwardKernel {
     /// each on CPU adapters.
     pub fn new(ctx: &GpuContext, kind: Downsampling, spec: Spec, elements: usize) -> Result<Self> {
         let spec = spec.with_subgroups(ctx.subgroups());
-        let pipe = |entry| ctx.pipeline(Family::DownsampleBackward, entry, spec);
+        let pipe = |entry| Kernel::new(ctx, entry, spec);
         let range = |accumulate: u32| {
             let r = GradRange {
                 first: 0,
@@ -64,18 +98,15 @@ impl DownsampleBackwardKernel {
         let quads = kind == Downsampling::Mean && cpu;
         let grads = |serial, reduced| pipe(if cpu { serial } else { reduced });
         let (tokens, weights) = match kind {
-            Downsampling::Mean if quads => (pipe("tokens_mean_quads")?, None),
-            Downsampling::Mean => (pipe("tokens_mean")?, None),
+            Downsampling::Mean if quads => (pipe(&TOKENS_MEAN_QUADS)?, None),
+            Downsampling::Mean => (pipe(&TOKENS_MEAN)?, None),
             Downsampling::Basis => (
-                pipe("tokens_basis")?,
-                Some(grads("weight_grads_basis_serial", "weight_grads_basis")?),
+                pipe(&TOKENS_BASIS)?,
+                Some(grads(&GRADS_BASIS_SERIAL, &GRADS_BASIS)?),
             ),
             Downsampling::Depthwise => (
-                pipe("tokens_depthwise")?,
-                Some(grads(
-                    "weight_grads_depthwise_serial",
-                    "weight_grads_depthwise",
-                )?),
+                pipe(&TOKENS_DEPTHWISE)?,
+                Some(grads(&GRADS_DEPTHWISE_SERIAL, &GRADS_DEPTHWISE)?),
             ),
         };
         Ok(DownsampleBackwardKernel {
@@ -86,35 +117,17 @@ impl DownsampleBackwardKernel {
         })
     }
 
-    /// Adds the coarse rows' share to dK and dV (and dQ in the O(n) variant): one invocation
-    /// per element of `rows` rows
-    /// (head, token), `token_rows` rows per workgroup.
+    /// The coarse rows' gradients passed on to the tokens' dK, dV (and dQ in the O(n)
+    /// variant).
     pub fn encode_tokens(
         &self,
         ctx: &GpuContext,
         pass: &mut wgpu::ComputePass<'_>,
-        b: &DownsampleBackwardBindings<'_>,
+        roles: &Roles<'_>,
         rows: u64,
     ) -> Result<()> {
-        let mut buffers = vec![
-            (B::PARAMS, b.params),
-            (B::GEOM, b.geom),
-            (B::DCOARSE, b.dcoarse),
-            (B::DQ, b.dq),
-            (B::DK, b.dk),
-            (B::DV, b.dv),
-        ];
-        if let (true, Some(w)) = (self.weights.is_some(), b.weights) {
-            buffers.push((B::WEIGHTS, w));
-        }
-        let group = bind(ctx, "downsample tokens backward", &self.tokens, &buffers);
-        dispatch(
-            ctx,
-            pass,
-            &self.tokens,
-            &group,
-            rows.div_ceil(self.token_rows),
-        )
+        let workgroups = rows.div_ceil(self.token_rows);
+        self.tokens.dispatch(ctx, pass, roles, workgroups)
     }
 
     /// Writes the weight gradients into `dw` (packed like the weights), or adds to them for a
@@ -123,28 +136,14 @@ impl DownsampleBackwardKernel {
         &self,
         ctx: &GpuContext,
         pass: &mut wgpu::ComputePass<'_>,
-        b: &DownsampleBackwardBindings<'_>,
+        roles: &Roles<'_>,
         accumulate: bool,
     ) -> Result<()> {
-        let (Some((pipeline, elements, ranges)), Some(dw)) = (&self.weights, b.dw) else {
+        let Some((kernel, elements, ranges)) = &self.weights else {
             return Ok(());
         };
-        let group = bind(
-            ctx,
-            "weight gradients",
-            pipeline,
-            &[
-                (B::PARAMS, b.params),
-                (B::GEOM, b.geom),
-                (B::Q, b.q),
-                (B::K, b.k),
-                (B::V, b.v),
-                (B::DCOARSE, b.dcoarse),
-                (B::DW, dw),
-                (B::GRAD_RANGE, &ranges[accumulate as usize]),
-            ],
-        );
+        let roles = roles.with(&[B::GRAD_RANGE], &ranges[accumulate as usize]);
         let groups = elements.div_ceil(self.weights_per_group);
-        dispatch(ctx, pass, pipeline, &group, groups)
+        kernel.dispatch(ctx, pass, &roles, groups)
     }
 }

@@ -5,7 +5,7 @@
 use crate::error::Result;
 use crate::geometry::Geometry;
 use crate::gpu::runtime::context::GpuContext;
-use crate::gpu::runtime::dispatch::{bind, dispatch};
+use crate::gpu::runtime::dispatch::{Entry, Kernel, Roles};
 use crate::gpu::shaders::structs::RowRange;
 use crate::gpu::shaders::{Family, Spec, WG_ELEMENTS, binding as B};
 
@@ -37,86 +37,63 @@ pub(crate) fn down_floats(g: &Geometry, d: usize) -> usize {
     g.total_cells() * g.p * (d + 1)
 }
 
-pub(crate) struct LinearKernel {
-    far: wgpu::ComputePipeline,
-    merge: wgpu::ComputePipeline,
-    /// Coarsest level first.
-    levels: Vec<(wgpu::Buffer, u64)>,
-}
+pub(crate) const ENTRIES: [&Entry; 2] = [
+    &Entry {
+        family: Family::Linear,
+        name: "linear_far",
+        forward: None,
+        roles: &[B::PARAMS, B::GEOM, B::COARSE, B::DOWN, B::ROW_RANGE],
+    },
+    &Entry {
+        family: Family::Linear,
+        name: "linear_merge",
+        forward: None,
+        roles: &[B::PARAMS, B::GEOM, B::DOWN, B::O, B::LSE],
+    },
+];
 
-/// Buffers of the O(n) variant's far field over one chunk of heads.
-pub(crate) struct LinearBindings<'a> {
-    pub params: &'a wgpu::Buffer,
-    pub geom: &'a wgpu::Buffer,
-    pub coarse: &'a wgpu::Buffer,
-    pub down: &'a wgpu::Buffer,
-    pub o: &'a wgpu::Buffer,
-    pub lse: &'a wgpu::Buffer,
+/// The O(n) variant's far field: its two kernels and each level's row range, coarsest first.
+pub(crate) struct LinearKernel {
+    far: Kernel,
+    merge: Kernel,
+    levels: Vec<(wgpu::Buffer, u64)>,
 }
 
 impl LinearKernel {
     pub fn new(ctx: &GpuContext, spec: Spec, g: &Geometry) -> Result<Self> {
         let spec = spec.linear();
         Ok(LinearKernel {
-            far: ctx.pipeline(Family::Linear, "linear_far", spec)?,
-            merge: ctx.pipeline(Family::Linear, "linear_merge", spec)?,
+            far: Kernel::new(ctx, ENTRIES[0], spec)?,
+            merge: Kernel::new(ctx, ENTRIES[1], spec)?,
             levels: level_ranges(ctx, g),
         })
     }
 
-    /// The downward pass: every segment's far-field result, coarsest level first.
+    /// The downward pass: each level's segments, coarsest first, merged with their parents'.
     pub fn encode_far(
         &self,
         ctx: &GpuContext,
         pass: &mut wgpu::ComputePass<'_>,
-        b: &LinearBindings<'_>,
+        roles: &Roles<'_>,
         heads: u64,
     ) -> Result<()> {
         for (range, rows) in &self.levels {
-            let group = bind(
-                ctx,
-                "linear_far",
-                &self.far,
-                &[
-                    (B::PARAMS, b.params),
-                    (B::GEOM, b.geom),
-                    (B::COARSE, b.coarse),
-                    (B::DOWN, b.down),
-                    (B::ROW_RANGE, range),
-                ],
-            );
+            let roles = roles.with(&[B::ROW_RANGE], range);
             let workgroups = (rows * heads).div_ceil(WG_ELEMENTS as u64);
-            dispatch(ctx, pass, &self.far, &group, workgroups)?;
+            self.far.dispatch(ctx, pass, &roles, workgroups)?;
         }
         Ok(())
     }
 
-    /// Merges each query's level-1 segment result into its near-field (O, LSE).
+    /// Each query's level-1 segment result merged into its near field.
     pub fn encode_merge(
         &self,
         ctx: &GpuContext,
         pass: &mut wgpu::ComputePass<'_>,
-        b: &LinearBindings<'_>,
+        roles: &Roles<'_>,
         queries: u64,
     ) -> Result<()> {
-        let group = bind(
-            ctx,
-            "linear_merge",
-            &self.merge,
-            &[
-                (B::PARAMS, b.params),
-                (B::GEOM, b.geom),
-                (B::DOWN, b.down),
-                (B::O, b.o),
-                (B::LSE, b.lse),
-            ],
-        );
-        dispatch(
-            ctx,
-            pass,
-            &self.merge,
-            &group,
-            queries.div_ceil(WG_ELEMENTS as u64),
-        )
+        let workgroups = queries.div_ceil(WG_ELEMENTS as u64);
+        self.merge.dispatch(ctx, pass, roles, workgroups)
     }
 }

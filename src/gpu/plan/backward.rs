@@ -8,15 +8,9 @@
 //! by the first backward call, so forward-only plans do not pay for them.
 
 use crate::error::{FmaError, Result};
-use crate::gpu::kernels::attention_backward::{
-    AttentionBackwardKernel, BackwardBindings, BackwardWork,
-};
-use crate::gpu::kernels::downsample_backward::{
-    DownsampleBackwardBindings, DownsampleBackwardKernel,
-};
-use crate::gpu::kernels::linear_backward::{
-    LinearBackwardBindings, LinearBackwardKernel, up_floats,
-};
+use crate::gpu::kernels::attention_backward::{AttentionBackwardKernel, BackwardWork};
+use crate::gpu::kernels::downsample_backward::DownsampleBackwardKernel;
+use crate::gpu::kernels::linear_backward::{LinearBackwardKernel, up_floats};
 use crate::gpu::plan::{FmaPlan, pack_weights};
 
 use crate::gpu::runtime::chunks::Chunk;
@@ -24,6 +18,7 @@ use crate::gpu::runtime::context::GpuContext;
 use crate::gpu::runtime::host::{Extent, HostSlot, Staging, storage};
 use crate::gpu::runtime::io::{BackwardIo, Tape};
 use crate::gpu::runtime::timing::{GpuTimer, begin_pass};
+use crate::gpu::shaders::binding as B;
 use crate::reference::Gradients;
 use crate::weights::DownsampleWeights;
 
@@ -196,23 +191,19 @@ impl FmaPlan {
     ) -> Result<()> {
         let mut slot = 0;
         // The coarse keys and values, recomputed rather than kept from the forward.
-        self.encode_downsample(ctx, encoder, chunk, [io.q, io.k, io.v], timer, &mut slot)?;
-        let b = BackwardBindings {
-            params: &chunk.params,
-            geom: &self.geom,
-            q: io.q,
-            k: io.k,
-            v: io.v,
-            o: io.o,
-            lse: io.lse,
-            d_o: io.d_o,
-            stats: &parts.stats,
-            dq: io.dq,
-            dk: io.dk,
-            dv: io.dv,
-            coarse: self.coarse.as_ref(),
-            dcoarse: parts.dcoarse.as_ref(),
-        };
+        let roles = self
+            .roles(chunk, [io.q, io.k, io.v])
+            .with(&[B::O], io.o)
+            .with(&[B::LSE], io.lse)
+            .with(&[B::D_O, B::D_O4], io.d_o)
+            .with(&[B::STATS, B::STATS_OUT], &parts.stats)
+            .with(&[B::DQ], io.dq)
+            .with(&[B::DK], io.dk)
+            .with(&[B::DV], io.dv)
+            .with_some(&[B::DW], io.dw)
+            .with_some(&[B::DCOARSE], parts.dcoarse.as_ref())
+            .with_some(&[B::UP], parts.linear.as_ref().map(|(_, up)| up));
+        self.encode_downsample(ctx, encoder, &roles, chunk.heads, timer, &mut slot)?;
         let work = BackwardWork {
             heads: chunk.heads as u64,
             n: self.shape.n as u64,
@@ -228,50 +219,26 @@ impl FmaPlan {
         };
         let attention = &parts.attention;
         let mut pass = begin_pass(encoder, "fma backward stats", timer, &mut slot);
-        attention.encode_stats(ctx, &mut pass, &b, &work)?;
+        attention.encode_stats(ctx, &mut pass, &roles, &work)?;
         drop(pass);
         let mut pass = begin_pass(encoder, "fma backward dq", timer, &mut slot);
-        attention.encode_dq(ctx, &mut pass, &b, &work)?;
+        attention.encode_dq(ctx, &mut pass, &roles, &work)?;
         drop(pass);
         let mut pass = begin_pass(encoder, "fma backward dkv near", timer, &mut slot);
-        attention.encode_dkv_near(ctx, &mut pass, &b, &work)?;
+        attention.encode_dkv_near(ctx, &mut pass, &roles, &work)?;
         drop(pass);
-        if let (Some((linear, up)), Some(coarse), Some(dcoarse)) =
-            (&parts.linear, &self.coarse, &parts.dcoarse)
-        {
-            let b = LinearBackwardBindings {
-                params: &chunk.params,
-                geom: &self.geom,
-                coarse,
-                d_o: io.d_o,
-                stats: &parts.stats,
-                up,
-                dcoarse,
-            };
+        if let Some((linear, _)) = &parts.linear {
             let mut pass = begin_pass(encoder, "fma backward linear far", timer, &mut slot);
-            linear.encode(ctx, &mut pass, &b, chunk.heads as u64)?;
+            linear.encode(ctx, &mut pass, &roles, chunk.heads as u64)?;
         } else if self.coarse.is_some() {
             let mut pass = begin_pass(encoder, "fma backward dkv far", timer, &mut slot);
-            attention.encode_dkv_far(ctx, &mut pass, &b, &work)?;
+            attention.encode_dkv_far(ctx, &mut pass, &roles, &work)?;
         }
-        if let (Some(ds), Some(dcoarse)) = (&parts.downsample, &parts.dcoarse) {
-            let b = DownsampleBackwardBindings {
-                params: &chunk.params,
-                geom: &self.geom,
-                q: io.q,
-                k: io.k,
-                v: io.v,
-                weights: self.weights.as_ref(),
-                dcoarse,
-                dq: io.dq,
-                dk: io.dk,
-                dv: io.dv,
-                dw: io.dw,
-            };
+        if let Some(ds) = &parts.downsample {
             let mut pass = begin_pass(encoder, "fma downsample backward", timer, &mut slot);
             let rows = (chunk.heads * self.shape.n) as u64;
-            ds.encode_tokens(ctx, &mut pass, &b, rows)?;
-            ds.encode_weights(ctx, &mut pass, &b, chunk.first > 0)?;
+            ds.encode_tokens(ctx, &mut pass, &roles, rows)?;
+            ds.encode_weights(ctx, &mut pass, &roles, chunk.first > 0)?;
         }
         Ok(())
     }

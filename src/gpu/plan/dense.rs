@@ -4,14 +4,15 @@
 
 use crate::config::Shape;
 use crate::error::{FmaError, Result};
+use crate::gpu::kernels::attention;
 use crate::gpu::runtime::chunks::{Chunk, Chunks, fits_binding};
 use crate::gpu::runtime::context::GpuContext;
-use crate::gpu::runtime::dispatch::{bind, dispatch, grid, word};
+use crate::gpu::runtime::dispatch::{Kernel, Roles, grid, word};
 use crate::gpu::runtime::host::{ForwardStaging, HostSlot};
 use crate::gpu::runtime::io::AttentionIo;
 use crate::gpu::runtime::timing::{GpuTimer, begin_pass};
 use crate::gpu::shaders::structs::Params;
-use crate::gpu::shaders::{Family, ForwardKernels, MAX_QUERY_TILE, Spec, binding as B};
+use crate::gpu::shaders::{ForwardKernels, MAX_QUERY_TILE, Spec, binding as B};
 use crate::reference::Output;
 
 /// A prepared exact-attention forward pass for one shape.
@@ -19,9 +20,7 @@ pub struct DensePlan {
     shape: Shape,
     /// Heads per dispatch: all of them unless a tensor exceeds one storage binding.
     chunks: Chunks,
-    pipeline: wgpu::ComputePipeline,
-    /// The Direct kernel binds K and V as vec4 rows.
-    direct: bool,
+    kernel: Kernel,
     /// Query tiles (workgroups) per head.
     tiles: usize,
     host: HostSlot<ForwardStaging>,
@@ -69,13 +68,16 @@ impl DensePlan {
             ..Default::default()
         };
         let chunks = Chunks::new(ctx, "dense params", shape, chunk_heads, base);
-        let pipeline = ctx.pipeline(Family::Attention, "dense_attention", spec)?;
+        let entry = match spec.forward {
+            ForwardKernels::Direct => &attention::DENSE_DIRECT,
+            ForwardKernels::Tiled => &attention::DENSE_TILED,
+        };
+        let kernel = Kernel::new(ctx, entry, spec)?;
         ctx.take_error()?;
         Ok(DensePlan {
             shape,
             chunks,
-            pipeline,
-            direct: spec.forward == ForwardKernels::Direct,
+            kernel,
             tiles,
             host: HostSlot::default(),
         })
@@ -107,28 +109,14 @@ impl DensePlan {
         io: &AttentionIo<'_>,
         timer: Option<&GpuTimer>,
     ) -> Result<()> {
-        let group = bind(
-            ctx,
-            "dense_attention",
-            &self.pipeline,
-            &[
-                (B::PARAMS, &chunk.params),
-                (B::Q, io.q),
-                (if self.direct { B::K4 } else { B::K }, io.k),
-                (if self.direct { B::V4 } else { B::V }, io.v),
-                (B::O, io.o),
-                (B::LSE, io.lse),
-            ],
-        );
-        let tiles = self.tiles;
+        let roles = Roles::new()
+            .with(&[B::PARAMS], &chunk.params)
+            .with(&[B::O], io.o)
+            .with(&[B::LSE], io.lse);
+        let roles = attention::tensor_roles(roles, [io.q, io.k, io.v], None);
         let mut pass = begin_pass(encoder, "dense attention", timer, &mut 0);
-        dispatch(
-            ctx,
-            &mut pass,
-            &self.pipeline,
-            &group,
-            (tiles * chunk.heads) as u64,
-        )
+        let workgroups = (self.tiles * chunk.heads) as u64;
+        self.kernel.dispatch(ctx, &mut pass, &roles, workgroups)
     }
 
     /// Exact attention on host tensors ([batch, heads, n, d], f32): O and LSE.

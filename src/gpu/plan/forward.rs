@@ -4,13 +4,13 @@
 
 use super::FmaPlan;
 use crate::error::Result;
-use crate::gpu::kernels::attention::AttentionBindings;
-use crate::gpu::kernels::downsample::DownsampleBindings;
-use crate::gpu::kernels::linear::LinearBindings;
+use crate::gpu::kernels::attention;
 use crate::gpu::runtime::chunks::Chunk;
 use crate::gpu::runtime::context::GpuContext;
+use crate::gpu::runtime::dispatch::Roles;
 use crate::gpu::runtime::io::AttentionIo;
 use crate::gpu::runtime::timing::{GpuTimer, begin_pass};
+use crate::gpu::shaders::binding as B;
 use crate::reference::Output;
 
 impl FmaPlan {
@@ -80,41 +80,40 @@ impl FmaPlan {
         // One pass per stage: timestamps need pass boundaries, and each stage reads what the
         // previous one wrote, so the passes cost nothing the dispatches did not already.
         let mut slot = 0;
-        self.encode_downsample(ctx, encoder, chunk, [io.q, io.k, io.v], timer, &mut slot)?;
-        let b = AttentionBindings {
-            params: &chunk.params,
-            geom: &self.geom,
-            q: io.q,
-            k: io.k,
-            v: io.v,
-            coarse: self.coarse.as_ref(),
-            o: io.o,
-            lse: io.lse,
-        };
+        let roles = self
+            .roles(chunk, [io.q, io.k, io.v])
+            .with(&[B::O], io.o)
+            .with(&[B::LSE], io.lse);
+        self.encode_downsample(ctx, encoder, &roles, chunk.heads, timer, &mut slot)?;
         let workgroups = (self.query_tiles * chunk.heads) as u64;
         let mut pass = begin_pass(encoder, "fma near field", timer, &mut slot);
-        self.attention.encode_near(ctx, &mut pass, &b, workgroups)?;
+        self.attention
+            .encode_near(ctx, &mut pass, &roles, workgroups)?;
         drop(pass);
-        if let (Some((linear, down)), Some(coarse)) = (&self.linear, &self.coarse) {
-            let b = LinearBindings {
-                params: &chunk.params,
-                geom: &self.geom,
-                coarse,
-                down,
-                o: io.o,
-                lse: io.lse,
-            };
+        if let Some((linear, _)) = &self.linear {
             let mut pass = begin_pass(encoder, "fma linear far field", timer, &mut slot);
-            linear.encode_far(ctx, &mut pass, &b, chunk.heads as u64)?;
+            linear.encode_far(ctx, &mut pass, &roles, chunk.heads as u64)?;
             drop(pass);
             let mut pass = begin_pass(encoder, "fma linear merge", timer, &mut slot);
             let queries = (chunk.heads * self.shape.n) as u64;
-            linear.encode_merge(ctx, &mut pass, &b, queries)?;
+            linear.encode_merge(ctx, &mut pass, &roles, queries)?;
         } else if self.coarse.is_some() {
             let mut pass = begin_pass(encoder, "fma far field", timer, &mut slot);
-            self.attention.encode_far(ctx, &mut pass, &b, workgroups)?;
+            self.attention
+                .encode_far(ctx, &mut pass, &roles, workgroups)?;
         }
         Ok(())
+    }
+
+    /// The buffers every stage of one chunk shares, forward and backward: the uniform, the
+    /// tables, q, k, v, the coarse rows, the weights and the O(n) variant's downward results.
+    pub(super) fn roles<'a>(&'a self, chunk: &'a Chunk, qkv: [&'a wgpu::Buffer; 3]) -> Roles<'a> {
+        let roles = Roles::new()
+            .with(&[B::PARAMS], &chunk.params)
+            .with(&[B::GEOM], &self.geom)
+            .with_some(&[B::WEIGHTS], self.weights.as_ref())
+            .with_some(&[B::DOWN], self.linear.as_ref().map(|(_, down)| down));
+        attention::tensor_roles(roles, qkv, self.coarse.as_ref())
     }
 
     /// The coarse keys and values of one chunk (and queries, in the O(n) variant; its own
@@ -123,25 +122,16 @@ impl FmaPlan {
         &self,
         ctx: &GpuContext,
         encoder: &mut wgpu::CommandEncoder,
-        chunk: &Chunk,
-        [q, k, v]: [&wgpu::Buffer; 3],
+        roles: &Roles<'_>,
+        heads: usize,
         timer: Option<&GpuTimer>,
         slot: &mut u32,
     ) -> Result<()> {
-        let (Some(ds), Some(coarse)) = (&self.downsample, &self.coarse) else {
+        let Some(ds) = &self.downsample else {
             return Ok(());
         };
-        let b = DownsampleBindings {
-            params: &chunk.params,
-            geom: &self.geom,
-            q,
-            k,
-            v,
-            weights: self.weights.as_ref(),
-            coarse,
-        };
         let mut pass = begin_pass(encoder, "fma downsample", timer, slot);
-        ds.encode(ctx, &mut pass, &b, chunk.heads as u64, self.shape.d as u64)
+        ds.encode(ctx, &mut pass, roles, heads as u64, self.shape.d as u64)
     }
 
     /// Runs FMA on host tensors ([batch, heads, n, d], f32) and returns O and LSE.

@@ -3,6 +3,7 @@
 
 use crate::error::{FmaError, Result};
 use crate::gpu::runtime::context::GpuContext;
+use crate::gpu::shaders::{Family, ForwardKernels, ROLE_COUNT, Spec};
 
 /// `v` as a 32-bit word of the kernels' uniform, or `LimitExceeded` (never a silent wrap).
 pub(crate) fn word(what: &str, v: usize) -> Result<u32> {
@@ -69,6 +70,91 @@ pub(crate) fn bind(
         layout: &pipeline.get_bind_group_layout(0),
         entries: &entries,
     })
+}
+
+/// A kernel entry point and the binding roles (`shaders::binding`) its WGSL reads and writes,
+/// declared once by its twin. A unit test compiles every build with naga and checks each
+/// list against the bindings the entry point actually uses, and that every entry point of
+/// every build has its declaration.
+#[derive(Debug)]
+pub(crate) struct Entry {
+    pub family: Family,
+    pub name: &'static str,
+    /// The forward build the declaration holds for (`None`: every build of the family).
+    pub forward: Option<ForwardKernels>,
+    pub roles: &'static [u32],
+}
+
+/// The buffers of one kernel call, by role: a plan fills them once per chunk and each entry
+/// binds the roles it declares.
+#[derive(Clone, Copy)]
+pub(crate) struct Roles<'a>([Option<&'a wgpu::Buffer>; ROLE_COUNT]);
+
+impl<'a> Roles<'a> {
+    pub fn new() -> Self {
+        Roles([None; ROLE_COUNT])
+    }
+
+    /// The same roles with `buffer` at each of `roles` (one buffer may fill several, e.g. K
+    /// and its vec4 view K4).
+    pub fn with(mut self, roles: &[u32], buffer: &'a wgpu::Buffer) -> Self {
+        for &r in roles {
+            self.0[r as usize] = Some(buffer);
+        }
+        self
+    }
+
+    /// `with`, when there is a buffer.
+    pub fn with_some(self, roles: &[u32], buffer: Option<&'a wgpu::Buffer>) -> Self {
+        match buffer {
+            Some(b) => self.with(roles, b),
+            None => self,
+        }
+    }
+
+    pub fn get(&self, role: u32) -> Option<&'a wgpu::Buffer> {
+        self.0[role as usize]
+    }
+}
+
+/// A pipeline with its entry's declaration.
+pub(crate) struct Kernel {
+    pub pipeline: wgpu::ComputePipeline,
+    pub entry: &'static Entry,
+}
+
+impl Kernel {
+    /// The cached pipeline of `entry` built for `spec`.
+    pub fn new(ctx: &GpuContext, entry: &'static Entry, spec: Spec) -> Result<Kernel> {
+        debug_assert!(entry.forward.is_none_or(|f| f == spec.forward));
+        Ok(Kernel {
+            pipeline: ctx.pipeline(entry.family, entry.name, spec)?,
+            entry,
+        })
+    }
+
+    /// Binds the entry's roles from `roles` and dispatches `workgroups` (see `dispatch`). A
+    /// role left empty is this crate's bug, reported as an error rather than a wgpu panic.
+    pub fn dispatch(
+        &self,
+        ctx: &GpuContext,
+        pass: &mut wgpu::ComputePass<'_>,
+        roles: &Roles<'_>,
+        workgroups: u64,
+    ) -> Result<()> {
+        let buffers = self
+            .entry
+            .roles
+            .iter()
+            .map(|&r| {
+                roles.get(r).map(|b| (r, b)).ok_or_else(|| {
+                    FmaError::Gpu(format!("{}: no buffer for binding {r}", self.entry.name))
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let group = bind(ctx, self.entry.name, &self.pipeline, &buffers);
+        dispatch(ctx, pass, &self.pipeline, &group, workgroups)
+    }
 }
 
 #[cfg(test)]

@@ -82,6 +82,8 @@ macro_rules! bindings {
             $($(#[$doc])* pub const $name: u32 = $index;)*
         }
         const BINDINGS: &[(&str, u32)] = &[$((concat!("B_", stringify!($name)), $index),)*];
+        /// How many binding indices there are (they run from 0 without gaps).
+        pub(crate) const ROLE_COUNT: usize = [$($index),*].len();
     };
 }
 
