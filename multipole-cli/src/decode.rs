@@ -6,11 +6,13 @@ use std::path::PathBuf;
 
 use multipole::reference::Decoder;
 use multipole::tensor_file::{Tensor, TensorFile, write_tensors};
-use multipole::{
-    Downsampling, FmaConfig, FmaDecoder, FmaError, Geometry, GpuContext, Output, Shape,
-};
+use multipole::{FmaConfig, FmaDecoder, FmaError, Geometry, GpuContext, Output, Shape};
 
+use crate::fma_flags::FmaFlags;
+
+// Decoding is 1D only: p's help leaves out the images' rule.
 #[derive(clap::Args)]
+#[command(mut_arg("p", |a| a.help("Coarse keys per group (divides m)")))]
 pub struct DecodeArgs {
     /// Input safetensors, as for `attend`: f32 `q`, `k`, `v` [batch, heads, n, d] and, for
     /// learned downsampling, the weights of the causal forward over n tokens.
@@ -19,21 +21,8 @@ pub struct DecodeArgs {
     /// Output safetensors: `o` [batch, heads, n, d] and `lse` [batch, heads, n].
     #[arg(long)]
     output: PathBuf,
-    /// Fine cell size (a power of two).
-    #[arg(long)]
-    m: usize,
-    /// Coarse keys per group (divides m).
-    #[arg(long)]
-    p: usize,
-    /// mean, basis or depthwise.
-    #[arg(long, default_value = "mean")]
-    downsampling: Downsampling,
-    /// Do not add log(multiplicity) to coarse scores.
-    #[arg(long)]
-    no_multiplicity: bool,
-    /// Score scale (default 1/sqrt(d)).
-    #[arg(long)]
-    scale: Option<f32>,
+    #[command(flatten)]
+    fma: FmaFlags,
     /// Tokens fed through `prefill` (one causal forward) before stepping the rest.
     #[arg(long, default_value_t = 0)]
     prefill: usize,
@@ -87,10 +76,7 @@ pub fn run(args: &DecodeArgs) -> multipole::Result<()> {
     }
     let config = FmaConfig {
         causal: true,
-        downsampling: args.downsampling,
-        multiplicity: !args.no_multiplicity,
-        scale: args.scale,
-        ..FmaConfig::new(args.m, args.p)
+        ..args.fma.config()
     };
     let geometry = Geometry::new(n, &config)?;
     let weights = super::read_weights(&file, &config, &geometry, d)?;

@@ -3,6 +3,7 @@
 mod bench;
 mod classify;
 mod decode;
+mod fma_flags;
 mod matmul;
 mod plot;
 mod report;
@@ -60,12 +61,8 @@ struct AttendArgs {
     /// Output safetensors: `o` [batch, heads, n, d] and `lse` [batch, heads, n].
     #[arg(long)]
     output: PathBuf,
-    /// Fine cell size (a power of two).
-    #[arg(long)]
-    m: usize,
-    /// Coarse keys per group (1D: divides m; 2D: a square whose root divides m).
-    #[arg(long)]
-    p: usize,
+    #[command(flatten)]
+    fma: fma_flags::FmaFlags,
     /// Treat the n tokens as an image of HxW tokens in row-major order (2D FMA; n = H*W).
     #[arg(long, value_name = "HxW")]
     image: Option<Layout>,
@@ -76,15 +73,6 @@ struct AttendArgs {
     /// per segment (bidirectional only).
     #[arg(long)]
     downsample_queries: bool,
-    /// mean, basis or depthwise.
-    #[arg(long, default_value = "mean")]
-    downsampling: Downsampling,
-    /// Do not add log(multiplicity) to coarse scores.
-    #[arg(long)]
-    no_multiplicity: bool,
-    /// Score scale (default 1/sqrt(d)).
-    #[arg(long)]
-    scale: Option<f32>,
     /// Storage precision on the GPU: f32, or f16 (needs the adapter's SHADER_F16; forward
     /// only). Scores and sums stay f32; the output file holds f32 either way.
     #[arg(long, default_value = "f32")]
@@ -134,15 +122,11 @@ fn attend(args: &AttendArgs) -> multipole::Result<()> {
     let v = file.get_shaped("v", &q.shape)?;
     let shape = Shape::new(batch, heads, n, d);
     let config = FmaConfig {
-        m: args.m,
-        p: args.p,
         layout: args.image.unwrap_or_default(),
         causal: args.causal,
-        downsampling: args.downsampling,
-        multiplicity: !args.no_multiplicity,
-        scale: args.scale,
         precision: args.precision,
         downsample_queries: args.downsample_queries,
+        ..args.fma.config()
     };
     shape.validate()?;
     let geometry = Geometry::new(n, &config)?;

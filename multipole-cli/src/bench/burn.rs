@@ -50,8 +50,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let runs = args.runs.max(1);
     let config = FmaConfig {
         causal: args.causal,
-        downsampling: args.downsampling,
-        ..FmaConfig::new(args.m, args.p)
+        ..args.fma.config()
     };
     println!(
         "bench --burn on {}: one training step (forward + backward), {heads} heads, d = {d}, {runs} runs after a warm-up",

@@ -109,9 +109,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let config = FmaConfig {
         causal: true,
         downsampling: Downsampling::Mean,
-        ..FmaConfig::new(args.m, args.p)
+        ..args.fma.config()
     };
-    if args.downsampling != Downsampling::Mean {
+    if args.fma.downsampling != Downsampling::Mean {
         return Err(FmaError::InvalidConfig(
             "bench --decode measures Mean downsampling (the learned kinds do the same work per step, and need weights for every length)".into(),
         ));
@@ -161,8 +161,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                     batch,
                     heads: args.heads(),
                     d,
-                    m: fma.then_some(args.m),
-                    p: fma.then_some(args.p),
+                    m: fma.then_some(args.fma.m),
+                    p: fma.then_some(args.fma.p),
                     downsampling: fma.then(|| "mean".into()),
                     steps,
                     runs,

@@ -16,7 +16,7 @@
 
 use std::path::PathBuf;
 
-use multipole::{Downsampling, FmaError, Layout, Precision, Result};
+use multipole::{FmaError, Layout, Precision, Result};
 
 mod burn;
 mod calibration;
@@ -33,8 +33,25 @@ pub use records::Record;
 pub use summary::{print_progress, summarise};
 
 use super::plot;
+use crate::fma_flags::FmaFlags;
 
+// The shared FMA flags as a benchmark wants them: --m and --p default to a sweep's sequence
+// options (images have --image-m and --image-p) where attend and decode, which compute a given
+// model's output, require them; learned kinds run at their initial weights.
 #[derive(clap::Args)]
+#[command(
+    mut_arg("m", |a| a
+        .required(false)
+        .default_value("32")
+        .help("Fine cell size for sequences")),
+    mut_arg("p", |a| a
+        .required(false)
+        .default_value("4")
+        .help("Coarse keys per group for sequences")),
+    mut_arg("downsampling", |a| a.help(
+        "FMA downsampling: mean, basis or depthwise (learned kinds at their initial weights)"
+    )),
+)]
 pub struct BenchArgs {
     /// Sequence lengths (1D), comma separated.
     #[arg(long, value_delimiter = ',')]
@@ -45,12 +62,8 @@ pub struct BenchArgs {
     /// Head dimension.
     #[arg(long, default_value_t = 64)]
     d: usize,
-    /// Fine cell size for sequences.
-    #[arg(long, default_value_t = 32)]
-    m: usize,
-    /// Coarse keys per group for sequences.
-    #[arg(long, default_value_t = 4)]
-    p: usize,
+    #[command(flatten)]
+    fma: FmaFlags,
     /// Fine cell side for images.
     #[arg(long, default_value_t = 4)]
     image_m: usize,
@@ -60,9 +73,6 @@ pub struct BenchArgs {
     /// Causal attention (sequences only).
     #[arg(long)]
     causal: bool,
-    /// FMA downsampling: mean, basis or depthwise (learned kinds at their initial weights).
-    #[arg(long, default_value = "mean")]
-    downsampling: Downsampling,
     /// batch x heads of every input (default 1; 8 with --burn).
     #[arg(long)]
     heads: Option<usize>,

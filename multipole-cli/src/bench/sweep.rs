@@ -74,13 +74,14 @@ impl Sweep {
                 let (m, p) = if image {
                     (args.image_m, args.image_p)
                 } else {
-                    (args.m, args.p)
+                    (args.fma.m, args.fma.p)
                 };
                 let cfg = FmaConfig {
+                    m,
+                    p,
                     causal: args.causal && !image,
                     layout,
-                    downsampling: args.downsampling,
-                    ..FmaConfig::new(m, p)
+                    ..args.fma.config()
                 };
                 (n, cfg)
             })
