@@ -16,8 +16,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use multipole::tensor_file::{Tensor, TensorFile, write_tensors};
 use multipole::{
-    DownsampleWeights, Downsampling, FmaConfig, FmaPlan, Geometry, GpuContext, Layout,
-    LevelWeights, Precision, Shape, reference,
+    DownsampleWeights, Downsampling, FmaConfig, FmaPlan, Geometry, GpuContext, Gradients, Layout,
+    LevelWeights, Output, Precision, Shape, reference,
 };
 
 #[derive(Parser)]
@@ -135,68 +135,106 @@ fn attend(args: &AttendArgs) -> multipole::Result<()> {
         Some(path) => Some(TensorFile::open(path)?.get_shaped("do", &q.shape)?.data),
         None => None,
     };
-    let w = weights.as_ref();
+    let (qkv, w) = ([&q.data[..], &k.data, &v.data], weights.as_ref());
     let (out, grads) = if args.reference {
-        let out = reference::fma_forward(&q.data, &k.data, &v.data, shape, &config, w)?;
-        let grads = match &d_o {
-            Some(d_o) => Some(reference::fma_backward(
-                &q.data, &k.data, &v.data, d_o, shape, &config, w,
-            )?),
-            None => None,
-        };
-        (out, grads)
+        on_cpu(qkv, d_o.as_deref(), shape, &config, w)?
     } else {
-        let ctx = GpuContext::new_blocking()?;
-        let plan = FmaPlan::new(&ctx, shape, &config, w)?;
-        let tape = pollster::block_on(plan.forward_tape(&ctx, &q.data, &k.data, &v.data))?;
-        let grads = match &d_o {
-            Some(d_o) => Some(plan.backward_blocking(&ctx, &tape, d_o)?),
-            None => None,
-        };
-        (tape.out, grads)
-    };
-    let t = |shape: &[usize], data: Vec<f32>| Tensor {
-        shape: shape.to_vec(),
-        data,
+        on_gpu(qkv, d_o.as_deref(), shape, &config, w)?
     };
     let mut tensors = vec![
-        ("o".to_string(), t(&q.shape, out.o)),
-        ("lse".to_string(), t(&[batch, heads, n], out.lse)),
+        ("o".to_string(), tensor(&q.shape, out.o)),
+        ("lse".to_string(), tensor(&[batch, heads, n], out.lse)),
     ];
     if let Some(g) = grads {
-        tensors.push(("dq".into(), t(&q.shape, g.dq)));
-        tensors.push(("dk".into(), t(&q.shape, g.dk)));
-        tensors.push(("dv".into(), t(&q.shape, g.dv)));
-        let p = geometry.p;
-        for (i, (lw, s)) in
-            g.dw.levels
-                .into_iter()
-                .zip(geometry.group_tokens())
-                .enumerate()
-        {
-            let l = i + 1;
-            let w_shape = match config.downsampling {
-                Downsampling::Depthwise => vec![d, p, s],
-                _ => vec![p, s],
-            };
-            tensors.push((format!("dwk.{l}"), t(&w_shape, lw.wk)));
-            tensors.push((format!("dwv.{l}"), t(&w_shape, lw.wv)));
-            let depthwise = config.downsampling == Downsampling::Depthwise;
-            if depthwise {
-                tensors.push((format!("dbk.{l}"), t(&[d, p], lw.bk)));
-                tensors.push((format!("dbv.{l}"), t(&[d, p], lw.bv)));
-            }
-            if config.downsample_queries {
-                tensors.push((format!("dwq.{l}"), t(&w_shape, lw.wq)));
-                if depthwise {
-                    tensors.push((format!("dbq.{l}"), t(&[d, p], lw.bq)));
-                }
-            }
-        }
+        tensors.extend(gradient_tensors(g, &config, &geometry, &q.shape));
     }
     let (names, tensors): (Vec<String>, Vec<Tensor>) = tensors.into_iter().unzip();
     let named: Vec<(&str, Tensor)> = names.iter().map(String::as_str).zip(tensors).collect();
     write_tensors(&args.output, &named)
+}
+
+/// The forward, and the backward for `d_o` where given, by the f64 CPU reference.
+fn on_cpu(
+    [q, k, v]: [&[f32]; 3],
+    d_o: Option<&[f32]>,
+    shape: Shape,
+    config: &FmaConfig,
+    w: Option<&DownsampleWeights>,
+) -> multipole::Result<(Output, Option<Gradients>)> {
+    let out = reference::fma_forward(q, k, v, shape, config, w)?;
+    let grads = match d_o {
+        Some(d_o) => Some(reference::fma_backward(q, k, v, d_o, shape, config, w)?),
+        None => None,
+    };
+    Ok((out, grads))
+}
+
+/// The forward, and the backward for `d_o` where given, on the GPU.
+fn on_gpu(
+    [q, k, v]: [&[f32]; 3],
+    d_o: Option<&[f32]>,
+    shape: Shape,
+    config: &FmaConfig,
+    w: Option<&DownsampleWeights>,
+) -> multipole::Result<(Output, Option<Gradients>)> {
+    let ctx = GpuContext::new_blocking()?;
+    let plan = FmaPlan::new(&ctx, shape, config, w)?;
+    let tape = pollster::block_on(plan.forward_tape(&ctx, q, k, v))?;
+    let grads = match d_o {
+        Some(d_o) => Some(plan.backward_blocking(&ctx, &tape, d_o)?),
+        None => None,
+    };
+    Ok((tape.out, grads))
+}
+
+fn tensor(shape: &[usize], data: Vec<f32>) -> Tensor {
+    Tensor {
+        shape: shape.to_vec(),
+        data,
+    }
+}
+
+/// `dq`, `dk`, `dv` shaped like q, and the weight gradients named and shaped like the
+/// input's weights (`dwk.L` for `wk.L`, ...).
+fn gradient_tensors(
+    g: Gradients,
+    config: &FmaConfig,
+    geometry: &Geometry,
+    q_shape: &[usize],
+) -> Vec<(String, Tensor)> {
+    let d = q_shape[3];
+    let mut tensors = vec![
+        ("dq".into(), tensor(q_shape, g.dq)),
+        ("dk".into(), tensor(q_shape, g.dk)),
+        ("dv".into(), tensor(q_shape, g.dv)),
+    ];
+    let p = geometry.p;
+    for (i, (lw, s)) in
+        g.dw.levels
+            .into_iter()
+            .zip(geometry.group_tokens())
+            .enumerate()
+    {
+        let l = i + 1;
+        let w_shape = match config.downsampling {
+            Downsampling::Depthwise => vec![d, p, s],
+            _ => vec![p, s],
+        };
+        tensors.push((format!("dwk.{l}"), tensor(&w_shape, lw.wk)));
+        tensors.push((format!("dwv.{l}"), tensor(&w_shape, lw.wv)));
+        let depthwise = config.downsampling == Downsampling::Depthwise;
+        if depthwise {
+            tensors.push((format!("dbk.{l}"), tensor(&[d, p], lw.bk)));
+            tensors.push((format!("dbv.{l}"), tensor(&[d, p], lw.bv)));
+        }
+        if config.downsample_queries {
+            tensors.push((format!("dwq.{l}"), tensor(&w_shape, lw.wq)));
+            if depthwise {
+                tensors.push((format!("dbq.{l}"), tensor(&[d, p], lw.bq)));
+            }
+        }
+    }
+    tensors
 }
 
 /// `wk.L`, `wv.L` (and `bk.L`, `bv.L`; `wq.L`, `bq.L` for the O(n) variant) for

@@ -14,7 +14,7 @@ use std::time::Instant;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Device, Distribution, Tensor};
-use multipole::{FmaConfig, FmaError, Result};
+use multipole::{FmaConfig, FmaError, Result, wgpu};
 use serde::Serialize;
 
 use super::BenchArgs;
@@ -69,25 +69,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                 .map(|(o, _)| o)
                 .map_err(to_fma)
         })?;
-        let fma_bytes = fma.1 + multipole_burn::kernel_bytes();
-        // Burn's unfused attention holds the scores and their softmax, one buffer each.
-        let scores = (heads * n * n * 4) as u64;
-        let limit = [
-            (
-                "storage binding",
-                limits.max_storage_buffer_binding_size as u64,
-            ),
-            ("buffer", limits.max_buffer_size),
-        ]
-        .into_iter()
-        .find(|&(_, max)| scores > max)
-        .map(|(what, max)| {
-            format!(
-                "its n x n scores need {} MiB; the device's largest {what} is {} MiB",
-                scores >> 20,
-                max >> 20
-            )
-        });
+        let fma = (fma.0, fma.1 + multipole_burn::kernel_bytes());
+        let limit = scores_limit(&limits, heads, n);
         let dense = match &limit {
             Some(_) => None,
             None => Some(measure(&device, heads, n, d, runs, |q, k, v| {
@@ -99,46 +82,20 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                 Ok(attention(q, k, v, None, None, options))
             })?),
         };
-        let mib = |b: u64| format!("{:.1}", b as f64 / (1 << 20) as f64);
-        println!(
-            "{n:>7} | {:>14.1} {:>12} | {:>14} {:>12} | {}",
-            fma.0,
-            mib(fma_bytes),
-            dense.map_or("-".into(), |x| format!("{:.1}", x.0)),
-            dense.map_or("-".into(), |x| mib(x.1)),
-            match (&limit, dense) {
-                (Some(why), _) => format!("does not fit: {why}"),
-                (None, Some(x)) => format!(
-                    "{:.2}x FMA's time, {:.1}x its memory",
-                    x.0 / fma.0,
-                    x.1 as f64 / fma_bytes as f64
-                ),
-                (None, None) => String::new(),
-            }
-        );
-        let adapter = ctx.info.name.clone();
-        records.push(BurnRecord {
-            kernel: "burn+fma",
+        print_row(n, fma, dense, limit.as_deref());
+        let record = |kernel, step: Option<(f64, u64)>, limit| BurnRecord {
+            kernel,
             n,
             heads,
             d,
             causal: args.causal,
-            step_ms: Some(fma.0),
-            peak_bytes: Some(fma_bytes),
-            limit: None,
-            adapter: adapter.clone(),
-        });
-        records.push(BurnRecord {
-            kernel: "burn-attention",
-            n,
-            heads,
-            d,
-            causal: args.causal,
-            step_ms: dense.map(|x| x.0),
-            peak_bytes: dense.map(|x| x.1),
+            step_ms: step.map(|x| x.0),
+            peak_bytes: step.map(|x| x.1),
             limit,
-            adapter,
-        });
+            adapter: ctx.info.name.clone(),
+        };
+        records.push(record("burn+fma", Some(fma), None));
+        records.push(record("burn-attention", dense, limit));
     }
     if let Some(path) = &args.json {
         let text = serde_json::to_string_pretty(&records)
@@ -149,6 +106,46 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         })?;
     }
     Ok(())
+}
+
+/// Why Burn's attention cannot run at n, if it cannot: its unfused attention holds the
+/// scores and their softmax, one buffer each, and one must fit the device's limits.
+fn scores_limit(limits: &wgpu::Limits, heads: usize, n: usize) -> Option<String> {
+    let scores = (heads * n * n * 4) as u64;
+    [
+        ("storage binding", limits.max_storage_buffer_binding_size),
+        ("buffer", limits.max_buffer_size),
+    ]
+    .into_iter()
+    .find(|&(_, max)| scores > max)
+    .map(|(what, max)| {
+        format!(
+            "its n x n scores need {} MiB; the device's largest {what} is {} MiB",
+            scores >> 20,
+            max >> 20
+        )
+    })
+}
+
+/// One row of the table: FMA's (ms, bytes) next to Burn's attention's, or why it has none.
+fn print_row(n: usize, fma: (f64, u64), dense: Option<(f64, u64)>, limit: Option<&str>) {
+    let mib = |b: u64| format!("{:.1}", b as f64 / (1 << 20) as f64);
+    println!(
+        "{n:>7} | {:>14.1} {:>12} | {:>14} {:>12} | {}",
+        fma.0,
+        mib(fma.1),
+        dense.map_or("-".into(), |x| format!("{:.1}", x.0)),
+        dense.map_or("-".into(), |x| mib(x.1)),
+        match (limit, dense) {
+            (Some(why), _) => format!("does not fit: {why}"),
+            (None, Some(x)) => format!(
+                "{:.2}x FMA's time, {:.1}x its memory",
+                x.0 / fma.0,
+                x.1 as f64 / fma.1 as f64
+            ),
+            (None, None) => String::new(),
+        }
+    );
 }
 
 /// Median step time (ms) and Burn's pool reservation (bytes) of `attend` at this size.

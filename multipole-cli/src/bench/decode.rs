@@ -105,7 +105,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             "--decode-steps must be at least 1: each measurement times that many steps".into(),
         ));
     }
-    let (d, steps, runs) = (args.d, args.decode_steps, args.runs.max(1));
+    let (d, steps) = (args.d, args.decode_steps);
     let config = FmaConfig {
         causal: true,
         downsampling: Downsampling::Mean,
@@ -126,71 +126,100 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             let shape = [batch, args.heads(), d];
             // The timed steps, and the host steps after them.
             let capacity = context + steps.max(HOST_STEPS + 1);
-            let mut kernels = vec![(
-                "fma_decode",
-                Dec::Fma(FmaDecoder::new(&ctx, &config, None, shape, capacity)?),
-            )];
-            if context <= dense_max {
-                let scale = config.scale_for(d);
-                // Dense runs until its cache no longer fits one storage binding.
-                match DenseDecoder::new(&ctx, shape, capacity, scale) {
-                    Ok(dense) => kernels.push(("dense_decode", Dec::Dense(dense))),
-                    Err(e @ FmaError::LimitExceeded { .. }) => {
-                        println!("{:>8} {context:>6} {batch:>6}   skipped: {e}", "dense")
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
-            for (name, mut dec) in kernels {
-                let rec = measure(
-                    &ctx,
-                    &mut dec,
-                    [batch, args.heads(), d],
-                    context,
-                    steps,
-                    runs,
-                )?;
-                let levels = match &dec {
-                    Dec::Fma(x) => Some(x.levels()),
-                    Dec::Dense(_) => None,
-                };
-                let fma = matches!(dec, Dec::Fma(_));
-                let r = DecodeRecord {
-                    kernel: name.into(),
-                    context,
-                    batch,
-                    heads: args.heads(),
-                    d,
-                    m: fma.then_some(args.fma.m),
-                    p: fma.then_some(args.fma.p),
-                    downsampling: fma.then(|| "mean".into()),
-                    steps,
-                    runs,
-                    ms_per_step: rec.0,
-                    tokens_per_s: (batch * args.heads()) as f64 / (rec.0 / 1e3),
-                    host_ms_per_step: rec.1,
-                    state_bytes: dec.state_bytes(),
-                    levels,
-                    adapter: ctx.info.name.clone(),
-                    backend: format!("{:?}", ctx.info.backend),
-                    device_type: format!("{:?}", ctx.info.device_type),
-                };
-                println!(
-                    "{:>8} {:>6} {:>6} {:>10.3} {:>12.0} {:>10.3} {:>12}",
-                    if fma { "fma" } else { "dense" },
-                    context,
-                    batch,
-                    r.ms_per_step,
-                    r.tokens_per_s,
-                    r.host_ms_per_step,
-                    r.state_bytes
-                );
+            let dense = context <= dense_max;
+            for (name, mut dec) in decoders(&ctx, &config, shape, capacity, dense, context)? {
+                let r = record(&ctx, args, name, &mut dec, shape, context)?;
+                print_row(&r, matches!(dec, Dec::Fma(_)));
                 records.push(r);
             }
         }
     }
+    write(args, &records)
+}
+
+/// FMA's decoder and, where `dense` says so and its cache fits one storage binding, a dense
+/// one, each empty with room for `capacity` tokens.
+fn decoders(
+    ctx: &GpuContext,
+    config: &FmaConfig,
+    shape: [usize; 3],
+    capacity: usize,
+    dense: bool,
+    context: usize,
+) -> Result<Vec<(&'static str, Dec)>> {
+    let mut kernels = vec![(
+        "fma_decode",
+        Dec::Fma(FmaDecoder::new(ctx, config, None, shape, capacity)?),
+    )];
+    if dense {
+        let scale = config.scale_for(shape[2]);
+        // Dense runs until its cache no longer fits one storage binding.
+        match DenseDecoder::new(ctx, shape, capacity, scale) {
+            Ok(dense) => kernels.push(("dense_decode", Dec::Dense(dense))),
+            Err(e @ FmaError::LimitExceeded { .. }) => {
+                println!("{:>8} {context:>6} {:>6}   skipped: {e}", "dense", shape[0])
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(kernels)
+}
+
+/// Measures one decoder at `context` tokens: its record.
+fn record(
+    ctx: &GpuContext,
+    args: &BenchArgs,
+    name: &str,
+    dec: &mut Dec,
+    [batch, heads, d]: [usize; 3],
+    context: usize,
+) -> Result<DecodeRecord> {
+    let (steps, runs) = (args.decode_steps, args.runs.max(1));
+    let rec = measure(ctx, dec, [batch, heads, d], context, steps, runs)?;
+    let levels = match &dec {
+        Dec::Fma(x) => Some(x.levels()),
+        Dec::Dense(_) => None,
+    };
+    let fma = matches!(dec, Dec::Fma(_));
+    Ok(DecodeRecord {
+        kernel: name.into(),
+        context,
+        batch,
+        heads,
+        d,
+        m: fma.then_some(args.fma.m),
+        p: fma.then_some(args.fma.p),
+        downsampling: fma.then(|| "mean".into()),
+        steps,
+        runs,
+        ms_per_step: rec.0,
+        tokens_per_s: (batch * heads) as f64 / (rec.0 / 1e3),
+        host_ms_per_step: rec.1,
+        state_bytes: dec.state_bytes(),
+        levels,
+        adapter: ctx.info.name.clone(),
+        backend: format!("{:?}", ctx.info.backend),
+        device_type: format!("{:?}", ctx.info.device_type),
+    })
+}
+
+fn print_row(r: &DecodeRecord, fma: bool) {
+    println!(
+        "{:>8} {:>6} {:>6} {:>10.3} {:>12.0} {:>10.3} {:>12}",
+        if fma { "fma" } else { "dense" },
+        r.context,
+        r.batch,
+        r.ms_per_step,
+        r.tokens_per_s,
+        r.host_ms_per_step,
+        r.state_bytes
+    );
+}
+
+/// The JSON and the plots, where asked.
+fn write(args: &BenchArgs, records: &[DecodeRecord]) -> Result<()> {
     if let Some(path) = &args.json {
-        let text = serde_json::to_string_pretty(&records)
+        let text = serde_json::to_string_pretty(records)
             .map_err(|e| FmaError::InvalidConfig(e.to_string()))?;
         std::fs::write(path, text).map_err(|e| FmaError::TensorFile {
             path: path.display().to_string(),
@@ -199,7 +228,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         println!("wrote {} records to {}", records.len(), path.display());
     }
     if let Some(prefix) = &args.plot {
-        for path in plot(&records, &prefix.display().to_string())? {
+        for path in plot(records, &prefix.display().to_string())? {
             println!("wrote {path}");
         }
     }
