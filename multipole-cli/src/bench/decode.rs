@@ -265,7 +265,7 @@ fn plot(records: &[DecodeRecord], prefix: &str) -> Result<Vec<String>> {
         path: prefix.into(),
         message: e,
     };
-    super::plot::chart(
+    crate::plot::chart(
         &time,
         &format!("Decoding, ms per step (all sequences), {adapter}"),
         "median ms",
@@ -273,7 +273,7 @@ fn plot(records: &[DecodeRecord], prefix: &str) -> Result<Vec<String>> {
         false,
     )
     .map_err(err)?;
-    super::plot::chart(
+    crate::plot::chart(
         &state,
         &format!("Decoding state, {adapter}"),
         "MiB",

@@ -20,6 +20,7 @@ use multipole::{FmaError, Layout, Precision, Result};
 
 mod burn;
 mod calibration;
+mod charts;
 mod decode;
 mod flops;
 mod measure;
@@ -28,11 +29,11 @@ mod summary;
 mod sweep;
 
 pub use calibration::{apply_calibration, calibration, yardstick};
+pub use charts::draw;
 pub use measure::{Bench, Kernel};
 pub use records::Record;
 pub use summary::{print_progress, summarise};
 
-use super::plot;
 use crate::fma_flags::FmaFlags;
 
 // The shared FMA flags as a benchmark wants them: --m and --p default to a sweep's sequence
@@ -180,7 +181,7 @@ fn report(args: &BenchArgs, records: &[Record]) -> Result<()> {
         println!("wrote {} records to {}", records.len(), path.display());
     }
     if let Some(prefix) = &args.plot {
-        let files = plot::draw(records, prefix).map_err(|e| FmaError::TensorFile {
+        let files = charts::draw(records, prefix).map_err(|e| FmaError::TensorFile {
             path: prefix.display().to_string(),
             message: e,
         })?;

@@ -11,7 +11,6 @@ use super::adapter::AdapterReport;
 use super::checks::CheckResult;
 use super::sweep::Skipped;
 use crate::bench::Record;
-use crate::plot;
 
 /// Everything the report found: its JSON file.
 #[derive(Serialize)]
@@ -53,7 +52,7 @@ pub fn write(report: &Report, dir: &Path, stem: &str) -> Result<Vec<String>> {
         .collect();
     if !plotted.is_empty() {
         let prefix = dir.join(stem);
-        files.extend(plot::draw(&plotted, &prefix).map_err(|e| io(&prefix, e))?);
+        files.extend(crate::bench::draw(&plotted, &prefix).map_err(|e| io(&prefix, e))?);
     }
     Ok(files)
 }
