@@ -1,0 +1,11 @@
+//! The MNIST vision transformer of the `multipole` demo, rebuilt on Burn: Burn's `Linear`,
+//! `LayerNorm` and `Gelu` around `multipole_burn::FmaAttention`, so that it trains with Burn's
+//! autodiff and optimisers and runs on any Burn backend (FMA's kernels on the wgpu device
+//! `multipole_burn::init_wgpu` opens, Burn tensor ops elsewhere).
+//!
+//! `Vit::from_weights` loads the shipped weight files (`web/models/*.safetensors`) into it.
+
+mod model;
+
+pub use model::{Block, Vit};
+pub use multipole_burn::{Error, Result};

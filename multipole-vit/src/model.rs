@@ -1,0 +1,166 @@
+//! The model: a convolutional stem as one linear layer over overlapping pixel windows, a
+//! learned position embedding, pre-norm transformer blocks with 2D FMA attention, a final
+//! norm, mean pooling and a linear head (the sizes are `VitConfig`'s).
+
+use burn::module::{Module, Param};
+use burn::nn::{Gelu, LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use burn::tensor::module::unfold4d;
+use burn::tensor::ops::UnfoldOptions;
+use burn::tensor::{Device, Tensor, TensorData};
+use multipole::model::{VitConfig, VitWeights};
+use multipole_burn::{Error, FmaAttention, Result};
+
+/// One pre-norm block: `x + proj(FMA(qkv(ln1 x)))`, then `x + fc2(gelu(fc1(ln2 x)))`.
+#[derive(Module, Debug)]
+pub struct Block {
+    ln1: LayerNorm,
+    qkv: Linear,
+    attn: FmaAttention,
+    proj: Linear,
+    ln2: LayerNorm,
+    fc1: Linear,
+    /// The tanh form, which the shipped weights were trained with.
+    act: Gelu,
+    fc2: Linear,
+    #[module(skip)]
+    heads: usize,
+}
+
+/// The vision transformer: images `[batch, canvas²]` (pixels in [0, 1], the digit placed on
+/// the canvas) to logits `[batch, classes]`.
+#[derive(Module, Debug)]
+pub struct Vit {
+    patch: Linear,
+    pos: Param<Tensor<2>>,
+    blocks: Vec<Block>,
+    norm: LayerNorm,
+    head: Linear,
+    #[module(skip)]
+    config: VitConfig,
+}
+
+impl Block {
+    fn forward(&self, x: Tensor<3>) -> Result<Tensor<3>> {
+        let [batch, n, dim] = x.dims();
+        let hd = dim / self.heads;
+        // qkv's columns are [q | k | v], each [head 0 | head 1 | ...].
+        let qkv = self
+            .qkv
+            .forward(self.ln1.forward(x.clone()))
+            .reshape([batch, n, 3, self.heads, hd])
+            .permute([2, 0, 3, 1, 4]);
+        let part = |i| qkv.clone().narrow(0, i, 1).squeeze_dim::<4>(0);
+        let (o, _lse) = self.attn.forward(part(0), part(1), part(2))?;
+        let x = x + self
+            .proj
+            .forward(o.swap_dims(1, 2).reshape([batch, n, dim]));
+        let h = self.fc1.forward(self.ln2.forward(x.clone()));
+        Ok(x.clone() + self.fc2.forward(self.act.forward(h)))
+    }
+}
+
+impl Vit {
+    /// Logits of `images` (`[batch, canvas * canvas]`).
+    pub fn forward(&self, images: Tensor<2>) -> Result<Tensor<2>> {
+        let c = &self.config;
+        let [batch, pixels] = images.dims();
+        if pixels != c.canvas * c.canvas {
+            return Err(Error::BadTensor {
+                what: "images".into(),
+                expected: format!(
+                    "[batch, {}] (a {} x {} canvas)",
+                    c.canvas * c.canvas,
+                    c.canvas,
+                    c.canvas
+                ),
+                got: format!("[{batch}, {pixels}]"),
+            });
+        }
+        // Each token reads a window x window block centred on its patch (zero padding at the
+        // edge), flattened row by row: [batch, tokens, window²].
+        let pad = (c.window - c.patch) / 2;
+        let options = UnfoldOptions::new([c.patch; 2], [pad; 2], [1, 1]);
+        let windows = unfold4d(
+            images.reshape([batch, 1, c.canvas, c.canvas]),
+            [c.window; 2],
+            options,
+        )
+        .swap_dims(1, 2);
+        let mut x = self.patch.forward(windows) + self.pos.val().unsqueeze::<3>();
+        for block in &self.blocks {
+            x = block.forward(x)?;
+        }
+        let pooled = self.norm.forward(x).mean_dim(1).squeeze_dim::<2>(1);
+        Ok(self.head.forward(pooled))
+    }
+
+    pub fn config(&self) -> &VitConfig {
+        &self.config
+    }
+
+    /// The head's first bias, read back: waits for the work queued on the model's device
+    /// (timing and tests).
+    pub fn first_weight_value(&self) -> f32 {
+        let bias = self.head.bias.as_ref().expect("the head has a bias");
+        bias.val().narrow(0, 0, 1).into_scalar::<f32>()
+    }
+
+    /// The model with trained weights (a `VitWeights` file, as shipped in `web/models/`).
+    pub fn from_weights(weights: &VitWeights, device: &Device) -> Result<Vit> {
+        let c = &weights.config;
+        let index = c.index()?;
+        let t = &weights.params.tensors;
+        let linear = |[w, b]: [usize; 2], inp: usize, out: usize| {
+            let mut l = LinearConfig::new(inp, out).init(device);
+            l.weight = param(&t[w], [inp, out], device);
+            l.bias = Some(param(&t[b], [out], device));
+            l
+        };
+        let norm = |[g, b]: [usize; 2]| {
+            let mut n = LayerNormConfig::new(c.dim).init(device);
+            n.gamma = param(&t[g], [c.dim], device);
+            n.beta = Some(param(&t[b], [c.dim], device));
+            n
+        };
+        let tokens = c.tokens();
+        let blocks = index
+            .blocks
+            .iter()
+            .enumerate()
+            .map(|(b, bi)| {
+                let mut attn = FmaAttention::new(&c.attention(), tokens, c.head_dim(), device)?;
+                if c.downsampling.is_learned() {
+                    let packed = weights.downsample_weights(b)?.packed();
+                    let len = packed.len();
+                    attn.weights = Some(param(&packed, [len], device));
+                }
+                Ok(Block {
+                    ln1: norm(bi.ln1),
+                    qkv: linear(bi.qkv, c.dim, 3 * c.dim),
+                    attn,
+                    proj: linear(bi.proj, c.dim, c.dim),
+                    ln2: norm(bi.ln2),
+                    fc1: linear(bi.fc1, c.dim, c.mlp),
+                    act: Gelu::new_approximate(),
+                    fc2: linear(bi.fc2, c.mlp, c.dim),
+                    heads: c.heads,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Vit {
+            patch: linear(index.patch, c.patch_pixels(), c.dim),
+            pos: param(&t[index.pos], [tokens, c.dim], device),
+            blocks,
+            norm: norm(index.norm),
+            head: linear(index.head, c.dim, c.classes),
+            config: c.clone(),
+        })
+    }
+}
+
+fn param<const D: usize>(values: &[f32], shape: [usize; D], device: &Device) -> Param<Tensor<D>> {
+    Param::from_tensor(Tensor::from_data(
+        TensorData::new(values.to_vec(), shape),
+        device,
+    ))
+}
