@@ -111,7 +111,12 @@ fn gpu_report(extra: &[String]) -> Result {
 
 /// Modules in layers: no import cycle in any crate of the workspace (`modules.rs`).
 fn layers() -> Result {
-    for src in ["src", "multipole-burn/src", "multipole-cli/src", "multipole-vit/src"] {
+    for src in [
+        "src",
+        "multipole-burn/src",
+        "multipole-cli/src",
+        "multipole-vit/src",
+    ] {
         modules::check(Path::new(src))?;
     }
     Ok(())
