@@ -1,4 +1,4 @@
-//! The checks the demo page runs on WebGPU (`multipole::gpu::browser_checks`), run natively
+//! The checks the demo page runs on WebGPU (`multipole::browser_checks`), run natively
 //! too, so a failure shows up here first; each must pass.
 
 mod common;

@@ -163,19 +163,25 @@ pub fn small_device() -> GpuContext {
 /// lavapipe compiling them took most of the GPU tests' time. All the random tests share the
 /// set, so a pipeline one test binary compiled is in Mesa's cache for the next.
 /// `cargo xtask sweep` (`MULTIPOLE_SWEEP=1`) draws every pair instead, with 4x the cases.
-pub const SPECS_1D: [(&[usize], usize); 8] = [
+pub const SPECS_1D: [(&[usize], usize); 9] = [
     (&[1, 3, 16], 2),
     (&[5, 16], 4),
     (&[1, 16], 8),
     (&[24, 32], 8),
     (&[20, 32], 32),
+    (&[20, 32], 16),
     (&[33, 48, 64], 16),
     (&[100, 128], 8),
     (&[65, 128], 64),
 ];
 /// The same for images (m x m tokens per fine cell: query tiles 4, 16 and 64); their pairs
 /// are in `SPECS_1D`.
-pub const SPECS_2D: [(&[usize], usize); 3] = [(&[1, 3, 16], 2), (&[40, 64], 4), (&[100, 128], 8)];
+pub const SPECS_2D: [(&[usize], usize); 4] = [
+    (&[1, 3, 16], 2),
+    (&[24, 32], 4),
+    (&[40, 64], 4),
+    (&[100, 128], 8),
+];
 
 /// Whether the wide sweep runs (`cargo xtask sweep`).
 pub fn wide_sweep() -> bool {

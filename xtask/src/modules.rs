@@ -67,8 +67,83 @@ fn code_of(text: &str) -> String {
         .join("\n")
 }
 
+/// Where each name a module re-exports (`pub use`, `pub(crate) use`) comes from: (module,
+/// name) -> the module that defines it, so that a path through a re-export (`crate::Name`,
+/// `super::Name`) counts as an edge to where the name lives.
+type Reexports = BTreeMap<(Module, String), Module>;
+
+fn reexports(sources: &BTreeMap<Module, String>, known: &BTreeSet<Module>) -> Reexports {
+    let mut out = Reexports::new();
+    for (module, code) in sources {
+        for prefix in ["pub use ", "pub(crate) use ", "pub(super) use "] {
+            for (i, _) in code.match_indices(prefix) {
+                let stmt = &code[i + prefix.len()..];
+                let stmt = &stmt[..stmt.find(';').unwrap_or(stmt.len())];
+                let (base, rest) = base_and_rest(module, stmt);
+                for path in paths(rest) {
+                    let mut full = base.clone();
+                    full.extend(path);
+                    let Some(name) = full.last().cloned() else {
+                        continue;
+                    };
+                    let target = deepest(full, known);
+                    if &target != module {
+                        out.insert((module.clone(), name), target);
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Where a path starts: `crate::` at the root, `super::` (repeated) above the module, `self::`
+/// or a bare name (a `use` of a child module) at the module itself.
+fn base_and_rest<'a>(module: &Module, path: &'a str) -> (Module, &'a str) {
+    let path = path.trim_start();
+    if let Some(rest) = path.strip_prefix("crate::") {
+        return (Vec::new(), rest);
+    }
+    let mut base = module.clone();
+    let mut rest = path.strip_prefix("self::").unwrap_or(path);
+    while let Some(r) = rest.strip_prefix("super::") {
+        base.pop();
+        rest = r;
+    }
+    (base, rest)
+}
+
+/// The deepest known module `full` names (the rest is an item inside it).
+fn deepest(mut full: Module, known: &BTreeSet<Module>) -> Module {
+    while !full.is_empty() && !known.contains(&full) {
+        full.pop();
+    }
+    full
+}
+
+/// The module that defines what `full` names, following re-exports (at most 8 hops).
+fn resolve(full: Module, known: &BTreeSet<Module>, reexports: &Reexports) -> Module {
+    let mut target = deepest(full.clone(), known);
+    // The item's name stays the same through each hop (aliases are not followed).
+    let Some(name) = full.get(target.len()).cloned() else {
+        return target;
+    };
+    for _ in 0..8 {
+        match reexports.get(&(target.clone(), name.clone())) {
+            Some(next) if *next != target => target = next.clone(),
+            _ => break,
+        }
+    }
+    target
+}
+
 /// The modules that `module`'s code names through `crate::` and `super::` paths.
-fn uses(module: &Module, code: &str, known: &BTreeSet<Module>) -> BTreeSet<Module> {
+fn uses(
+    module: &Module,
+    code: &str,
+    known: &BTreeSet<Module>,
+    reexports: &Reexports,
+) -> BTreeSet<Module> {
     let mut out = BTreeSet::new();
     for (i, _) in code
         .match_indices("crate::")
@@ -93,12 +168,9 @@ fn uses(module: &Module, code: &str, known: &BTreeSet<Module>) -> BTreeSet<Modul
         for path in paths(rest) {
             let mut full = base.clone();
             full.extend(path);
-            // The deepest module the path names (the rest is an item inside it).
-            while !full.is_empty() && !known.contains(&full) {
-                full.pop();
-            }
-            if !full.is_empty() && &full != module {
-                out.insert(full);
+            let target = resolve(full, known, reexports);
+            if !target.is_empty() && &target != module {
+                out.insert(target);
             }
         }
     }
@@ -158,10 +230,11 @@ fn paths(rest: &str) -> Vec<Vec<String>> {
 /// Every cycle among sibling modules, as lines naming the modules and the edges.
 fn cycles(sources: &BTreeMap<Module, String>) -> Vec<String> {
     let known: BTreeSet<Module> = sources.keys().cloned().collect();
+    let reexports = reexports(sources, &known);
     // Sibling graph: lifted edge -> the original edges behind it.
     let mut graph: BTreeMap<Module, BTreeMap<Module, Vec<String>>> = BTreeMap::new();
     for (a, code) in sources {
-        for b in uses(a, code, &known) {
+        for b in uses(a, code, &known, &reexports) {
             let k = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
             if k == a.len() || k == b.len() {
                 continue; // an ancestor and its descendant: one module
@@ -308,6 +381,25 @@ mod tests {
     }
 
     #[test]
+    fn a_cycle_through_re_exports_is_found() {
+        // lib.rs re-exports plan's FmaPlan and runtime's names; runtime reaches plan through
+        // the crate root, plan reaches runtime through its parent.
+        let t = tree(&[
+            ("", "mod gpu; pub use gpu::{FmaPlan, GpuContext};"),
+            (
+                "gpu",
+                "mod plan; mod runtime; pub use plan::FmaPlan; pub use runtime::GpuContext;",
+            ),
+            ("gpu::plan", "use super::GpuContext;"),
+            ("gpu::runtime", "use crate::FmaPlan;"),
+        ]);
+        let found = cycles(&t);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].contains("gpu::runtime -> gpu::plan"), "{found:?}");
+        assert!(found[0].contains("gpu::plan -> gpu::runtime"), "{found:?}");
+    }
+
+    #[test]
     fn super_super_and_nested_groups_resolve() {
         let known: BTreeSet<Module> = [
             vec![],
@@ -322,6 +414,7 @@ mod tests {
             &from,
             "use super::super::c::X; use crate::{a::{self}, c};",
             &known,
+            &Reexports::new(),
         );
         assert_eq!(
             got,

@@ -268,6 +268,8 @@ impl Bench<'_> {
             causal: cfg.causal,
             downsampling: is_fma.then(|| format!("{:?}", cfg.downsampling).to_lowercase()),
             precision: Some(format!("{precision:?}").to_lowercase()),
+            scale: Some(cfg.scale_for(shape.d)),
+            multiplicity: is_fma.then_some(cfg.multiplicity),
             runs: self.runs,
             median_ms,
             min_ms: times.iter().copied().fold(f64::INFINITY, f64::min),

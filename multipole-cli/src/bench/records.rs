@@ -22,6 +22,13 @@ pub struct Record {
     /// calibration and in records written before f16 existed).
     #[serde(default)]
     pub precision: Option<String>,
+    /// The score scale (1/sqrt(d) unless `--scale` set it) and, for FMA, whether coarse
+    /// scores carry log-multiplicity (`--no-multiplicity` turns it off). Absent in older
+    /// records.
+    #[serde(default)]
+    pub scale: Option<f32>,
+    #[serde(default)]
+    pub multiplicity: Option<bool>,
     pub runs: usize,
     /// GPU time of one forward (timestamps), or wall time where there are none.
     pub median_ms: f64,
@@ -86,6 +93,8 @@ pub fn adapter_record(ctx: &GpuContext) -> Record {
         causal: false,
         downsampling: None,
         precision: None,
+        scale: None,
+        multiplicity: None,
         runs: 0,
         median_ms: f64::NAN,
         min_ms: f64::NAN,

@@ -9,9 +9,14 @@ use crate::gpu::decode::{DecodeCore, DecodeIo};
 use crate::gpu::runtime::context::GpuContext;
 use crate::reference::Output;
 
+/// Only this crate's two decoders implement `Prompt`.
+pub(crate) mod sealed {
+    pub trait Sealed {}
+}
+
 /// How a decoder runs a whole prompt when it holds no token yet, and what it says when a
-/// sequence would outgrow it.
-pub trait Prompt {
+/// sequence would outgrow it (implemented by `FmaPrompt` and `DensePrompt` only).
+pub trait Prompt: sealed::Sealed {
     /// O and LSE of the causal forward over `q, k, v` of `shape` ([batch, heads, n, d]).
     #[allow(async_fn_in_trait)]
     async fn forward(

@@ -64,6 +64,8 @@ impl GpuDecoder<DensePrompt> {
     }
 }
 
+impl crate::gpu::decode::decoder::sealed::Sealed for DensePrompt {}
+
 impl Prompt for DensePrompt {
     /// One causal `DensePlan` forward.
     async fn forward(

@@ -126,6 +126,8 @@ impl GpuDecoder<FmaPrompt> {
     }
 }
 
+impl crate::gpu::decode::decoder::sealed::Sealed for FmaPrompt {}
+
 impl Prompt for FmaPrompt {
     /// One causal `FmaPlan` forward, with the weights of the levels the prompt has.
     async fn forward(
