@@ -98,12 +98,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         records.push(record("burn-attention", dense, limit));
     }
     if let Some(path) = &args.json {
-        let text = serde_json::to_string_pretty(&records)
-            .map_err(|e| FmaError::Gpu(format!("bench records: {e}")))?;
-        std::fs::write(path, text).map_err(|e| FmaError::TensorFile {
-            path: path.display().to_string(),
-            message: e.to_string(),
-        })?;
+        super::write_json(path, &records)?;
     }
     Ok(())
 }

@@ -219,13 +219,7 @@ fn print_row(r: &DecodeRecord, fma: bool) {
 /// The JSON and the plots, where asked.
 fn write(args: &BenchArgs, records: &[DecodeRecord]) -> Result<()> {
     if let Some(path) = &args.json {
-        let text = serde_json::to_string_pretty(records)
-            .map_err(|e| FmaError::InvalidConfig(e.to_string()))?;
-        std::fs::write(path, text).map_err(|e| FmaError::TensorFile {
-            path: path.display().to_string(),
-            message: e.to_string(),
-        })?;
-        println!("wrote {} records to {}", records.len(), path.display());
+        super::write_json(path, records)?;
     }
     if let Some(prefix) = &args.plot {
         for path in plot(records, &prefix.display().to_string())? {

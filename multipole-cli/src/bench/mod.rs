@@ -31,7 +31,7 @@ mod sweep;
 pub use calibration::{apply_calibration, calibration, yardstick};
 pub use charts::draw;
 pub use measure::{Bench, Kernel};
-pub use records::Record;
+pub use records::{Record, write_json};
 pub use summary::{print_progress, summarise};
 
 use crate::fma_flags::FmaFlags;
@@ -172,13 +172,7 @@ fn read_records(path: &std::path::Path) -> Result<Vec<Record>> {
 fn report(args: &BenchArgs, records: &[Record]) -> Result<()> {
     summarise(records);
     if let Some(path) = &args.json {
-        let text = serde_json::to_string_pretty(records)
-            .map_err(|e| FmaError::InvalidConfig(e.to_string()))?;
-        std::fs::write(path, text).map_err(|e| FmaError::TensorFile {
-            path: path.display().to_string(),
-            message: e.to_string(),
-        })?;
-        println!("wrote {} records to {}", records.len(), path.display());
+        records::write_json(path, records)?;
     }
     if let Some(prefix) = &args.plot {
         let files = charts::draw(records, prefix).map_err(|e| FmaError::TensorFile {

@@ -2,9 +2,22 @@
 //! ratios, as `--json` writes it and `--replot` and the GPU report read it.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
-use multipole::GpuContext;
+use multipole::{FmaError, GpuContext, Result};
 use serde::{Deserialize, Serialize};
+
+/// Writes any mode's records (`--json`) as pretty JSON and says where.
+pub fn write_json<T: Serialize>(path: &Path, records: &[T]) -> Result<()> {
+    let text = serde_json::to_string_pretty(records)
+        .map_err(|e| FmaError::InvalidConfig(format!("bench records: {e}")))?;
+    std::fs::write(path, text).map_err(|e| FmaError::TensorFile {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })?;
+    println!("wrote {} records to {}", records.len(), path.display());
+    Ok(())
+}
 
 /// One measurement: the fields anyone needs to recompute the ratios.
 #[derive(Serialize, Deserialize, Clone, Debug)]
