@@ -145,21 +145,17 @@ fn backward_dq_lanes(
     // Under causal masking no key after the tile's last token is needed.
     let last = tile_last_token(qt);
     var dq: LaneRows;
-    // The near keys, cell by cell and grid row by grid row, four tokens at a time.
+    // The near keys, cell by cell, four tokens at a time (rect_quad).
     for (var e = geom[params.near_offsets + qt.cell]; e < geom[params.near_offsets + qt.cell + 1u]; e++) {
-        let cell = geom[params.near_entries + e];
-        let rect = cell_rect(cell);
-        for (var y = rect.y0; y < rect.y_end; y++) {
-            for (var x = rect.x0; x < rect.x_end; x += 4u) {
-                let first = y * params.real_w + x;
-                if (params.causal != 0u && i32(first) > last) {
-                    break;
-                }
-                let in_row = vec4<u32>(x) + LANES4 < vec4<u32>(rect.x_end);
-                let j = select(vec4<u32>(first), vec4<u32>(first) + LANES4, in_row);
-                let at = (vec4<u32>(head_base) + j) * dv;
-                dq_keys(&dq, &q, &dout, &st, at, false, vec4<f32>(0.0), lane_mask(in_row, j, tokens, true));
+        let rect = cell_rect(geom[params.near_entries + e]);
+        let area = rect_area(rect);
+        for (var i = 0u; i < area; i += 4u) {
+            let j = rect_quad(rect, i);
+            if (params.causal != 0u && i32(j.at.x) > last) {
+                break;
             }
+            let at = (vec4<u32>(head_base) + j.at) * dv;
+            dq_keys(&dq, &q, &dout, &st, at, false, vec4<f32>(0.0), lane_mask(j.live, j.at, tokens, true));
         }
     }
     // The far field: every level's interaction list of the cell's ancestors, four rows at a time
@@ -168,22 +164,20 @@ fn backward_dq_lanes(
     var c = qt.cell;
     let far_levels = select(params.levels, 0u, params.queries != 0u);
     for (var l = 0u; l < far_levels; l++) {
-        for (var e = geom[params.far_offsets + c]; e < geom[params.far_offsets + c + 1u]; e++) {
-            let first = geom[params.far_entries + e] * params.p;
-            for (var r = 0u; r < params.p; r += 4u) {
-                let in_cell = vec4<u32>(r) + LANES4 < vec4<u32>(params.p);
-                let row = select(vec4<u32>(first), vec4<u32>(first + r) + LANES4, in_cell);
-                let g = vec4<u32>(params.rows) + 2u * row;
-                let count = vec4<u32>(geom[g.x], geom[g.y], geom[g.z], geom[g.w]);
-                let bias = bitcast<vec4<f32>>(vec4<u32>(geom[g.x + 1u], geom[g.y + 1u], geom[g.z + 1u], geom[g.w + 1u]));
-                let used = in_cell & (count != vec4<u32>(0u));
-                var keep: LaneMask;
-                for (var x = 0u; x < LANE_ROWS; x++) {
-                    keep[x] = used & vec4<bool>(tokens[x] >= 0);
-                }
-                let at = (vec4<u32>(coarse_base) + row) * dv;
-                dq_keys(&dq, &q, &dout, &st, at, true, select(vec4<f32>(0.0), bias, used), keep);
+        let lo = geom[params.far_offsets + c];
+        let hi = geom[params.far_offsets + c + 1u];
+        for (var i = 0u; i < (hi - lo) * params.p; i += 4u) {
+            let rows = far_quad(lo, hi, i);
+            let g = vec4<u32>(params.rows) + 2u * rows.at;
+            let count = vec4<u32>(geom[g.x], geom[g.y], geom[g.z], geom[g.w]);
+            let bias = bitcast<vec4<f32>>(vec4<u32>(geom[g.x + 1u], geom[g.y + 1u], geom[g.z + 1u], geom[g.w + 1u]));
+            let used = rows.live & (count != vec4<u32>(0u));
+            var keep: LaneMask;
+            for (var x = 0u; x < LANE_ROWS; x++) {
+                keep[x] = used & vec4<bool>(tokens[x] >= 0);
             }
+            let at = (vec4<u32>(coarse_base) + rows.at) * dv;
+            dq_keys(&dq, &q, &dout, &st, at, true, select(vec4<f32>(0.0), bias, used), keep);
         }
         c = geom[params.parent + c];
     }
@@ -270,24 +264,20 @@ fn backward_dkv_near_lanes(
     var dk: LaneRows;
     var dvs: LaneRows;
     for (var e = geom[params.near_t_offsets + kt.cell]; e < geom[params.near_t_offsets + kt.cell + 1u]; e++) {
-        let cell = geom[params.near_t_entries + e];
-        let rect = cell_rect(cell);
-        for (var y = rect.y0; y < rect.y_end; y++) {
-            for (var x = rect.x0; x < rect.x_end; x += 4u) {
-                let first = y * params.real_w + x;
-                if (params.causal != 0u && first + 3u < first_key) {
-                    continue;
-                }
-                let in_row = vec4<u32>(x) + LANES4 < vec4<u32>(rect.x_end);
-                let i = select(vec4<u32>(first), vec4<u32>(first) + LANES4, in_row);
-                let rows = vec4<u32>(head_base) + i;
-                let s0 = stats[rows.x];
-                let s1 = stats[rows.y];
-                let s2 = stats[rows.z];
-                let s3 = stats[rows.w];
-                dkv_queries(&dk, &dvs, &k, &v, rows * dv, vec4<f32>(s0.x, s1.x, s2.x, s3.x),
-                            vec4<f32>(s0.y, s1.y, s2.y, s3.y), lane_mask(in_row, i, tokens, false));
+        let rect = cell_rect(geom[params.near_t_entries + e]);
+        let area = rect_area(rect);
+        for (var at = 0u; at < area; at += 4u) {
+            let i = rect_quad(rect, at);
+            if (params.causal != 0u && all(i.at < vec4<u32>(first_key))) {
+                continue;
             }
+            let rows = vec4<u32>(head_base) + i.at;
+            let s0 = stats[rows.x];
+            let s1 = stats[rows.y];
+            let s2 = stats[rows.z];
+            let s3 = stats[rows.w];
+            dkv_queries(&dk, &dvs, &k, &v, rows * dv, vec4<f32>(s0.x, s1.x, s2.x, s3.x),
+                        vec4<f32>(s0.y, s1.y, s2.y, s3.y), lane_mask(i.live, i.at, tokens, false));
         }
     }
     for (var r = 0u; r < LANE_ROWS; r++) {
@@ -324,13 +314,47 @@ fn level_workgroups(l: u32, rb: RowBlocks) -> u32 {
     return (level(l).groups + rb.cells - 1u) / rb.cells * rb.blocks;
 }
 
-// Does cell `seen`'s transposed far list hold cell `source`?
-fn sees(seen: u32, source: u32) -> bool {
-    var found = false;
-    for (var e = geom[params.far_t_offsets + seen]; e < geom[params.far_t_offsets + seen + 1u]; e++) {
-        found = found || geom[params.far_t_entries + e] == source;
+// The union of up to four cells' transposed far lists, walked once in ascending order with the
+// set of cells that see each source: a merge of the lists, which GeomTables builds sorted
+// (transpose fills them in cell order). Testing every source against every other list instead
+// cost a list walk per source and cell, most of a workgroup's time where a cell has few
+// queries and few rows (2 x 2 cells, p = 1).
+struct Merge {
+    at: array<u32, 4>,
+    end: array<u32, 4>,
+    lists: u32,
+}
+
+// The walk over the transposed far lists of `cells[0 .. lists]`.
+fn merge_start(cells: array<u32, 4>, lists: u32) -> Merge {
+    var m: Merge;
+    m.lists = lists;
+    for (var g = 0u; g < lists; g++) {
+        m.at[g] = geom[params.far_t_offsets + cells[g]];
+        m.end[g] = geom[params.far_t_offsets + cells[g] + 1u];
     }
-    return found;
+    return m;
+}
+
+const MERGE_DONE: u32 = 0xffffffffu;
+
+// The next source and the mask of the lists holding it (bit g for list g); MERGE_DONE once all
+// are walked. The same for every lane of a workgroup.
+fn merge_next(m: ptr<function, Merge>) -> vec2<u32> {
+    var source = MERGE_DONE;
+    for (var g = 0u; g < (*m).lists; g++) {
+        if ((*m).at[g] < (*m).end[g]) {
+            source = min(source, geom[params.far_t_entries + (*m).at[g]]);
+        }
+    }
+    var mask = 0u;
+    for (var g = 0u; g < (*m).lists; g++) {
+        if ((*m).at[g] < (*m).end[g] && geom[params.far_t_entries + (*m).at[g]] == source) {
+            mask |= 1u << g;
+            (*m).at[g] += 1u;
+        }
+    }
+    return vec2<u32>(source, mask);
 }
 
 // Queries t .. t + 3 of level cell `source` (global id): their rows of Q and dO (vec4 `at`;
@@ -434,23 +458,16 @@ fn backward_dkv_far_rows(
     var dk: Row;
     var dvs: Row;
     let s = lv.h * lv.w;
-    for (var a = 0u; a < cells; a++) {
-        let seen = first + a;
-        for (var e = geom[params.far_t_offsets + seen]; e < geom[params.far_t_offsets + seen + 1u]; e++) {
-            let source = geom[params.far_t_entries + e];
-            // A source an earlier cell of the block sees was walked with that cell.
-            var walked = false;
-            for (var b = 0u; b < a; b++) {
-                walked = walked || sees(first + b, source);
-            }
-            if (walked) {
-                continue;
-            }
-            let on = used && g >= a && (g == a || sees(cell, source));
-            for (var t = 0u; t < s; t += 4u) {
-                let qs = source_queries(lv, source, t, head_base);
-                row_queries(&dk, &dvs, &k, &v, qs.at, qs.lse, qs.delta, qs.real & vec4<bool>(on), bias);
-            }
+    var merge = merge_start(array<u32, 4>(first, first + 1u, first + 2u, first + 3u), min(cells, 4u));
+    loop {
+        let next = merge_next(&merge);
+        if (next.x == MERGE_DONE) {
+            break;
+        }
+        let on = used && (next.y & (1u << g)) != 0u;
+        for (var t = 0u; t < s; t += 4u) {
+            let qs = source_queries(lv, next.x, t, head_base);
+            row_queries(&dk, &dvs, &k, &v, qs.at, qs.lse, qs.delta, qs.real & vec4<bool>(on), bias);
         }
     }
     if (mine) {
@@ -474,15 +491,6 @@ fn quad_workgroups(l: u32) -> u32 {
 fn quad_cell(lv: Level, quad: u32, g: u32) -> u32 {
     let quads_x = lv.groups_x / 2u;
     return lv.first + (2u * (quad / quads_x) + g / 2u) * lv.groups_x + 2u * (quad % quads_x) + g % 2u;
-}
-
-// Which of the quad's cells see `source` (bit g for cell g): the same for every lane.
-fn quad_sees(lv: Level, quad: u32, source: u32) -> u32 {
-    var mask = 0u;
-    for (var g = 0u; g < 4u; g++) {
-        mask |= select(0u, 1u << g, sees(quad_cell(lv, quad, g), source));
-    }
-    return mask;
 }
 
 // row_queries for the lane's two rows: each q and dO element read serves both.
@@ -584,22 +592,19 @@ fn backward_dkv_far_quads(
     var dk: array<Row, 2>;
     var dvs: array<Row, 2>;
     let s = lv.h * lv.w;
-    for (var a = 0u; a < 4u; a++) {
-        let seen = quad_cell(lv, quad, a);
-        for (var e = geom[params.far_t_offsets + seen]; e < geom[params.far_t_offsets + seen + 1u]; e++) {
-            let source = geom[params.far_t_entries + e];
-            let mask = quad_sees(lv, quad, source);
-            // A source an earlier cell of the quad sees was walked with that cell.
-            if ((mask & ((1u << a) - 1u)) != 0u) {
-                continue;
-            }
-            let on = (mask & (1u << g)) != 0u;
-            for (var t = 0u; t < s; t += 4u) {
-                let qs = source_queries(lv, source, t, head_base);
-                let real = qs.real & vec4<bool>(on);
-                let keep = array<vec4<bool>, 2>(real & vec4<bool>(used[0]), real & vec4<bool>(used[1]));
-                quad_queries(&dk, &dvs, &k, &v, qs.at, qs.lse, qs.delta, keep, bias);
-            }
+    let quad_cells = array<u32, 4>(quad_cell(lv, quad, 0u), quad_cell(lv, quad, 1u), quad_cell(lv, quad, 2u), quad_cell(lv, quad, 3u));
+    var merge = merge_start(quad_cells, 4u);
+    loop {
+        let next = merge_next(&merge);
+        if (next.x == MERGE_DONE) {
+            break;
+        }
+        let on = (next.y & (1u << g)) != 0u;
+        for (var t = 0u; t < s; t += 4u) {
+            let qs = source_queries(lv, next.x, t, head_base);
+            let real = qs.real & vec4<bool>(on);
+            let keep = array<vec4<bool>, 2>(real & vec4<bool>(used[0]), real & vec4<bool>(used[1]));
+            quad_queries(&dk, &dvs, &k, &v, qs.at, qs.lse, qs.delta, keep, bias);
         }
     }
     for (var x = 0u; x < 2u; x++) {

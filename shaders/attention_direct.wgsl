@@ -91,8 +91,8 @@ fn visible(in_range: vec4<bool>, j: vec4<u32>, tokens: Tokens, causal: bool) -> 
     return valid;
 }
 
-// The near keys straight from storage, cell by cell and row by row, four tokens of a row at a
-// time: no tags to look up, and nothing but real keys in range.
+// The near keys straight from storage, cell by cell, four tokens at a time (rect_quad): no
+// tags to look up, and nothing but real keys in range.
 fn near_keys(t: ptr<function, Triples>, q: ptr<function, Rows>, qt: QueryTile, tokens: Tokens, lid: u32) {
     let head_base = qt.head * params.n;
     let causal = params.causal != 0u;
@@ -105,16 +105,13 @@ fn near_keys(t: ptr<function, Triples>, q: ptr<function, Rows>, qt: QueryTile, t
     for (var e = lo; e < hi; e++) {
         let cell = geom[params.near_entries + e];
         let rect = cell_rect(cell);
-        for (var y = rect.y0; y < rect.y_end; y++) {
-            for (var x = rect.x0; x < rect.x_end; x += 4u) {
-                let first = y * params.real_w + x;
-                if (i32(first) > last) {
-                    break;
-                }
-                let in_row = vec4<u32>(x) + LANES4 < vec4<u32>(rect.x_end);
-                let j = select(vec4<u32>(first), vec4<u32>(first) + LANES4, in_row);
-                triple_add_tokens(t, q, (vec4<u32>(head_base) + j) * row_vecs(), visible(in_row, j, tokens, causal));
+        let area = rect_area(rect);
+        for (var i = 0u; i < area; i += 4u) {
+            let j = rect_quad(rect, i);
+            if (i32(j.at.x) > last) {
+                break;
             }
+            triple_add_tokens(t, q, (vec4<u32>(head_base) + j.at) * row_vecs(), visible(j.live, j.at, tokens, causal));
         }
     }
 }
@@ -130,24 +127,20 @@ fn dense_keys(t: ptr<function, Triples>, q: ptr<function, Rows>, head_base: u32,
 }
 
 // The coarse keys straight from storage: the fine cell's ancestors level by level, each far
-// list entry's p rows four at a time (the order of far_chain's flattened list).
+// list's rows four at a time (far_quad; the order of far_chain's flattened list).
 fn far_keys(t: ptr<function, Triples>, q: ptr<function, Rows>, qt: QueryTile, lid: u32) {
     let coarse_base = qt.head * params.total_rows;
     var cell = qt.cell;
     for (var l = 0u; l < params.levels; l++) {
         let lo = geom[params.far_offsets + cell];
         let hi = geom[params.far_offsets + cell + 1u];
-        for (var e = lo; e < hi; e++) {
-            let first = geom[params.far_entries + e] * params.p;
-            for (var r = 0u; r < params.p; r += 4u) {
-                let in_cell = vec4<u32>(r) + LANES4 < vec4<u32>(params.p);
-                let row = select(vec4<u32>(first), vec4<u32>(first + r) + LANES4, in_cell);
-                let at = vec4<u32>(params.rows) + 2u * row;
-                let count = vec4<u32>(geom[at.x], geom[at.y], geom[at.z], geom[at.w]);
-                let bias = bitcast<vec4<f32>>(vec4<u32>(geom[at.x + 1u], geom[at.y + 1u], geom[at.z + 1u], geom[at.w + 1u]));
-                let valid = in_cell & (count != vec4<u32>(0u));
-                triple_add_coarse(t, q, (vec4<u32>(coarse_base) + row) * row_vecs(), bias, valid);
-            }
+        for (var i = 0u; i < (hi - lo) * params.p; i += 4u) {
+            let rows = far_quad(lo, hi, i);
+            let at = vec4<u32>(params.rows) + 2u * rows.at;
+            let count = vec4<u32>(geom[at.x], geom[at.y], geom[at.z], geom[at.w]);
+            let bias = bitcast<vec4<f32>>(vec4<u32>(geom[at.x + 1u], geom[at.y + 1u], geom[at.z + 1u], geom[at.w + 1u]));
+            let valid = rows.live & (count != vec4<u32>(0u));
+            triple_add_coarse(t, q, (vec4<u32>(coarse_base) + rows.at) * row_vecs(), bias, valid);
         }
         cell = geom[params.parent + cell];
     }

@@ -153,6 +153,46 @@ fn cell_rect(cell: u32) -> CellRect {
     return CellRect(y0, x0, min(y0 + params.cell_h, params.real_h), min(x0 + params.cell_w, params.real_w));
 }
 
+// Four sources at a time, whatever shape they come from: walking a cell row by row, or a far
+// entry's p rows, four at a time would leave lanes idle where a cell is narrower than four
+// (2 x 2 cells: half of them) or p < 4 (p = 1: three of four). Positions past the end repeat
+// the first, with `live` false.
+struct Quad {
+    at: vec4<u32>,
+    live: vec4<bool>,
+}
+
+fn quad_positions(i: u32, count: u32) -> Quad {
+    let flat = vec4<u32>(i) + LANES4;
+    let live = flat < vec4<u32>(count);
+    return Quad(select(vec4<u32>(i), flat, live), live);
+}
+
+// Tokens in cell `r`: none for a cell wholly in the padding, whose ends come before its start.
+fn rect_area(r: CellRect) -> u32 {
+    return (max(r.y_end, r.y0) - r.y0) * (max(r.x_end, r.x0) - r.x0);
+}
+
+// The tokens at positions i .. i + 3 of the cell `r` in row-major order (so ascending).
+fn rect_quad(r: CellRect, i: u32) -> Quad {
+    let k = quad_positions(i, rect_area(r));
+    let first = r.y0 * params.real_w + r.x0;
+    // One row (every cell of a sequence): no division, which a CPU adapter pays per lane.
+    if (r.y_end - r.y0 == 1u) {
+        return Quad(vec4<u32>(first) + k.at, k.live);
+    }
+    let w = r.x_end - r.x0;
+    return Quad(vec4<u32>(first) + (k.at / w) * params.real_w + k.at % w, k.live);
+}
+
+// The coarse rows at positions i .. i + 3 of the far list entries lo .. hi, p rows each.
+fn far_quad(lo: u32, hi: u32, i: u32) -> Quad {
+    let k = quad_positions(i, (hi - lo) * params.p);
+    let e = vec4<u32>(params.far_entries + lo) + k.at / params.p;
+    let cells = vec4<u32>(geom[e.x], geom[e.y], geom[e.z], geom[e.w]);
+    return Quad(cells * params.p + k.at % params.p, k.live);
+}
+
 // Global coarse row (cell * p + r) of the segment of level `lv` that holds padded grid
 // position (y, x): the twin of Geometry::segment_at.
 fn segment_row(lv: Level, y: u32, x: u32) -> u32 {

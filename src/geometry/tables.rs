@@ -275,6 +275,11 @@ mod tests {
             let back: usize = (0..cells)
                 .map(|b| list(&t, t.far_t_offsets, t.far_t_entries, b).len())
                 .sum();
+            // The CPU adapters' dK~, dV~ kernels merge sibling cells' transposed lists.
+            for b in 0..cells {
+                let l = list(&t, t.far_t_offsets, t.far_t_entries, b);
+                assert!(l.is_sorted_by(|x, y| x < y), "far_t {b}: {l:?}");
+            }
             assert_eq!(
                 pairs, back,
                 "every transposed entry comes from one far entry"

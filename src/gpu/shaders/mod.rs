@@ -187,6 +187,8 @@ const FAR_LANES: u32 = 64;
 /// level per workgroup (two share 3 of 4 sources in 1D, 27 of 30 in 2D; more share fewer).
 pub(crate) const ROW_LANES: u32 = 8;
 pub(crate) const FAR_SIBLINGS: u32 = 2;
+// The kernel merges the siblings' transposed far lists with four cursors.
+const _: () = assert!(FAR_SIBLINGS <= 4);
 /// backward_dkv_far_quads (2D): rows of each cell of a 2 x 2 quad per workgroup, two per lane
 /// over a quarter of the ROW_LANES lanes.
 pub(crate) const QUAD_ROWS: u32 = ROW_LANES / 4 * 2;
