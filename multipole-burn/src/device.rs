@@ -12,24 +12,42 @@ use crate::error::{Error, Result};
 
 static REGISTRY: Mutex<Vec<(Device, Arc<GpuContext>)>> = Mutex::new(Vec::new());
 
-/// Opens Burn's default wgpu device, shares it with multipole's kernels and returns it. Call it
-/// once, before any other use of Burn's wgpu runtime, and clone the device.
+/// The device `init_wgpu` opened: Burn's runtime can be initialised once per process.
+static DEFAULT: Mutex<Option<Device>> = Mutex::new(None);
+
+fn opened() -> Option<Device> {
+    DEFAULT.lock().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+/// Opens Burn's default wgpu device, shares it with multipole's kernels and returns it; later
+/// calls return the same device. Call it before any other use of Burn's wgpu runtime, which
+/// Burn initialises once per process.
 #[cfg(not(target_family = "wasm"))]
 pub fn init_wgpu() -> Result<Device> {
+    let mut default = DEFAULT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(device) = &*default {
+        return Ok(device.clone());
+    }
     let (device, setup) = Device::wgpu_options()
         .init_with_setup()
         .map_err(|e| Error::Device(e.to_string()))?;
     register_wgpu(&device, &setup);
+    *default = Some(device.clone());
     Ok(device)
 }
 
-/// `init_wgpu` for the browser (and async programs).
+/// `init_wgpu` for the browser (and async programs). Two first calls at once both try to open
+/// the device, and the second fails: await the first.
 pub async fn init_wgpu_async() -> Result<Device> {
+    if let Some(device) = opened() {
+        return Ok(device);
+    }
     let (device, setup) = Device::wgpu_options()
         .init_with_setup_async()
         .await
         .map_err(|e| Error::Device(e.to_string()))?;
     register_wgpu(&device, &setup);
+    *DEFAULT.lock().unwrap_or_else(|e| e.into_inner()) = Some(device.clone());
     Ok(device)
 }
 

@@ -121,3 +121,13 @@ fn a_tiny_model_matches_finite_differences_on_the_kernels() {
         multipole_burn::fma_attention_kernels(q, k, v, w, config).expect("valid model")
     });
 }
+
+/// Burn's wgpu runtime starts once per process: a second `init_wgpu` returns the same device,
+/// still shared with multipole.
+#[test]
+fn init_wgpu_twice_gives_the_same_device() {
+    let a = multipole_burn::init_wgpu().expect("a wgpu adapter (lavapipe in CI)");
+    let b = multipole_burn::init_wgpu().expect("the same device again");
+    assert_eq!(a, b);
+    assert!(multipole_burn::context(&b).is_some());
+}

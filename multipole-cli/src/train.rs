@@ -1,5 +1,7 @@
-//! `multipole train-mnist`: trains the FMA ViT (or its dense twin) on the CPU, with a progress
-//! bar, and writes the weights and the learning curve.
+//! `multipole train-mnist`: trains the FMA ViT (or its dense twin, or the O(n) variant) with a
+//! progress bar, and writes the weights and the learning curve: on the CPU with the home-made
+//! trainer, or through Burn (`--burn wgpu`: FMA's kernels on Burn's wgpu device; `--burn
+//! ndarray`: Burn tensor ops on the CPU), from the same seed, batches and schedule.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -41,12 +43,40 @@ pub struct TrainArgs {
     /// Worker threads (the weights do not depend on it).
     #[arg(long, default_value_t = TrainOptions::default().threads)]
     threads: usize,
+    /// Train through Burn on this device instead of the home-made CPU trainer: `wgpu` (the
+    /// GPU adapter, FMA's kernels) or `ndarray` (Burn's CPU backend, Burn tensor ops).
+    #[arg(long, value_enum)]
+    burn: Option<BurnDevice>,
     /// Model width (the shipped model: 32).
     #[arg(long, default_value_t = VitConfig::fma().dim)]
     dim: usize,
     /// Transformer blocks (the shipped model: 3).
     #[arg(long, default_value_t = VitConfig::fma().depth)]
     depth: usize,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum BurnDevice {
+    Wgpu,
+    Ndarray,
+}
+
+impl BurnDevice {
+    #[allow(deprecated)] // Device::ndarray: Burn 0.22 prefers Flex
+    fn open(self) -> multipole::Result<burn::tensor::Device> {
+        Ok(match self {
+            BurnDevice::Wgpu => multipole_burn::init_wgpu().map_err(from_burn)?,
+            BurnDevice::Ndarray => burn::tensor::Device::ndarray(),
+        }
+        .autodiff())
+    }
+}
+
+fn from_burn(e: multipole_vit::Error) -> FmaError {
+    match e {
+        multipole_vit::Error::Fma(e) => e,
+        other => FmaError::Model(other.to_string()),
+    }
 }
 
 pub fn run(args: &TrainArgs) -> multipole::Result<()> {
@@ -98,8 +128,12 @@ pub fn run(args: &TrainArgs) -> multipole::Result<()> {
         .unwrap_or_else(|_| ProgressStyle::default_bar())
         .progress_chars("=> "),
     );
+    let trainer = match args.burn {
+        None => "the home-made trainer on the CPU".to_string(),
+        Some(d) => format!("Burn on {d:?}"),
+    };
     eprintln!(
-        "training the {} ViT ({} blocks, width {}, {} heads, m = {}, p = {}, {:?}) on {} digits, {} held out",
+        "training the {} ViT ({} blocks, width {}, {} heads, m = {}, p = {}, {:?}) on {} digits, {} held out, with {trainer}",
         match (args.dense, args.linear) {
             (true, _) => "dense",
             (_, true) => "linear (O(n)) FMA",
@@ -116,7 +150,7 @@ pub fn run(args: &TrainArgs) -> multipole::Result<()> {
     );
     let started = std::time::Instant::now();
     let mut write_err = None;
-    let (weights, logs) = train(&config, &opts, &train_set, &test_set, &mut |p| match p {
+    let mut report = |p: Progress<'_>| match p {
         Progress::Step(epoch, _, _, loss, acc) => {
             bar.inc(1);
             bar.set_message(format!(
@@ -145,7 +179,23 @@ pub fn run(args: &TrainArgs) -> multipole::Result<()> {
                 write_err.get_or_insert(err);
             }
         }
-    })?;
+    };
+    let (weights, logs) = match args.burn {
+        None => train(&config, &opts, &train_set, &test_set, &mut report)?,
+        Some(device) => {
+            let device = device.open()?;
+            let (model, logs) = multipole_vit::train::train(
+                &config,
+                &opts,
+                &train_set,
+                &test_set,
+                &device,
+                &mut report,
+            )
+            .map_err(from_burn)?;
+            (model.to_weights().map_err(from_burn)?, logs)
+        }
+    };
     bar.finish_and_clear();
     if let Some(e) = write_err {
         return Err(io(e));

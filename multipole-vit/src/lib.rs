@@ -6,6 +6,7 @@
 //! `Vit::from_weights` loads the shipped weight files (`web/models/*.safetensors`) into it.
 
 mod model;
+pub mod train;
 
 pub use model::{Block, Vit};
 pub use multipole_burn::{Error, Result};

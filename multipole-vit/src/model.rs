@@ -2,11 +2,12 @@
 //! learned position embedding, pre-norm transformer blocks with 2D FMA attention, a final
 //! norm, mean pooling and a linear head (the sizes are `VitConfig`'s).
 
-use burn::module::{Module, Param};
+use burn::module::{Module, Param, ParamId};
 use burn::nn::{Gelu, LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::tensor::module::unfold4d;
 use burn::tensor::ops::UnfoldOptions;
 use burn::tensor::{Device, Tensor, TensorData};
+use multipole::DownsampleWeights;
 use multipole::model::{VitConfig, VitWeights};
 use multipole_burn::{Error, FmaAttention, Result};
 
@@ -98,6 +99,11 @@ impl Vit {
         &self.config
     }
 
+    /// The device the parameters live on.
+    pub fn device(&self) -> Device {
+        self.head.weight.val().device()
+    }
+
     /// The head's first bias, read back: waits for the work queued on the model's device
     /// (timing and tests).
     pub fn first_weight_value(&self) -> f32 {
@@ -156,6 +162,105 @@ impl Vit {
             config: c.clone(),
         })
     }
+}
+
+impl Vit {
+    /// The weights in the shipped file format (`VitWeights::save` writes them): what
+    /// `classify`, the examples and the browser demo load.
+    pub fn to_weights(&self) -> Result<VitWeights> {
+        let c = &self.config;
+        let index = c.index()?;
+        let mut weights = VitWeights::init(c, 0)?;
+        let t = &mut weights.params.tensors;
+        let linear = |t: &mut [Vec<f32>], [w, b]: [usize; 2], l: &Linear| -> Result<()> {
+            put(t, w, values(&l.weight)?)?;
+            put(
+                t,
+                b,
+                values(l.bias.as_ref().expect("every linear layer has a bias"))?,
+            )
+        };
+        let norm = |t: &mut [Vec<f32>], [g, b]: [usize; 2], n: &LayerNorm| -> Result<()> {
+            put(t, g, values(&n.gamma)?)?;
+            put(
+                t,
+                b,
+                values(n.beta.as_ref().expect("every norm has a shift"))?,
+            )
+        };
+        linear(t, index.patch, &self.patch)?;
+        put(t, index.pos, values(&self.pos)?)?;
+        norm(t, index.norm, &self.norm)?;
+        linear(t, index.head, &self.head)?;
+        for (bi, block) in index.blocks.iter().zip(&self.blocks) {
+            norm(t, bi.ln1, &block.ln1)?;
+            linear(t, bi.qkv, &block.qkv)?;
+            linear(t, bi.proj, &block.proj)?;
+            norm(t, bi.ln2, &block.ln2)?;
+            linear(t, bi.fc1, &block.fc1)?;
+            linear(t, bi.fc2, &block.fc2)?;
+            let Some(packed) = &block.attn.weights else {
+                continue;
+            };
+            let levels = DownsampleWeights::from_packed(
+                c.downsampling,
+                &c.geometry()?,
+                c.head_dim(),
+                c.downsample_queries,
+                &values(packed)?,
+            )?
+            .levels;
+            for (lw, slots) in levels.iter().zip(&bi.ds) {
+                let parts = [&lw.wk, &lw.wv, &lw.bk, &lw.bv, &lw.wq, &lw.bq];
+                for (part, slot) in parts.into_iter().zip(slots) {
+                    if let Some(at) = slot {
+                        put(t, *at, part.clone())?;
+                    }
+                }
+            }
+        }
+        Ok(weights)
+    }
+
+    /// The parameters weight decay applies to: the linear layers' matrices (as the CPU
+    /// trainer: not biases, norms, the position embedding or the downsampling weights).
+    pub fn decayed_params(&self) -> Vec<ParamId> {
+        let mut ids = vec![self.patch.weight.id, self.head.weight.id];
+        for b in &self.blocks {
+            ids.extend([
+                b.qkv.weight.id,
+                b.proj.weight.id,
+                b.fc1.weight.id,
+                b.fc2.weight.id,
+            ]);
+        }
+        ids
+    }
+}
+
+/// Stores parameter `at` of a weight file, which must have the length `values` has.
+fn put(t: &mut [Vec<f32>], at: usize, values: Vec<f32>) -> Result<()> {
+    if values.len() != t[at].len() {
+        return Err(Error::BadTensor {
+            what: format!("parameter {at} of the weight file"),
+            expected: format!("{} values", t[at].len()),
+            got: values.len().to_string(),
+        });
+    }
+    t[at] = values;
+    Ok(())
+}
+
+/// A parameter's values, read back from its device.
+fn values<const D: usize>(p: &Param<Tensor<D>>) -> Result<Vec<f32>> {
+    p.val()
+        .into_data()
+        .try_to_vec::<f32>()
+        .map_err(|e| Error::BadTensor {
+            what: "a parameter".into(),
+            expected: "f32 values".into(),
+            got: format!("{e:?}"),
+        })
 }
 
 fn param<const D: usize>(values: &[f32], shape: [usize; D], device: &Device) -> Param<Tensor<D>> {

@@ -91,8 +91,6 @@ pub fn train(
     let total = steps_per_epoch
         .checked_mul(opts.epochs)
         .ok_or_else(|| FmaError::Model(format!("{} epochs is too many", opts.epochs)))?;
-    let canvas = config.canvas;
-    let centre = centre_offset(config)?;
     let mut logs = Vec::new();
     for epoch in 1..=opts.epochs {
         let started = std::time::Instant::now();
@@ -100,14 +98,7 @@ pub fn train(
         rng.shuffle(&mut order);
         let (mut loss_sum, mut correct, mut seen) = (0.0, 0usize, 0usize);
         for (step, batch) in order.chunks(opts.batch).enumerate() {
-            let mut images = Vec::with_capacity(batch.len() * canvas * canvas);
-            for &i in batch {
-                let span = 2 * opts.shift.min(centre) + 1;
-                let dy = centre - opts.shift.min(centre) + rng.below(span);
-                let dx = centre - opts.shift.min(centre) + rng.below(span);
-                place(train.image(i), canvas, dy, dx, &mut images)?;
-            }
-            let labels: Vec<u8> = batch.iter().map(|&i| train.labels[i]).collect();
+            let (images, labels) = shifted_batch(config, opts.shift, train, batch, &mut rng)?;
             let (grads, loss, right) =
                 batch_gradients(&model, &weights.params, &images, &labels, opts.threads)?;
             let t = (epoch - 1) * steps_per_epoch + step;
@@ -115,7 +106,7 @@ pub fn train(
                 &mut weights.params,
                 &grads,
                 &decay,
-                schedule(opts, t, total),
+                opts.learning_rate(t, total),
                 opts.weight_decay,
             );
             loss_sum += loss * batch.len() as f64;
@@ -143,14 +134,37 @@ pub fn train(
     Ok((weights, logs))
 }
 
-/// Learning rate at step `t` of `total`: linear warm-up, then cosine decay to zero.
-fn schedule(opts: &TrainOptions, t: usize, total: usize) -> f64 {
-    if t < opts.warmup {
-        return opts.lr * (t + 1) as f64 / opts.warmup as f64;
+/// The digits `batch` of `digits`, each placed on the canvas at a random offset of up to
+/// `shift` pixels from the centre (the augmentation), and their labels.
+pub fn shifted_batch(
+    config: &VitConfig,
+    shift: usize,
+    digits: &Digits,
+    batch: &[usize],
+    rng: &mut Rng,
+) -> Result<(Vec<f32>, Vec<u8>)> {
+    let canvas = config.canvas;
+    let centre = centre_offset(config)?;
+    let shift = shift.min(centre);
+    let mut images = Vec::with_capacity(batch.len() * canvas * canvas);
+    for &i in batch {
+        let dy = centre - shift + rng.below(2 * shift + 1);
+        let dx = centre - shift + rng.below(2 * shift + 1);
+        place(digits.image(i), canvas, dy, dx, &mut images)?;
     }
-    let rest = (total - opts.warmup.min(total)).max(1) as f64;
-    let x = (t - opts.warmup) as f64 / rest;
-    0.5 * opts.lr * (1.0 + (std::f64::consts::PI * x.min(1.0)).cos())
+    Ok((images, batch.iter().map(|&i| digits.labels[i]).collect()))
+}
+
+impl TrainOptions {
+    /// Learning rate at step `t` of `total`: linear warm-up, then cosine decay to zero.
+    pub fn learning_rate(&self, t: usize, total: usize) -> f64 {
+        if t < self.warmup {
+            return self.lr * (t + 1) as f64 / self.warmup as f64;
+        }
+        let rest = (total - self.warmup.min(total)).max(1) as f64;
+        let x = (t - self.warmup) as f64 / rest;
+        0.5 * self.lr * (1.0 + (std::f64::consts::PI * x.min(1.0)).cos())
+    }
 }
 
 /// Runs `work` on every chunk index over `threads` threads; results in chunk order.
