@@ -5,6 +5,7 @@
 //!
 //! `Vit::from_weights` loads the shipped weight files (`web/models/*.safetensors`) into it.
 
+pub mod canvas;
 mod model;
 pub mod train;
 
