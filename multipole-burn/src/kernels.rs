@@ -149,8 +149,8 @@ impl KernelPlan {
         w: CubeTensor,
     ) -> (CubeTensor, CubeTensor) {
         let s = self.shape;
-        let o = zeros(&q, vec![s.batch, s.heads, s.n, s.d]);
-        let lse = zeros(&q, vec![s.batch, s.heads, s.n]);
+        let o = empty(&q, vec![s.batch, s.heads, s.n, s.d]);
+        let lse = empty(&q, vec![s.batch, s.heads, s.n]);
         let [q, k, v, w] = [q, k, v, w].map(into_contiguous);
         let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
         let (e, l) = (self.tensor_bytes(), self.lse_bytes());
@@ -198,8 +198,13 @@ impl KernelPlan {
     ) -> [CubeTensor; 4] {
         let s = self.shape;
         let dims = vec![s.batch, s.heads, s.n, s.d];
-        let [dq, dk, dv] = [0, 1, 2].map(|_| zeros(&q, dims.clone()));
-        let dw = zeros(&q, vec![self.weights_len.max(1)]);
+        let [dq, dk, dv] = [0, 1, 2].map(|_| empty(&q, dims.clone()));
+        // Mean's placeholder weight gets an exact zero gradient; learned weights are copied.
+        let dw = if self.weights_len > 0 {
+            empty(&q, vec![self.weights_len])
+        } else {
+            CubeBackend::float_zeros(BurnShape::from(vec![1]), &q.device, FloatDType::F32)
+        };
         let inputs = [q, k, v, w, o, lse, d_o].map(into_contiguous);
         let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
         let (e, l) = (self.tensor_bytes(), self.lse_bytes());
@@ -292,8 +297,10 @@ fn copy_out(enc: &mut wgpu::CommandEncoder, src: &wgpu::Buffer, dst: &WgpuResour
     enc.copy_buffer_to_buffer(src, 0, &dst.buffer, dst.offset, bytes);
 }
 
-fn zeros(like: &CubeTensor, dims: Vec<usize>) -> CubeTensor {
-    CubeBackend::float_zeros(BurnShape::from(dims), &like.device, FloatDType::F32)
+/// A fresh tensor for a result the copies overwrite whole: no fill kernel (Burn's zeros cost a
+/// launch each, six per forward and backward).
+fn empty(like: &CubeTensor, dims: Vec<usize>) -> CubeTensor {
+    CubeBackend::float_empty(BurnShape::from(dims), &like.device, FloatDType::F32)
 }
 
 impl FmaKernelOps for CubeBackend {
