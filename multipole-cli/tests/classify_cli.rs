@@ -221,3 +221,50 @@ fn weights_for_a_canvas_smaller_than_the_digit_are_a_clear_error() {
         assert_eq!(stderr.matches("error").count(), 1, "{stderr}");
     }
 }
+
+/// `--burn wgpu` and `--burn ndarray` run the same weights as a Burn model: the classes and
+/// probabilities of the GPU path.
+#[test]
+fn the_burn_model_classifies_as_the_gpu_path_does() {
+    let test = held_out();
+    let files: Vec<PathBuf> = (0..4)
+        .map(|i| {
+            let px = test.image(i);
+            let png = tmp(&format!("burn-digit{i}.png"));
+            image::GrayImage::from_fn(SIDE as u32, SIDE as u32, |x, y| {
+                image::Luma([px[y as usize * SIDE + x as usize]])
+            })
+            .save(&png)
+            .unwrap();
+            png
+        })
+        .collect();
+    let run = |extra: &[&str]| -> Vec<serde_json::Value> {
+        let mut args: Vec<&std::ffi::OsStr> = vec!["--json".as_ref()];
+        args.extend(extra.iter().map(|a| std::ffi::OsStr::new(*a)));
+        args.extend(files.iter().map(|f| f.as_os_str()));
+        let (ok, stdout, stderr) = classify(&args);
+        assert!(ok, "{extra:?}: {stderr}");
+        stdout
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let gpu = run(&[]);
+    for device in ["wgpu", "ndarray"] {
+        let burn = run(&["--burn", device]);
+        assert_eq!(burn.len(), gpu.len());
+        for (b, g) in burn.iter().zip(&gpu) {
+            assert_eq!(b["class"], g["class"], "{device}");
+            for (x, y) in b["probs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .zip(g["probs"].as_array().unwrap())
+            {
+                let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
+                assert!((x - y).abs() < 1e-4, "{device}: {x} vs {y}");
+            }
+        }
+    }
+}
