@@ -40,14 +40,14 @@ pub struct CanvasConfig {
 
 impl CanvasConfig {
     /// Canvases of `side` pixels with about one digit per 48 x 48 pixels, each 20 to 40 pixels
-    /// tall, overlapping at most 10% of their boxes.
+    /// tall (at most the canvas), overlapping at most 10% of their boxes.
     pub fn new(side: usize) -> CanvasConfig {
         let area = (side * side) as f64 / (48.0 * 48.0);
         let most = (area.round() as usize).max(1);
         CanvasConfig {
             side,
             digits: ((most / 2).max(1), most),
-            digit_side: (20, 40),
+            digit_side: (20.min(side).max(1), 40.min(side).max(1)),
             max_overlap: 0.1,
         }
     }
@@ -315,5 +315,9 @@ mod tests {
             assert!(canvas(&d, &c, 0, 0).is_err(), "{c:?}");
         }
         assert!(canvas(&Digits::default(), &CanvasConfig::new(64), 0, 0).is_err());
+        // The defaults fit any canvas.
+        for side in [1, 16, 32, 64, MAX_SIDE] {
+            canvas(&d, &CanvasConfig::new(side), 0, 0).unwrap();
+        }
     }
 }

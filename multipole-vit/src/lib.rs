@@ -7,6 +7,7 @@
 
 pub mod canvas;
 mod model;
+pub mod segment;
 pub mod train;
 
 pub use model::{Block, Vit};

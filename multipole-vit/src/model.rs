@@ -43,21 +43,25 @@ pub struct Vit {
 impl Block {
     fn forward(&self, x: Tensor<3>) -> Result<Tensor<3>> {
         let [batch, n, dim] = x.dims();
-        let hd = dim / self.heads;
-        // qkv's columns are [q | k | v], each [head 0 | head 1 | ...].
-        let qkv = self
-            .qkv
-            .forward(self.ln1.forward(x.clone()))
-            .reshape([batch, n, 3, self.heads, hd])
-            .permute([2, 0, 3, 1, 4]);
-        let part = |i| qkv.clone().narrow(0, i, 1).squeeze_dim::<4>(0);
-        let (o, _lse) = self.attn.forward(part(0), part(1), part(2))?;
+        let (q, k, v) = split_heads(self.qkv.forward(self.ln1.forward(x.clone())), self.heads);
+        let (o, _lse) = self.attn.forward(q, k, v)?;
         let x = x + self
             .proj
             .forward(o.swap_dims(1, 2).reshape([batch, n, dim]));
         let h = self.fc1.forward(self.ln2.forward(x.clone()));
         Ok(x.clone() + self.fc2.forward(self.act.forward(h)))
     }
+}
+
+/// q, k, v `[batch, heads, n, dim / heads]` from a qkv projection `[batch, n, 3 * dim]`, whose
+/// columns are [q | k | v], each [head 0 | head 1 | ...].
+pub(crate) fn split_heads(qkv: Tensor<3>, heads: usize) -> (Tensor<4>, Tensor<4>, Tensor<4>) {
+    let [batch, n, width] = qkv.dims();
+    let qkv = qkv
+        .reshape([batch, n, 3, heads, width / 3 / heads])
+        .permute([2, 0, 3, 1, 4]);
+    let part = |i| qkv.clone().narrow(0, i, 1).squeeze_dim::<4>(0);
+    (part(0), part(1), part(2))
 }
 
 impl Vit {
