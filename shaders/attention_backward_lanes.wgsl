@@ -167,17 +167,13 @@ fn backward_dq_lanes(
         let lo = geom[params.far_offsets + c];
         let hi = geom[params.far_offsets + c + 1u];
         for (var i = 0u; i < (hi - lo) * params.p; i += 4u) {
-            let rows = far_quad(lo, hi, i);
-            let g = vec4<u32>(params.rows) + 2u * rows.at;
-            let count = vec4<u32>(geom[g.x], geom[g.y], geom[g.z], geom[g.w]);
-            let bias = bitcast<vec4<f32>>(vec4<u32>(geom[g.x + 1u], geom[g.y + 1u], geom[g.z + 1u], geom[g.w + 1u]));
-            let used = rows.live & (count != vec4<u32>(0u));
+            let f = far_quad(lo, hi, i);
             var keep: LaneMask;
             for (var x = 0u; x < LANE_ROWS; x++) {
-                keep[x] = used & vec4<bool>(tokens[x] >= 0);
+                keep[x] = f.live & vec4<bool>(tokens[x] >= 0);
             }
-            let at = (vec4<u32>(coarse_base) + rows.at) * dv;
-            dq_keys(&dq, &q, &dout, &st, at, true, select(vec4<f32>(0.0), bias, used), keep);
+            let at = (vec4<u32>(coarse_base) + f.rows) * dv;
+            dq_keys(&dq, &q, &dout, &st, at, true, select(vec4<f32>(0.0), f.bias, f.live), keep);
         }
         c = geom[params.parent + c];
     }

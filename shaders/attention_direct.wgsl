@@ -135,12 +135,8 @@ fn far_keys(t: ptr<function, Triples>, q: ptr<function, Rows>, qt: QueryTile, li
         let lo = geom[params.far_offsets + cell];
         let hi = geom[params.far_offsets + cell + 1u];
         for (var i = 0u; i < (hi - lo) * params.p; i += 4u) {
-            let rows = far_quad(lo, hi, i);
-            let at = vec4<u32>(params.rows) + 2u * rows.at;
-            let count = vec4<u32>(geom[at.x], geom[at.y], geom[at.z], geom[at.w]);
-            let bias = bitcast<vec4<f32>>(vec4<u32>(geom[at.x + 1u], geom[at.y + 1u], geom[at.z + 1u], geom[at.w + 1u]));
-            let valid = rows.live & (count != vec4<u32>(0u));
-            triple_add_coarse(t, q, (vec4<u32>(coarse_base) + rows.at) * row_vecs(), bias, valid);
+            let f = far_quad(lo, hi, i);
+            triple_add_coarse(t, q, (vec4<u32>(coarse_base) + f.rows) * row_vecs(), f.bias, f.live);
         }
         cell = geom[params.parent + cell];
     }

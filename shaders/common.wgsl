@@ -185,12 +185,22 @@ fn rect_quad(r: CellRect, i: u32) -> Quad {
     return Quad(vec4<u32>(first) + (k.at / w) * params.real_w + k.at % w, k.live);
 }
 
-// The coarse rows at positions i .. i + 3 of the far list entries lo .. hi, p rows each.
-fn far_quad(lo: u32, hi: u32, i: u32) -> Quad {
+// The coarse rows at positions i .. i + 3 of the far list entries lo .. hi, p rows each, with
+// their score offsets; `live` is false past the list and for rows standing for no token.
+struct FarQuad {
+    rows: vec4<u32>,
+    live: vec4<bool>,
+    bias: vec4<f32>,
+}
+
+fn far_quad(lo: u32, hi: u32, i: u32) -> FarQuad {
     let k = quad_positions(i, (hi - lo) * params.p);
     let e = vec4<u32>(params.far_entries + lo) + k.at / params.p;
     let cells = vec4<u32>(geom[e.x], geom[e.y], geom[e.z], geom[e.w]);
-    return Quad(cells * params.p + k.at % params.p, k.live);
+    let r = cells * params.p + k.at % params.p;
+    let count = vec4<u32>(row_count(r.x), row_count(r.y), row_count(r.z), row_count(r.w));
+    let bias = vec4<f32>(row_bias(r.x), row_bias(r.y), row_bias(r.z), row_bias(r.w));
+    return FarQuad(r, k.live & (count != vec4<u32>(0u)), bias);
 }
 
 // Global coarse row (cell * p + r) of the segment of level `lv` that holds padded grid
