@@ -29,12 +29,7 @@ fn classifies_files_in_both_polarities_and_reports_bad_ones() {
     let mut files = Vec::new();
     for i in 0..8 {
         let px = test.image(i);
-        let png = tmp(&format!("digit{i}.png"));
-        image::GrayImage::from_fn(SIDE as u32, SIDE as u32, |x, y| {
-            image::Luma([px[y as usize * SIDE + x as usize]])
-        })
-        .save(&png)
-        .unwrap();
+        let png = digit_png(&test, i, &format!("digit{i}.png"));
         let jpg = tmp(&format!("digit{i}.jpg"));
         RgbImage::from_fn(3 * SIDE as u32, 3 * SIDE as u32, |x, y| {
             let v = 255 - px[(y / 3) as usize * SIDE + (x / 3) as usize];
@@ -110,6 +105,18 @@ fn classifies_files_in_both_polarities_and_reports_bad_ones() {
         text.contains(&format!("digit0.png: {} (", files[0].1)),
         "{text}"
     );
+}
+
+/// Held-out digit `i` as a grey PNG named `name` in the test's temporary folder.
+fn digit_png(test: &Digits, i: usize, name: &str) -> PathBuf {
+    let px = test.image(i);
+    let png = tmp(name);
+    image::GrayImage::from_fn(SIDE as u32, SIDE as u32, |x, y| {
+        image::Luma([px[y as usize * SIDE + x as usize]])
+    })
+    .save(&png)
+    .unwrap();
+    png
 }
 
 fn classify(args: &[&std::ffi::OsStr]) -> (bool, String, String) {
@@ -228,16 +235,7 @@ fn weights_for_a_canvas_smaller_than_the_digit_are_a_clear_error() {
 fn the_burn_model_classifies_as_the_gpu_path_does() {
     let test = held_out();
     let files: Vec<PathBuf> = (0..4)
-        .map(|i| {
-            let px = test.image(i);
-            let png = tmp(&format!("burn-digit{i}.png"));
-            image::GrayImage::from_fn(SIDE as u32, SIDE as u32, |x, y| {
-                image::Luma([px[y as usize * SIDE + x as usize]])
-            })
-            .save(&png)
-            .unwrap();
-            png
-        })
+        .map(|i| digit_png(&test, i, &format!("burn-digit{i}.png")))
         .collect();
     let run = |extra: &[&str]| -> Vec<serde_json::Value> {
         let mut args: Vec<&std::ffi::OsStr> = vec!["--json".as_ref()];

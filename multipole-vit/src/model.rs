@@ -11,12 +11,13 @@ use multipole::DownsampleWeights;
 use multipole::model::{VitConfig, VitWeights};
 use multipole_burn::{Error, FmaAttention, Result};
 
-/// One pre-norm block: `x + proj(FMA(qkv(ln1 x)))`, then `x + fc2(gelu(fc1(ln2 x)))`.
+/// One pre-norm block: `x + proj(attend(qkv(ln1 x)))`, then `x + fc2(gelu(fc1(ln2 x)))`; the
+/// attention is the caller's (the classifier's `FmaAttention` with its learned weights, or the
+/// segmentation model's FMA for the page at hand).
 #[derive(Module, Debug)]
 pub struct Block {
     ln1: LayerNorm,
     qkv: Linear,
-    attn: FmaAttention,
     proj: Linear,
     ln2: LayerNorm,
     fc1: Linear,
@@ -34,17 +35,38 @@ pub struct Vit {
     patch: Linear,
     pos: Param<Tensor<2>>,
     blocks: Vec<Block>,
+    /// Block b's attention.
+    attention: Vec<FmaAttention>,
     norm: LayerNorm,
     head: Linear,
     #[module(skip)]
     config: VitConfig,
 }
 
+/// What a block attends with: O from q, k, v `[batch, heads, n, dim / heads]`.
+pub(crate) type Attend<'a> = &'a dyn Fn(Tensor<4>, Tensor<4>, Tensor<4>) -> Result<Tensor<4>>;
+
 impl Block {
-    fn forward(&self, x: Tensor<3>) -> Result<Tensor<3>> {
+    /// A block of width `dim` with Burn's default initialisation.
+    pub(crate) fn new(dim: usize, mlp: usize, heads: usize, device: &Device) -> Block {
+        let linear = |i, o| LinearConfig::new(i, o).init(device);
+        let norm = || LayerNormConfig::new(dim).init(device);
+        Block {
+            ln1: norm(),
+            qkv: linear(dim, 3 * dim),
+            proj: linear(dim, dim),
+            ln2: norm(),
+            fc1: linear(dim, mlp),
+            act: Gelu::new_approximate(),
+            fc2: linear(mlp, dim),
+            heads,
+        }
+    }
+
+    pub(crate) fn forward(&self, x: Tensor<3>, attend: Attend<'_>) -> Result<Tensor<3>> {
         let [batch, n, dim] = x.dims();
         let (q, k, v) = split_heads(self.qkv.forward(self.ln1.forward(x.clone())), self.heads);
-        let (o, _lse) = self.attn.forward(q, k, v)?;
+        let o = attend(q, k, v)?;
         let x = x + self
             .proj
             .forward(o.swap_dims(1, 2).reshape([batch, n, dim]));
@@ -55,7 +77,7 @@ impl Block {
 
 /// q, k, v `[batch, heads, n, dim / heads]` from a qkv projection `[batch, n, 3 * dim]`, whose
 /// columns are [q | k | v], each [head 0 | head 1 | ...].
-pub(crate) fn split_heads(qkv: Tensor<3>, heads: usize) -> (Tensor<4>, Tensor<4>, Tensor<4>) {
+fn split_heads(qkv: Tensor<3>, heads: usize) -> (Tensor<4>, Tensor<4>, Tensor<4>) {
     let [batch, n, width] = qkv.dims();
     let qkv = qkv
         .reshape([batch, n, 3, heads, width / 3 / heads])
@@ -92,8 +114,8 @@ impl Vit {
         )
         .swap_dims(1, 2);
         let mut x = self.patch.forward(windows) + self.pos.val().unsqueeze::<3>();
-        for block in &self.blocks {
-            x = block.forward(x)?;
+        for (block, attn) in self.blocks.iter().zip(&self.attention) {
+            x = block.forward(x, &|q, k, v| Ok(attn.forward(q, k, v)?.0))?;
         }
         let pooled = self.norm.forward(x).mean_dim(1).squeeze_dim::<2>(1);
         Ok(self.head.forward(pooled))
@@ -133,21 +155,24 @@ impl Vit {
             n
         };
         let tokens = c.tokens();
-        let blocks = index
-            .blocks
-            .iter()
-            .enumerate()
-            .map(|(b, bi)| {
+        let attention = (0..c.depth)
+            .map(|b| {
                 let mut attn = FmaAttention::new(&c.attention(), tokens, c.head_dim(), device)?;
                 if c.downsampling.is_learned() {
                     let packed = weights.downsample_weights(b)?.packed();
                     let len = packed.len();
                     attn.weights = Some(param(&packed, [len], device));
                 }
+                Ok(attn)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let blocks = index
+            .blocks
+            .iter()
+            .map(|bi| {
                 Ok(Block {
                     ln1: norm(bi.ln1),
                     qkv: linear(bi.qkv, c.dim, 3 * c.dim),
-                    attn,
                     proj: linear(bi.proj, c.dim, c.dim),
                     ln2: norm(bi.ln2),
                     fc1: linear(bi.fc1, c.dim, c.mlp),
@@ -161,6 +186,7 @@ impl Vit {
             patch: linear(index.patch, c.patch_pixels(), c.dim),
             pos: param(&t[index.pos], [tokens, c.dim], device),
             blocks,
+            attention,
             norm: norm(index.norm),
             head: linear(index.head, c.dim, c.classes),
             config: c.clone(),
@@ -196,14 +222,14 @@ impl Vit {
         put(t, index.pos, values(&self.pos)?)?;
         norm(t, index.norm, &self.norm)?;
         linear(t, index.head, &self.head)?;
-        for (bi, block) in index.blocks.iter().zip(&self.blocks) {
+        for ((bi, block), attn) in index.blocks.iter().zip(&self.blocks).zip(&self.attention) {
             norm(t, bi.ln1, &block.ln1)?;
             linear(t, bi.qkv, &block.qkv)?;
             linear(t, bi.proj, &block.proj)?;
             norm(t, bi.ln2, &block.ln2)?;
             linear(t, bi.fc1, &block.fc1)?;
             linear(t, bi.fc2, &block.fc2)?;
-            let Some(packed) = &block.attn.weights else {
+            let Some(packed) = &attn.weights else {
                 continue;
             };
             let levels = DownsampleWeights::from_packed(
@@ -257,11 +283,15 @@ fn put(t: &mut [Vec<f32>], at: usize, values: Vec<f32>) -> Result<()> {
 
 /// A parameter's values, read back from its device.
 fn values<const D: usize>(p: &Param<Tensor<D>>) -> Result<Vec<f32>> {
-    p.val()
-        .into_data()
+    read_f32(p.val(), "a parameter")
+}
+
+/// A tensor's values read back from its device as f32 (`what` names it in the error).
+pub(crate) fn read_f32<const D: usize>(t: Tensor<D>, what: &str) -> Result<Vec<f32>> {
+    t.into_data()
         .try_to_vec::<f32>()
         .map_err(|e| Error::BadTensor {
-            what: "a parameter".into(),
+            what: what.into(),
             expected: "f32 values".into(),
             got: format!("{e:?}"),
         })

@@ -7,13 +7,14 @@
 //! cell over the whole grid, so that the near field is every token.
 
 use burn::module::Module;
-use burn::nn::{Gelu, LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::tensor::module::unfold4d;
 use burn::tensor::ops::UnfoldOptions;
 use burn::tensor::{Device, Tensor};
 use multipole::FmaConfig;
 
 use crate::canvas::CLASSES;
+use crate::model::Block;
 use crate::{Error, Result};
 
 /// How the blocks attend.
@@ -97,40 +98,12 @@ impl Default for SegConfig {
     }
 }
 
-/// One pre-norm block: `x + proj(attention(qkv(ln1 x)))`, then `x + fc2(gelu(fc1(ln2 x)))`.
-#[derive(Module, Debug)]
-pub struct SegBlock {
-    ln1: LayerNorm,
-    qkv: Linear,
-    proj: Linear,
-    ln2: LayerNorm,
-    fc1: Linear,
-    act: Gelu,
-    fc2: Linear,
-    #[module(skip)]
-    heads: usize,
-}
-
-impl SegBlock {
-    fn forward(&self, x: Tensor<3>, attention: &FmaConfig) -> Result<Tensor<3>> {
-        let [batch, n, dim] = x.dims();
-        let (q, k, v) =
-            crate::model::split_heads(self.qkv.forward(self.ln1.forward(x.clone())), self.heads);
-        let (o, _lse) = multipole_burn::fma_attention(q, k, v, None, attention)?;
-        let x = x + self
-            .proj
-            .forward(o.swap_dims(1, 2).reshape([batch, n, dim]));
-        let h = self.fc1.forward(self.ln2.forward(x.clone()));
-        Ok(x.clone() + self.fc2.forward(self.act.forward(h)))
-    }
-}
-
 /// Images `[batch, height, width]` (pixels in [0, 1]) to class logits `[batch, height, width,
 /// CLASSES]`, for any height and width that are multiples of the patch.
 #[derive(Module, Debug)]
 pub struct SegVit {
     patch: Linear,
-    blocks: Vec<SegBlock>,
+    blocks: Vec<Block>,
     norm: LayerNorm,
     head: Linear,
     #[module(skip)]
@@ -143,23 +116,13 @@ impl SegVit {
         config.validate()?;
         let c = config;
         let linear = |i, o| LinearConfig::new(i, o).init(device);
-        let norm = || LayerNormConfig::new(c.dim).init(device);
         let blocks = (0..c.depth)
-            .map(|_| SegBlock {
-                ln1: norm(),
-                qkv: linear(c.dim, 3 * c.dim),
-                proj: linear(c.dim, c.dim),
-                ln2: norm(),
-                fc1: linear(c.dim, c.mlp),
-                act: Gelu::new_approximate(),
-                fc2: linear(c.mlp, c.dim),
-                heads: c.heads,
-            })
+            .map(|_| Block::new(c.dim, c.mlp, c.heads, device))
             .collect();
         Ok(SegVit {
             patch: linear(c.window * c.window, c.dim),
             blocks,
-            norm: norm(),
+            norm: LayerNormConfig::new(c.dim).init(device),
             head: linear(c.dim, c.patch * c.patch * CLASSES),
             config: *c,
         })
@@ -199,7 +162,9 @@ impl SegVit {
         .swap_dims(1, 2);
         let mut x = self.patch.forward(windows);
         for block in &self.blocks {
-            x = block.forward(x, &attention)?;
+            x = block.forward(x, &|q, k, v| {
+                Ok(multipole_burn::fma_attention(q, k, v, None, &attention)?.0)
+            })?;
         }
         // Token (ty, tx) predicts pixels (ty * patch + dy, tx * patch + dx).
         let logits = self

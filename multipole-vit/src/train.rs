@@ -5,12 +5,11 @@
 //! other Burn backend, the Burn-ops path.
 
 use burn::module::ParamGroup;
-use burn::nn::loss::CrossEntropyLossConfig;
-use burn::optim::{AdamWConfig, GradientsParams};
+use burn::nn::loss::{CrossEntropyLoss, CrossEntropyLossConfig};
+use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use multipole::model::mnist::{Digits, SIDE, place_centred};
-use multipole::model::rng::Rng;
-use multipole::model::train::{EpochLog, Progress, TrainOptions, shifted_batch};
+use multipole::model::mnist::{Digits, place_centred};
+use multipole::model::train::{EpochLog, Progress, Stepper, TrainOptions, check, run_epochs};
 use multipole::model::{VitConfig, VitWeights};
 
 use crate::{Error, Result, Vit};
@@ -28,76 +27,62 @@ pub fn train(
     device: &Device,
     progress: &mut dyn FnMut(Progress<'_>),
 ) -> Result<(Vit, Vec<EpochLog>)> {
-    let bad = |m: String| Error::Fma(multipole::FmaError::Model(m));
-    if train.is_empty() || opts.batch == 0 || opts.epochs == 0 {
-        return Err(bad(
-            "training needs digits, a batch of at least 1 and at least one epoch".into(),
-        ));
-    }
-    if config.image != SIDE {
-        return Err(bad(format!(
-            "MNIST digits are {SIDE} x {SIDE}; the model expects {}",
-            config.image
-        )));
-    }
-    let mut model = Vit::from_weights(&VitWeights::init(config, opts.seed)?, device)?;
+    check(config, opts, train)?;
+    let model = Vit::from_weights(&VitWeights::init(config, opts.seed)?, device)?;
     let adam = |decay: f64| {
         AdamWConfig::new()
             .with_epsilon(EPSILON)
             .with_weight_decay(decay as f32)
     };
-    let mut optim = adam(0.0).init().with_group(
+    let optim = adam(0.0).init().with_group(
         ParamGroup::from_ids(model.decayed_params()),
         adam(opts.weight_decay).build(),
         None,
     );
-    let loss_fn = CrossEntropyLossConfig::new().init(device);
-    let mut rng = Rng::new(opts.seed.wrapping_add(1));
-    let steps_per_epoch = train.len().div_ceil(opts.batch);
-    let total = steps_per_epoch
-        .checked_mul(opts.epochs)
-        .ok_or_else(|| bad(format!("{} epochs is too many", opts.epochs)))?;
-    let mut logs = Vec::new();
-    for epoch in 1..=opts.epochs {
-        let started = std::time::Instant::now();
-        let mut order: Vec<usize> = (0..train.len()).collect();
-        rng.shuffle(&mut order);
-        let (mut loss_sum, mut correct, mut seen) = (0.0, 0usize, 0usize);
-        for (step, batch) in order.chunks(opts.batch).enumerate() {
-            let (images, labels) = shifted_batch(config, opts.shift, train, batch, &mut rng)?;
-            let (images, targets) = tensors(config, images, &labels, device);
-            let logits = model.forward(images)?;
-            let loss = loss_fn.forward(logits.clone(), targets);
-            let (logits, loss_value) = (logits.detach(), loss.clone().detach());
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
-            let lr = opts.learning_rate((epoch - 1) * steps_per_epoch + step, total);
-            model = optim.step(lr, model, grads);
-            // Read back after the step is queued, so that the device never waits on the host.
-            let right = count_right(&logits, &labels)?;
-            let loss_value: f32 = loss_value.into_scalar();
-            loss_sum += f64::from(loss_value) * batch.len() as f64;
-            correct += right;
-            seen += batch.len();
-            progress(Progress::Step(
-                epoch,
-                step + 1,
-                steps_per_epoch,
-                loss_sum / seen as f64,
-                correct as f64 / seen as f64,
-            ));
-        }
-        let (test_loss, test_accuracy) = evaluate(&model, test, opts.batch)?;
-        logs.push(EpochLog {
-            epoch,
-            train_loss: loss_sum / seen as f64,
-            train_accuracy: correct as f64 / seen as f64,
-            test_loss,
-            test_accuracy,
-            seconds: started.elapsed().as_secs_f64(),
-        });
-        progress(Progress::Epoch(&logs[logs.len() - 1]));
-    }
+    let mut burn = BurnStepper {
+        model: Some(model),
+        optim,
+        loss: CrossEntropyLossConfig::new().init(device),
+        device: device.clone(),
+        test,
+        batch: opts.batch,
+    };
+    let logs = run_epochs(config, opts, train, &mut burn, progress)?;
+    let model = burn.model.expect("every step puts the model back");
     Ok((model, logs))
+}
+
+/// The Burn trainer's side of `run_epochs`.
+struct BurnStepper<'a> {
+    /// Taken by each optimiser step and put back (Burn's steps consume the module).
+    model: Option<Vit>,
+    optim: ModuleOptimizer,
+    loss: CrossEntropyLoss,
+    device: Device,
+    test: &'a Digits,
+    batch: usize,
+}
+
+impl Stepper for BurnStepper<'_> {
+    type Error = Error;
+
+    fn step(&mut self, images: Vec<f32>, labels: &[u8], lr: f64) -> Result<(f64, usize)> {
+        let model = self.model.take().expect("every step puts the model back");
+        let (images, targets) = tensors(model.config(), images, labels, &self.device);
+        let logits = model.forward(images)?;
+        let loss = self.loss.forward(logits.clone(), targets);
+        let (logits, loss_value) = (logits.detach(), loss.clone().detach());
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        self.model = Some(self.optim.step(lr, model, grads));
+        // Read back after the step is queued, so that the device never waits on the host.
+        let right = count_right(&logits, labels)?;
+        Ok((f64::from(loss_value.into_scalar::<f32>()), right))
+    }
+
+    fn evaluate(&mut self) -> Result<(f64, f64)> {
+        let model = self.model.as_ref().expect("every step puts the model back");
+        evaluate(model, self.test, self.batch)
+    }
 }
 
 /// Mean cross-entropy and accuracy of `model` on `digits`, each centred, in batches of `batch`.
@@ -146,16 +131,7 @@ fn tensors(
 /// the CPU trainer counts).
 fn count_right(logits: &Tensor<2>, labels: &[u8]) -> Result<usize> {
     let [rows, classes] = logits.dims();
-    let values = logits
-        .clone()
-        .detach()
-        .into_data()
-        .try_to_vec::<f32>()
-        .map_err(|e| Error::BadTensor {
-            what: "logits".into(),
-            expected: "f32 values".into(),
-            got: format!("{e:?}"),
-        })?;
+    let values = crate::model::read_f32(logits.clone().detach(), "logits")?;
     Ok(values
         .chunks_exact(classes)
         .take(rows)

