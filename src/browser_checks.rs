@@ -8,9 +8,9 @@ use crate::geometry::Geometry;
 use crate::gpu::FmaPlan;
 use crate::gpu::GpuContext;
 use crate::model::VitGpu;
-use crate::model::rng::Rng;
 use crate::model::{CpuVit, VitConfig, VitWeights};
 use crate::reference;
+use crate::rng::Rng;
 use crate::weights::DownsampleWeights;
 
 /// One check's outcome: a short detail on success, what went wrong on failure.

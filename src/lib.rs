@@ -44,6 +44,8 @@ pub mod geometry;
 #[cfg(feature = "vit")]
 pub mod model;
 pub mod reference;
+/// The seeded generator of the checks, the study and the models (reproducible everywhere).
+pub mod rng;
 #[cfg(feature = "study")]
 pub mod study;
 #[cfg(feature = "safetensors")]

@@ -7,7 +7,7 @@
 //! evaluation canvases from the held-out split (`Digits::split`).
 
 use multipole::model::mnist::{Digits, SIDE};
-use multipole::model::rng::Rng;
+use multipole::rng::Rng;
 
 use crate::{Error, Result};
 

@@ -2,8 +2,8 @@
 //! class), the project's fixed split, and the placement of a 28 x 28 digit on the canvas.
 
 use super::config::{MAX_SIDE, VitConfig};
-use super::rng::Rng;
 use crate::error::{FmaError, Result};
+use crate::rng::Rng;
 
 /// Side of an MNIST digit.
 pub const SIDE: usize = 28;

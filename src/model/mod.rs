@@ -11,7 +11,6 @@ pub mod layers;
 pub mod mnist;
 pub mod params;
 pub mod preprocess;
-pub mod rng;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod train;
 

@@ -7,8 +7,8 @@ use num_traits::Float;
 use safetensors::{Dtype, SafeTensors};
 
 use super::config::VitConfig;
-use super::rng::Rng;
 use crate::error::{FmaError, Result};
+use crate::rng::Rng;
 use crate::weights::{DownsampleWeights, LevelWeights};
 
 /// Every parameter tensor of a model, in the order of `VitConfig::params`.

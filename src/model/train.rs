@@ -7,8 +7,8 @@ use super::cpu::CpuVit;
 use super::layers::cross_entropy;
 use super::mnist::{Digits, SIDE, centre_offset, place, place_centred};
 use super::params::{Params, VitWeights};
-use super::rng::Rng;
 use crate::error::{FmaError, Result};
+use crate::rng::Rng;
 
 /// How to train.
 #[derive(Clone, Debug)]

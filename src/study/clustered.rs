@@ -12,7 +12,7 @@
 //! Keys per query: the keys of the top clusters plus the other clusters' summaries.
 
 use super::{Approx, Problem, dot, softmax_mix};
-use crate::model::rng::Rng;
+use crate::rng::Rng;
 
 /// A k-means clustering of the keys: each key's cluster, and each cluster's size and mean key
 /// and value.

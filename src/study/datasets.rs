@@ -17,8 +17,8 @@ use super::Problem;
 use crate::config::Layout;
 use crate::error::{FmaError, Result};
 use crate::model::mnist::{Digits, place_centred};
-use crate::model::rng::Rng;
 use crate::model::{CpuVit, VitWeights};
+use crate::rng::Rng;
 
 /// The 1D data set kinds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

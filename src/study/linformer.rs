@@ -4,7 +4,7 @@
 //! key), and each query attends exactly to the r projected keys: O_i = softmax(tau q_i (E K)^T) (E V).
 
 use super::{Approx, Problem, dot, softmax_mix};
-use crate::model::rng::Rng;
+use crate::rng::Rng;
 
 /// The r x n projection, from `seed`.
 pub fn random_projection(r: usize, n: usize, seed: u64) -> Vec<f64> {

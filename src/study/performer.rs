@@ -4,7 +4,7 @@
 //! x = tau^(1/2) q or tau^(1/2) k, so that phi(q) . phi(k) estimates exp(tau q . k).
 
 use super::{Approx, Problem, dot};
-use crate::model::rng::Rng;
+use crate::rng::Rng;
 
 /// r random directions of dimension d (r x d), from `seed`.
 pub fn features(r: usize, d: usize, seed: u64) -> Vec<f64> {

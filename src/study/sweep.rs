@@ -19,7 +19,7 @@ use super::{Approx, ErrorSum, Problem, exact::exact};
 use crate::config::{Downsampling, Layout};
 use crate::error::{FmaError, Result};
 use crate::geometry::Geometry;
-use crate::model::rng::Rng;
+use crate::rng::Rng;
 use crate::weights::DownsampleWeights;
 
 /// A baseline at one budget: its name, its run on one head, and its FLOPs per query given

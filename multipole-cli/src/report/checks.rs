@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use multipole::browser_checks;
-use multipole::model::rng::Rng;
+use multipole::rng::Rng;
 use multipole::{Downsampling, FmaConfig, Geometry, GpuContext, Shape};
 use serde::Serialize;
 
