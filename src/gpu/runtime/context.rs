@@ -10,10 +10,12 @@ use std::task::{Context, Poll, Waker};
 use crate::error::{FmaError, Result};
 use crate::gpu::shaders::{self, Family, ForwardKernels, Spec};
 
-/// The result of one popped error scope: ready at once natively, later on the web.
-#[cfg(not(target_arch = "wasm32"))]
+/// The result of one popped error scope: ready at once natively, later on the web. wgpu's
+/// future is Send natively and, on the web, only with its `fragile-send-sync-non-atomic-wasm`
+/// feature (our `wasm-send`), which Burn turns on: then the context is Send there too.
+#[cfg(any(not(target_arch = "wasm32"), feature = "wasm-send"))]
 type ScopeResult = Pin<Box<dyn Future<Output = Option<wgpu::Error>> + Send>>;
-#[cfg(target_arch = "wasm32")]
+#[cfg(all(target_arch = "wasm32", not(feature = "wasm-send")))]
 type ScopeResult = Pin<Box<dyn Future<Output = Option<wgpu::Error>>>>;
 
 /// A GPU device ready for FMA work. Create one and share it: pipelines are cached inside.
