@@ -234,12 +234,19 @@ impl Geometry {
 
     /// Padded positions of group g at level l (1-based), row-major: the weights' `t` order.
     pub fn group_positions(&self, l: usize, g: usize) -> Vec<(usize, usize)> {
+        let (y0, x0, h, w) = self.group_rect(l, g);
+        rect(y0, x0, h, w)
+    }
+
+    /// The padded-grid rectangle (top, left, height, width) of group g at level l.
+    pub fn group_rect(&self, l: usize, g: usize) -> (usize, usize, usize, usize) {
         let lv = &self.levels[l - 1];
-        let (y0, x0) = (
+        (
             (g / lv.groups_x) * lv.group_h,
             (g % lv.groups_x) * lv.group_w,
-        );
-        rect(y0, x0, lv.group_h, lv.group_w)
+            lv.group_h,
+            lv.group_w,
+        )
     }
 
     /// Index `t` (within the group) of each position of segment r of group g at level l.

@@ -22,17 +22,21 @@ pub fn downsample(
     v: &[f32],
     d: usize,
 ) -> Coarse {
-    let count = (1..=g.num_levels())
+    Coarse {
+        k: coarse_rows(g, kind, weights, Source::Keys, k, d),
+        v: coarse_rows(g, kind, weights, Source::Values, v, d),
+        count: row_counts(g),
+    }
+}
+
+/// The number of real tokens each coarse row stands for.
+pub(crate) fn row_counts(g: &Geometry) -> Vec<usize> {
+    (1..=g.num_levels())
         .flat_map(|l| {
             (0..g.levels[l - 1].groups() * g.p)
                 .map(move |row| g.multiplicity(l, row / g.p, row % g.p))
         })
-        .collect();
-    Coarse {
-        k: coarse_rows(g, kind, weights, Source::Keys, k, d),
-        v: coarse_rows(g, kind, weights, Source::Values, v, d),
-        count,
-    }
+        .collect()
 }
 
 /// Which tensor a downsampling summarises: each has its own learned weights.

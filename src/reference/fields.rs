@@ -39,6 +39,52 @@ pub(crate) fn row_bias(coarse: &Coarse, multiplicity: bool, row: usize) -> f64 {
     }
 }
 
+/// Query i's scores against the real keys of its near field, as (key token, z).
+pub(crate) fn near_scores(
+    g: &Geometry,
+    qi: &[f64],
+    k: &[f64],
+    i: usize,
+    d: usize,
+) -> Vec<(usize, f64)> {
+    g.near_keys(i)
+        .into_iter()
+        .map(|j| (j, dot(qi, &k[j * d..(j + 1) * d])))
+        .collect()
+}
+
+/// What scores a query's far field: its own (tau-scaled) row, or, in the O(n) variant, the
+/// coarse query of the level-l segment holding it (docs/fma.md §13).
+#[derive(Clone, Copy)]
+pub(crate) enum FarQuery<'a> {
+    Token(&'a [f64]),
+    Segments(&'a [Vec<f64>]),
+}
+
+/// Query i's scores against the coarse keys of its interaction lists at every level, level 1
+/// first, as (coarse row, z), log-multiplicity offsets included.
+pub(crate) fn far_scores(
+    g: &Geometry,
+    multiplicity: bool,
+    query: FarQuery<'_>,
+    coarse: &Coarse,
+    i: usize,
+) -> Vec<(usize, f64)> {
+    let f = g.fine_cell_of(i);
+    let mut out = Vec::new();
+    for l in 1..=g.num_levels() {
+        let q = match query {
+            FarQuery::Token(q) => q,
+            FarQuery::Segments(qc) => &qc[g.token_segment(l, i)],
+        };
+        for row in level_far_rows(g, &coarse.count, l, g.cell_at_level(f, l)) {
+            let z = dot(q, &coarse.k[row]) + row_bias(coarse, multiplicity, row);
+            out.push((row, z));
+        }
+    }
+    out
+}
+
 /// Query i against the real keys of its near field (mirrors attention.wgsl's `near_field`).
 pub(crate) fn near_triple(
     g: &Geometry,
@@ -49,55 +95,26 @@ pub(crate) fn near_triple(
     d: usize,
 ) -> Triple {
     let mut t = Triple::empty(d);
-    for j in g.near_keys(i) {
-        t.add(
-            dot(qi, &k[j * d..(j + 1) * d]),
-            v[j * d..(j + 1) * d].iter().copied(),
-        );
+    for (j, z) in near_scores(g, qi, k, i, d) {
+        t.add(z, v[j * d..(j + 1) * d].iter().copied());
     }
     t
 }
 
-/// Query i against the coarse keys of its interaction lists at every level (attention.wgsl's `far_field`).
+/// Query i against the coarse keys of its interaction lists at every level (attention.wgsl's
+/// `far_field`); with `FarQuery::Segments`, the O(n) variant's far field by its direct
+/// definition.
 pub(crate) fn far_triple(
     g: &Geometry,
     multiplicity: bool,
-    qi: &[f64],
+    query: FarQuery<'_>,
     coarse: &Coarse,
     i: usize,
     d: usize,
 ) -> Triple {
     let mut t = Triple::empty(d);
-    for row in far_rows(g, coarse, i) {
-        t.add(
-            dot(qi, &coarse.k[row]) + row_bias(coarse, multiplicity, row),
-            coarse.v[row].iter().copied(),
-        );
-    }
-    t
-}
-
-/// Query i's far triple by the direct definition: at every level l, the coarse keys of its
-/// level-l cell's interaction list, scored by the coarse query `qc` (tau-scaled) of the level-l
-/// segment holding i.
-pub(crate) fn linear_far_triple(
-    g: &Geometry,
-    multiplicity: bool,
-    qc: &[Vec<f64>],
-    coarse: &Coarse,
-    i: usize,
-    d: usize,
-) -> Triple {
-    let f = g.fine_cell_of(i);
-    let mut t = Triple::empty(d);
-    for l in 1..=g.num_levels() {
-        let query = &qc[g.token_segment(l, i)];
-        for row in level_far_rows(g, &coarse.count, l, g.cell_at_level(f, l)) {
-            t.add(
-                dot(query, &coarse.k[row]) + row_bias(coarse, multiplicity, row),
-                coarse.v[row].iter().copied(),
-            );
-        }
+    for (row, z) in far_scores(g, multiplicity, query, coarse, i) {
+        t.add(z, coarse.v[row].iter().copied());
     }
     t
 }

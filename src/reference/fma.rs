@@ -2,7 +2,7 @@
 //! `downsample_queries` the far triple is the O(n) variant's (docs/fma.md §13, `linear.rs`).
 
 use super::downsample::{Source, coarse_rows};
-use super::fields::{far_triple, linear_far_triple, near_triple};
+use super::fields::{FarQuery, far_triple, near_triple};
 use super::{Coarse, Output, Triple, downsample, to_f64};
 use crate::config::{FmaConfig, Shape};
 use crate::error::Result;
@@ -175,9 +175,9 @@ impl Head {
         let qi = self.query(i);
         let near = near_triple(g, qi, &self.k, &self.v, i, self.d);
         let far = match &self.qc {
-            Some(qc) => linear_far_triple(g, multiplicity, qc, &self.coarse, i, self.d),
-            None => far_triple(g, multiplicity, qi, &self.coarse, i, self.d),
+            Some(qc) => FarQuery::Segments(qc),
+            None => FarQuery::Token(qi),
         };
-        near.merge(&far)
+        near.merge(&far_triple(g, multiplicity, far, &self.coarse, i, self.d))
     }
 }

@@ -1,7 +1,7 @@
 //! The O(n) variant's forward (docs/fma.md §13): coarse queries, and the far field computed once
 //! per segment and passed down the tree.
 //!
-//! Two forms of one definition. The direct one (`linear_far_triple`, used by `Head::triple` and
+//! Two forms of one definition. The direct one (`far_triple` with `FarQuery::Segments`, used by `Head::triple` and
 //! so by `fma_forward`) scores every coarse key a query sees with the coarse query of the
 //! query's own segment at that level. The kernel form (`segment_far_triples`, `downward_pass`,
 //! `linear_forward_downward`) is what the GPU computes: one triple per segment against its

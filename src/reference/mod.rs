@@ -14,6 +14,7 @@ mod fields;
 mod fma;
 mod linear;
 mod linear_backward;
+mod query_attention;
 mod triple;
 
 #[doc(hidden)]
@@ -32,6 +33,7 @@ pub(crate) use fma::Head;
 pub use fma::{Output64, fma_forward, fma_forward_f64};
 #[doc(hidden)]
 pub use linear::linear_forward_downward;
+pub use query_attention::{FarAttention, QueryAttention, query_attention};
 pub use triple::Triple;
 
 /// Attention output: `o` of shape [batch, heads, n, d] and `lse` of shape [batch, heads, n].
