@@ -5,10 +5,13 @@
 //!
 //! `Vit::from_weights` loads the shipped weight files (`web/models/*.safetensors`) into it.
 
+mod attention_map;
 pub mod canvas;
 mod model;
 pub mod segment;
+#[cfg(not(target_arch = "wasm32"))]
 pub mod train;
 
+pub use attention_map::{AttentionMap, FarCell, attention_map};
 pub use model::{Block, Vit};
 pub use multipole_burn::{Error, Result};

@@ -65,13 +65,20 @@ impl Block {
 
     pub(crate) fn forward(&self, x: Tensor<3>, attend: Attend<'_>) -> Result<Tensor<3>> {
         let [batch, n, dim] = x.dims();
-        let (q, k, v) = split_heads(self.qkv.forward(self.ln1.forward(x.clone())), self.heads);
+        let (q, k, v) = self.qkv(x.clone());
         let o = attend(q, k, v)?;
         let x = x + self
             .proj
             .forward(o.swap_dims(1, 2).reshape([batch, n, dim]));
         let h = self.fc1.forward(self.ln2.forward(x.clone()));
         Ok(x.clone() + self.fc2.forward(self.act.forward(h)))
+    }
+}
+
+impl Block {
+    /// The q, k, v `[batch, heads, n, dim / heads]` the block attends with, for tokens `x`.
+    fn qkv(&self, x: Tensor<3>) -> (Tensor<4>, Tensor<4>, Tensor<4>) {
+        split_heads(self.qkv.forward(self.ln1.forward(x)), self.heads)
     }
 }
 
@@ -89,6 +96,35 @@ fn split_heads(qkv: Tensor<3>, heads: usize) -> (Tensor<4>, Tensor<4>, Tensor<4>
 impl Vit {
     /// Logits of `images` (`[batch, canvas * canvas]`).
     pub fn forward(&self, images: Tensor<2>) -> Result<Tensor<2>> {
+        let mut x = self.embed(images)?;
+        for (block, attn) in self.blocks.iter().zip(&self.attention) {
+            x = block.forward(x, &|q, k, v| Ok(attn.forward(q, k, v)?.0))?;
+        }
+        let pooled = self.norm.forward(x).mean_dim(1).squeeze_dim::<2>(1);
+        Ok(self.head.forward(pooled))
+    }
+
+    /// The queries and keys `[batch, heads, tokens, head_dim]` block `block` attends with, for
+    /// `images` (what the attention overlay scores; see `attention_map`).
+    pub fn queries_keys(&self, images: Tensor<2>, block: usize) -> Result<(Tensor<4>, Tensor<4>)> {
+        let depth = self.blocks.len();
+        if block >= depth {
+            return Err(Error::BadTensor {
+                what: "block".into(),
+                expected: format!("below {depth}"),
+                got: block.to_string(),
+            });
+        }
+        let mut x = self.embed(images)?;
+        for (b, attn) in self.blocks[..block].iter().zip(&self.attention) {
+            x = b.forward(x, &|q, k, v| Ok(attn.forward(q, k, v)?.0))?;
+        }
+        let (q, k, _) = self.blocks[block].qkv(x);
+        Ok((q, k))
+    }
+
+    /// The tokens `[batch, tokens, dim]` of `images`: the stem and the position embedding.
+    fn embed(&self, images: Tensor<2>) -> Result<Tensor<3>> {
         let c = &self.config;
         let [batch, pixels] = images.dims();
         if pixels != c.canvas * c.canvas {
@@ -113,12 +149,12 @@ impl Vit {
             options,
         )
         .swap_dims(1, 2);
-        let mut x = self.patch.forward(windows) + self.pos.val().unsqueeze::<3>();
-        for (block, attn) in self.blocks.iter().zip(&self.attention) {
-            x = block.forward(x, &|q, k, v| Ok(attn.forward(q, k, v)?.0))?;
-        }
-        let pooled = self.norm.forward(x).mean_dim(1).squeeze_dim::<2>(1);
-        Ok(self.head.forward(pooled))
+        Ok(self.patch.forward(windows) + self.pos.val().unsqueeze::<3>())
+    }
+
+    /// Block b's FMA attention (its learned downsampling weights, if any).
+    pub fn attention(&self, block: usize) -> Option<&FmaAttention> {
+        self.attention.get(block)
     }
 
     pub fn config(&self) -> &VitConfig {
@@ -287,14 +323,27 @@ fn values<const D: usize>(p: &Param<Tensor<D>>) -> Result<Vec<f32>> {
 }
 
 /// A tensor's values read back from its device as f32 (`what` names it in the error).
+/// Blocks until the device is done: native code only (the web uses `read_f32_async`).
 pub(crate) fn read_f32<const D: usize>(t: Tensor<D>, what: &str) -> Result<Vec<f32>> {
-    t.into_data()
-        .try_to_vec::<f32>()
-        .map_err(|e| Error::BadTensor {
-            what: what.into(),
-            expected: "f32 values".into(),
-            got: format!("{e:?}"),
-        })
+    f32_values(t.into_data(), what)
+}
+
+/// `read_f32` without blocking.
+pub(crate) async fn read_f32_async<const D: usize>(t: Tensor<D>, what: &str) -> Result<Vec<f32>> {
+    let data = t.into_data_async().await.map_err(|e| Error::BadTensor {
+        what: what.into(),
+        expected: "values read back from the device".into(),
+        got: format!("{e:?}"),
+    })?;
+    f32_values(data, what)
+}
+
+fn f32_values(data: TensorData, what: &str) -> Result<Vec<f32>> {
+    data.try_to_vec::<f32>().map_err(|e| Error::BadTensor {
+        what: what.into(),
+        expected: "f32 values".into(),
+        got: format!("{e:?}"),
+    })
 }
 
 fn param<const D: usize>(values: &[f32], shape: [usize; D], device: &Device) -> Param<Tensor<D>> {

@@ -81,3 +81,65 @@ fn burn_tensor_ops_on_ndarray_match_the_reference_model() {
         check(file, &Device::ndarray(), 4);
     }
 }
+
+/// The overlay's attention map (the block's q, k from the Burn model, probabilities from the
+/// core reference) against CpuVit's (its own forward and its own sparse FMA), per token.
+#[test]
+fn attention_maps_match_the_reference_model() {
+    let device = multipole_burn::init_wgpu().expect("Burn's wgpu device (lavapipe in CI)");
+    for file in [
+        "fma-vit-mnist.safetensors",
+        "fma-linear-vit-mnist.safetensors",
+    ] {
+        let weights = VitWeights::load(format!("{MODELS}/{file}")).expect("a shipped model");
+        let image = images(&weights, 1);
+        let model = Vit::from_weights(&weights, &device).unwrap();
+        let cpu = CpuVit::new(&weights.config).unwrap();
+        let tokens = weights.config.tokens();
+        for block in 0..weights.config.depth {
+            for token in [0, 37, tokens / 2 + 5, tokens - 1] {
+                let got =
+                    pollster::block_on(multipole_vit::attention_map(&model, &image, block, token))
+                        .unwrap();
+                let want = cpu
+                    .attention_map(&weights.params, &image, block, token)
+                    .unwrap();
+                let near: Vec<usize> = got.near.iter().map(|&(t, _)| t).collect();
+                let want_near: Vec<usize> = want.near.iter().map(|&(t, _)| t).collect();
+                assert_eq!(
+                    near, want_near,
+                    "{file} block {block} token {token}: near keys"
+                );
+                for (&(t, p), &(_, w)) in got.near.iter().zip(&want.near) {
+                    assert!(
+                        (p - w).abs() < 1e-4,
+                        "{file} token {token} key {t}: {p} vs {w}"
+                    );
+                }
+                assert_eq!(got.far.len(), want.far.len(), "{file}: far cells");
+                for w in &want.far {
+                    let g = got
+                        .far
+                        .iter()
+                        .find(|g| (g.level, g.top, g.left) == (w.level, w.top, w.left))
+                        .unwrap_or_else(|| panic!("{file}: cell {w:?} missing"));
+                    assert_eq!((g.height, g.width), (w.height, w.width));
+                    assert!(
+                        (g.probability - w.probability).abs() < 1e-4,
+                        "{file} token {token} cell {w:?}: {}",
+                        g.probability
+                    );
+                }
+                let total: f32 = got.near.iter().map(|n| n.1).sum::<f32>()
+                    + got.far.iter().map(|f| f.probability).sum::<f32>();
+                assert!((total - 1.0).abs() < 1e-4, "probabilities sum to {total}");
+            }
+        }
+    }
+    let weights = VitWeights::load(format!("{MODELS}/fma-vit-mnist.safetensors")).unwrap();
+    let model = Vit::from_weights(&weights, &device).unwrap();
+    let image = images(&weights, 1);
+    let too_far = weights.config.tokens();
+    assert!(pollster::block_on(multipole_vit::attention_map(&model, &image, 0, too_far)).is_err());
+    assert!(pollster::block_on(multipole_vit::attention_map(&model, &image, 9, 0)).is_err());
+}
