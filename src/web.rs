@@ -141,9 +141,7 @@ fn canvas_of(weights: &VitWeights, digit: &[u8]) -> Result<Vec<f32>, JsValue> {
 /// canvas.
 #[wasm_bindgen]
 pub fn digit_from_rgba(rgba: Vec<u8>, width: u32, height: u32) -> Result<Vec<u8>, JsValue> {
-    let img = image::RgbaImage::from_raw(width, height, rgba)
-        .ok_or_else(|| js_err("RGBA data does not match width x height x 4"))?;
-    preprocess::digit_from_image(&image::DynamicImage::ImageRgba8(img)).map_err(digit_err)
+    preprocess::digit_from_rgba(rgba, width, height).map_err(digit_err)
 }
 
 /// An MNIST-like digit (784 bytes) from the bytes of a PNG or JPEG file. Throws an Error

@@ -52,7 +52,9 @@ async function main() {
     return;
   }
   status("Loading the model…");
-  wasm = await import("./pkg/multipole.js");
+  // `?burn`: the same model built on Burn (multipole-vit, `cargo xtask demo --burn`).
+  const burn = new URLSearchParams(location.search).has("burn");
+  wasm = await import(burn ? "./pkg-burn/multipole.js" : "./pkg/multipole.js");
   await wasm.default();
   const bytes = await fetchWeights();
   model = await wasm.Classifier.create(bytes);
@@ -63,8 +65,8 @@ async function main() {
     $("block").append(o);
   }
   $("block").value = model.depth() - 1;
-  status(`Ready: ${model.adapter()}`);
-  drawOverlay();
+  status(`Ready: ${model.adapter()}${burn ? " (Burn model)" : ""}`);
+  redrawOverlay();
 }
 
 // Drawing: white strokes on black, like MNIST; classify after every stroke.
@@ -115,7 +117,7 @@ function showNoDigit() {
   $("prediction").textContent = "no digit found";
   $("bars").replaceChildren();
   $("time").textContent = "";
-  drawOverlay();
+  redrawOverlay();
 }
 $("clear").addEventListener("click", () => {
   clearPad();
@@ -123,7 +125,7 @@ $("clear").addEventListener("click", () => {
   $("prediction").textContent = "–";
   $("bars").replaceChildren();
   $("time").textContent = "";
-  drawOverlay();
+  redrawOverlay();
   // The blank pad goes through the classifier too, which answers "no digit found".
   classifyPad();
 });
@@ -133,7 +135,7 @@ $("upload").addEventListener("change", async (e) => {
   const bytes = new Uint8Array(await file.arrayBuffer());
   classify(() => wasm.digit_from_file(bytes));
 });
-$("block").addEventListener("change", () => drawOverlay());
+$("block").addEventListener("change", () => redrawOverlay());
 
 let running = Promise.resolve();
 function classify(makeDigit) {
@@ -146,8 +148,8 @@ function classify(makeDigit) {
       const probs = await model.classify(digit);
       const ms = performance.now() - t0;
       showProbs(probs, ms);
-      status(`Ready: ${model.adapter()}`);
-      drawOverlay();
+      status(`Ready: ${model.adapter()}${burn ? " (Burn model)" : ""}`);
+      redrawOverlay();
     } catch (err) {
       // A blank canvas or picture is not a failure: there is just nothing to classify.
       if (err?.name === "NoDigit") {
@@ -184,10 +186,25 @@ overlay.addEventListener("click", (e) => {
   const x = Math.floor(((e.clientX - r.left) / r.width) * g);
   const y = Math.floor(((e.clientY - r.top) / r.height) * g);
   token = Math.min(g - 1, y) * g + Math.min(g - 1, x);
-  drawOverlay();
+  redrawOverlay();
 });
 
-function drawOverlay() {
+// Redraws the overlay; a failure shows in the status line.
+function redrawOverlay() {
+  drawOverlay().catch((err) => status(`The attention map failed: ${err.message ?? err}`, true));
+}
+
+// Each redraw's number: a map that comes back after a newer click or digit is dropped.
+let overlaySeq = 0;
+
+async function drawOverlay() {
+  const seq = ++overlaySeq;
+  // The map first (the GPU reads back asynchronously), so the overlay is never half drawn.
+  let map = null;
+  if (model && digit && token !== null) {
+    map = await model.attention(digit, Number($("block").value), token);
+    if (seq !== overlaySeq) return;
+  }
   const W = overlay.width;
   const g = model ? model.grid() : 16;
   const cell = W / g;
@@ -210,14 +227,12 @@ function drawOverlay() {
     octx.beginPath(); octx.moveTo(0, i * cell); octx.lineTo(W, i * cell); octx.stroke();
   }
   overlay.dataset.token = token ?? "";
-  if (!model || !digit || token === null) {
+  if (!map) {
     $("legend").replaceChildren();
     delete overlay.dataset.near;
     delete overlay.dataset.levels;
     return;
   }
-  const block = Number($("block").value);
-  const map = model.attention(digit, block, token);
   // Alpha grows with the probability relative to the largest one shown.
   let max = 0;
   for (const [, p] of map.near) max = Math.max(max, p);

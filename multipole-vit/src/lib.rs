@@ -11,6 +11,8 @@ mod model;
 pub mod segment;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod train;
+#[cfg(all(feature = "web", target_arch = "wasm32"))]
+pub mod web;
 
 pub use attention_map::{AttentionMap, FarCell, attention_map};
 pub use model::{Block, Vit};

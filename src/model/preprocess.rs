@@ -21,6 +21,18 @@ pub fn digit_from_bytes(bytes: &[u8]) -> Result<Vec<u8>> {
     digit_from_image(&img)
 }
 
+/// An MNIST-like digit from the RGBA pixels of a `width x height` picture (a page's canvas).
+pub fn digit_from_rgba(rgba: Vec<u8>, width: u32, height: u32) -> Result<Vec<u8>> {
+    let len = rgba.len();
+    let img =
+        image::RgbaImage::from_raw(width, height, rgba).ok_or_else(|| FmaError::BadShape {
+            what: "RGBA pixels".into(),
+            expected: format!("{width} x {height} x 4 bytes"),
+            got: format!("{len} bytes"),
+        })?;
+    digit_from_image(&DynamicImage::ImageRgba8(img))
+}
+
 /// An MNIST-like digit from a decoded image. Dark ink on a light background is inverted
 /// (the background is taken to be the colour of the border). `FmaError::NoDigit` if nothing
 /// stands out from the background by at least `MIN_INK`.

@@ -27,7 +27,7 @@ fn main() -> ExitCode {
         Some("layers") => layers(),
         Some("sweep") => sweep(),
         _ => Err(
-            "usage: cargo xtask demo [--port N] | cargo xtask test | cargo xtask compare [-- example args] | cargo xtask bench [-- bench args] | cargo xtask gpu-report [-- report args] | cargo xtask web | cargo xtask mnist | cargo xtask train | cargo xtask study [-- study args] | cargo xtask layers | cargo xtask sweep"
+            "usage: cargo xtask demo [--port N] [--burn] | cargo xtask test | cargo xtask compare [-- example args] | cargo xtask bench [-- bench args] | cargo xtask gpu-report [-- report args] | cargo xtask web | cargo xtask mnist | cargo xtask train | cargo xtask study [-- study args] | cargo xtask layers | cargo xtask sweep"
                 .into(),
         ),
     };
@@ -43,17 +43,31 @@ fn main() -> ExitCode {
 type Result<T = ()> = std::result::Result<T, String>;
 
 /// The browser demo: builds the page's wasm and serves web/ on 127.0.0.1.
+/// With `--burn` it also builds the Burn model's wasm (web/pkg-burn/, about 15 minutes the
+/// first time on 2 cores), which the page loads at `/?burn`.
 fn demo(args: &[String]) -> Result {
-    let port = match args {
-        [] => 8080,
-        [flag, p] if flag == "--port" => p.parse().map_err(|_| format!("bad port '{p}'"))?,
-        _ => return Err("usage: cargo xtask demo [--port N]".into()),
-    };
+    let usage = || "usage: cargo xtask demo [--port N] [--burn]".to_string();
+    let (mut port, mut burn) = (8080, false);
+    let mut rest = args.iter();
+    while let Some(arg) = rest.next() {
+        match arg.as_str() {
+            "--burn" => burn = true,
+            "--port" => {
+                let p = rest.next().ok_or_else(usage)?;
+                port = p.parse().map_err(|_| format!("bad port '{p}'"))?;
+            }
+            _ => return Err(usage()),
+        }
+    }
     build_web()?;
+    if burn {
+        build_web_burn()?;
+    }
     let listener = std::net::TcpListener::bind(("127.0.0.1", port))
         .map_err(|e| format!("cannot listen on 127.0.0.1:{port}: {e}"))?;
+    let page = if burn { "?burn" } else { "" };
     println!(
-        "xtask: the demo is at http://127.0.0.1:{port}/ (a browser with WebGPU; Ctrl-C stops)"
+        "xtask: the demo is at http://127.0.0.1:{port}/{page} (a browser with WebGPU; Ctrl-C stops)"
     );
     serve::run(listener, Path::new("web"))
 }
@@ -211,10 +225,25 @@ fn test() -> Result {
 /// The wasm build of the library for the page: `web/pkg/` (ignored by git), made by the
 /// wasm-bindgen-cli whose version matches Cargo.lock's wasm-bindgen.
 fn build_web() -> Result {
+    build_wasm("multipole", "web/pkg")
+}
+
+/// The Burn model's build of the page (multipole-vit's `web`): `web/pkg-burn/` (ignored by
+/// git). Not part of `cargo xtask test`: its release build takes about 15 minutes here, and
+/// the page is 3-4 times slower with it (docs/benchmarks.md).
+fn build_web_burn() -> Result {
+    build_wasm("multipole-vit", "web/pkg-burn")
+}
+
+/// Package `package`'s `web` feature as a release cdylib for wasm32, through wasm-bindgen into
+/// `out` as multipole.js and multipole_bg.wasm (what web/app.js imports).
+fn build_wasm(package: &str, out: &str) -> Result {
     ensure_wasm_target()?;
     ensure_wasm_bindgen()?;
     cargo(&[
         "rustc",
+        "-p",
+        package,
         "--lib",
         "--release",
         "--features",
@@ -224,18 +253,24 @@ fn build_web() -> Result {
         "--crate-type",
         "cdylib",
     ])?;
+    let wasm = format!(
+        "target/wasm32-unknown-unknown/release/{}.wasm",
+        package.replace('-', "_")
+    );
     run(Command::new("wasm-bindgen").args([
         "--target",
         "web",
         "--no-typescript",
         "--out-dir",
-        "web/pkg",
-        "target/wasm32-unknown-unknown/release/multipole.wasm",
+        out,
+        "--out-name",
+        "multipole",
+        &wasm,
     ]))?;
-    let size = std::fs::metadata("web/pkg/multipole_bg.wasm")
+    let size = std::fs::metadata(format!("{out}/multipole_bg.wasm"))
         .map(|m| m.len())
         .unwrap_or(0);
-    println!("xtask: web/pkg built ({:.1} MB of wasm)", size as f64 / 1e6);
+    println!("xtask: {out} built ({:.1} MB of wasm)", size as f64 / 1e6);
     Ok(())
 }
 
