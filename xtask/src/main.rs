@@ -225,19 +225,19 @@ fn test() -> Result {
 /// The wasm build of the library for the page: `web/pkg/` (ignored by git), made by the
 /// wasm-bindgen-cli whose version matches Cargo.lock's wasm-bindgen.
 fn build_web() -> Result {
-    build_wasm("multipole", "web/pkg")
+    build_wasm("multipole", "release", "web/pkg")
 }
 
 /// The Burn model's build of the page (multipole-vit's `web`): `web/pkg-burn/` (ignored by
-/// git). Not part of `cargo xtask test`: its release build takes about 15 minutes here, and
-/// the page is 3-4 times slower with it (docs/benchmarks.md).
+/// git). Not part of `cargo xtask test`: its build takes 6 to 15 minutes here, and the page
+/// is 2.5 to 4.6 times slower with it (docs/benchmarks.md).
 fn build_web_burn() -> Result {
-    build_wasm("multipole-vit", "web/pkg-burn")
+    build_wasm("multipole-vit", "wasm-burn", "web/pkg-burn")
 }
 
-/// Package `package`'s `web` feature as a release cdylib for wasm32, through wasm-bindgen into
-/// `out` as multipole.js and multipole_bg.wasm (what web/app.js imports).
-fn build_wasm(package: &str, out: &str) -> Result {
+/// Package `package`'s `web` feature as a cdylib for wasm32 (Cargo profile `profile`), through
+/// wasm-bindgen into `out` as multipole.js and multipole_bg.wasm (what web/app.js imports).
+fn build_wasm(package: &str, profile: &str, out: &str) -> Result {
     ensure_wasm_target()?;
     ensure_wasm_bindgen()?;
     cargo(&[
@@ -245,7 +245,8 @@ fn build_wasm(package: &str, out: &str) -> Result {
         "-p",
         package,
         "--lib",
-        "--release",
+        "--profile",
+        profile,
         "--features",
         "web",
         "--target",
@@ -254,7 +255,7 @@ fn build_wasm(package: &str, out: &str) -> Result {
         "cdylib",
     ])?;
     let wasm = format!(
-        "target/wasm32-unknown-unknown/release/{}.wasm",
+        "target/wasm32-unknown-unknown/{profile}/{}.wasm",
         package.replace('-', "_")
     );
     run(Command::new("wasm-bindgen").args([
