@@ -11,26 +11,8 @@ use crate::Vit;
 use crate::model::read_f32_async;
 use multipole_burn::{Error, Result};
 
-/// A token's attention: keys seen at full resolution and the coarse cells seen, in
-/// token-grid coordinates; the probabilities sum to 1.
-#[derive(Clone, Debug, PartialEq)]
-pub struct AttentionMap {
-    /// (key token, probability), row-major token indices.
-    pub near: Vec<(usize, f32)>,
-    pub far: Vec<FarCell>,
-}
-
-/// A coarse cell's share (all its segments together).
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct FarCell {
-    /// 1 = the first coarse level.
-    pub level: usize,
-    pub top: usize,
-    pub left: usize,
-    pub height: usize,
-    pub width: usize,
-    pub probability: f32,
-}
+/// The map's types are the CPU model's (`multipole::model`), so both overlays speak one format.
+pub use multipole::model::{AttentionMap, FarCell};
 
 /// Token `token`'s attention in block `block` of `model` for one image (`canvas²` pixels).
 /// Async: it reads the block's queries and keys back from the device (which never blocks on
