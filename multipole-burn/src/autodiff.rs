@@ -7,8 +7,7 @@ use burn_autodiff::checkpoint::base::Checkpointer;
 use burn_autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn_autodiff::grads::Gradients;
 use burn_autodiff::ops::{Backward, Ops, OpsKind};
-use burn_cubecl::CubeBackend;
-use burn_cubecl::tensor::CubeTensor;
+use burn_cubecl::Cube;
 
 use crate::kernels::{FmaKernelOps, PlanHandle};
 
@@ -18,33 +17,33 @@ struct FmaBackward;
 /// What the backward needs: the forward's inputs and outputs, and the plan.
 #[derive(Clone, Debug)]
 struct Saved {
-    inputs: [CubeTensor; 4],
-    o: CubeTensor,
-    lse: CubeTensor,
+    inputs: [FloatTensor<Cube>; 4],
+    o: FloatTensor<Cube>,
+    lse: FloatTensor<Cube>,
     plan: PlanHandle,
 }
 
-impl Backward<CubeBackend, 4> for FmaBackward {
+impl Backward<Cube, 4> for FmaBackward {
     type State = Saved;
 
     fn backward(self, ops: Ops<Saved, 4>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let d_o = grads.consume::<CubeBackend>(&ops.node);
+        let d_o = grads.consume::<Cube>(&ops.node);
         let Saved {
             inputs: [q, k, v, w],
             o,
             lse,
             plan,
         } = ops.state;
-        let all = plan.0.backward(q, k, v, w, o, lse, d_o);
-        for (parent, grad) in ops.parents.into_iter().zip(all) {
+        let (dq, dk, dv, dw) = Cube::fma_kernels_backward(q, k, v, w, o, lse, d_o, plan);
+        for (parent, grad) in ops.parents.into_iter().zip([dq, dk, dv, dw]) {
             if let Some(node) = parent {
-                grads.register::<CubeBackend>(node.id, grad);
+                grads.register::<Cube>(node.id, grad);
             }
         }
     }
 }
 
-impl<C: CheckpointStrategy> FmaKernelOps for Autodiff<CubeBackend, C> {
+impl<C: CheckpointStrategy> FmaKernelOps for Autodiff<Cube, C> {
     fn fma_kernels(
         q: FloatTensor<Self>,
         k: FloatTensor<Self>,
@@ -57,7 +56,7 @@ impl<C: CheckpointStrategy> FmaKernelOps for Autodiff<CubeBackend, C> {
         match FmaBackward.prepare::<C>(nodes).compute_bound().stateful() {
             OpsKind::Tracked(prep) => {
                 let [q, k, v, w] = inputs.clone();
-                let (o, lse) = plan.0.forward(q, k, v, w);
+                let (o, lse) = Cube::fma_kernels(q, k, v, w, plan.clone());
                 let saved = Saved {
                     inputs,
                     o: o.clone(),
@@ -68,9 +67,36 @@ impl<C: CheckpointStrategy> FmaKernelOps for Autodiff<CubeBackend, C> {
             }
             OpsKind::UnTracked(prep) => {
                 let [q, k, v, w] = inputs;
-                let (o, lse) = plan.0.forward(q, k, v, w);
+                let (o, lse) = Cube::fma_kernels(q, k, v, w, plan);
                 (prep.finish(o), FloatTensor::<Self>::new(lse))
             }
         }
+    }
+
+    /// The backward as a value, not a graph: multipole has no second derivatives, so its
+    /// results are constants here.
+    fn fma_kernels_backward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        o: FloatTensor<Self>,
+        lse: FloatTensor<Self>,
+        d_o: FloatTensor<Self>,
+        plan: PlanHandle,
+    ) -> (
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+    ) {
+        let [q, k, v, w, o, lse, d_o] = [q, k, v, w, o, lse, d_o].map(|t| t.into_primitive());
+        let (dq, dk, dv, dw) = Cube::fma_kernels_backward(q, k, v, w, o, lse, d_o, plan);
+        (
+            FloatTensor::<Self>::new(dq),
+            FloatTensor::<Self>::new(dk),
+            FloatTensor::<Self>::new(dv),
+            FloatTensor::<Self>::new(dw),
+        )
     }
 }

