@@ -138,6 +138,10 @@ pub struct FmaConfig {
     /// once per segment and passed down the tree. Bidirectional only. Learned kinds then also
     /// read `wq` (and `bq`) of every level.
     pub downsample_queries: bool,
+    /// Keep at most this many coarse levels (`None`: all of them). With `Some(0)` each query
+    /// sees its own fine cell and the neighbouring ones only: sliding-window attention on the
+    /// same cells, the baseline FMA's far field is measured against. Decoders refuse a cap.
+    pub max_levels: Option<usize>,
 }
 
 impl FmaConfig {
@@ -153,6 +157,16 @@ impl FmaConfig {
             scale: None,
             precision: Precision::F32,
             downsample_queries: false,
+            max_levels: None,
+        }
+    }
+
+    /// The same options with at most `levels` coarse levels; 0 gives sliding-window
+    /// attention over each query's near field.
+    pub fn max_levels(self, levels: usize) -> Self {
+        FmaConfig {
+            max_levels: Some(levels),
+            ..self
         }
     }
 

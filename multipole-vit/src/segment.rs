@@ -3,8 +3,9 @@
 //! any size, and a per-token head that gives the classes of its patch's pixels.
 //!
 //! Attention is 2D FMA with `Mean` downsampling (no per-level weights, which a canvas with
-//! more levels than the training canvas would lack), or exact attention: FMA with one fine
-//! cell over the whole grid, so that the near field is every token.
+//! more levels than the training canvas would lack); exact attention: FMA with one fine cell
+//! over the whole grid, so that the near field is every token; or a sliding window: FMA's near
+//! field alone, the same cells with no coarse level.
 
 use burn::module::Module;
 use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
@@ -25,6 +26,9 @@ pub enum SegAttention {
     Fma { m: usize, p: usize, linear: bool },
     /// Every token attends to every token.
     Dense,
+    /// Each token attends to the tokens of its `m x m` fine cell and the 8 around it: FMA's
+    /// near field without the far field.
+    Window { m: usize },
 }
 
 /// The model's sizes.
@@ -70,6 +74,7 @@ impl SegConfig {
             SegAttention::Dense => {
                 FmaConfig::new(grid_h.max(grid_w).next_power_of_two(), 1).image(grid_h, grid_w)
             }
+            SegAttention::Window { m } => FmaConfig::new(m, 1).image(grid_h, grid_w).max_levels(0),
         }
     }
 

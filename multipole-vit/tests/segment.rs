@@ -49,6 +49,7 @@ fn one_model_runs_at_two_sizes_on_kernels_and_tensor_ops() {
             linear: true,
         },
         SegAttention::Dense,
+        SegAttention::Window { m: 4 },
     ] {
         let config = SegConfig {
             attention,

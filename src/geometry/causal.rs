@@ -17,6 +17,11 @@ impl Geometry {
     /// The causal 1D hierarchy of `config` with `levels` coarse levels: padded length
     /// m * 2^(levels + 1), every token real. A decoder grows it as its sequence grows.
     pub fn causal_line(config: &FmaConfig, levels: usize) -> Result<Geometry> {
+        if let Some(cap) = config.max_levels {
+            return Err(FmaError::InvalidConfig(format!(
+                "max_levels = {cap}: a decoder grows its levels with the sequence and takes no cap"
+            )));
+        }
         let n = config
             .m
             .checked_shl(levels as u32 + 1)

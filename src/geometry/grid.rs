@@ -22,7 +22,11 @@ pub(super) fn build(height: usize, width: usize, config: &FmaConfig) -> Result<G
     let root = config.p.isqrt();
     let mut levels = Vec::new();
     let mut cell_offset = 0;
-    for l in 1..k {
+    // Levels 1..k-1 cover the input; a cap keeps the finest of them.
+    let top = config
+        .max_levels
+        .map_or(k, |cap| k.min(cap.saturating_add(1)));
+    for l in 1..top {
         let s = m << (l - 1);
         let lv = Level {
             group_h: s,

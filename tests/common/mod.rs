@@ -144,6 +144,7 @@ pub fn config(
         scale: None,
         precision: Precision::F32,
         downsample_queries: false,
+        max_levels: None,
     }
 }
 

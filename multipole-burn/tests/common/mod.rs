@@ -13,7 +13,7 @@ pub struct Case {
 }
 
 /// Every option the op takes: 1D both ways, 2D, each kind, multiplicity off, the O(n) variant,
-/// padding (n not a multiple of the cell), batch x heads > 1.
+/// padding (n not a multiple of the cell), batch x heads > 1, a level cap and none.
 pub fn cases() -> Vec<Case> {
     let seq = |m, p| FmaConfig::new(m, p);
     vec![
@@ -70,6 +70,19 @@ pub fn cases() -> Vec<Case> {
                 downsample_queries: true,
                 ..seq(2, 4).image(12, 12)
             },
+        },
+        Case {
+            name: "levels capped at 1, depthwise",
+            shape: Shape::new(1, 2, 70, 4),
+            config: FmaConfig {
+                downsampling: Downsampling::Depthwise,
+                ..seq(4, 2).max_levels(1)
+            },
+        },
+        Case {
+            name: "2D sliding window (no level)",
+            shape: Shape::new(1, 2, 10 * 13, 4),
+            config: seq(2, 4).image(10, 13).max_levels(0),
         },
     ]
 }
