@@ -21,6 +21,10 @@ pub struct FmaFlags {
     /// Score scale (default 1/sqrt(d)).
     #[arg(long)]
     pub scale: Option<f32>,
+    /// Keep at most this many coarse levels, the finest (0: sliding-window attention over
+    /// each query's near field). Decoding takes no cap.
+    #[arg(long)]
+    pub max_levels: Option<usize>,
 }
 
 impl FmaFlags {
@@ -31,6 +35,7 @@ impl FmaFlags {
             downsampling: self.downsampling,
             multiplicity: !self.no_multiplicity,
             scale: self.scale,
+            max_levels: self.max_levels,
             ..FmaConfig::new(self.m, self.p)
         }
     }

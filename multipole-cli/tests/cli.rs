@@ -23,6 +23,38 @@ fn t(shape: &[usize], data: Vec<f32>) -> Tensor {
 }
 
 #[test]
+fn attend_takes_a_level_cap() {
+    let shape = Shape::new(1, 2, 100, 8);
+    let dims = [1, 2, 100, 8];
+    let (q, k, v) = qkv(5, shape);
+    let input = tmp("cap-in.safetensors");
+    let named = [
+        ("q", t(&dims, q.clone())),
+        ("k", t(&dims, k.clone())),
+        ("v", t(&dims, v.clone())),
+    ];
+    write_tensors(&input, &named).unwrap();
+    let full = reference::fma_forward(&q, &k, &v, shape, &FmaConfig::new(8, 2), None).unwrap();
+    for cap in [0usize, 1] {
+        let cfg = FmaConfig::new(8, 2).max_levels(cap);
+        let want = reference::fma_forward(&q, &k, &v, shape, &cfg, None).unwrap();
+        // A CLI that dropped the flag would give the uncapped output: it must differ.
+        let (apart, _) = max_abs_diff(&want.o, &full.o);
+        assert!(apart > 1e-3, "cap {cap}: {apart}");
+        let output = tmp(&format!("cap-out-{cap}.safetensors"));
+        let cap_flag = cap.to_string();
+        let args = ["--m", "8", "--p", "2", "--max-levels", cap_flag.as_str()];
+        let (ok, err) = attend(&input, &output, &args);
+        assert!(ok, "attend --max-levels {cap} failed: {err}");
+        let o = TensorFile::open(&output)
+            .unwrap()
+            .get_shaped("o", &dims)
+            .unwrap();
+        assert_close(&format!("cli o, cap {cap}"), &o.data, &want.o, &v, 1e-4);
+    }
+}
+
+#[test]
 fn attend_matches_the_library_on_gpu_and_reference() {
     let shape = Shape::new(1, 2, 100, 16);
     let dims = [1, 2, 100, 16];

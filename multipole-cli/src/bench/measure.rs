@@ -270,6 +270,7 @@ impl Bench<'_> {
             precision: Some(format!("{precision:?}").to_lowercase()),
             scale: Some(cfg.scale_for(shape.d)),
             multiplicity: is_fma.then_some(cfg.multiplicity),
+            max_levels: cfg.max_levels.filter(|_| is_fma),
             runs: self.runs,
             median_ms,
             min_ms: times.iter().copied().fold(f64::INFINITY, f64::min),

@@ -42,6 +42,10 @@ pub struct Record {
     pub scale: Option<f32>,
     #[serde(default)]
     pub multiplicity: Option<bool>,
+    /// FMA's cap on its coarse levels (`--max-levels`; 0 is sliding-window attention);
+    /// absent when uncapped and in older records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_levels: Option<usize>,
     pub runs: usize,
     /// GPU time of one forward (timestamps), or wall time where there are none.
     pub median_ms: f64,
@@ -108,6 +112,7 @@ pub fn adapter_record(ctx: &GpuContext) -> Record {
         precision: None,
         scale: None,
         multiplicity: None,
+        max_levels: None,
         runs: 0,
         median_ms: f64::NAN,
         min_ms: f64::NAN,
