@@ -5,12 +5,28 @@
 use std::sync::{Arc, Mutex};
 
 use burn::tensor::Device;
-use burn::tensor::wgpu::WgpuSetup;
+use burn::tensor::wgpu::{WgpuOptions, WgpuSetup};
 use multipole::GpuContext;
 
 use crate::error::{Error, Result};
 
 static REGISTRY: Mutex<Vec<(Device, Arc<GpuContext>)>> = Mutex::new(Vec::new());
+
+/// Kernels Burn gathers into one submit (its default is 32). Each FMA call submits Burn's
+/// queued work anyway; the count only stops Burn from splitting the work between two calls.
+/// The demo's Burn model makes 8 submits per digit instead of 11 (docs/benchmarks.md).
+const TASKS_PER_SUBMIT: usize = 256;
+
+/// Burn's wgpu options with `TASKS_PER_SUBMIT`, unless `CUBECL_WGPU_MAX_TASKS` sets the
+/// count (an explicit count would override it).
+fn options() -> WgpuOptions {
+    let options = Device::wgpu_options();
+    if std::env::var_os("CUBECL_WGPU_MAX_TASKS").is_some() {
+        options
+    } else {
+        options.tasks_max(TASKS_PER_SUBMIT)
+    }
+}
 
 /// The device `init_wgpu` opened: Burn's runtime can be initialised once per process.
 static DEFAULT: Mutex<Option<Device>> = Mutex::new(None);
@@ -28,7 +44,7 @@ pub fn init_wgpu() -> Result<Device> {
     if let Some(device) = &*default {
         return Ok(device.clone());
     }
-    let (device, setup) = Device::wgpu_options()
+    let (device, setup) = options()
         .init_with_setup()
         .map_err(|e| Error::Device(e.to_string()))?;
     register_wgpu(&device, &setup);
@@ -42,7 +58,7 @@ pub async fn init_wgpu_async() -> Result<Device> {
     if let Some(device) = opened() {
         return Ok(device);
     }
-    let (device, setup) = Device::wgpu_options()
+    let (device, setup) = options()
         .init_with_setup_async()
         .await
         .map_err(|e| Error::Device(e.to_string()))?;
