@@ -19,11 +19,7 @@ pub(super) fn build(n: usize, config: &FmaConfig) -> Result<Geometry> {
     let k = (n_pad / m).trailing_zeros() as usize;
     let mut levels = Vec::new();
     let mut cell_offset = 0;
-    // Levels 1..k-1 cover the input; a cap keeps the finest of them.
-    let top = config
-        .max_levels
-        .map_or(k, |cap| k.min(cap.saturating_add(1)));
-    for l in 1..top {
+    for l in 1..=super::kept_levels(k, config) {
         let s = m << (l - 1);
         let lv = Level {
             group_h: 1,

@@ -449,6 +449,13 @@ fn covering(config: &FmaConfig, extent: usize) -> FmaConfig {
     }
 }
 
+/// How many coarse levels a padding of m * 2^k keeps: levels 1..k-1 cover the input, and
+/// `max_levels` keeps the finest of them.
+fn kept_levels(k: usize, config: &FmaConfig) -> usize {
+    let all = k.saturating_sub(1);
+    config.max_levels.map_or(all, |cap| all.min(cap))
+}
+
 fn rect(y0: usize, x0: usize, h: usize, w: usize) -> Vec<(usize, usize)> {
     (0..h * w).map(|t| (y0 + t / w, x0 + t % w)).collect()
 }
