@@ -8,6 +8,7 @@ mod fma_flags;
 mod matmul;
 mod plot;
 mod report;
+mod segment;
 mod study;
 mod train;
 
@@ -50,6 +51,11 @@ enum Command {
     Study(study::StudyArgs),
     /// Train the FMA vision transformer (or its dense twin) on MNIST digits, on the CPU.
     TrainMnist(train::TrainArgs),
+    /// Train the page segmenter (pixels of many digits to their classes) through Burn, and
+    /// score it on held-out canvases at its size and at 4x the side.
+    TrainSegment(segment::TrainSegmentArgs),
+    /// Colour every pixel of a picture of handwritten digits by its predicted class.
+    Segment(segment::SegmentArgs),
 }
 
 #[derive(clap::Args)]
@@ -99,6 +105,8 @@ fn main() -> ExitCode {
         Command::TrainMnist(args) => train::run(&args),
         Command::Classify(args) => classify::run(&args),
         Command::Study(args) => study::run(&args),
+        Command::TrainSegment(args) => segment::train_run(&args),
+        Command::Segment(args) => segment::segment_run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -8,7 +8,10 @@
 mod attention_map;
 pub mod canvas;
 mod model;
+mod seg_weights;
 pub mod segment;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod segment_train;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod train;
 #[cfg(all(feature = "web", target_arch = "wasm32"))]

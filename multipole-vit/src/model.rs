@@ -76,6 +76,16 @@ impl Block {
 }
 
 impl Block {
+    /// The block's linear matrices (weight decay's parameters).
+    pub(crate) fn matrices(&self) -> [ParamId; 4] {
+        [
+            self.qkv.weight.id,
+            self.proj.weight.id,
+            self.fc1.weight.id,
+            self.fc2.weight.id,
+        ]
+    }
+
     /// The q, k, v `[batch, heads, n, dim / heads]` the block attends with, for tokens `x`.
     fn qkv(&self, x: Tensor<3>) -> (Tensor<4>, Tensor<4>, Tensor<4>) {
         split_heads(self.qkv.forward(self.ln1.forward(x)), self.heads)
@@ -292,14 +302,7 @@ impl Vit {
     /// trainer: not biases, norms, the position embedding or the downsampling weights).
     pub fn decayed_params(&self) -> Vec<ParamId> {
         let mut ids = vec![self.patch.weight.id, self.head.weight.id];
-        for b in &self.blocks {
-            ids.extend([
-                b.qkv.weight.id,
-                b.proj.weight.id,
-                b.fc1.weight.id,
-                b.fc2.weight.id,
-            ]);
-        }
+        ids.extend(self.blocks.iter().flat_map(Block::matrices));
         ids
     }
 }

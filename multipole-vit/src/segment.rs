@@ -7,14 +7,14 @@
 //! over the whole grid, so that the near field is every token; or a sliding window: FMA's near
 //! field alone, the same cells with no coarse level.
 
-use burn::module::Module;
+use burn::module::{Module, ParamId};
 use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::tensor::module::unfold4d;
 use burn::tensor::ops::UnfoldOptions;
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Device, Tensor, TensorData};
 use multipole::FmaConfig;
 
-use crate::canvas::CLASSES;
+use crate::canvas::{CLASSES, MAX_SIDE};
 use crate::model::Block;
 use crate::{Error, Result};
 
@@ -87,6 +87,13 @@ impl SegConfig {
             && self.depth > 0
             && self.mlp > 0;
         if ok {
+            // The attention's own rules (a square p for images, m at least 1, ...), on a
+            // grid of four fine cells a side.
+            let cells = match self.attention {
+                SegAttention::Fma { m, .. } | SegAttention::Window { m } => 4 * m,
+                SegAttention::Dense => 4,
+            };
+            self.fma_config(cells, cells).validate()?;
             Ok(())
         } else {
             Err(Error::Fma(multipole::FmaError::Model(format!(
@@ -137,6 +144,18 @@ impl SegVit {
         &self.config
     }
 
+    /// The device the weights live on.
+    pub fn device(&self) -> Device {
+        self.head.weight.val().device()
+    }
+
+    /// The linear layers' matrices: the parameters weight decay applies to.
+    pub fn decayed_params(&self) -> Vec<ParamId> {
+        let mut ids = vec![self.patch.weight.id, self.head.weight.id];
+        ids.extend(self.blocks.iter().flat_map(Block::matrices));
+        ids
+    }
+
     /// Class logits of every pixel.
     pub fn forward(&self, images: Tensor<3>) -> Result<Tensor<4>> {
         let c = &self.config;
@@ -179,5 +198,132 @@ impl SegVit {
             .permute([0, 1, 3, 2, 4, 5])
             .reshape([batch, height, width, CLASSES]);
         Ok(logits)
+    }
+}
+
+/// Mask colours (RGB) of the classes 0-9, then the background's: ten hues far apart, and black.
+pub const PALETTE: [[u8; 3]; CLASSES] = [
+    [230, 25, 75],
+    [60, 180, 75],
+    [255, 225, 25],
+    [0, 130, 200],
+    [245, 130, 48],
+    [145, 30, 180],
+    [70, 240, 240],
+    [240, 50, 230],
+    [210, 245, 60],
+    [250, 190, 212],
+    [0, 0, 0],
+];
+
+/// The model's input from a grey picture (`width x height`, row-major, 0-255), either
+/// polarity: ink becomes bright on dark (0 to 1), as on the training canvases. The background
+/// is the majority of the pixels, so a picture whose median is light is dark ink on paper.
+pub fn ink_from_grey(grey: &[u8], width: usize, height: usize) -> Result<Vec<f32>> {
+    if width == 0 || height == 0 || width > MAX_SIDE || height > MAX_SIDE {
+        return Err(Error::BadTensor {
+            what: "picture".into(),
+            expected: format!("1 to {MAX_SIDE} pixels a side"),
+            got: format!("{width} x {height}"),
+        });
+    }
+    if grey.len() != width * height {
+        return Err(Error::BadTensor {
+            what: "grey pixels".into(),
+            expected: format!("{width} x {height} = {} values", width * height),
+            got: grey.len().to_string(),
+        });
+    }
+    let mut sorted = grey.to_vec();
+    let mid = sorted.len() / 2;
+    let median = *sorted.select_nth_unstable(mid).1;
+    let light_paper = median >= 128;
+    Ok(grey
+        .iter()
+        .map(|&g| f32::from(if light_paper { 255 - g } else { g }) / 255.0)
+        .collect())
+}
+
+impl SegVit {
+    /// Each pixel's class for a picture of any size up to `MAX_SIDE` a side (`ink_from_grey`'s
+    /// output): padded with background to a multiple of the patch, cropped back after.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn segment(&self, ink: &[f32], width: usize, height: usize) -> Result<Vec<u8>> {
+        let (padded, pw, ph) = self.pad(ink, width, height)?;
+        let images = Tensor::<3>::from_data(TensorData::new(padded, [1, ph, pw]), &self.device());
+        let labels = predict(self, images)?;
+        Ok(crop(&labels, pw, width, height))
+    }
+
+    /// `ink` padded with zeros (background) on the right and bottom to multiples of the patch.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub(crate) fn pad(
+        &self,
+        ink: &[f32],
+        width: usize,
+        height: usize,
+    ) -> Result<(Vec<f32>, usize, usize)> {
+        if ink.len() != width * height || width == 0 || height == 0 {
+            return Err(Error::BadTensor {
+                what: "picture".into(),
+                expected: format!("{width} x {height} values, at least one"),
+                got: ink.len().to_string(),
+            });
+        }
+        let patch = self.config.patch;
+        let (pw, ph) = (
+            width.next_multiple_of(patch),
+            height.next_multiple_of(patch),
+        );
+        let mut padded = vec![0.0; pw * ph];
+        for (row, src) in padded.chunks_exact_mut(pw).zip(ink.chunks_exact(width)) {
+            row[..width].copy_from_slice(src);
+        }
+        Ok((padded, pw, ph))
+    }
+}
+
+/// The top-left `width x height` of labels `padded_width` wide.
+#[cfg(not(target_arch = "wasm32"))]
+pub(crate) fn crop(labels: &[u8], padded_width: usize, width: usize, height: usize) -> Vec<u8> {
+    labels
+        .chunks_exact(padded_width)
+        .take(height)
+        .flat_map(|row| row[..width].iter().copied())
+        .collect()
+}
+
+/// Each pixel's class (0-9 a digit, `BACKGROUND`), row-major per image: the largest logit,
+/// chosen on the device so that only the labels come back.
+pub fn predict(model: &SegVit, images: Tensor<3>) -> Result<Vec<u8>> {
+    let classes = model.forward(images)?.argmax(3);
+    labels_of(classes.into_data())
+}
+
+fn labels_of(data: TensorData) -> Result<Vec<u8>> {
+    data.iter::<i64>()
+        .map(|c| {
+            u8::try_from(c)
+                .ok()
+                .filter(|&c| usize::from(c) < CLASSES)
+                .ok_or_else(|| Error::BadTensor {
+                    what: "predicted classes".into(),
+                    expected: format!("values below {CLASSES}"),
+                    got: c.to_string(),
+                })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn out_of_range_classes_are_errors() {
+        let data = TensorData::new(vec![0i64, 10, 11], [3]);
+        assert!(labels_of(data).is_err());
+        let data = TensorData::new(vec![0i64, 10, 4], [3]);
+        assert_eq!(labels_of(data).unwrap(), vec![0, 10, 4]);
     }
 }
