@@ -11,12 +11,9 @@ use multipole::FmaError;
 use multipole::model::mnist::Digits;
 use multipole_vit::canvas::{BACKGROUND, CanvasConfig};
 use multipole_vit::segment::{PALETTE, SegAttention, SegConfig, SegVit, ink_from_grey};
-use multipole_vit::segment_train::{SegScores, SegStep, SegTrainOptions, score, train};
+use multipole_vit::segment_train::{EVAL_SEED, SegScores, SegStep, SegTrainOptions, score, train};
 
 use crate::burn_device::{BurnDevice, from_burn};
-
-/// Seed of the held-out canvases (the training canvases use `--seed`).
-const EVAL_SEED: u64 = 2026;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Attention {
@@ -84,7 +81,10 @@ pub fn train_run(args: &TrainSegmentArgs) -> multipole::Result<()> {
         batch: args.batch,
         lr: args.lr,
         seed: args.seed,
-        canvas: CanvasConfig::new(args.side),
+        canvas: CanvasConfig {
+            side: args.side,
+            ..SegTrainOptions::default().canvas
+        },
         ..SegTrainOptions::default()
     };
     let (train_set, test_set) = Digits::load_npm_package(&args.data)?.split();
@@ -100,7 +100,7 @@ pub fn train_run(args: &TrainSegmentArgs) -> multipole::Result<()> {
     );
     let started = Instant::now();
     let mut window = (0.0, 0.0, 0usize);
-    let mut report = |s: SegStep| {
+    let mut report = |s: SegStep, model: &SegVit| {
         window = (window.0 + s.loss, window.1 + s.seconds, window.2 + 1);
         // Every step of the first ten (the warm-up shows), then means of 50.
         if s.step < 10 || window.2 == 50 || s.step + 1 == s.steps {
@@ -113,6 +113,26 @@ pub fn train_run(args: &TrainSegmentArgs) -> multipole::Result<()> {
                 1e3 * window.1 / window.2 as f64
             );
             window = (0.0, 0.0, 0);
+        }
+        // A quick look at held-out digits now and then (not the reported score).
+        if (s.step + 1).is_multiple_of(250) && s.step + 1 < s.steps {
+            let quick = score(
+                &model.valid(),
+                &test_set,
+                &CanvasConfig::new(args.side),
+                EVAL_SEED,
+                50,
+                10,
+            );
+            if let Ok(q) = quick {
+                eprintln!(
+                    "  held out after {} steps: digit accuracy {:.1}% ({} digits), mean IoU {:.3}",
+                    s.step + 1,
+                    100.0 * q.digit_accuracy(),
+                    q.digits,
+                    q.mean_iou()
+                );
+            }
         }
     };
     let model = train(&config, &opts, &train_set, &device, &mut report).map_err(from_burn)?;

@@ -144,6 +144,19 @@ impl SegVit {
         &self.config
     }
 
+    /// The same weights attending another way: attention has no parameters here (`Mean`
+    /// downsampling), so FMA, its window and exact attention can run one trained model, as
+    /// the benchmark and the page's comparison do.
+    pub fn with_attention(mut self, attention: SegAttention) -> Result<SegVit> {
+        let config = SegConfig {
+            attention,
+            ..self.config
+        };
+        config.validate()?;
+        self.config = config;
+        Ok(self)
+    }
+
     /// The device the weights live on.
     pub fn device(&self) -> Device {
         self.head.weight.val().device()

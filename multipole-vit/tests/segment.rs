@@ -243,7 +243,7 @@ fn training_lowers_the_loss_on_the_gpu_adapter() {
         ..SegConfig::new()
     };
     let mut losses = Vec::new();
-    train(&config, &opts, &digits, &device, &mut |s| {
+    train(&config, &opts, &digits, &device, &mut |s, _| {
         losses.push(s.loss)
     })
     .unwrap();
@@ -256,7 +256,7 @@ fn training_lowers_the_loss_on_the_gpu_adapter() {
         canvas: CanvasConfig::new(33),
         ..opts
     };
-    assert!(train(&config, &bad, &digits, &device, &mut |_| {}).is_err());
+    assert!(train(&config, &bad, &digits, &device, &mut |_, _| {}).is_err());
 }
 
 fn synthetic_digits() -> multipole::model::mnist::Digits {

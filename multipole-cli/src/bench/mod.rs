@@ -25,6 +25,7 @@ mod decode;
 mod flops;
 mod measure;
 mod records;
+mod segment;
 mod summary;
 mod sweep;
 
@@ -135,6 +136,11 @@ pub struct BenchArgs {
     /// Burn's n x n scores exceed the device's binding or buffer limits it reports the limit.
     #[arg(long, conflicts_with_all = ["decode", "image", "backward", "replot"])]
     burn: bool,
+    /// Time the page segmenter instead (`multipole-vit`, Burn's wgpu device): its forward and
+    /// read-back per canvas with FMA, its sliding window and exact attention, on canvases of
+    /// --image pixels (default 64x64, 128x128, 256x256: 1K, 4K, 16K tokens).
+    #[arg(long, conflicts_with_all = ["decode", "burn", "backward", "replot"])]
+    segment: bool,
 }
 
 impl BenchArgs {
@@ -150,6 +156,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     }
     if args.burn {
         return burn::run(args);
+    }
+    if args.segment {
+        return segment::run(args);
     }
     if let Some(path) = &args.replot {
         return report(args, &read_records(path)?);
