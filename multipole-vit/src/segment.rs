@@ -8,7 +8,8 @@
 //! field alone, the same cells with no coarse level.
 
 use burn::module::{Module, ParamId};
-use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig, PaddingConfig2d};
 use burn::tensor::module::unfold4d;
 use burn::tensor::ops::UnfoldOptions;
 use burn::tensor::{Device, Tensor, TensorData};
@@ -17,6 +18,9 @@ use multipole::FmaConfig;
 use crate::canvas::{CLASSES, MAX_SIDE};
 use crate::model::Block;
 use crate::{Error, Result};
+
+/// Side of the depthwise convolution before each block (odd, so it is centred).
+const CONV: usize = 5;
 
 /// How the blocks attend.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -115,6 +119,11 @@ impl Default for SegConfig {
 #[derive(Module, Debug)]
 pub struct SegVit {
     patch: Linear,
+    /// Before each block, a depthwise `CONV x CONV` convolution over the token grid, added to
+    /// the tokens: attention alone sees its keys as a set, without where they lie, and a
+    /// digit's shape is where its strokes lie. The convolutions give each token its
+    /// neighbourhood's layout, at any canvas size (no position embedding).
+    convs: Vec<Conv2d>,
     blocks: Vec<Block>,
     norm: LayerNorm,
     head: Linear,
@@ -131,8 +140,20 @@ impl SegVit {
         let blocks = (0..c.depth)
             .map(|_| Block::new(c.dim, c.mlp, c.heads, device))
             .collect();
+        let conv = || {
+            Conv2dConfig::new([c.dim, c.dim], [CONV, CONV])
+                .with_groups(c.dim)
+                .with_padding(PaddingConfig2d::Explicit(
+                    CONV / 2,
+                    CONV / 2,
+                    CONV / 2,
+                    CONV / 2,
+                ))
+                .init(device)
+        };
         Ok(SegVit {
             patch: linear(c.window * c.window, c.dim),
+            convs: (0..c.depth).map(|_| conv()).collect(),
             blocks,
             norm: LayerNormConfig::new(c.dim).init(device),
             head: linear(c.dim, c.patch * c.patch * CLASSES),
@@ -166,6 +187,7 @@ impl SegVit {
     pub fn decayed_params(&self) -> Vec<ParamId> {
         let mut ids = vec![self.patch.weight.id, self.head.weight.id];
         ids.extend(self.blocks.iter().flat_map(Block::matrices));
+        ids.extend(self.convs.iter().map(|c| c.weight.id));
         ids
     }
 
@@ -198,8 +220,16 @@ impl SegVit {
         )
         .swap_dims(1, 2);
         let mut x = self.patch.forward(windows);
-        for block in &self.blocks {
-            x = block.forward(x, &|q, k, v| {
+        for (conv, block) in self.convs.iter().zip(&self.blocks) {
+            let grid = x
+                .clone()
+                .reshape([batch, gh, gw, c.dim])
+                .permute([0, 3, 1, 2]);
+            let mixed = conv
+                .forward(grid)
+                .permute([0, 2, 3, 1])
+                .reshape([batch, gh * gw, c.dim]);
+            x = block.forward(x + mixed, &|q, k, v| {
                 Ok(multipole_burn::fma_attention(q, k, v, None, &attention)?.0)
             })?;
         }
@@ -260,22 +290,31 @@ pub fn ink_from_grey(grey: &[u8], width: usize, height: usize) -> Result<Vec<f32
 impl SegVit {
     /// Each pixel's class for a picture of any size up to `MAX_SIDE` a side (`ink_from_grey`'s
     /// output): padded with background to a multiple of the patch, cropped back after.
+    /// Blocks until the device is done: native code only (the web uses `segment_async`).
     #[cfg(not(target_arch = "wasm32"))]
     pub fn segment(&self, ink: &[f32], width: usize, height: usize) -> Result<Vec<u8>> {
-        let (padded, pw, ph) = self.pad(ink, width, height)?;
-        let images = Tensor::<3>::from_data(TensorData::new(padded, [1, ph, pw]), &self.device());
-        let labels = predict(self, images)?;
-        Ok(crop(&labels, pw, width, height))
+        let (images, pw) = self.padded(ink, width, height)?;
+        Ok(crop(&predict(self, images)?, pw, width, height))
     }
 
-    /// `ink` padded with zeros (background) on the right and bottom to multiples of the patch.
-    #[cfg(not(target_arch = "wasm32"))]
-    pub(crate) fn pad(
-        &self,
-        ink: &[f32],
-        width: usize,
-        height: usize,
-    ) -> Result<(Vec<f32>, usize, usize)> {
+    /// `segment` without blocking.
+    pub async fn segment_async(&self, ink: &[f32], width: usize, height: usize) -> Result<Vec<u8>> {
+        let (images, pw) = self.padded(ink, width, height)?;
+        let classes = self.forward(images)?.argmax(3);
+        let data = classes
+            .into_data_async()
+            .await
+            .map_err(|e| Error::BadTensor {
+                what: "predicted classes".into(),
+                expected: "values read back from the device".into(),
+                got: format!("{e:?}"),
+            })?;
+        Ok(crop(&labels_of(data)?, pw, width, height))
+    }
+
+    /// `ink` as a `[1, height, width]` image padded with zeros (background) on the right and
+    /// bottom to multiples of the patch, and the padded width.
+    fn padded(&self, ink: &[f32], width: usize, height: usize) -> Result<(Tensor<3>, usize)> {
         if ink.len() != width * height || width == 0 || height == 0 {
             return Err(Error::BadTensor {
                 what: "picture".into(),
@@ -292,13 +331,13 @@ impl SegVit {
         for (row, src) in padded.chunks_exact_mut(pw).zip(ink.chunks_exact(width)) {
             row[..width].copy_from_slice(src);
         }
-        Ok((padded, pw, ph))
+        let images = Tensor::<3>::from_data(TensorData::new(padded, [1, ph, pw]), &self.device());
+        Ok((images, pw))
     }
 }
 
 /// The top-left `width x height` of labels `padded_width` wide.
-#[cfg(not(target_arch = "wasm32"))]
-pub(crate) fn crop(labels: &[u8], padded_width: usize, width: usize, height: usize) -> Vec<u8> {
+fn crop(labels: &[u8], padded_width: usize, width: usize, height: usize) -> Vec<u8> {
     labels
         .chunks_exact(padded_width)
         .take(height)

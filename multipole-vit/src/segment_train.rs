@@ -82,6 +82,22 @@ pub fn train(
     device: &Device,
     progress: &mut dyn FnMut(SegStep, &SegVit),
 ) -> Result<SegVit> {
+    // Burn's initialisation draws from the device's generator: seeded, a run repeats.
+    device.seed(opts.seed);
+    let model = SegVit::new(config, device)?;
+    train_model(model, opts, digits, progress)
+}
+
+/// Trains `model` (on a device with autodiff; e.g. from `SegVit::from_classifier`) as
+/// `train` does.
+pub fn train_model(
+    mut model: SegVit,
+    opts: &SegTrainOptions,
+    digits: &Digits,
+    progress: &mut dyn FnMut(SegStep, &SegVit),
+) -> Result<SegVit> {
+    let device = &model.device();
+    let config = *model.config();
     if opts.steps == 0 || opts.batch == 0 || !(opts.lr.is_finite() && opts.lr > 0.0) {
         return Err(Error::Fma(FmaError::Model(format!(
             "training needs at least one step and one canvas a step and a positive learning \
@@ -96,9 +112,6 @@ pub fn train(
             config.patch
         ))));
     }
-    // Burn's initialisation draws from the device's generator: seeded, a run repeats.
-    device.seed(opts.seed);
-    let mut model = SegVit::new(config, device)?;
     let adam = |decay: f64| AdamWConfig::new().with_weight_decay(decay as f32);
     let mut optim = adam(0.0).init().with_group(
         ParamGroup::from_ids(model.decayed_params()),

@@ -248,8 +248,8 @@ fn training_lowers_the_loss_on_the_gpu_adapter() {
     })
     .unwrap();
     assert_eq!(losses.len(), 30);
-    // Eleven classes start near ln 11.
-    assert!((losses[0] - 11f64.ln()).abs() < 0.3, "{}", losses[0]);
+    // An untrained model is no better than a guess among eleven classes.
+    assert!(losses[0] > 0.8 * 11f64.ln(), "{}", losses[0]);
     let mean = |s: &[f64]| s.iter().sum::<f64>() / s.len() as f64;
     assert!(mean(&losses[25..]) < mean(&losses[..5]) - 0.3, "{losses:?}");
     let bad = SegTrainOptions {
