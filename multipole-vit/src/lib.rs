@@ -16,6 +16,8 @@ pub mod segment_train;
 pub mod train;
 #[cfg(all(feature = "web", target_arch = "wasm32"))]
 pub mod web;
+#[cfg(all(feature = "web", target_arch = "wasm32"))]
+pub mod web_segment;
 
 pub use attention_map::{AttentionMap, FarCell, attention_map};
 pub use model::{Block, Vit};

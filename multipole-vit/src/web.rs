@@ -31,7 +31,7 @@ pub struct Classifier {
     inner: Rc<Inner>,
 }
 
-fn js_err(e: impl std::fmt::Display) -> JsValue {
+pub(crate) fn js_err(e: impl std::fmt::Display) -> JsValue {
     JsError::new(&e.to_string()).into()
 }
 

@@ -26,8 +26,9 @@ fn main() -> ExitCode {
         Some("study") => study(&args[1..]),
         Some("layers") => layers(),
         Some("sweep") => sweep(),
+        Some("segment-page") => segment_page(),
         _ => Err(
-            "usage: cargo xtask demo [--port N] [--burn] | cargo xtask test | cargo xtask compare [-- example args] | cargo xtask bench [-- bench args] | cargo xtask gpu-report [-- report args] | cargo xtask web | cargo xtask mnist | cargo xtask train | cargo xtask study [-- study args] | cargo xtask layers | cargo xtask sweep"
+            "usage: cargo xtask demo [--port N] [--burn] | cargo xtask test | cargo xtask compare [-- example args] | cargo xtask bench [-- bench args] | cargo xtask gpu-report [-- report args] | cargo xtask web | cargo xtask mnist | cargo xtask train | cargo xtask study [-- study args] | cargo xtask layers | cargo xtask sweep | cargo xtask segment-page"
                 .into(),
         ),
     };
@@ -69,7 +70,27 @@ fn demo(args: &[String]) -> Result {
     println!(
         "xtask: the demo is at http://127.0.0.1:{port}/{page} (a browser with WebGPU; Ctrl-C stops)"
     );
+    if burn {
+        println!("xtask: the segmentation page is at http://127.0.0.1:{port}/segment.html");
+    }
     serve::run(listener, Path::new("web"))
+}
+
+/// The segmentation page's browser test (web/tests/segment.mjs): builds the Burn wasm
+/// (web/pkg-burn/), serves web/ and runs it in Chromium on SwiftShader. Not part of `cargo
+/// xtask test`: the Burn build takes 6 to 15 minutes here and the test's 200 segmentations
+/// several more, which CI's time budget does not hold.
+fn segment_page() -> Result {
+    ensure_browser()?;
+    build_web_burn()?;
+    let listener = std::net::TcpListener::bind(("127.0.0.1", 0))
+        .map_err(|e| format!("cannot listen on 127.0.0.1: {e}"))?;
+    let url = format!(
+        "http://{}/",
+        listener.local_addr().map_err(|e| e.to_string())?
+    );
+    std::thread::spawn(move || serve::run(listener, Path::new("web")));
+    run(Command::new("node").args(["web/tests/segment.mjs", &url, "target/web-test"]))
 }
 
 /// FMA against dense attention on random sequences and images: error and time.
