@@ -5,21 +5,8 @@
 //! `cargo run -p multipole-vit --example canvas -- OUT.png [SIDE [INDEX]]`
 
 use multipole::model::mnist::Digits;
-use multipole_vit::canvas::{BACKGROUND, CanvasConfig, canvas};
-
-/// One colour per digit class.
-const COLOURS: [[u8; 3]; 10] = [
-    [230, 25, 75],
-    [60, 180, 75],
-    [255, 225, 25],
-    [0, 130, 200],
-    [245, 130, 48],
-    [145, 30, 180],
-    [70, 240, 240],
-    [240, 50, 230],
-    [210, 245, 60],
-    [250, 190, 190],
-];
+use multipole_vit::canvas::{CanvasConfig, canvas};
+use multipole_vit::segment::PALETTE;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
@@ -34,12 +21,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let (y, x) = ((i / side) as u32, (i % side) as u32);
         let g = (v * 255.0) as u8;
         img.put_pixel(x, y, image::Rgb([g, g, g]));
-        let colour = if label == BACKGROUND {
-            [0; 3]
-        } else {
-            COLOURS[label as usize]
-        };
-        img.put_pixel(side as u32 + x, y, image::Rgb(colour));
+        // The mask colours of `multipole segment` (the background's is black).
+        img.put_pixel(side as u32 + x, y, image::Rgb(PALETTE[usize::from(label)]));
     }
     img.save(&out)?;
     let classes: Vec<u8> = c.digits.iter().map(|d| d.class).collect();

@@ -83,6 +83,12 @@ fn demo(args: &[String]) -> Result {
 fn segment_page() -> Result {
     ensure_browser()?;
     build_web_burn()?;
+    browser_test("web/tests/segment.mjs")
+}
+
+/// Serves web/ on a free port of 127.0.0.1, as `demo` serves it, and runs the Playwright
+/// script `script` against it (screenshots into target/web-test).
+fn browser_test(script: &str) -> Result {
     let listener = std::net::TcpListener::bind(("127.0.0.1", 0))
         .map_err(|e| format!("cannot listen on 127.0.0.1: {e}"))?;
     let url = format!(
@@ -90,7 +96,7 @@ fn segment_page() -> Result {
         listener.local_addr().map_err(|e| e.to_string())?
     );
     std::thread::spawn(move || serve::run(listener, Path::new("web")));
-    run(Command::new("node").args(["web/tests/segment.mjs", &url, "target/web-test"]))
+    run(Command::new("node").args([script, &url, "target/web-test"]))
 }
 
 /// FMA against dense attention on random sequences and images: error and time.
@@ -227,14 +233,7 @@ fn test() -> Result {
     run(Command::new("node").args(["web/tests/shader_compile.mjs", "target/shaders.json"]))?;
     // The demo page and the library's GPU checks in the browser, served as `demo` serves them.
     build_web()?;
-    let listener = std::net::TcpListener::bind(("127.0.0.1", 0))
-        .map_err(|e| format!("cannot listen on 127.0.0.1: {e}"))?;
-    let url = format!(
-        "http://{}/",
-        listener.local_addr().map_err(|e| e.to_string())?
-    );
-    std::thread::spawn(move || serve::run(listener, Path::new("web")));
-    run(Command::new("node").args(["web/tests/demo.mjs", &url, "target/web-test"]))?;
+    browser_test("web/tests/demo.mjs")?;
     // The benchmark's quick mode, so that it never rots (well under a minute on lavapipe). The
     // binary the CLI tests used: `cargo run -p multipole-cli` resolves other features and
     // would build Burn a second time.
